@@ -1,0 +1,309 @@
+"""Render a run's report (Markdown and a self-contained HTML page) from its ``record.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgekit.fsutil import atomic_write_text
+from edgekit.report.plots import draw_all
+from edgekit.report.record import RunRecord
+from edgekit.report.summary import build_summary
+from edgekit.report.templates import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+
+PLOTS_DIR = "report_files"
+PLOT_TITLES = {
+    "latency": "Latency distribution",
+    "accuracy_vs_cost": "Accuracy against cost",
+    "bn_gamma": "BatchNorm scale factors (slimming)",
+}
+NOT_MEASURED = "not measured"
+NONE = "—"
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return NONE
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}".rstrip()
+    return f"{value:g} {unit}".rstrip()
+
+
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return NONE
+    for scale, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{int(value)} B"
+
+
+def _num(value: float | None, digits: int, unit: str = "") -> str:
+    return NONE if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _ratio(ref: float | None, dep: float | None) -> str:
+    if ref in (None, 0) or dep is None:
+        return ""
+    return f"{(dep - ref) / ref * 100:+.1f}%"
+
+
+def _delta(ref: float | None, dep: float | None) -> str:
+    return "" if ref is None or dep is None else f"{dep - ref:+.3f}"
+
+
+def _title(summary: dict[str, Any]) -> str:
+    parts = [str(summary[k]) for k in ("target", "backend", "precision") if summary.get(k)]
+    return "edgekit report: " + (" · ".join(parts) or "run")
+
+
+def _status_blocks(record: RunRecord) -> list[Block]:
+    tone = "ok" if record.status == "ok" else "bad" if record.status != "running" else "note"
+    blocks: list[Block] = [Paragraph(record.status, label="Status:", tone=tone)]
+    if record.failed_stage:
+        blocks.append(Paragraph(record.failed_stage, label="Stopped at stage:", tone="bad"))
+    error = record.error or {}
+    if error.get("message"):
+        blocks.append(Paragraph(str(error["message"]), label="Error:", tone="bad"))
+    if error.get("hint"):
+        blocks.append(Paragraph(str(error["hint"]), label="Hint:"))
+    if record.gates:
+        rows = [
+            [
+                name,
+                f"{g.limit:g}",
+                _num(g.value, 4) if g.value is not None else NOT_MEASURED,
+                "pass" if g.passed else "FAIL",
+            ]
+            for name, g in record.gates.items()
+        ]
+        blocks += [Heading("Gates", 3), Table(["gate", "limit", "value", "result"], rows, frozenset({1, 2}))]
+    return blocks
+
+
+def _headline(record: RunRecord, summary: dict[str, Any]) -> list[Block]:
+    ref, dep, lat = summary["reference"], summary["deployed"], summary["latency_ms"]
+    ref_node, bench = record.node("reference"), record.node("bench")
+    ref_size = ref_node.metric("size_bytes") if ref_node else None
+    ref_lat = (ref_node.metric("latency_ms") if ref_node else None) or {}
+    bench_lat = (bench.metric("latency_ms") if bench else None) or {}
+    rows = [
+        ["parameters", _si(ref["params"]), _si(dep["params"]), _ratio(ref["params"], dep["params"])],
+        ["MACs", _si(ref["macs"]), _si(dep["macs"]), _ratio(ref["macs"], dep["macs"])],
+        ["size", _bytes(ref_size), _bytes(dep["artifact_bytes"]), _ratio(ref_size, dep["artifact_bytes"])],
+        ["mAP@0.5", _num(ref["map50"], 3), _num(dep["map50"], 3), _delta(ref["map50"], dep["map50"])],
+        [
+            "mAP@0.5:0.95",
+            _num(ref["map50_95"], 3),
+            _num(dep["map50_95"], 3),
+            _delta(ref["map50_95"], dep["map50_95"]),
+        ],
+        ["latency p50 (ms)", _num(ref_lat.get("p50"), 2), _num(lat["p50"], 2), ""],
+        ["latency p99 (ms)", _num(ref_lat.get("p99"), 2), _num(bench_lat.get("p99"), 2), ""],
+        ["FPS", _num(ref_node.metric("fps") if ref_node else None, 1), _num(summary["fps"], 1), ""],
+        ["power (W)", NONE, _num(summary["power_w"], 2), ""],
+        ["energy per inference (mJ)", NONE, _num(summary["energy_mj_per_inference"], 2), ""],
+    ]
+    for row in rows:
+        row[1:3] = [NOT_MEASURED if cell == NONE else cell for cell in row[1:3]]
+    headers = ["", "reference (FP32, host)", "deployed", "change"]
+    return [Heading("Reference against deployed"), Table(headers, rows, frozenset({1, 2, 3}))]
+
+
+def _calibration(summary: dict[str, Any]) -> list[Block]:
+    calib = summary["calibration"]
+    if calib["name"] is None:
+        return [Heading("Calibration set"), Paragraph("none (this build was not calibrated)", tone="note")]
+    rows = [
+        ["name", str(calib["name"])],
+        ["version", str(calib["version"])],
+        ["sha256", str(calib["sha256"])],
+    ]
+    return [Heading("Calibration set"), Table(["", ""], rows)]
+
+
+def _stages(record: RunRecord) -> list[Block]:
+    rows = [
+        [
+            n.stage,
+            n.label,
+            n.id[:8],
+            _si(n.metric("params")),
+            _si(n.metric("macs")),
+            _bytes(n.metric("size_bytes")),
+            _num(n.metric("map50"), 3),
+            _num(n.metric("map50_95"), 3),
+            _num(n.seconds, 1),
+            "yes" if n.cached else "no",
+            n.status,
+        ]
+        for n in record.nodes
+    ]
+    headers = [
+        "stage",
+        "label",
+        "id",
+        "params",
+        "MACs",
+        "size",
+        "mAP50",
+        "mAP50-95",
+        "seconds",
+        "cached",
+        "status",
+    ]
+    if not rows:
+        return [Heading("Stages"), Paragraph("no stage finished", tone="note")]
+    return [Heading("Stages"), Table(headers, rows, frozenset({3, 4, 5, 6, 7, 8}))]
+
+
+def _latency_detail(record: RunRecord) -> list[Block]:
+    bench = record.node("bench")
+    stats = (bench.metric("latency_ms") if bench else None) or {}
+    if not stats:
+        return []
+    keys = [k for k in ("n", "mean", "std", "cv", "min", "p50", "p90", "p95", "p99", "max") if k in stats]
+    row = [str(stats[k]) if k == "n" else _num(stats[k], 3) for k in keys]
+    note = "Percentiles are nearest-rank (as trtexec reports them); std is the population deviation."
+    return [
+        Heading("Latency (ms)", 3),
+        Table(keys, [row], frozenset(range(len(keys)))),
+        Paragraph(note, tone="note"),
+    ]
+
+
+def _plots(plots: dict[str, Path]) -> list[Block]:
+    blocks: list[Block] = []
+    for name, title in PLOT_TITLES.items():
+        if name in plots:
+            blocks += [Heading(title, 3), Image(f"{PLOTS_DIR}/{plots[name].name}", title)]
+    return [Heading("Plots"), *blocks] if blocks else []
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return NONE
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _candidates(record: RunRecord) -> list[Block]:
+    node = next((n for n in reversed(record.nodes) if n.extra.get("candidates")), None)
+    if node is None:
+        return []
+    rows = [
+        [
+            str(c.get("name")),
+            _num(c.get("map50"), 3),
+            _num(c.get("map50_95"), 3),
+            _bytes(c.get("size_bytes")),
+            _num(c.get("latency_ms_p50"), 2),
+            "chosen" if c.get("chosen") else "",
+        ]
+        for c in node.extra["candidates"]
+    ]
+    headers = ["calibrator", "mAP50", "mAP50-95", "size", "latency p50 (ms)", ""]
+    return [Heading(f"Calibrator candidates ({node.stage})"), Table(headers, rows, frozenset({1, 2, 3, 4}))]
+
+
+def _layers(record: RunRecord) -> list[Block]:
+    node = next((n for n in reversed(record.nodes) if n.extra.get("layers")), None)
+    if node is None:
+        return []
+    layers = node.extra["layers"]
+    keys = list(dict.fromkeys(k for layer in layers for k in layer))
+    rows = [[_cell(layer.get(k)) for k in keys] for layer in layers]
+    numeric = frozenset(
+        i for i, k in enumerate(keys) if all(isinstance(la.get(k), int | float) for la in layers)
+    )
+    return [Heading(f"Per-layer table ({node.stage})"), Table(keys, rows, numeric)]
+
+
+def _environment(record: RunRecord) -> list[Block]:
+    tools: dict[str, list[str]] = {}
+    for n in record.nodes:
+        for name, version in n.tools.items():
+            tools.setdefault(name, [])
+            if version not in tools[name]:
+                tools[name].append(version)
+    blocks: list[Block] = [Heading("Tools and host")]
+    if tools:
+        blocks.append(Table(["tool", "version"], [[k, ", ".join(v)] for k, v in sorted(tools.items())]))
+    facts = {"edgekit": record.edgekit_version, **record.host}
+    blocks.append(Table(["host", ""], [[k, _cell(v)] for k, v in facts.items()]))
+    bench = record.node("bench")
+    device = bench.extra.get("device") if bench else None
+    if isinstance(device, dict) and device:
+        blocks.append(Table(["device", ""], [[k, _cell(v)] for k, v in device.items()]))
+    return blocks
+
+
+def _find_plots(run_dir: Path) -> dict[str, Path]:
+    candidates = {name: run_dir / PLOTS_DIR / f"{name}.png" for name in PLOT_TITLES}
+    return {name: path for name, path in candidates.items() if path.is_file()}
+
+
+def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[Block]]:
+    """Assemble the report's content once, for every output format; return ``(title, blocks)``."""
+    summary = build_summary(record)
+    title = _title(summary)
+    intro = f"run {record.run_id}, created {record.created}, recipe {summary['recipe'] or NONE}"
+    blocks: list[Block] = [Heading(title, 1), Paragraph(intro, tone="note")]
+    if record.command:
+        blocks.append(Paragraph(" ".join(record.command), label="Command:"))
+    sections = (
+        _status_blocks(record),
+        _headline(record, summary),
+        _latency_detail(record),
+        _calibration(summary),
+        _stages(record),
+        _plots(plots),
+        _candidates(record),
+        _layers(record),
+        _environment(record),
+    )
+    for section in sections:
+        blocks += section
+    return title, blocks
+
+
+def render_markdown(record: RunRecord, run_dir: str | Path, plots: dict[str, Path] | None = None) -> str:
+    """Return the Markdown report; plots default to the PNGs already in ``run_dir/report_files``."""
+    return to_markdown(build_blocks(record, _find_plots(Path(run_dir)) if plots is None else plots)[1])
+
+
+def render_html(record: RunRecord, run_dir: str | Path, plots: dict[str, Path] | None = None) -> str:
+    """Return the report as one self-contained HTML page (images referenced as ``report_files/*.png``)."""
+    title, blocks = build_blocks(record, _find_plots(Path(run_dir)) if plots is None else plots)
+    return to_html(title, blocks)
+
+
+def render_run(run_dir: str | Path, html: bool = True) -> list[Path]:
+    """Render ``run_dir/record.json`` into ``report.md`` (and ``report.html``) plus its PNG plots.
+
+    Args:
+        run_dir: A run folder holding ``record.json``.
+        html: Also write ``report.html``.
+
+    Returns:
+        The files written: the report(s) first, then the plots.
+
+    Raises:
+        DataError: ``record.json`` is missing or is not a run record.
+
+    Example:
+        >>> render_run("runs/20250101-120000-local")  # doctest: +SKIP
+        [PosixPath('runs/.../report.md'), PosixPath('runs/.../report.html'), ...]
+    """
+    run_dir = Path(run_dir)
+    record = RunRecord.load(run_dir / "record.json")
+    plots = draw_all(record, run_dir / PLOTS_DIR)
+    title, blocks = build_blocks(record, plots)
+    written = [atomic_write_text(run_dir / "report.md", to_markdown(blocks))]
+    if html:
+        written.append(atomic_write_text(run_dir / "report.html", to_html(title, blocks)))
+    return written + list(plots.values())
