@@ -1,0 +1,323 @@
+"""The benchmark agent: push an artifact and its runner to a device, run it, collect a BenchResult.
+
+Works over any :class:`~edgekit.device.transport.Transport`: the same steps run on this host
+(``LocalTransport``) and on a board over SSH. The device only needs Python, numpy and the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import Artifact
+from edgekit.device.power import NOT_MEASURED, NullSampler, PowerSampler, energy_per_inference
+from edgekit.device.transport import CommandResult, Transport
+from edgekit.errors import DeviceError
+from edgekit.fsutil import sha256_file
+from edgekit.report.record import latency_stats
+
+RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
+SHARED_RUNNER_FILES = ("detcore.py",)
+
+# Prints {zone type: degrees C} for every thermal zone, or {} (stdlib only: runs on the device).
+_THERMAL_SNIPPET = """
+import glob, json, os
+out = {}
+for zone in sorted(glob.glob('/sys/class/thermal/thermal_zone*')):
+    try:
+        kind = open(os.path.join(zone, 'type')).read().strip() or os.path.basename(zone)
+        out[f"{kind}:{os.path.basename(zone)}"] = int(open(os.path.join(zone, 'temp')).read()) / 1000.0
+    except (OSError, ValueError):
+        pass
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class BenchResult:
+    """One benchmark run of one artifact on one device.
+
+    Attributes:
+        runtime: Runtime name (``"onnxruntime"``).
+        runtime_version: Its version on the device.
+        threads: Intra-op threads used (0 = runtime default).
+        latencies_ms: Per-iteration latency of the timed loop.
+        first_ms: First inference (cold) latency.
+        warmup_ms: Warm-up latencies (after the first inference).
+        wall_s: Wall time of the timed loop.
+        fps: ``len(latencies_ms) / wall_s``.
+        stats: ``n, mean, std, cv, min, p50, p90, p95, p99, max`` (nearest-rank percentiles).
+        detections: Per eval image, ``(K, 6)`` candidate rows ``x0, y0, x1, y1, score, class`` in
+            network-input pixels (before NMS), or ``None`` without eval inputs.
+        power_w: Mean power over the timed window, ``None`` when not measured.
+        energy_mj: Energy per inference in mJ, ``None`` when not measured.
+        energy_dynamic_mj: Energy above idle per inference, ``None`` without an idle baseline.
+        power_note: How power was measured, or why not.
+        device: Platform facts reported by the runner.
+        thermal_before: ``{zone: C}`` before the run, ``None`` if the device has no thermal zones.
+        thermal_after: Same after the run.
+        raw: The runner's JSON line, parsed.
+    """
+
+    runtime: str
+    runtime_version: str
+    threads: int
+    latencies_ms: list[float]
+    first_ms: float
+    warmup_ms: list[float]
+    wall_s: float
+    fps: float
+    stats: dict[str, float]
+    detections: list[np.ndarray] | None = None
+    power_w: float | None = None
+    energy_mj: float | None = None
+    energy_dynamic_mj: float | None = None
+    power_note: str = NOT_MEASURED
+    device: dict[str, Any] = field(default_factory=dict)
+    thermal_before: dict[str, float] | None = None
+    thermal_after: dict[str, float] | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (no per-iteration lists, no detections, no raw line)."""
+        skip = {"latencies_ms", "warmup_ms", "detections", "raw"}
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
+        out["eval_images"] = None if self.detections is None else len(self.detections)
+        return out
+
+
+class Agent:
+    """Runs artifacts on a device through a transport.
+
+    Args:
+        transport: Where to run (:class:`~edgekit.device.transport.LocalTransport`, SSH later).
+        sampler: Power sampler; ``None`` = :class:`~edgekit.device.power.NullSampler` (not measured).
+        python: Interpreter on the device; ``None`` = the transport's (the venv's on ``local``).
+
+    Example:
+        >>> from edgekit.device.transport import LocalTransport
+        >>> agent = Agent(LocalTransport())
+        >>> res = agent.bench("runs/x/build", bench_input=x, eval_inputs=None,  # doctest: +SKIP
+        ...                   warmup=10, iterations=200, min_seconds=2, threads=2)
+        >>> res.stats["p99"], res.fps  # doctest: +SKIP
+    """
+
+    def __init__(self, transport: Transport, sampler: PowerSampler | None = None, python: str | None = None):
+        self.transport = transport
+        self.sampler = sampler or NullSampler()
+        self.python = python or getattr(transport, "default_python", "python3")
+
+    def bench(
+        self,
+        artifact_dir: str | Path,
+        *,
+        bench_input: np.ndarray,
+        eval_inputs: np.ndarray | None = None,
+        warmup: int = 10,
+        min_warmup_s: float = 2.0,
+        iterations: int = 1000,
+        min_seconds: float = 30.0,
+        threads: int | None = None,
+        conf: float = 0.001,
+        timeout: float | None = None,
+        progress: bool = True,
+    ) -> BenchResult:
+        """Push the artifact and runner, time it, collect eval detections, clean up.
+
+        Args:
+            artifact_dir: A built artifact folder (verified before anything is pushed).
+            bench_input: The timing input, in the artifact's input shape.
+            eval_inputs: ``(N, C, H, W)`` stack of preprocessed eval images, or ``None``.
+            warmup: Minimum warm-up iterations.
+            min_warmup_s: Minimum warm-up seconds.
+            iterations: Minimum timed iterations.
+            min_seconds: Minimum timed seconds.
+            threads: Intra-op threads; ``None`` = the artifact's ``runtime.threads``.
+            conf: Score threshold for eval candidate rows.
+            timeout: Seconds before the run is killed (``None`` = no limit).
+            progress: Draw a progress bar from the runner's ``@progress`` lines.
+
+        Raises:
+            ModelError: The artifact is missing or tampered with.
+            DeviceError: Upload checksum mismatch, timeout, or unreadable runner output.
+            RemoteCommandError: The runner exited non-zero (message shows its stderr tail).
+        """
+        artifact = Artifact.load(artifact_dir)
+        work = self.transport.mkdtemp()
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as host_tmp:
+                argv = self._stage(artifact, work, Path(host_tmp), bench_input, eval_inputs)
+                argv += _runner_flags(warmup, min_warmup_s, iterations, min_seconds, threads, conf)
+                before = self.thermal()
+                result, samples = self._run(argv, timeout, progress)
+                after = self.thermal()
+                raw = parse_runner_output(result)
+                dets = self._fetch_eval(raw, work, Path(host_tmp))
+        finally:
+            self.transport.remove(work)
+        return self._result(raw, dets, samples, before, after)
+
+    def thermal(self) -> dict[str, float] | None:
+        """Read every thermal zone on the device (``None`` when it has none)."""
+        res = self.transport.run([self.python, "-c", _THERMAL_SNIPPET], timeout=30, check=False)
+        try:
+            zones = json.loads(res.stdout.strip() or "{}")
+        except json.JSONDecodeError:
+            return None
+        return zones or None
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _stage(
+        self, artifact: Artifact, work: str, host_tmp: Path, x: np.ndarray, eval_x: np.ndarray | None
+    ) -> list[str]:
+        remote_art = posixpath.join(work, "artifact")
+        for rel in artifact.all_files():
+            self._push(artifact.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
+        runner = RUNNERS_DIR / artifact.runner
+        for name in (artifact.runner, *SHARED_RUNNER_FILES):
+            self._push(RUNNERS_DIR / name, posixpath.join(work, name))
+        argv = [self.python, posixpath.join(work, runner.name), "--artifact", remote_art]
+        argv += ["--inputs", self._push_array(x, "input.npy", work, host_tmp)]
+        if eval_x is not None:
+            argv += ["--eval-inputs", self._push_array(eval_x, "eval.npy", work, host_tmp)]
+            argv += ["--eval-out", posixpath.join(work, "eval.npz")]
+        return argv
+
+    def _push(self, local: Path, remote: str) -> None:
+        if not local.is_file():
+            raise DeviceError(f"{local} is missing on the host", "reinstall edgekit or rebuild the artifact")
+        self.transport.put(local, remote)
+        if self.transport.sha256(remote) != sha256_file(local):
+            raise DeviceError(
+                f"upload of {local.name} to {remote} is corrupt (sha256 differs after put)",
+                "check free space on the device and the link, then retry",
+            )
+
+    def _push_array(self, array: np.ndarray, name: str, work: str, host_tmp: Path) -> str:
+        local = host_tmp / name
+        np.save(local, np.ascontiguousarray(array, dtype=np.float32))
+        remote = posixpath.join(work, name)
+        self._push(local, remote)
+        return remote
+
+    def _run(self, argv: list[str], timeout: float | None, progress: bool) -> tuple[CommandResult, list]:
+        with RunnerProgress(enabled=progress) as bar:
+            self.sampler.start()
+            try:
+                result = self.transport.run(argv, timeout=timeout, on_stderr_line=bar.feed)
+            finally:
+                samples = self.sampler.stop()
+        return result, samples
+
+    def _fetch_eval(self, raw: dict[str, Any], work: str, host_tmp: Path) -> list[np.ndarray] | None:
+        if not raw.get("eval"):
+            return None
+        local = host_tmp / "eval.npz"
+        self.transport.get(posixpath.join(work, raw["eval"]["file"]), local)
+        with np.load(local) as npz:
+            return [npz[f"dets_{i}"] for i in range(raw["eval"]["images"])]
+
+    def _result(self, raw: dict, dets: list | None, samples: list, before: Any, after: Any) -> BenchResult:
+        lat = [float(v) for v in raw["latencies_ms"]]
+        res = BenchResult(
+            runtime=raw["runtime"],
+            runtime_version=raw["runtime_version"],
+            threads=int(raw["threads"]),
+            latencies_ms=lat,
+            first_ms=float(raw["first_ms"]),
+            warmup_ms=[float(v) for v in raw["warmup_ms"]],
+            wall_s=float(raw["wall_s"]),
+            fps=len(lat) / float(raw["wall_s"]),
+            stats=latency_stats(lat),
+            detections=dets,
+            device=dict(raw.get("device") or {}),
+            thermal_before=before,
+            thermal_after=after,
+            raw=raw,
+        )
+        window = raw.get("window") or {}
+        energy = energy_per_inference(samples, window.get("t0", 0.0), window.get("t1", 0.0), len(lat))
+        if energy is not None:
+            res.power_w, res.energy_mj = energy.mean_power_w, energy.mj_per_inference
+            res.power_note = f"{self.sampler.name}: {self.sampler.rails}"
+        return res
+
+
+def _runner_flags(
+    warmup: int, min_warmup_s: float, iterations: int, min_seconds: float, threads: int | None, conf: float
+) -> list[str]:
+    flags = ["--warmup", str(warmup), "--min-warmup-s", str(min_warmup_s)]
+    flags += ["--iterations", str(iterations), "--min-seconds", str(min_seconds), "--conf", str(conf)]
+    return flags + (["--threads", str(threads)] if threads is not None else [])
+
+
+_RUNNER_KEYS = ("runtime", "runtime_version", "threads", "first_ms", "warmup_ms", "latencies_ms", "wall_s")
+
+
+def parse_runner_output(result: CommandResult) -> dict[str, Any]:
+    """Parse the runner's one JSON line from stdout.
+
+    Raises:
+        DeviceError: No line, several lines, invalid JSON, or missing keys (shows the stdout tail).
+    """
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    try:
+        if len(lines) != 1:
+            raise ValueError(f"expected exactly one JSON line on stdout, got {len(lines)} lines")
+        raw = json.loads(lines[0])
+        missing = [k for k in _RUNNER_KEYS if not isinstance(raw, dict) or k not in raw]
+        if missing:
+            raise ValueError(f"runner JSON lacks {', '.join(missing)}")
+        if not raw["latencies_ms"] or float(raw["wall_s"]) <= 0:
+            raise ValueError("runner reported no timed iterations")
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        tail = "\n".join(result.stdout.splitlines()[-5:])[-800:]
+        raise DeviceError(
+            f"cannot read the runner's result ({exc}); stdout ends with:\n{tail or '(empty)'}",
+            "the runner and edgekit versions may differ; run the runner by hand on the device",
+        ) from exc
+    return raw
+
+
+class RunnerProgress:
+    """A rich progress bar per runner phase, driven by ``@progress <phase> <done> <total>`` lines."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RunnerProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            columns = [
+                TextColumn("{task.description:>8}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            ]
+            self._bar = Progress(*columns, console=Console(stderr=True))
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def feed(self, line: str) -> None:
+        """Consume one stderr line; anything that is not a progress line is ignored here."""
+        parts = line.split()
+        if self._bar is None or len(parts) != 4 or parts[0] != "@progress":
+            return
+        phase, done, total = parts[1], int(parts[2]), int(parts[3])
+        if phase not in self._tasks:
+            self._tasks[phase] = self._bar.add_task(phase, total=total)
+        self._bar.update(self._tasks[phase], completed=done, total=total)

@@ -1,0 +1,246 @@
+"""Run commands and move files on a device: one interface for this host and for boards over SSH.
+
+Every transport takes commands as an argv list, never a shell string: a remote transport joins it
+with ``shlex.join`` so each argument is quoted exactly once. Results and errors are the same whatever
+the transport.
+
+``SSHTransport`` (next version, ``pip install 'edgekit[ssh]'``, paramiko) will add, behind the same
+:class:`Transport` protocol: lazy connect; ``RejectPolicy`` with the target's ``known_hosts`` (an
+unknown or changed host key is a :class:`~edgekit.errors.HostKeyError`, never auto-accepted);
+connection retries with backoff turning into :class:`~edgekit.errors.HostUnreachableError`; SFTP
+``put``/``get`` followed by a remote ``sha256sum`` compared with the local hash; ``mkdtemp`` via
+``mktemp -d``; stderr streamed line by line from the channel into ``on_stderr_line``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
+
+from edgekit.errors import DeviceError, RemoteCommandError
+from edgekit.fsutil import sha256_file
+
+LineCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did.
+
+    Attributes:
+        argv: The command as run.
+        exit_code: Its exit status (negative = killed by that signal).
+        stdout: Everything it printed on stdout.
+        stderr: Everything it printed on stderr.
+        duration: Wall seconds from start to exit.
+    """
+
+    argv: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.exit_code == 0
+
+    def tail(self, n: int = 10) -> str:
+        """Return the last ``n`` lines of stderr (of stdout if stderr is empty), progress lines excluded."""
+        text = self.stderr if self.stderr.strip() else self.stdout
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("@progress")]
+        return "\n".join(lines[-n:])
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Where commands run and files live: this host (:class:`LocalTransport`) or a board over SSH.
+
+    Attributes:
+        name: Short label for messages (``"local"``, ``"ssh://user@host"``).
+        default_python: The Python interpreter to run runners with on that side.
+    """
+
+    name: str
+    default_python: str
+
+    def run(
+        self,
+        argv: list[str],
+        timeout: float | None = None,
+        on_stderr_line: LineCallback | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run ``argv``; stream stderr lines to ``on_stderr_line``; raise on non-zero exit if ``check``."""
+        ...
+
+    def put(self, local: str | Path, remote: str) -> None:
+        """Copy a local file to ``remote`` (parent folders are created)."""
+        ...
+
+    def get(self, remote: str, local: str | Path) -> None:
+        """Copy ``remote`` to a local file."""
+        ...
+
+    def mkdtemp(self) -> str:
+        """Create a fresh work folder on the device and return its path."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Delete a file or folder on the device (missing is fine)."""
+        ...
+
+    def sha256(self, remote_path: str) -> str:
+        """Return the hex sha256 of a file on the device."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+    def __enter__(self) -> Transport: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class LocalTransport:
+    """Run on this host with :mod:`subprocess`; "remote" paths are ordinary local paths.
+
+    Args:
+        root: Folder under which :meth:`mkdtemp` creates work folders (default: the system temp dir).
+
+    Example:
+        >>> with LocalTransport() as t:
+        ...     t.run(["python3", "-c", "print(6 * 7)"]).stdout.strip()
+        '42'
+    """
+
+    name = "local"
+    default_python = sys.executable
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = str(root) if root is not None else None
+
+    def run(
+        self,
+        argv: list[str],
+        timeout: float | None = None,
+        on_stderr_line: LineCallback | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run ``argv`` (a list, no shell), streaming stderr lines while it runs.
+
+        Raises:
+            DeviceError: The program does not exist or the command timed out.
+            RemoteCommandError: Non-zero exit and ``check`` is true.
+        """
+        argv = [str(a) for a in argv]
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
+        except OSError as exc:
+            raise DeviceError(
+                f"cannot run {argv[0]!r} on {self.name}: {exc.strerror}", "check it is installed and on PATH"
+            ) from exc
+        out, err = _collect(proc, timeout, on_stderr_line, argv)
+        result = CommandResult(argv, proc.returncode, out, err, time.monotonic() - start)
+        if check and not result.ok:
+            raise RemoteCommandError(result)
+        return result
+
+    def put(self, local: str | Path, remote: str) -> None:
+        """Copy a file (atomically: temp name, then rename)."""
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{remote}.part"
+        shutil.copyfile(local, tmp)
+        Path(tmp).replace(remote)
+
+    def get(self, remote: str, local: str | Path) -> None:
+        """Copy a file back."""
+        if not Path(remote).is_file():
+            raise DeviceError(f"{remote} does not exist on {self.name}", "the command did not write it")
+        self.put(remote, str(local))
+
+    def mkdtemp(self) -> str:
+        """Create a work folder named ``edgekit-*``."""
+        return tempfile.mkdtemp(prefix="edgekit-", dir=self.root)
+
+    def remove(self, path: str) -> None:
+        """Delete a file or a folder tree."""
+        p = Path(path)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+    def sha256(self, remote_path: str) -> str:
+        """Hash a file."""
+        return sha256_file(remote_path)
+
+    def close(self) -> None:
+        """Nothing to release locally."""
+
+    def __enter__(self) -> LocalTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _collect(
+    proc: subprocess.Popen, timeout: float | None, on_line: LineCallback | None, argv: list[str]
+) -> tuple[str, str]:
+    """Read stdout and stderr concurrently (no pipe deadlock), stderr line by line; enforce timeout."""
+    out: list[str] = []
+    err: list[str] = []
+    readers = [
+        threading.Thread(target=_pump, args=(proc.stdout, out, None), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, err, on_line), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        _kill(proc)
+        raise DeviceError(
+            f"command {argv[0]!r} timed out after {timeout:g} s on local "
+            f"(last output: {''.join(err)[-300:].strip() or 'none'})",
+            "raise the timeout, or lower iterations / min-seconds",
+        ) from exc
+    finally:
+        for reader in readers:
+            reader.join(timeout=5)
+    return "".join(out), "".join(err)
+
+
+def _pump(stream: IO[str], sink: list[str], on_line: LineCallback | None) -> None:
+    for line in iter(stream.readline, ""):
+        sink.append(line)
+        if on_line is not None:
+            try:
+                on_line(line.rstrip("\n"))
+            except Exception:  # noqa: BLE001 - a broken display must not stall the pipe and the command
+                on_line = None
+    stream.close()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    # The whole process group: a runner may have spawned threads/children that hold the pipes open.
+    try:
+        os.killpg(proc.pid, 9)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
