@@ -77,13 +77,18 @@ def _cost_panel(ax: Axes, record: RunRecord, cost: str, label: str) -> bool:
     ax.set_xlabel(label)
     ax.set_ylabel("mAP@0.5:0.95")
     if not points:
-        ax.text(0.5, 0.5, "not measured together", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no stage measured both", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])
         ax.set_yticks([])
         return False
     ax.scatter([p[0] for p in points], [p[1] for p in points], color=MUTED, zorder=2)
+    # Nodes with the same figures (train and reference, often) share one label instead of overprinting.
+    labels: dict[tuple[float, float], list[str]] = {}
     for x, y, stage in points:
-        ax.annotate(stage, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        labels.setdefault((x, y), []).append(stage)
+    for (x, y), stages in labels.items():
+        ax.annotate(", ".join(stages), (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax.margins(x=0.25, y=0.15)
     front = [(n.metric(cost), n.metric("map50_95")) for n in record.pareto(cost)]
     ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color=ACCENT, zorder=3, label="Pareto front")
     ax.legend(frameon=False, fontsize=8, loc="lower right")

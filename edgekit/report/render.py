@@ -78,7 +78,7 @@ def _status_blocks(record: RunRecord) -> list[Block]:
             ]
             for name, g in record.gates.items()
         ]
-        blocks += [Heading("Gates", 3), Table(["gate", "limit", "value", "result"], rows, frozenset({1, 2}))]
+        blocks += [Heading("Gates"), Table(["gate", "limit", "value", "result"], rows, frozenset({1, 2}))]
     return blocks
 
 
@@ -234,11 +234,11 @@ def _environment(record: RunRecord) -> list[Block]:
     if tools:
         blocks.append(Table(["tool", "version"], [[k, ", ".join(v)] for k, v in sorted(tools.items())]))
     facts = {"edgekit": record.edgekit_version, **record.host}
-    blocks.append(Table(["host", ""], [[k, _cell(v)] for k, v in facts.items()]))
+    blocks.append(Table(["host", "value"], [[k, _cell(v)] for k, v in facts.items()]))
     bench = record.node("bench")
     device = bench.extra.get("device") if bench else None
     if isinstance(device, dict) and device:
-        blocks.append(Table(["device", ""], [[k, _cell(v)] for k, v in device.items()]))
+        blocks.append(Table(["device", "value"], [[k, _cell(v)] for k, v in device.items()]))
     return blocks
 
 

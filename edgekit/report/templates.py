@@ -57,9 +57,9 @@ h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #e2e8f0; padd
 table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .92rem; }
 th, td { border: 1px solid #e2e8f0; padding: .3rem .6rem; text-align: left; vertical-align: top; }
 th { background: #f7fafc; font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 p.ok { color: #276749; } p.bad { color: #9b2c2c; } p.note { color: #4a5568; }
-img { max-width: 100%; height: auto; display: block; margin: .6rem 0 1.2rem; }
+img { max-width: min(100%, 60rem); height: auto; display: block; margin: .6rem 0 1.2rem; }
 code { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .9em; }
 """
 
@@ -98,9 +98,10 @@ def _html_row(cells: list[str], numeric: frozenset[int], tag: str) -> str:
 
 
 def _html_table(table: Table) -> str:
-    head = _html_row(table.headers, table.numeric, "th")
+    # A key/value table has no column titles; Markdown needs its empty header row, HTML does not.
+    head = f"<thead>{_html_row(table.headers, table.numeric, 'th')}</thead>\n" if any(table.headers) else ""
     body = "\n".join(_html_row(row, table.numeric, "td") for row in table.rows)
-    return f"<table>\n<thead>{head}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    return f"<table>\n{head}<tbody>\n{body}\n</tbody>\n</table>"
 
 
 def _html_block(block: Block) -> str:

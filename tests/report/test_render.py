@@ -1,0 +1,131 @@
+import html
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from edgekit.errors import DataError
+from edgekit.report.plots import accuracy_vs_cost, gamma_histogram, latency_histogram
+from edgekit.report.record import RunRecord
+from edgekit.report.render import render_markdown, render_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        img.verify()  # raises on a truncated or corrupt file
+    with Image.open(path) as img:
+        return img.size
+
+
+def test_render_run_writes_reports_and_plots(run_dir):
+    written = render_run(run_dir)
+    names = [p.relative_to(run_dir).as_posix() for p in written]
+    assert names[:2] == ["report.md", "report.html"]
+    assert set(names[2:]) == {
+        "report_files/latency.png",
+        "report_files/accuracy_vs_cost.png",
+        "report_files/bn_gamma.png",
+    }
+    for png in written[2:]:
+        width, height = _png_size(png)
+        assert width > 300 and height > 200
+    assert not [p for p in run_dir.rglob("*.tmp")]
+
+
+def test_markdown_contains_the_numbers(run_dir, record, numbers):
+    render_run(run_dir, html=False)
+    assert not (run_dir / "report.html").exists()
+    text = (run_dir / "report.md").read_text()
+    stats = record.node("bench").metrics["latency_ms"]
+    assert text.startswith("# edgekit report: local · onnxruntime · int8\n")
+    assert "**Status:** ok" in text
+    expected = [
+        "| parameters | 1.23 M | 612.35 k | -50.4% |",
+        "| MACs | 456.00 M | 230.10 M | -49.5% |",
+        "| mAP@0.5 | 0.781 | 0.752 | -0.029 |",
+        "| mAP@0.5:0.95 | 0.523 | 0.489 | -0.034 |",
+        f"| latency p50 (ms) | not measured | {stats['p50']:.2f} |  |",
+        f"| latency p99 (ms) | not measured | {stats['p99']:.2f} |  |",
+        f"| FPS | not measured | {1000 / stats['mean']:.1f} |  |",
+        "| power (W) | not measured | not measured |  |",
+        "| energy per inference (mJ) | not measured | not measured |  |",
+        "| size | 4.72 MiB | 668.00 KiB | -86.2% |",
+        f"| sha256 | {numbers['calibration']['sha256']} |",
+        "| percentile | 0.752 | 0.489 | 668.00 KiB | 3.60 | chosen |",
+        "| backbone.0.conv | 0.0123 | fp32 |",
+        "| max_map_drop | 0.05 | 0.0340 | pass |",
+        "| onnxruntime | 1.32.0 |",
+        "![Latency distribution](report_files/latency.png)",
+    ]
+    for line in expected:
+        assert line in text, line
+    stage_lines = [line for line in text.splitlines() if line.startswith("| compress:l1 |")]
+    assert len(stage_lines) == 1 and "| 0.764 | 0.502 | 120.5 | no | ok |" in stage_lines[0]
+
+
+def test_failed_record_renders_error_and_hint(tmp_path, failed_record):
+    failed_record.save(tmp_path / "record.json")
+    written = render_run(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "**Status:** failed" in text
+    assert "**Stopped at stage:** build" in text
+    assert f"**Error:** {failed_record.error['message']}" in text
+    assert f"**Hint:** {failed_record.error['hint']}" in text
+    assert "| build | MNN artifact |" in text and "| failed |" in text
+    assert "latency.png" not in text  # no bench ran: no latency plot, and nothing referencing one
+    assert {p.name for p in written} == {"report.md", "report.html", "accuracy_vs_cost.png", "bn_gamma.png"}
+    page = (tmp_path / "report.html").read_text()
+    assert html.escape(failed_record.error["hint"]) in page and 'class="bad"' in page
+
+
+def test_html_escapes_text(tmp_path, record):
+    record.nodes[0].label = "<script>alert(1)</script> & co"
+    record.save(tmp_path / "record.json")
+    render_run(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+
+
+def test_plots_are_none_without_data(tmp_path):
+    bare = RunRecord.new("bare", [], {"name": "local"}, {})
+    bare.child("export", {"opset": 17}, metrics={"params": 10})
+    assert latency_histogram(bare, tmp_path) is None
+    assert accuracy_vs_cost(bare, tmp_path) is None
+    assert gamma_histogram(bare, tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+    assert "## Plots" not in render_markdown(bare, tmp_path)
+
+
+def test_render_run_without_a_record_names_the_file(tmp_path):
+    with pytest.raises(DataError, match="record.json does not exist") as info:
+        render_run(tmp_path)
+    assert str(tmp_path / "record.json") in info.value.message
+
+
+def test_report_html_loads_in_a_browser(run_dir, record):
+    if not CHROMIUM.exists():
+        pytest.skip(reason="/usr/bin/chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    render_run(run_dir)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            page = browser.new_page()
+            page.goto((run_dir / "report.html").as_uri(), wait_until="load")
+            images = page.eval_on_selector_all(
+                "img",
+                "els => els.map(e => ({src: e.getAttribute('src'), ok: e.complete, w: e.naturalWidth}))",
+            )
+            title = page.title()
+            headline = page.locator("h2:has-text('Reference against deployed') + table").inner_text()
+        finally:
+            browser.close()
+    assert len(images) == 3
+    for img in images:
+        assert img["ok"] and img["w"] > 0, img
+    assert title == "edgekit report: local · onnxruntime · int8"
+    assert "mAP@0.5:0.95" in headline and "0.489" in headline and "not measured" in headline
