@@ -433,7 +433,7 @@ def derive_preprocess(input_dims: list[int | str]) -> PreprocessSpec:
 
 def infer_num_classes(out_dims: list[int | str], head: str) -> int:
     """Read the class count from a static ``yolov5`` / ``yolov8`` output shape."""
-    channel = out_dims[-1] if head == "yolov5" else out_dims[1] if len(out_dims) == 3 else None
+    channel = None if len(out_dims) != 3 else out_dims[2] if head == "yolov5" else out_dims[1]
     offset = 5 if head == "yolov5" else 4
     if not isinstance(channel, int) or channel <= offset:
         raise ConfigError(
@@ -466,6 +466,16 @@ def generic_problems(model: Any, options: BuildOptions) -> list[Problem]:
                     "fix input_size / layout in preprocess",
                 )
             ]
+    out_shape = dims(model.graph.output[0])
+    if out_shape and len(out_shape) != 3:
+        layout = "[1, N, 5 + nc]" if options.head == "yolov5" else "[1, 4 + nc, N]"
+        return [
+            Problem(
+                "error",
+                f"output shape {out_shape} is not a {options.head} detector output {layout}",
+                "export the decoded head output, or set head to match the model",
+            )
+        ]
     expected = options.num_classes
     try:
         found = infer_num_classes(dims(model.graph.output[0]), options.head)
