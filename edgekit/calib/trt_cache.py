@@ -1,0 +1,130 @@
+"""TensorRT INT8 calibration cache, in TensorRT's own text format.
+
+The file is a header ``TRT-<version>-<algorithm>`` (``8502`` = TensorRT 8.5.2, ``100300`` = 10.3.0) and one
+line per tensor ``<name>: <8 hex digits>``: the big-endian IEEE-754 float32 bits of the **scale**, with
+dynamic range = scale x 127. Tensor names may contain spaces, ``:``, ``*`` and brackets, so a line is split
+on its last ``": "``. TensorRT only accepts a cache whose header matches its own version and calibrator
+algorithm, so build the cache for the TensorRT version on the device.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import CalibrationError, ConfigError
+from edgekit.fsutil import atomic_write_text
+
+ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
+DEFAULT_VERSION = "8502"  # JetPack 5.1 ships TensorRT 8.5.2
+DEFAULT_ALGO = "EntropyCalibration2"
+INT8_MAX = 127.0
+
+
+def version_tag(version: str | int) -> str:
+    """Normalise ``8.5.2`` / ``8502`` / ``10.3.0`` to the number TensorRT writes in its header.
+
+    Raises:
+        ConfigError: The version is neither digits nor ``major.minor.patch``.
+    """
+    text = str(version).strip()
+    if text.isdigit():
+        return text
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", text)
+    if not m:
+        raise ConfigError(
+            f"bad TensorRT version {version!r}", "write it like 8.5.2 or 8502 (see trtexec's banner)"
+        )
+    major, minor, patch = map(int, m.groups())
+    # TensorRT < 10 encodes M*1000 + m*100 + p (8502); 10+ encodes M*10000 + m*100 + p (100300).
+    return str(major * (10000 if major >= 10 else 1000) + minor * 100 + patch)
+
+
+def scale_from_range(lo: float, hi: float) -> float:
+    """Symmetric INT8 scale of an activation range: ``max(|lo|, |hi|) / 127`` (float32)."""
+    return float(np.float32(max(abs(float(lo)), abs(float(hi)))) / np.float32(INT8_MAX))
+
+
+def _check_scale(what: str, scale: float) -> np.float32:
+    value = np.float32(scale)
+    if not math.isfinite(float(value)) or float(value) <= 0.0:
+        raise CalibrationError(
+            f"{what} has scale {float(scale)!r}; TensorRT needs a finite scale > 0",
+            "the calibration data never reached this tensor or overflowed it: check the set "
+            "(edgekit calib show) and that its preprocessing matches the model",
+        )
+    return value
+
+
+def encode_scale(scale: float) -> str:
+    """The 8 hex digits TensorRT writes for ``scale`` (big-endian float32 bits)."""
+    return struct.pack(">f", float(np.float32(scale))).hex()
+
+
+def decode_scale(hex8: str) -> float:
+    """Inverse of :func:`encode_scale`."""
+    return struct.unpack(">f", bytes.fromhex(hex8))[0]
+
+
+def write_trt_cache(
+    scales: dict[str, float],
+    path: str | Path,
+    version: str | int = DEFAULT_VERSION,
+    algo: str = DEFAULT_ALGO,
+) -> Path:
+    """Write a TensorRT calibration cache atomically.
+
+    Args:
+        scales: Tensor name -> scale (``amax / 127``).
+        path: Output file.
+        version: TensorRT version (``8502`` or ``8.5.2``).
+        algo: Calibrator algorithm named in the header (one of :data:`ALGORITHMS`).
+
+    Raises:
+        CalibrationError: A scale is zero, negative, inf or nan, or a name cannot be written.
+        ConfigError: Unknown algorithm or version.
+
+    Example:
+        >>> write_trt_cache({"images": 1 / 127}, "calib.cache")  # doctest: +SKIP
+    """
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown TensorRT calibrator {algo!r}", f"use one of {', '.join(ALGORITHMS)}")
+    if not scales:
+        raise CalibrationError("no tensor scales to write", "the model has no calibrated activations")
+    lines = [f"TRT-{version_tag(version)}-{algo}"]
+    for name, scale in scales.items():
+        if not name or "\n" in name:
+            raise CalibrationError(f"tensor name {name!r} cannot be written to a cache", "rename the tensor")
+        lines.append(f"{name}: {encode_scale(_check_scale(f'tensor {name!r}', scale))}")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_trt_cache(path: str | Path) -> tuple[str, dict[str, float]]:
+    """Parse a TensorRT calibration cache.
+
+    Returns:
+        (header, tensor name -> scale as the exact float32 value).
+
+    Raises:
+        CalibrationError: Bad header, a malformed line, or an inf/nan/zero scale (names the line).
+    """
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    header = lines[0].strip() if lines else ""
+    if not re.fullmatch(r"TRT-\d+-\w+", header):
+        raise CalibrationError(
+            f"{path}: not a TensorRT calibration cache (header {header!r})", "regenerate it"
+        )
+    scales: dict[str, float] = {}
+    for lineno, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        name, sep, hex8 = line.rpartition(": ")
+        if not sep or not re.fullmatch(r"[0-9a-fA-F]{8}", hex8.strip()):
+            raise CalibrationError(f"{path}:{lineno}: malformed line {line!r}", "expected 'tensor: hhhhhhhh'")
+        scales[name] = float(_check_scale(f"{path}:{lineno}: tensor {name!r}", decode_scale(hex8.strip())))
+    return header, scales
