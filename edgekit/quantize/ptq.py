@@ -279,7 +279,12 @@ def tensor_ranges(
             progress=progress,
             workdir=Path(tmp),
         )
-    return {name: (float(td.range_value[0]), float(td.range_value[1])) for name, td in data.items()}
+    return {name: _bounds(td.range_value) for name, td in data.items()}
+
+
+def _bounds(range_value: tuple[Any, Any]) -> tuple[float, float]:
+    low, high = (float(np.asarray(v).reshape(-1)[0]) for v in range_value)
+    return low, high
 
 
 def prepare_model(fp32_onnx: Path, workdir: Path) -> Path:
@@ -319,13 +324,23 @@ def read_activation_scales(qdq_model: Any) -> dict[str, tuple[float, int]]:
 
 
 def count_quantized_nodes(qdq_model: Any, op_types: tuple[str, ...] = OP_TYPES_TO_QUANTIZE) -> int:
-    """Count nodes of ``op_types`` that consume at least one DequantizeLinear output."""
-    dq_outputs = {node.output[0] for node in qdq_model.graph.node if node.op_type == "DequantizeLinear"}
-    return sum(
-        1
-        for node in qdq_model.graph.node
-        if node.op_type in op_types and any(name in dq_outputs for name in node.input)
-    )
+    """Count nodes of ``op_types`` that really run in INT8 in a QDQ model.
+
+    A weighted op (Conv, Gemm, MatMul, ...) counts when its second input comes from a
+    DequantizeLinear; any other op when its first input does and its output feeds a QuantizeLinear.
+    (A float node right after an INT8 one also reads a DequantizeLinear output, so that alone is
+    not enough.)
+    """
+    nodes = qdq_model.graph.node
+    dq_outputs = {node.output[0] for node in nodes if node.op_type == "DequantizeLinear"}
+    q_inputs = {node.input[0] for node in nodes if node.op_type == "QuantizeLinear"}
+
+    def runs_int8(node: Any) -> bool:
+        if node.op_type in qgraph.COMPUTE_OPS:
+            return len(node.input) > 1 and node.input[1] in dq_outputs
+        return node.input[0] in dq_outputs and node.output[0] in q_inputs
+
+    return sum(1 for node in nodes if node.op_type in op_types and runs_int8(node))
 
 
 def resolve_keep_float(model: Any, keep_float: str | list[str] | None) -> list[str]:
@@ -392,7 +407,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as tmp:
         workdir = Path(tmp)
         prepared = prepare_model(Path(fp32_onnx), workdir)
-        cache, count = _calibration_cache(
+        cache, count = calibration_cache(
             prepared, calibration, method, percentile, input_name, progress, workdir
         )
         excluded = _excluded(prepared, keep_float)
@@ -408,7 +423,7 @@ def _excluded(prepared: Path, keep_float: str | list[str] | None) -> list[str]:
     return resolve_keep_float(onnx.load(str(prepared)), keep_float)
 
 
-def _calibration_cache(
+def calibration_cache(
     prepared: Path,
     calibration: Calibration,
     method: str,
@@ -417,6 +432,7 @@ def _calibration_cache(
     progress: bool,
     workdir: Path,
 ) -> tuple[Path, int]:
+    """Calibrate ``prepared`` and write ORT's calibration cache; return (cache path, arrays seen)."""
     from onnxruntime.quantization import save_tensors_data
 
     data, count = compute_tensors_data(
