@@ -428,7 +428,16 @@ def derive_preprocess(input_dims: list[int | str]) -> PreprocessSpec:
             f"cannot derive preprocessing from the dynamic input shape {input_dims}",
             "pass BuildOptions(preprocess=PreprocessSpec(input_size=...)) or export with a static shape",
         )
-    return PreprocessSpec(input_size=side, layout="NCHW" if nchw else "NHWC")
+    other = input_dims[3] if nchw else input_dims[2]
+    try:
+        if other != side:
+            raise ValueError(f"input is not square ({input_dims})")
+        return PreprocessSpec(input_size=side, layout="NCHW" if nchw else "NHWC")
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(
+            f"cannot derive preprocessing from the input shape {input_dims}: {exc}",
+            "pass BuildOptions(preprocess=PreprocessSpec(...)) matching the model input",
+        ) from exc
 
 
 def infer_num_classes(out_dims: list[int | str], head: str) -> int:
