@@ -422,17 +422,11 @@ def dims(value_info: Any) -> list[int | str]:
 def derive_preprocess(input_dims: list[int | str]) -> PreprocessSpec:
     """Default preprocessing for a static square image input (NCHW if dim 1 is 3, else NHWC)."""
     nchw = len(input_dims) == 4 and input_dims[1] == 3
-    side = input_dims[2] if nchw else input_dims[1] if len(input_dims) == 4 else None
-    if not isinstance(side, int):
-        raise ConfigError(
-            f"cannot derive preprocessing from the dynamic input shape {input_dims}",
-            "pass BuildOptions(preprocess=PreprocessSpec(input_size=...)) or export with a static shape",
-        )
-    other = input_dims[3] if nchw else input_dims[2]
+    hw = input_dims[2:4] if nchw else input_dims[1:3]
     try:
-        if other != side:
-            raise ValueError(f"input is not square ({input_dims})")
-        return PreprocessSpec(input_size=side, layout="NCHW" if nchw else "NHWC")
+        if len(input_dims) != 4 or hw[0] != hw[1] or not isinstance(hw[0], int):
+            raise ValueError("need a static, square 4-D image input")
+        return PreprocessSpec(input_size=hw[0], layout="NCHW" if nchw else "NHWC")
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise ConfigError(
             f"cannot derive preprocessing from the input shape {input_dims}: {exc}",
@@ -454,49 +448,28 @@ def infer_num_classes(out_dims: list[int | str], head: str) -> int:
 
 def generic_problems(model: Any, options: BuildOptions) -> list[Problem]:
     """Problems every backend shares: one 4-D image input, a detector output, matching preprocessing."""
-    inputs = graph_inputs(model)
-    if len(inputs) != 1 or not model.graph.output:
-        return [
-            Problem(
-                "error",
-                f"expected 1 input and >= 1 output, got {len(inputs)} and {len(model.graph.output)}",
-                "export the detector with a single image input",
-            )
-        ]
-    shape = dims(inputs[0])
+    found = _io_mismatch(model, options)
+    return [Problem("error", found[0], found[1])] if found else []
+
+
+def _io_mismatch(model: Any, options: BuildOptions) -> tuple[str, str] | None:
+    inputs, outputs = graph_inputs(model), model.graph.output
+    if len(inputs) != 1 or not outputs:
+        return f"expected 1 input and >= 1 output, got {len(inputs)} and {len(outputs)}", "export 1 input"
+    shape, out_shape = dims(inputs[0]), dims(outputs[0])
     if len(shape) != 4:
-        return [Problem("error", f"input '{inputs[0].name}' has shape {shape}, expected 4-D", "export NCHW")]
-    if options.preprocess is not None and all(isinstance(d, int) for d in shape):
-        if shape != options.preprocess.input_shape():
-            return [
-                Problem(
-                    "error",
-                    f"input shape {shape} does not match preprocess {options.preprocess.input_shape()}",
-                    "fix input_size / layout in preprocess",
-                )
-            ]
-    out_shape = dims(model.graph.output[0])
+        return f"input '{inputs[0].name}' has shape {shape}, expected 4-D", "export an NCHW image input"
+    pre = options.preprocess
+    if pre is not None and all(isinstance(d, int) for d in shape) and shape != pre.input_shape():
+        return f"input shape {shape} does not match preprocess {pre.input_shape()}", "fix input_size / layout"
     if out_shape and len(out_shape) != 3:
         layout = "[1, N, 5 + nc]" if options.head == "yolov5" else "[1, 4 + nc, N]"
-        return [
-            Problem(
-                "error",
-                f"output shape {out_shape} is not a {options.head} detector output {layout}",
-                "export the decoded head output, or set head to match the model",
-            )
-        ]
-    expected = options.num_classes
+        return f"output shape {out_shape} is not a {options.head} output {layout}", "export the decoded head"
     try:
-        found = infer_num_classes(dims(model.graph.output[0]), options.head)
+        found = infer_num_classes(out_shape, options.head)
     except ConfigError:
-        return []  # dynamic output: nothing to cross-check
-    if expected is not None and found != expected:
-        return [
-            Problem(
-                "error",
-                f"output shape {dims(model.graph.output[0])} holds {found} classes for head "
-                f"{options.head}, options say {expected}",
-                "fix num_classes or head",
-            )
-        ]
-    return []
+        return None  # dynamic output: nothing to cross-check
+    if options.num_classes is not None and found != options.num_classes:
+        msg = f"output shape {out_shape} holds {found} classes for head {options.head}"
+        return f"{msg}, options say {options.num_classes}", "fix num_classes or head"
+    return None

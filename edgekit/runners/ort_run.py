@@ -161,6 +161,8 @@ def device_facts() -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print one JSON line."""
     args = parse_args(argv)
+    if bool(args.eval_inputs) != bool(args.eval_out):
+        raise RunnerError("--eval-inputs and --eval-out go together")
     meta = load_artifact(args.artifact)
     threads = args.threads if args.threads is not None else meta.get("runtime", {}).get("threads")
     session = make_session(meta, args.artifact, threads)
@@ -178,8 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     window_t1 = time.monotonic()
     evaluated = None
     if args.eval_inputs:
-        if not args.eval_out:
-            raise RunnerError("--eval-inputs needs --eval-out")
         n = run_eval(session, meta, args.eval_inputs, args.eval_out, args.conf)
         evaluated = {"images": n, "file": Path(args.eval_out).name}
     import onnxruntime as ort
