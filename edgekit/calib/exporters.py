@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -267,46 +266,20 @@ def representative_dataset():
 def activation_ranges(onnx_path: Path, arrays: list[np.ndarray], method: str = "minmax") -> dict:
     """Per-tensor ``(min, max)`` of every activation of an fp32 ONNX model over ``arrays``.
 
-    Uses ``edgekit.quantize.ptq.tensor_ranges`` when it exists (one calibration code path for the whole
-    project), else onnxruntime's calibrator directly.
+    Delegates to ``edgekit.quantize.ptq.tensor_ranges`` so that the TensorRT cache and the ONNX Runtime
+    QDQ model come from one calibration code path (tensor names are kept: no graph optimisation).
     """
+    from edgekit.quantize.ptq import tensor_ranges
+
     if not arrays:
         raise CalibrationError("no calibration tensors to compute ranges from", "the set or --limit is empty")
-    try:
-        from edgekit.quantize.ptq import tensor_ranges
-    except ImportError:
-        tensor_ranges = _ort_ranges
+    if method not in RANGE_METHODS:
+        raise ConfigError(f"unknown range method {method!r}", f"use one of: {', '.join(RANGE_METHODS)}")
     raw = tensor_ranges(onnx_path, arrays, method)
-    return {name: _as_pair(value) for name, value in raw.items()}
+    return {name: (float(lo), float(hi)) for name, (lo, hi) in raw.items()}
 
 
-def _as_pair(value: Any) -> tuple[float, float]:
-    lo, hi = getattr(value, "range_value", value)
-    return float(np.min(lo)), float(np.max(hi))
-
-
-_ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-
-
-def _ort_ranges(onnx_path: Path, arrays: list[np.ndarray], method: str) -> dict:
-    import onnx
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
-    if method not in _ORT_METHODS:
-        raise ConfigError(f"unknown range method {method!r}", f"use one of: {', '.join(_ORT_METHODS)}")
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    input_name = next(i.name for i in graph.input if i.name not in inits)
-    feeds = iter([{input_name: a} for a in arrays])
-    reader = type("_Feeds", (), {"get_next": lambda self: next(feeds, None)})()
-    with tempfile.TemporaryDirectory() as td:
-        cal = create_calibrator(
-            onnx_path,
-            augmented_model_path=Path(td) / "augmented.onnx",
-            calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[method]),
-        )
-        cal.collect_data(reader)
-        return dict(cal.compute_data().items())
+RANGE_METHODS = ("minmax", "entropy", "percentile")
 
 
 FORMATS: dict[str, Callable[..., dict]] = {
