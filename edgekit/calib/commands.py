@@ -162,14 +162,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     """``edgekit calib import``."""
     from edgekit.calib.importer import import_set
 
-    spec = PreprocessSpec(
-        input_size=args.input_size,
-        resize=args.resize,
-        mean=args.mean,
-        std=args.std,
-        channel_order=args.channel_order,
-        layout=args.layout,
-    )
+    spec = _spec_from_args(args)
     result = import_set(
         args.src,
         args.name,
@@ -187,6 +180,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     con.print(result.summary())
     _print_warnings(con, result.warnings)
     return 0
+
+
+def _spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
+    from pydantic import ValidationError
+
+    fields = ("input_size", "resize", "mean", "std", "channel_order", "layout")
+    try:
+        return PreprocessSpec(**{f: getattr(args, f) for f in fields})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ConfigError(f"bad {flag}: {first['msg']}", "see `edgekit calib import --help`") from exc
 
 
 def _print_warnings(con: Console, notes: list[str]) -> None:

@@ -383,11 +383,11 @@ def _commit(
 
 
 def _merge(stage: Path, set_dir: Path) -> None:
-    """Move staged content-addressed files in; existing ones are identical by construction."""
+    """Move the staged content-addressed files into the set folder."""
     for sub in (IMAGES, LABELS):
         if not (stage / sub).is_dir():
             continue
         (set_dir / sub).mkdir(exist_ok=True)
         for f in (stage / sub).iterdir():
-            if not (set_dir / sub / f.name).exists():
-                f.replace(set_dir / sub / f.name)
+            # Same name = same content by construction; replacing also heals a tampered copy.
+            f.replace(set_dir / sub / f.name)
