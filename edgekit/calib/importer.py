@@ -246,13 +246,14 @@ def _stage_images(
     notes: list[str],
     progress: bool,
 ) -> list[ImageEntry]:
+    from rich.console import Console
     from rich.progress import Progress
 
     (stage / IMAGES).mkdir()
     target = len(order) if count is None else count
     entries: list[ImageEntry] = []
     seen: dict[str, str] = {}
-    with Progress(disable=not progress, transient=True) as bar:
+    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task("importing images", total=target)
         for cand in order:
             if len(entries) >= target:
