@@ -14,14 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import ConfigError
-from edgekit.quantize.ptq import (
-    METHODS,
-    Calibration,
-    QuantResult,
-    calibration_source,
-    compare_calibrators,
-    quantize_int8,
-)
+from edgekit.quantize.calibrators import METHODS, Calibration, calibration_source
+from edgekit.quantize.ptq import QuantResult, compare_calibrators, quantize_int8
 from edgekit.quantize.sensitivity import layer_sensitivity
 
 Evaluate = Callable[[Path], dict[str, float]]

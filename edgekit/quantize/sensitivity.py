@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit.errors import ConfigError
 from edgekit.quantize import graph as qgraph
-from edgekit.quantize.ptq import (
+from edgekit.quantize.calibrators import (
     Calibration,
     as_batch,
     calibration_cache,
@@ -27,8 +27,8 @@ from edgekit.quantize.ptq import (
     prepare_model,
     progress_bar,
     resolve_input_name,
-    run_quantize_static,
 )
+from edgekit.quantize.ptq import run_quantize_static
 
 
 def _mse(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
