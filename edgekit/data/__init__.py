@@ -1,0 +1,1 @@
+"""Datasets, preprocessing, decoding and metrics."""

@@ -1,0 +1,1 @@
+"""Reference detectors, their training loop, and loading of users' models."""

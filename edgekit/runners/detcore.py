@@ -1,0 +1,78 @@
+"""Detector output decoding and NMS, shared by the device runners and the host (stdlib + numpy only).
+
+Heads (the two Ultralytics-style layouts):
+    ``yolov5``: ``[1, N, 5 + nc]`` rows ``cx, cy, w, h, objectness, class scores...``
+    ``yolov8``: ``[1, 4 + nc, N]`` columns ``cx, cy, w, h, class scores...`` (no objectness)
+Coordinates are in network-input pixels; scores are probabilities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HEADS = ("yolov5", "yolov8")
+
+
+def rows(output: np.ndarray, head: str) -> np.ndarray:
+    """Return the output of one image as ``(N, C)`` rows, whatever the head layout."""
+    out = np.asarray(output, dtype=np.float32)
+    if out.ndim == 3:
+        if out.shape[0] != 1:
+            raise ValueError(f"expected batch 1, got output shape {list(out.shape)}")
+        out = out[0]
+    if out.ndim != 2:
+        raise ValueError(f"expected a 2-D or 3-D detector output, got shape {list(out.shape)}")
+    if head == "yolov8":
+        out = out.T
+    elif head != "yolov5":
+        raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
+    return out
+
+
+def candidates(output: np.ndarray, head: str, conf: float = 0.001, max_candidates: int = 3000) -> np.ndarray:
+    """Decode one image's raw output into ``(K, 6)`` rows ``x0, y0, x1, y1, score, class``.
+
+    Keeps the best class per box and at most ``max_candidates`` boxes with ``score >= conf``.
+    """
+    r = rows(output, head)
+    if head == "yolov5":
+        cls_scores = r[:, 5:] * r[:, 4:5] if r.shape[1] > 5 else r[:, 4:5]
+    else:
+        cls_scores = r[:, 4:]
+    cls = cls_scores.argmax(1)
+    score = cls_scores[np.arange(len(r)), cls]
+    keep = np.nonzero(score >= conf)[0]
+    if len(keep) > max_candidates:
+        keep = keep[np.argsort(-score[keep], kind="stable")[:max_candidates]]
+    xywh = r[keep, :4]
+    half = xywh[:, 2:4] / 2
+    boxes = np.concatenate([xywh[:, :2] - half, xywh[:, :2] + half], axis=1)
+    return np.concatenate([boxes, score[keep, None], cls[keep, None].astype(np.float32)], axis=1).astype(np.float32)
+
+
+def _iou_one_to_many(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(box[0], others[:, 0])
+    y0 = np.maximum(box[1], others[:, 1])
+    x1 = np.minimum(box[2], others[:, 2])
+    y1 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def nms(dets: np.ndarray, iou: float = 0.5, max_det: int = 100) -> np.ndarray:
+    """Class-aware greedy NMS over ``(K, 6)`` candidate rows; returns the kept rows, best first."""
+    if len(dets) == 0:
+        return dets.reshape(0, 6).astype(np.float32)
+    # Offsetting boxes by class id keeps classes apart in one pass.
+    offset = dets[:, 5:6] * (float(np.abs(dets[:, :4]).max()) + 1.0)
+    boxes = dets[:, :4] + offset
+    order = np.argsort(-dets[:, 4], kind="stable")
+    keep: list[int] = []
+    while len(order) and len(keep) < max_det:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        order = rest[_iou_one_to_many(boxes[i], boxes[rest]) <= iou]
+    return dets[keep]
