@@ -1,4 +1,6 @@
-"""YOLO-format detection datasets: ``root/images/<split>/*``, ``root/labels/<split>/*.txt``, ``root/data.yaml``.
+"""YOLO-format detection datasets.
+
+Layout: ``root/images/<split>/*``, ``root/labels/<split>/*.txt``, ``root/data.yaml``.
 
 A label line is ``class cx cy w h`` with coordinates normalised to 0..1 (the Ultralytics convention).
 """
@@ -43,13 +45,17 @@ def read_label_file(path: Path, width: int, height: int, num_classes: int) -> tu
         try:
             cls, cx, cy, w, h = int(parts[0]), *map(float, parts[1:5])
         except (ValueError, TypeError) as exc:
-            raise DataError(f"{path}:{lineno}: cannot parse label line {line!r}", "expected 'cls cx cy w h'") from exc
+            raise DataError(
+                f"{path}:{lineno}: cannot parse label line {line!r}", "expected 'cls cx cy w h'"
+            ) from exc
         if len(parts) != 5 or not 0 <= cls < num_classes:
             raise DataError(
                 f"{path}:{lineno}: bad label {line!r} (dataset has {num_classes} classes)",
                 "each line must be 'cls cx cy w h' with 0 <= cls < nc and coordinates in 0..1",
             )
-        rows.append((cls, (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
+        rows.append(
+            (cls, (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+        )
     if not rows:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
     arr = np.asarray(rows, dtype=np.float64)

@@ -17,13 +17,23 @@ def _coco_gt(samples: Sequence[Sample], num_classes: int) -> dict:
         images.append({"id": i, "width": s.width, "height": s.height})
         for box, cls in zip(s.boxes, s.classes, strict=True):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(cls),
-                                "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": int(cls),
+                    "bbox": [float(box[0]), float(box[1]), w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": c, "name": str(c)} for c in range(num_classes)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def coco_map(samples: Sequence[Sample], detections: Sequence[np.ndarray], num_classes: int) -> dict[str, float]:
+def coco_map(
+    samples: Sequence[Sample], detections: Sequence[np.ndarray], num_classes: int
+) -> dict[str, float]:
     """Return ``{"map50", "map50_95"}`` (0..1) over ``samples``.
 
     Args:
@@ -39,8 +49,14 @@ def coco_map(samples: Sequence[Sample], detections: Sequence[np.ndarray], num_cl
     results = []
     for i, dets in enumerate(detections):
         for x0, y0, x1, y1, score, cls in np.asarray(dets, dtype=np.float64).reshape(-1, 6):
-            results.append({"image_id": i, "category_id": int(cls), "bbox": [x0, y0, x1 - x0, y1 - y0],
-                            "score": float(score)})
+            results.append(
+                {
+                    "image_id": i,
+                    "category_id": int(cls),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                }
+            )
     if not results or not any(len(s.boxes) for s in samples):
         return {"map50": 0.0, "map50_95": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):

@@ -2,8 +2,8 @@
 
 Two variants:
     ``easy``: 3 classes (circle, rectangle, triangle) on gradients; mAP@0.5 saturates near 0.97.
-    ``hard``: 6 classes, smaller objects, partial occlusion, unlabelled distractor strokes and blobs, and real photo
-    backgrounds cropped from the images scikit-image ships, so mAP@0.5:0.95 stays well below saturation.
+    ``hard``: 6 classes, smaller objects, partial occlusion, unlabelled distractor strokes and blobs, and
+    real photo backgrounds cropped from the images scikit-image ships, so mAP@0.5:0.95 stays well below saturation.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class ShapesConfig:
 
 def _photo_backgrounds() -> list[np.ndarray]:
     """RGB arrays of the photos scikit-image ships (none are downloaded)."""
-    from PIL import Image
     import skimage
+    from PIL import Image
 
     folder = Path(skimage.__file__).parent / "data"
     photos = []
@@ -60,7 +60,7 @@ def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = np.cos(angle) * xx + np.sin(angle) * yy
     t = (t - t.min()) / max(np.ptp(t), 1e-6)
     return c0 * (1 - t[..., None]) + c1 * t[..., None]
 
@@ -117,7 +117,9 @@ def _distractors(rng: np.random.Generator, img: np.ndarray, count: int) -> None:
         colour = rng.uniform(0, 255, 3)
         if rng.random() < 0.5:  # a thick line segment
             x0, y0, x1, y1 = rng.uniform(0, size, 4)
-            d = np.abs((y1 - y0) * xx - (x1 - x0) * yy + x1 * y0 - y1 * x0) / max(np.hypot(x1 - x0, y1 - y0), 1)
+            d = np.abs((y1 - y0) * xx - (x1 - x0) * yy + x1 * y0 - y1 * x0) / max(
+                np.hypot(x1 - x0, y1 - y0), 1
+            )
             t = ((xx - x0) * (x1 - x0) + (yy - y0) * (y1 - y0)) / max((x1 - x0) ** 2 + (y1 - y0) ** 2, 1)
             mask = (d <= rng.uniform(0.8, 2.5)) & (t >= 0) & (t <= 1)
             img[mask] = colour
@@ -153,7 +155,11 @@ def render_image(rng: np.random.Generator, cfg: ShapesConfig, photos: list[np.nd
         for _attempt in range(30):
             k = int(rng.integers(len(names)))
             w = rng.uniform(lo, hi) * size
-            h = w if names[k] in ("circle", "ring", "cross") else min(hi * 1.1 * size, w * rng.uniform(0.6, 1.5))
+            h = (
+                w
+                if names[k] in ("circle", "ring", "cross")
+                else min(hi * 1.1 * size, w * rng.uniform(0.6, 1.5))
+            )
             x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
             mask = _shape_mask(names[k], w, h, rng)
             ys, xs = np.nonzero(mask)

@@ -11,14 +11,24 @@ import torch
 import torch.nn.functional as F
 
 
-def build_targets(boxes: list[np.ndarray], classes: list[np.ndarray], shapes: list[tuple[int, int]],
-                  strides: tuple[int, ...], priors: tuple[float, ...]) -> list[dict[str, torch.Tensor]]:
+def build_targets(
+    boxes: list[np.ndarray],
+    classes: list[np.ndarray],
+    shapes: list[tuple[int, int]],
+    strides: tuple[int, ...],
+    priors: tuple[float, ...],
+) -> list[dict[str, torch.Tensor]]:
     """Per scale: ``pos`` (B,H,W) bool, ``box`` (B,H,W,4) xyxy px, ``cls`` (B,H,W) long."""
     out = []
     for (h, w), _stride in zip(shapes, strides, strict=True):
         b = len(boxes)
-        out.append({"pos": np.zeros((b, h, w), bool), "box": np.zeros((b, h, w, 4), np.float32),
-                    "cls": np.zeros((b, h, w), np.int64)})
+        out.append(
+            {
+                "pos": np.zeros((b, h, w), bool),
+                "box": np.zeros((b, h, w, 4), np.float32),
+                "cls": np.zeros((b, h, w), np.int64),
+            }
+        )
     log_priors = np.log(np.asarray(priors))
     for i, (bxs, cls) in enumerate(zip(boxes, classes, strict=True)):
         order = np.argsort(-(bxs[:, 2] - bxs[:, 0]) * (bxs[:, 3] - bxs[:, 1]))  # large first, small overwrite
@@ -65,8 +75,14 @@ def decode_raw(raw: torch.Tensor, stride: int, prior: float) -> torch.Tensor:
     return torch.cat([xy - wh / 2, xy + wh / 2, r[..., 4:]], -1)
 
 
-def detection_loss(raw: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], strides, priors,
-                   obj_weight: float = 4.0, cls_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+def detection_loss(
+    raw: list[torch.Tensor],
+    targets: list[dict[str, torch.Tensor]],
+    strides,
+    priors,
+    obj_weight: float = 4.0,
+    cls_weight: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of box, objectness and class terms over scales; also returns the parts for logging."""
     box_l = obj_l = cls_l = raw[0].new_zeros(())
     for r, t, stride, prior in zip(raw, targets, strides, priors, strict=True):

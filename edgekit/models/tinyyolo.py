@@ -30,7 +30,9 @@ class TinyYoloConfig:
 def conv_bn_act(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
     """Conv (no bias) + BatchNorm + LeakyReLU(0.1), the YOLOv3-tiny block."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, k, 1, k // 2, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.1, inplace=True)
+        nn.Conv2d(c_in, c_out, k, 1, k // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.1, inplace=True),
     )
 
 
@@ -42,9 +44,12 @@ class Decode(nn.Module):
         self.stride, self.prior = stride, prior
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        """Decode one raw map."""
         b, c, h, w = raw.shape
         p = raw.sigmoid().permute(0, 2, 3, 1).reshape(b, h * w, c)
-        gy, gx = torch.meshgrid(torch.arange(h, dtype=raw.dtype), torch.arange(w, dtype=raw.dtype), indexing="ij")
+        gy, gx = torch.meshgrid(
+            torch.arange(h, dtype=raw.dtype), torch.arange(w, dtype=raw.dtype), indexing="ij"
+        )
         grid = torch.stack([gx, gy], -1).reshape(1, h * w, 2)
         xy = (grid + p[..., :2] * 2 - 0.5) * self.stride
         wh = (p[..., 2:4] * 2) ** 2 * self.prior
@@ -72,8 +77,9 @@ class TinyYolo(nn.Module):
         c = [max(8, int(round(v * cfg.width / 8)) * 8) for v in (16, 32, 64, 128, 128, 64, 32)]
         no = 5 + cfg.num_classes
         pool = nn.MaxPool2d(2, 2)
-        self.stem = nn.Sequential(conv_bn_act(3, c[0]), pool, conv_bn_act(c[0], c[1]), pool,
-                                  conv_bn_act(c[1], c[2]), pool)
+        self.stem = nn.Sequential(
+            conv_bn_act(3, c[0]), pool, conv_bn_act(c[0], c[1]), pool, conv_bn_act(c[1], c[2]), pool
+        )
         self.p8 = conv_bn_act(c[2], c[3])  # stride 8 features, routed to the fine head
         self.p16 = nn.Sequential(pool, conv_bn_act(c[3], c[4]))
         self.neck16 = nn.Sequential(conv_bn_act(c[4], c[5], 1), conv_bn_act(c[5], c[4]))
@@ -98,6 +104,7 @@ class TinyYolo(nn.Module):
         return [self.pred8(fine), self.pred16(f16)]
 
     def forward(self, x: torch.Tensor):
+        """Raw maps in training mode, decoded ``[B, N, 5 + nc]`` rows in eval mode."""
         raw = self.raw(x)
         if self.training:
             return raw

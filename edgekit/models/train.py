@@ -90,12 +90,19 @@ class InMemorySplit:
         return torch.from_numpy(np.ascontiguousarray(x)), boxes, classes
 
 
-def train(model: nn.Module, data: InMemorySplit, cfg: TrainConfig, hooks: TrainHooks | None = None,
-          progress: bool = True, description: str = "training") -> dict:
+def train(
+    model: nn.Module,
+    data: InMemorySplit,
+    cfg: TrainConfig,
+    hooks: TrainHooks | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> dict:
     """Train ``model`` in place; return ``{"steps", "final_loss"}``.
 
     Example:
-        >>> stats = train(model, InMemorySplit(YoloDataset(root, "train"), spec), TrainConfig(epochs=1))  # doctest: +SKIP
+        >>> data = InMemorySplit(YoloDataset(root, "train"), spec)  # doctest: +SKIP
+        >>> stats = train(model, data, TrainConfig(epochs=1))  # doctest: +SKIP
     """
     hooks = hooks or TrainHooks()
     torch.manual_seed(cfg.seed)
@@ -129,14 +136,15 @@ def train(model: nn.Module, data: InMemorySplit, cfg: TrainConfig, hooks: TrainH
             opt.step()
             if hooks.after_step is not None:
                 hooks.after_step(model, lr)
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             advance(info=f"loss {loss_value:.3f}")
     model.eval()
     return {"steps": total, "final_loss": round(loss_value, 4)}
 
 
-def postprocess(output: np.ndarray, head: str, lb: Letterbox, conf: float = 0.001, iou: float = 0.5,
-                max_det: int = 100) -> np.ndarray:
+def postprocess(
+    output: np.ndarray, head: str, lb: Letterbox, conf: float = 0.001, iou: float = 0.5, max_det: int = 100
+) -> np.ndarray:
     """One image's raw output → NMS'd ``(K, 6)`` detections in original-image pixels."""
     dets = nms(candidates(output, head, conf), iou, max_det)
     if len(dets):
@@ -146,7 +154,7 @@ def postprocess(output: np.ndarray, head: str, lb: Letterbox, conf: float = 0.00
 
 
 def map_from_candidates(data: InMemorySplit, cands: list[np.ndarray], iou: float = 0.5) -> dict[str, float]:
-    """mAP from per-image candidate rows in network-input pixels (e.g. written by a device runner)."""
+    """MAP from per-image candidate rows in network-input pixels (e.g. written by a device runner)."""
     dets = []
     for c, lb in zip(cands, data.letterboxes, strict=True):
         d = nms(np.asarray(c, np.float32).reshape(-1, 6), iou, 100)
@@ -158,8 +166,9 @@ def map_from_candidates(data: InMemorySplit, cands: list[np.ndarray], iou: float
 
 
 @torch.no_grad()
-def torch_candidates(model: nn.Module, data: InMemorySplit, conf: float = 0.001, batch_size: int = 50,
-                     head: str = "yolov5") -> list[np.ndarray]:
+def torch_candidates(
+    model: nn.Module, data: InMemorySplit, conf: float = 0.001, batch_size: int = 50, head: str = "yolov5"
+) -> list[np.ndarray]:
     """Run a torch detector over ``data``; per image, candidate rows in network-input pixels."""
     model.eval()
     out: list[np.ndarray] = []

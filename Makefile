@@ -1,0 +1,81 @@
+# edgekit front door. `make deploy TARGET=local` and `make test` work on a fresh machine:
+# the Makefile creates .venv itself (torch pinned to the CPU build first) and installs the system
+# packages the tests use (Debian chromium for the report test, openssh-server for SSH tests).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgekit-installed
+
+TARGET ?= local
+RECIPE ?= default
+MODEL  ?= builtin
+DEVICE ?=
+CALIB  ?=
+ARGS   ?=
+
+.PHONY: help venv system-deps deploy test test-fast bench lint format calib-list report clean distclean
+
+help:
+	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local] [CALIB=name]"
+	@echo "make test          run the test suite (installs what it needs)"
+	@echo "make bench         long accuracy/speed runs, ratios side by side (bench/)"
+	@echo "make calib-list    calibration sets;  make report RUN=runs/<id>   re-render a report"
+	@echo "make lint | format | clean | distclean"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	# torch first and pinned: anything unpinned would pull a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') and not torch.cuda.is_available() else 'torch is not the pinned CPU build: ' + torch.__version__)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "not root: cannot install$$missing (tests that need them will skip and say why)"; \
+	  fi; \
+	fi
+
+deploy: $(STAMP)
+	$(BIN)/edgekit deploy --target $(TARGET) --recipe $(RECIPE) --model $(MODEL) \
+	  $(if $(DEVICE),--device $(DEVICE)) $(if $(CALIB),--calib $(CALIB)) $(ARGS)
+
+test: $(STAMP) system-deps
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgekit tests bench
+	$(BIN)/ruff format --check edgekit tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format edgekit tests bench
+	$(BIN)/ruff check --fix edgekit tests bench
+
+calib-list: $(STAMP)
+	$(BIN)/edgekit calib list
+
+report: $(STAMP)
+	$(BIN)/edgekit report $(RUN)
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache bench/results
+
+distclean: clean
+	rm -rf $(VENV) .cache *.egg-info

@@ -1,0 +1,331 @@
+"""The ``edgekit`` command. Thin: parse, build a request or plan, run it, print.
+
+Errors a user can cause print ``error:`` and ``hint:`` and exit non-zero; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+DEPLOY_EPILOG = """examples:
+  edgekit deploy --target local                      # the built-in detector and data, this host as the device
+  edgekit deploy --target local --recipe slim --max-map-drop 2.0
+  edgekit deploy --target local --model yolo.onnx --recipe none --data my-dataset/
+  edgekit deploy --target jetson --device local      # try the Jetson preset's artifact on this host
+  edgekit deploy --target local --dry-run            # show the plan, run nothing
+"""
+
+
+def _add_deploy(sub) -> None:
+    p = sub.add_parser(
+        "deploy",
+        help="compress → export → quantize → build → bench → report, one run folder",
+        description="Take a detector to a measured deployment on a target, in one run folder "
+        "(runs/<id>/ with record.json, summary.json, report.md, report.html).",
+        epilog=DEPLOY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--target", "-t", default="local", help="target name, alias or YAML path (see `edgekit targets`)"
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        default="builtin",
+        help="'builtin' (reference detector), an .onnx file, or module:factory (with --weights)",
+    )
+    p.add_argument("--weights", help="state dict for a module:factory model")
+    p.add_argument(
+        "--head", choices=["yolov5", "yolov8"], help="output layout of an ONNX model (default: detect)"
+    )
+    p.add_argument("--recipe", "-r", default="default", help="compression recipe name or YAML (recipes/)")
+    p.add_argument(
+        "--calib", help="calibration set NAME or NAME@vK (default: made from the dataset's calib split)"
+    )
+    p.add_argument("--calib-root", default="calibration", type=Path, help="folder of calibration sets")
+    p.add_argument("--data", help="YOLO-format dataset folder (default: built-in procedural shapes set)")
+    p.add_argument(
+        "--device", choices=["local"], help="run the target's artifact on this host instead of the board"
+    )
+    p.add_argument("--out", default="runs", type=Path, help="folder that receives the run folder")
+    p.add_argument("--run-id", help="name of the run folder (default: time-target-recipe)")
+    p.add_argument(
+        "--max-map-drop",
+        type=float,
+        metavar="PT",
+        help="gate: fail if mAP@0.5:0.95 drops more than PT points vs the FP32 reference",
+    )
+    p.add_argument("--max-p99-ms", type=float, metavar="MS", help="gate: fail if p99 latency exceeds MS")
+    p.add_argument(
+        "--epochs-scale", type=float, default=1.0, help="scale every training schedule (quick tries)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_deploy)
+
+
+def cmd_deploy(args) -> int:
+    """Handle ``edgekit deploy``."""
+    from edgekit.pipeline import DeployRequest, make_plan, run_plan
+
+    req = DeployRequest(
+        target=args.target,
+        model=args.model,
+        weights=args.weights,
+        head=args.head,
+        recipe=args.recipe,
+        calib=args.calib,
+        data=args.data,
+        device=args.device,
+        out=args.out,
+        run_id=args.run_id,
+        calib_root=args.calib_root,
+        max_map_drop=args.max_map_drop,
+        max_p99_ms=args.max_p99_ms,
+        epochs_scale=args.epochs_scale,
+        progress=not args.quiet,
+    )
+    plan = make_plan(req)
+    if args.dry_run:
+        print(json.dumps(plan.describe(), indent=2))
+        return 0
+    try:
+        run_dir = run_plan(plan)
+    except EdgekitError as exc:
+        _print_summary_if_any(exc)
+        raise
+    _print_summary(run_dir)
+    return 0
+
+
+def _print_summary_if_any(exc: EdgekitError) -> None:
+    from edgekit.errors import GateError
+
+    if isinstance(exc, GateError):
+        run_dir = Path(exc.message.rsplit(" ", 1)[-1])
+        if (run_dir / "summary.json").exists():
+            _print_summary(run_dir)
+
+
+def _fmt(value, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
+    return "not measured" if value is None else f"{value * scale:.{digits}f}{unit}"
+
+
+def _print_summary(run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = json.loads((run_dir / "summary.json").read_text())
+    ref, dep, lat = s["reference"], s["deployed"], s["latency_ms"]
+    table = Table(title=f"{s['target']} · {s['backend']} {s['precision']} · recipe {s['recipe']}")
+    for col in ("", "reference (FP32, host)", "deployed (device)"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("params", _fmt(ref["params"], 0), _fmt(dep["params"], 0))
+    table.add_row("MACs (M)", _fmt(ref["macs"], 1, 1e-6), _fmt(dep["macs"], 1, 1e-6))
+    table.add_row("artifact", "", _fmt(dep["artifact_bytes"], 1, 1e-3, " kB"))
+    table.add_row("mAP@0.5", _fmt(ref["map50"]), _fmt(dep["map50"]))
+    table.add_row("mAP@0.5:0.95", _fmt(ref["map50_95"]), _fmt(dep["map50_95"]))
+    table.add_row("latency p50 / p99", "", f"{_fmt(lat['p50'], 2)} / {_fmt(lat['p99'], 2)} ms")
+    table.add_row("FPS", "", _fmt(s["fps"], 1))
+    table.add_row(
+        "power / energy",
+        "",
+        f"{_fmt(s['power_w'], 2, unit=' W')} / {_fmt(s['energy_mj_per_inference'], 2, unit=' mJ')}",
+    )
+    for name, gate in (s.get("gates") or {}).items():
+        table.add_row(
+            f"gate {name}",
+            f"limit {gate['limit']}",
+            f"{gate['value']} → " + ("pass" if gate["passed"] else "FAIL"),
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"report: {run_dir / 'report.html'}  (record: {run_dir / 'record.json'})")
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser(
+        "build",
+        help="build one artifact (+ artifact.json) from an ONNX model",
+        epilog="example:\n  edgekit build --backend onnxruntime --precision int8 --onnx m.onnx "
+        "--calib shapes-hard --out build/m-int8",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--backend", "-b", required=True, help="backend name (see `edgekit doctor`)")
+    p.add_argument("--precision", "-p", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--onnx", required=True, type=Path, help="FP32 ONNX (int8: a QDQ ONNX, or give --calib)")
+    p.add_argument("--calib", help="calibration set to quantize an FP32 ONNX for int8")
+    p.add_argument("--calib-root", default="calibration", type=Path)
+    p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--head", choices=["yolov5", "yolov8"], help="output layout (default: detect from shape)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", required=True, type=Path, help="artifact folder to create")
+    p.set_defaults(func=cmd_build)
+
+
+def cmd_build(args) -> int:
+    """Handle ``edgekit build``."""
+    from edgekit.build import build_artifact
+
+    artifact = build_artifact(
+        args.backend,
+        args.precision,
+        args.onnx,
+        args.out,
+        calib=args.calib,
+        calib_root=args.calib_root,
+        method=args.method,
+        head=args.head,
+        threads=args.threads,
+    )
+    print(f"built {artifact.dir} ({', '.join(sorted(artifact.meta.get('sha256', {})))})")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="deploy an artifact to a target and measure it")
+    p.add_argument("--target", "-t", default="local")
+    p.add_argument("--artifact", "-a", required=True, type=Path)
+    p.add_argument("--device", choices=["local"])
+    p.add_argument("--iterations", type=int, help="override the target's timed iterations")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    """Handle ``edgekit bench``."""
+    from edgekit.build import bench_artifact
+
+    result = bench_artifact(args.target, args.artifact, device=args.device, iterations=args.iterations)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        lat = result["latency_ms"]
+        print(
+            f"{result['n']} runs: mean {lat['mean']:.3f} ms, p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, "
+            f"p99 {lat['p99']:.3f} ms, {result['fps']:.1f} FPS; power: {result['power_note']}"
+        )
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="render report.md / report.html again from record.json alone")
+    p.add_argument("run", type=Path, help="run folder (holds record.json)")
+    p.add_argument("--no-html", action="store_true", help="Markdown only")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    """Handle ``edgekit report``."""
+    from edgekit.report.render import render_run
+
+    for path in render_run(args.run, html=not args.no_html):
+        print(path)
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("targets", help="list the boards edgekit knows")
+    p.set_defaults(func=cmd_targets)
+    p = sub.add_parser("doctor", help="runtimes installed here and what each extra adds")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_targets(args) -> int:
+    """Handle ``edgekit targets``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgekit.config import all_targets
+    from edgekit.registry import BACKENDS
+
+    status = {e.name: e.status for e in BACKENDS.available()}
+    table = Table(title="targets (targets/*.yaml)")
+    for col in ("name", "aliases", "backend", "precision", "input", "connection", "backend status"):
+        table.add_column(col)
+    for t in all_targets().values():
+        table.add_row(
+            t.name,
+            ", ".join(t.aliases),
+            t.backend,
+            t.precision,
+            str(t.input_size),
+            t.connection.type,
+            status.get(t.backend, "unknown"),
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    """Handle ``edgekit doctor``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgekit.registry import BACKENDS
+
+    table = Table(title="backends")
+    for col in ("backend", "status", "extra to install"):
+        table.add_column(col)
+    for e in BACKENDS.available():
+        table.add_row(e.name, e.status, f"pip install 'edgekit[{e.extra}]'" if e.extra else "-")
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``edgekit`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="edgekit",
+        description="Take a trained object detector to a measured deployment on edge hardware.",
+        epilog="start here:  edgekit deploy --target local   (then open the report it prints)",
+    )
+    parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_deploy(sub)
+    _add_optional(sub, "edgekit.compress.commands")
+    _add_build(sub)
+    _add_bench(sub)
+    _add_optional(sub, "edgekit.predict_commands")
+    _add_optional(sub, "edgekit.calib.commands")
+    _add_report(sub)
+    _add_info(sub)
+    return parser
+
+
+def _add_optional(sub, module: str) -> None:
+    import importlib
+
+    importlib.import_module(module).add_parser(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edgekit`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return int(args.func(args) or 0)
+    except EdgekitError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept in the run folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

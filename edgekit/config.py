@@ -1,0 +1,167 @@
+"""Targets (``targets/<name>.yaml``) as validated models.
+
+Unknown keys and missing fields are errors naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def targets_dir() -> Path:
+    """Folder of the board presets shipped with edgekit."""
+    return REPO_ROOT / "targets"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalConnection(_Strict):
+    """Run on this host."""
+
+    type: Literal["local"] = "local"
+
+
+class SSHConnection(_Strict):
+    """Reach the board over SSH. Keys only: passwords are never read from YAML.
+
+    Attributes:
+        host: Host name or address of the board.
+        port: SSH port.
+        user: Login user.
+        key_file: Private key file (``~`` expanded).
+        known_hosts: File the board's host key is checked against (never auto-accepted).
+        workdir: Where the agent makes its temporary folders on the board.
+        python: Python interpreter on the board that runs the runner.
+    """
+
+    type: Literal["ssh"]
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str
+    key_file: str = "~/.ssh/id_ed25519"
+    known_hosts: str = "~/.ssh/known_hosts"
+    workdir: str = "/tmp"
+    python: str = "python3"
+
+
+Connection = Annotated[LocalConnection | SSHConnection, Field(discriminator="type")]
+
+
+class RuntimeOptions(_Strict):
+    """How the benchmark runs on the device (device-benchmarking.md §5.2)."""
+
+    threads: int | None = Field(None, ge=1, description="inference threads; null = runtime default")
+    warmup: int = Field(50, ge=0, description="warm-up iterations")
+    min_warmup_s: float = Field(1.0, ge=0)
+    iterations: int = Field(300, ge=1, description="timed iterations (at least)")
+    min_seconds: float = Field(3.0, ge=0, description="timed loop length (at least)")
+    power_mode: str | None = Field(None, description="e.g. nvpmodel mode name on Jetson; recorded")
+
+
+class PowerSpec(_Strict):
+    """Which power sensor the agent samples."""
+
+    sensor: Literal["none", "tegrastats", "ina3221", "rpi", "meter"] = "none"
+    interval_ms: int = Field(100, ge=10)
+
+
+class Limits(_Strict):
+    """Hard budgets of the board (MCUs)."""
+
+    flash_kb: int | None = Field(None, ge=1)
+    ram_kb: int | None = Field(None, ge=1)
+
+
+class Target(_Strict):
+    """A board preset: where the model ends up and how it is measured.
+
+    Example:
+        >>> load_target("local").backend
+        'onnxruntime'
+    """
+
+    name: str
+    description: str
+    board: str
+    backend: str
+    precision: Literal["fp32", "fp16", "int8"]
+    input_size: int = Field(160, ge=16, le=4096)
+    aliases: list[str] = []
+    connection: Connection
+    runtime: RuntimeOptions = RuntimeOptions()
+    power: PowerSpec = PowerSpec()
+    limits: Limits = Limits()
+    source: str | None = Field(None, exclude=True)
+
+
+def _key_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p in ("local", "ssh")))
+
+
+def _validation_message(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = _key_path(err["loc"]) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        elif kind == "missing":
+            lines.append(f"missing field '{key}'")
+        else:
+            lines.append(f"'{key}': {err['msg']}")
+    return f"{path}: " + "; ".join(lines)
+
+
+def parse_target(path: Path) -> Target:
+    """Load and validate one target file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})", "fix the YAML syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys", "see targets/local.yaml for the format")
+    conn = data.get("connection")
+    if isinstance(conn, dict) and "password" in conn:
+        raise ConfigError(
+            f"{path}: 'connection.password' is not accepted",
+            "passwords never go in YAML: set key_file to an SSH private key instead",
+        )
+    try:
+        return Target(**data, source=str(path))
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(path, exc), "see targets/local.yaml for the format") from exc
+
+
+def all_targets(folder: Path | None = None) -> dict[str, Target]:
+    """Every target in ``folder`` (default: the shipped presets), by name."""
+    folder = folder or targets_dir()
+    return {t.name: t for t in (parse_target(p) for p in sorted(folder.glob("*.yaml")))}
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """Resolve a target by name, alias or YAML path.
+
+    Raises:
+        ConfigError: Unknown name (the message lists known ones) or an invalid file.
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise ConfigError(f"target file {path} not found", "check the path")
+        return parse_target(path)
+    targets = all_targets()
+    for target in targets.values():
+        if name_or_path == target.name or name_or_path in target.aliases:
+            return target
+    known = ", ".join(sorted(targets))
+    raise ConfigError(f"unknown target '{name_or_path}'", f"known targets: {known} (or give a YAML path)")

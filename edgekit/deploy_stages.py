@@ -1,0 +1,228 @@
+"""The model-side deploy stages: data, model, reference, compress, export, quantize, build."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgekit.data.dataset import YoloDataset
+from edgekit.errors import ConfigError
+from edgekit.fsutil import sha256_file
+from edgekit.stages import RunContext, add_node, model_stats, stage
+
+DEFAULT_TRAIN_EPOCHS = 10.0
+PARITY_ATOL = 1e-3  # pixels / probabilities: FP32 ONNX vs torch on real inputs
+
+
+def data_stage(ctx: RunContext, req) -> tuple[Path, Any]:
+    """Resolve the dataset (built-in shapes set unless ``--data``) and load its val split into memory."""
+    from edgekit.data.shapes import ShapesConfig, builtin_dataset
+    from edgekit.models.train import InMemorySplit
+    from edgekit.models.zoo import cache_dir
+
+    with stage(ctx, "data") as fields:
+        if req.data:
+            root, config = Path(req.data), {"dataset": str(req.data)}
+        else:
+            shapes = ShapesConfig(image_size=ctx.spec.input_size)
+            root = builtin_dataset(cache_dir(), shapes, progress=ctx.progress)
+            config = {"dataset": "builtin shapes", **shapes.__dict__}
+        val = InMemorySplit(YoloDataset(root, "val"), ctx.spec)
+    ctx.state["class_names"] = YoloDataset(root, "val").names
+    add_node(
+        ctx,
+        "data",
+        config,
+        fields,
+        label=f"{root.name}: {len(val)} val images, {len(ctx.state['class_names'])} classes",
+        extra={"root": str(root)},
+    )
+    return root, val
+
+
+def model_stage(ctx: RunContext, req, root: Path):
+    """The model to deploy: the cached/trained reference detector, a user torch model, or a user ONNX file."""
+    from edgekit.models.train import TrainConfig
+    from edgekit.models.zoo import reference_detector
+
+    with stage(ctx, "model") as fields:
+        if req.model.endswith(".onnx"):
+            from edgekit.models.user import inspect_onnx
+
+            det = inspect_onnx(req.model, head=req.head, class_names=None)
+            if det.preprocess.input_size != ctx.spec.input_size:
+                raise ConfigError(
+                    f"{req.model} takes {det.preprocess.input_size} px inputs but target "
+                    f"'{ctx.target.name}' is set to {ctx.spec.input_size} px",
+                    f"set input_size: {det.preprocess.input_size} in {ctx.target.source}",
+                )
+            ctx.state["head"] = det.head
+            config, label, model = (
+                {"onnx": str(req.model), "sha256": sha256_file(req.model)},
+                "user ONNX",
+                det,
+            )
+        elif req.model != "builtin":
+            from edgekit.models.user import load_torch_model
+
+            model = load_torch_model(req.model, req.weights)
+            config, label = {"factory": req.model, "weights": req.weights}, f"user model {req.model}"
+        else:
+            cfg = TrainConfig(epochs=DEFAULT_TRAIN_EPOCHS * ctx.epochs_scale)
+            trained = reference_detector(root, cfg, input_size=ctx.spec.input_size, progress=ctx.progress)
+            model, config = trained.model, {"train": cfg.to_dict(), "checkpoint_key": trained.key}
+            label = "reference detector (TinyYolo), " + ("loaded from cache" if trained.cached else "trained")
+            fields["cached"] = trained.cached
+            fields["outputs"] = {str(trained.path): sha256_file(trained.path)}
+    add_node(ctx, "train" if req.model == "builtin" else "model", config, fields, label=label)
+    return model
+
+
+def onnx_candidates(onnx_path: Path, val, head: str) -> list:
+    """Candidate rows of an ONNX detector on ``val`` with ONNX Runtime on this host."""
+    from edgekit.export.onnx import ort_session
+    from edgekit.runners.detcore import candidates
+
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    return [candidates(sess.run(None, {name: val.tensor(i)})[0], head) for i in range(len(val))]
+
+
+def reference_stage(ctx: RunContext, req, model, val):
+    """FP32 accuracy and cost of the model before compression, evaluated on this host."""
+    from edgekit.models.train import evaluate, map_from_candidates
+
+    with stage(ctx, "reference") as fields:
+        if hasattr(model, "path") and str(getattr(model, "path", "")).endswith(".onnx"):
+            from edgekit.export.onnx import onnx_info
+
+            scores = map_from_candidates(val, onnx_candidates(Path(model.path), val, model.head))
+            info = onnx_info(model.path)
+            stats = {"params": int(info["params"]), "size_bytes": int(info["size_bytes"])}
+        else:
+            scores, stats = evaluate(model, val), model_stats(model, ctx.spec)
+    ctx.state["deployed_stats"] = {k: v for k, v in stats.items() if k in ("params", "macs")}
+    add_node(
+        ctx,
+        "reference",
+        {"precision": "fp32", "images": len(val)},
+        fields,
+        label="FP32 reference (host)",
+        metrics={**stats, **scores},
+    )
+    return model
+
+
+def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
+    """Run the recipe's torch steps (pruning, swaps, distillation, QAT) with per-step nodes."""
+    from edgekit.compress.context import CompressContext
+    from edgekit.compress.runner import run_recipe
+    from edgekit.models.train import InMemorySplit
+    from edgekit.models.zoo import cache_dir
+
+    if not recipe.torch_steps():
+        return model
+    with stage(ctx, "compress"):
+        train = InMemorySplit(YoloDataset(root, "train"), ctx.spec)
+        workdir = cache_dir() / "compress" / f"{recipe.name}-{ctx.record.nodes[-1].id}"
+        cctx = CompressContext(
+            train=train,
+            val=val,
+            spec=ctx.spec,
+            workdir=workdir,
+            progress=ctx.progress,
+            epochs_scale=ctx.epochs_scale,
+        )
+        model, nodes = run_recipe(model, recipe, cctx)
+        for node in nodes:
+            add_node(ctx, node.pop("stage"), node.pop("config", {}), {}, **node)
+    ctx.state["deployed_stats"] = {k: v for k, v in model_stats(model, ctx.spec).items() if k != "size_bytes"}
+    return model
+
+
+def export_stage(ctx: RunContext, req, model, val) -> Path:
+    """Torch → ONNX (opset 17) with an FP32 parity check against ONNX Runtime; ONNX inputs are copied."""
+    from edgekit.export.onnx import check_parity, export_onnx, onnx_info
+
+    path = ctx.run_dir / "model_fp32.onnx"
+    with stage(ctx, "export") as fields:
+        if hasattr(model, "head") and isinstance(getattr(model, "path", None), (str, Path)):
+            shutil.copyfile(model.path, path)
+            parity: dict[str, Any] = {"note": "user ONNX, not re-exported"}
+        else:
+            if getattr(model, "qat_model", False):
+                model = model.float_model()
+            export_onnx(model, ctx.spec.input_shape(), path)
+            parity = check_parity(
+                model, path, [val.tensor(i) for i in range(min(4, len(val)))], atol=PARITY_ATOL, rtol=0.0
+            )
+        info = onnx_info(path)
+    metrics = {**ctx.state["deployed_stats"], "size_bytes": int(info["size_bytes"])}
+    add_node(
+        ctx,
+        "export",
+        {"opset": info.get("opset"), "parity_atol": PARITY_ATOL},
+        fields,
+        label="ONNX export (FP32 parity checked with ONNX Runtime)",
+        metrics=metrics,
+        outputs={path.name: sha256_file(path)},
+        extra={"parity": parity, "ops": info.get("ops")},
+        tools=_tools("torch", "onnx", "onnxruntime"),
+    )
+    return path
+
+
+def _tools(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def build_stage(ctx: RunContext, plan, onnx_path: Path) -> Path:
+    """Build the target backend's artifact from the (quantized) ONNX."""
+    from edgekit.backends.base import BuildOptions
+
+    out = ctx.run_dir / "artifact"
+    target = ctx.target
+    with stage(ctx, "build") as fields:
+        options = BuildOptions(
+            precision=target.precision,
+            threads=target.runtime.threads,
+            head=ctx.state.get("head", "yolov5"),
+            class_names=ctx.state["class_names"],
+            num_classes=len(ctx.state["class_names"]),
+            preprocess=ctx.spec,
+            quantization=ctx.state.get("quantization", {}),
+        )
+        artifact = plan.backend_cls().build(onnx_path, options, out)
+    size = (
+        sum((out / f).stat().st_size for f in artifact.files.values())
+        if isinstance(artifact.files, dict)
+        else sum((out / f).stat().st_size for f in artifact.files)
+    )
+    ctx.state["artifact_bytes"] = int(size)
+    add_node(
+        ctx,
+        "build",
+        {"backend": target.backend, "precision": target.precision},
+        fields,
+        label=f"{target.backend} {target.precision} artifact",
+        metrics={**ctx.state["deployed_stats"], "size_bytes": int(size)},
+        outputs={f"artifact/{k}": v for k, v in artifact.meta.get("sha256", {}).items()},
+        tools=artifact.meta.get("tools", {}),
+    )
+    return out
+
+
+def quantize_stage(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path, val) -> Path:
+    """INT8: QAT export, or PTQ with ONNX Runtime from the managed calibration set."""
+    from edgekit.quantize_stage import run_quantize
+
+    return run_quantize(ctx, req, plan, model, onnx_path, root, val)

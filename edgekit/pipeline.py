@@ -1,0 +1,221 @@
+"""``edgekit deploy``: data → model → compress → export → quantize → build → bench + eval → report.
+
+Everything is checked before work starts (target, backend, recipe order, calibration set); every stage
+adds a node to ``runs/<id>/record.json``; a failure leaves the finished stages and a record saying where
+it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.config import Target, load_target
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.errors import ConfigError, GateError
+from edgekit.fsutil import atomic_write_json
+from edgekit.report.record import RunRecord
+from edgekit.stages import RunContext, add_node, bench_and_eval, check_target_ready, model_stats, stage
+
+
+@dataclass
+class DeployRequest:
+    """What the user asked for (the CLI and `make deploy` build one of these).
+
+    Attributes:
+        target: Target name, alias or YAML path.
+        model: ``builtin`` (the reference detector), an ONNX file, or ``module:factory`` (with ``weights``).
+        weights: State dict for a ``module:factory`` model.
+        head: Output layout of a user ONNX model (``yolov5``/``yolov8``); detected when None.
+        recipe: Compression recipe name or YAML path.
+        calib: Calibration set name (``NAME`` or ``NAME@vK``); default: made from the dataset's calib split.
+        data: YOLO dataset folder for training/eval; default: the built-in hard shapes set.
+        device: ``local`` runs the target's artifact on this host instead of the board.
+        out: Folder that receives the run folder.
+        max_map_drop: Gate: allowed mAP@0.5:0.95 drop (points) of the deployed artifact vs the reference.
+        max_p99_ms: Gate: allowed p99 latency (ms) on the device.
+        epochs_scale: Multiplies every training schedule (tests use small values).
+    """
+
+    target: str = "local"
+    model: str = "builtin"
+    weights: str | None = None
+    head: str | None = None
+    recipe: str = "default"
+    calib: str | None = None
+    data: str | None = None
+    device: str | None = None
+    out: Path = Path("runs")
+    run_id: str | None = None
+    calib_root: Path = Path("calibration")
+    max_map_drop: float | None = None
+    max_p99_ms: float | None = None
+    epochs_scale: float = 1.0
+    progress: bool = True
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class Plan:
+    """The resolved request: shown by ``--dry-run``, run by :func:`run_plan`."""
+
+    request: DeployRequest
+    target: Target
+    recipe: Any
+    backend_cls: type
+    transport_factory: Any
+
+    def describe(self) -> dict:
+        """A plain-dict view of the plan (for ``--dry-run``)."""
+        r = self.request
+        stages = [
+            "data",
+            "model",
+            "reference",
+            *[f"compress:{s.type}" for s in self.recipe.torch_steps()],
+            "export",
+        ]
+        if self.target.precision == "int8":
+            stages.append("quantize")
+        stages += ["build", "eval", "bench", "report"]
+        return {
+            "target": self.target.name,
+            "backend": self.target.backend,
+            "precision": self.target.precision,
+            "device": r.device or self.target.connection.type,
+            "model": r.model,
+            "recipe": self.recipe.name,
+            "calibration": r.calib or "(made from the dataset's calib split)",
+            "stages": stages,
+            "out": str(r.out),
+            "gates": {"max_map_drop": r.max_map_drop, "max_p99_ms": r.max_p99_ms},
+        }
+
+
+def make_plan(request: DeployRequest) -> Plan:
+    """Resolve and check everything that can be checked before running.
+
+    Raises:
+        ConfigError: Unknown target/recipe, a recipe whose steps cannot follow each other, a recipe that
+            quantizes for an fp32 target, or compression steps on an ONNX model.
+        EdgekitError: The target's backend is not built yet or cannot be reached.
+    """
+    from edgekit.compress.recipe import load_recipe
+
+    target = load_target(request.target)
+    recipe = load_recipe(request.recipe)
+    quant = recipe.quantize_step()
+    if quant is not None and target.precision != "int8":
+        raise ConfigError(
+            f"recipe '{recipe.name}' quantizes ({quant.type}) but target '{target.name}' is "
+            f"{target.precision}",
+            "pick an int8 target or a recipe without ptq/qat",
+        )
+    if request.model.endswith(".onnx") and recipe.torch_steps():
+        raise ConfigError(
+            f"recipe '{recipe.name}' has torch compression steps, but the model is an ONNX file",
+            "use RECIPE=none (quantization only) or give a torch model (module:factory)",
+        )
+    backend_cls, transport_factory = check_target_ready(target, request.device)
+    return Plan(request, target, recipe, backend_cls, transport_factory)
+
+
+def _run_id(request: DeployRequest, target: Target, recipe_name: str) -> str:
+    return request.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{target.name}-{recipe_name}"
+
+
+def run_plan(plan: Plan) -> Path:
+    """Run a plan; return the run folder. Raises GateError (after writing everything) if a gate failed."""
+    from edgekit import deploy_stages as ds
+    from edgekit.report.render import render_run
+    from edgekit.report.summary import build_summary, write_summary
+
+    req, target = plan.request, plan.target
+    run_dir = Path(req.out) / _run_id(req, target, plan.recipe.name)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    record = RunRecord.new(
+        run_dir.name, req.command, target.model_dump(mode="json"), plan.recipe.model_dump(mode="json")
+    )
+    ctx = RunContext(
+        target,
+        run_dir,
+        record,
+        PreprocessSpec(input_size=target.input_size),
+        req.progress,
+        Path(req.calib_root),
+        req.epochs_scale,
+    )
+    try:
+        train_root, val = ds.data_stage(ctx, req)
+        model = ds.model_stage(ctx, req, train_root)
+        model = ds.reference_stage(ctx, req, model, val)
+        model = ds.compress_stage(ctx, plan.recipe, model, train_root, val)
+        onnx_path = ds.export_stage(ctx, req, model, val)
+        if target.precision == "int8":
+            onnx_path = ds.quantize_stage(ctx, req, plan, model, onnx_path, train_root, val)
+        artifact = ds.build_stage(ctx, plan, onnx_path)
+        bench_and_eval(ctx, artifact, val, plan.transport_factory())
+    finally:
+        record.summary = build_summary(record) if record.nodes else None
+        ctx.save()
+        if record.nodes:
+            write_summary(record, run_dir)
+            render_run(run_dir)
+    _apply_gates(ctx, req)
+    return run_dir
+
+
+def _apply_gates(ctx: RunContext, req: DeployRequest) -> None:
+    from edgekit.report.record import Gate
+    from edgekit.report.render import render_run
+    from edgekit.report.summary import build_summary, write_summary
+
+    rec = ctx.record
+    ref, dep = rec.node("reference"), rec.node("eval")
+    bench = rec.node("bench")
+    if req.max_map_drop is not None:
+        drop = None
+        if ref and dep and ref.metric("map50_95") is not None and dep.metric("map50_95") is not None:
+            drop = round((ref.metric("map50_95") - dep.metric("map50_95")) * 100, 3)
+        rec.gates["max_map_drop"] = Gate(
+            limit=req.max_map_drop, value=drop, passed=drop is not None and drop <= req.max_map_drop
+        )
+    if req.max_p99_ms is not None:
+        p99 = bench.metric("latency_ms_p99") if bench else None
+        rec.gates["max_p99_ms"] = Gate(
+            limit=req.max_p99_ms, value=p99, passed=p99 is not None and p99 <= req.max_p99_ms
+        )
+    failed = [k for k, g in rec.gates.items() if not g.passed]
+    rec.status = "gates_failed" if failed else "ok"
+    rec.summary = build_summary(rec)
+    ctx.save()
+    write_summary(rec, ctx.run_dir)
+    render_run(ctx.run_dir)
+    if failed:
+        detail = ", ".join(f"{k} (limit {rec.gates[k].limit}, measured {rec.gates[k].value})" for k in failed)
+        raise GateError(
+            f"gate failed: {detail}; the run is written to {ctx.run_dir}",
+            "see report.md in the run folder; relax the gate or change the recipe",
+        )
+
+
+def deploy(request: DeployRequest) -> Path:
+    """Plan and run a deployment; return the run folder.
+
+    Example:
+        >>> run_dir = deploy(DeployRequest(target="local"))  # doctest: +SKIP
+        >>> (run_dir / "summary.json").exists()  # doctest: +SKIP
+        True
+    """
+    return run_plan(make_plan(request))
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    """Save the resolved plan as JSON (used by ``--dry-run --out``)."""
+    atomic_write_json(path, plan.describe())
+
+
+__all__ = ["DeployRequest", "Plan", "deploy", "make_plan", "run_plan", "add_node", "model_stats", "stage"]
