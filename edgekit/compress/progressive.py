@@ -1,0 +1,100 @@
+"""Progressive channel pruning (Micro-YOLO): one sixteenth of one layer at a time, stop at a mAP drop.
+
+Schedule: for each layer (widest first unless the recipe names them), repeatedly remove another 1/16 of its
+original channels (lowest L1 first), fine-tune briefly, evaluate. A trial whose mAP50-95 falls more than
+``max_drop`` points below the mAP at the start of the step is rejected and that layer is done; the step
+returns the last accepted model, so the result is always within ``max_drop`` of the start. The ``layers``
+table in the record says how many sixteenths each layer accepted and why it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from torch import nn
+
+from edgekit.compress.finetune import finetune
+from edgekit.compress.graph import CRITERIA, prune_plan, prunable_convs
+from edgekit.compress.step import Step, StepResult
+from edgekit.errors import ConfigError
+from edgekit.models.train import InMemorySplit, evaluate
+from edgekit.progress import track
+
+
+def eval_subset(data: InMemorySplit, limit: int | None) -> InMemorySplit:
+    """The first ``limit`` images of ``data`` (a shallow view; None keeps all)."""
+    if limit is None or limit >= len(data):
+        return data
+    view = copy.copy(data)
+    view.samples, view.canvases = data.samples[:limit], data.canvases[:limit]
+    view.letterboxes, view.boxes = data.letterboxes[:limit], data.boxes[:limit]
+    return view
+
+
+def sixteenth(channels: int, round_to: int) -> int:
+    """Channels removed per trial: 1/16 of the layer, rounded up to a multiple of ``round_to``."""
+    return max(round_to, math.ceil(channels / 16 / round_to) * round_to)
+
+
+def layer_order(model: nn.Module, spec: Any, input_shape: tuple[int, ...]) -> list[str]:
+    """Layers to try: the recipe's list, else the widest prunable convs first (most to gain)."""
+    convs = prunable_convs(model, input_shape)
+    if spec.layers:
+        return list(spec.layers)
+    names = sorted(convs, key=lambda n: -convs[n].weight.numel())
+    return names[: spec.max_layers] if spec.max_layers else names
+
+
+class ProgressiveStep(Step):
+    """Micro-YOLO progressive pruning with a mAP-drop stop rule."""
+
+    type = "progressive"
+
+    def label(self, spec: Any) -> str:
+        return f"progressive 1/16 steps, max drop {spec.max_drop:g}"
+
+    def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        data = eval_subset(ctx.val, spec.eval_images)
+        start = evaluate(model, data)["map50_95"]
+        floor = start - spec.max_drop / 100
+        history, layers = [], []
+        names = layer_order(model, spec, ctx.input_shape)
+        with track(len(names) * spec.max_steps_per_layer, "progressive pruning", ctx.progress) as advance:
+            for name in names:
+                model, row = self._layer(model, name, spec, ctx, data, floor, history, advance)
+                layers.append({**row, "start_map50_95": round(start, 4)})
+        return StepResult(model, history=history, extra={"layers": layers, "start_map50_95": start,
+                                                         "floor_map50_95": floor})
+
+    def _layer(self, model, name, spec, ctx, data, floor, history, advance):
+        convs = prunable_convs(model, ctx.input_shape)
+        if name not in convs:
+            raise ConfigError(f"progressive pruning: no prunable conv named {name!r}",
+                              f"use one of: {', '.join(convs)}")
+        channels = convs[name].out_channels
+        step, accepted, reason, last = sixteenth(channels, spec.round_to), 0, "max_steps", None
+        for _ in range(spec.max_steps_per_layer):
+            if _width(model, name) - step < spec.round_to:
+                reason = "min_channels"
+                break
+            trial = copy.deepcopy(model)
+            entry = prune_plan(trial, {name: step}, CRITERIA["l1"](), ctx.input_shape)
+            if spec.finetune is not None:
+                finetune(trial, spec.finetune, ctx, f"fine-tune {name}")
+            score = evaluate(trial, data)["map50_95"]
+            advance(info=f"{name}: {score:.3f}")
+            if score < floor:
+                reason, last = "drop", score
+                break
+            model, accepted, last = trial, accepted + 1, score
+            history.extend(entry)
+        removed = channels - _width(model, name)
+        return model, {"layer": name, "channels": channels, "kept": channels - removed,
+                       "sixteenths": round(16 * removed / channels, 2), "accepted_steps": accepted,
+                       "stopped_by": reason, "last_trial_map50_95": None if last is None else round(last, 4)}
+
+
+def _width(model: nn.Module, name: str) -> int:
+    return dict(model.named_modules())[name].out_channels

@@ -1,0 +1,116 @@
+"""Run a recipe's torch-side steps: measure, apply, record, checkpoint after every step, resume on re-run.
+
+After step ``i`` finishes, ``workdir/step_<i>.pt`` (the whole module) and ``workdir/step_<i>.json`` (its
+record node and the run key) are written atomically. The run key hashes the recipe, the input model's
+weights and architecture, the epoch scale and the seed; a re-run with the same key loads the finished
+steps instead of recomputing them and continues after the last one.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekit.compress.context import CompressContext, measure
+from edgekit.compress.recipe import Recipe
+from edgekit.compress.step import get_step
+from edgekit.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, stable_hash
+
+
+def model_hash(model: nn.Module) -> str:
+    """Content hash of a model: its architecture (module tree) and every tensor of its state dict."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return stable_hash({"arch": str(model), "weights": sha256_bytes(buf.getvalue())})
+
+
+def run_key(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> str:
+    """Identity of a recipe run: finished steps saved under the same key are reused."""
+    return stable_hash({"recipe": recipe.model_dump(mode="json"), "model": model_hash(model),
+                        "epochs_scale": ctx.epochs_scale, "seed": ctx.seed})
+
+
+def _load_finished(ctx: CompressContext, index: int, key: str) -> tuple[nn.Module, dict] | None:
+    meta_path, ckpt = ctx.workdir / f"step_{index}.json", ctx.workdir / f"step_{index}.pt"
+    if not (meta_path.is_file() and ckpt.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("key") != key:
+        return None
+    model = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return model.eval(), {**meta["node"], "cached": True}
+
+
+def _save_finished(ctx: CompressContext, index: int, key: str, model: nn.Module, node: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    atomic_write_bytes(ctx.workdir / f"step_{index}.pt", buf.getvalue())
+    atomic_write_json(ctx.workdir / f"step_{index}.json", {"key": key, "node": node})
+
+
+def _run_step(model: nn.Module, spec: Any, ctx: CompressContext, before: dict) -> tuple[nn.Module, dict]:
+    step = get_step(spec.type)
+    start = time.perf_counter()
+    result = step.apply(model, spec, ctx)
+    wall = time.perf_counter() - start
+    after = measure(result.model, ctx)
+    node = {
+        "stage": f"compress:{spec.type}",
+        "label": step.label(spec),
+        "config": spec.model_dump(mode="json"),
+        "metrics": {**after, "wall_s": round(wall, 2)},
+        "extra": {"before": before, "history": result.history, **result.extra},
+        "seconds": round(wall, 2),
+        "cached": False,
+    }
+    return result.model.eval(), node
+
+
+def _record(record: Any, node: dict) -> None:
+    if record is not None:
+        record.child(node["stage"], node["config"], label=node["label"], metrics=node["metrics"],
+                     extra=node["extra"], seconds=node["seconds"], cached=node["cached"])
+
+
+def run_recipe(model: nn.Module, recipe: Recipe, ctx: CompressContext, record: Any = None
+               ) -> tuple[nn.Module, list[dict]]:
+    """Apply the recipe's torch steps to ``model``; return the compressed model and one node dict per step.
+
+    ``ptq`` is not run here (the pipeline quantizes the exported ONNX); for ``qat`` the returned model is the
+    fake-quant model, to be exported with :func:`edgekit.compress.qat.export_qdq`.
+
+    Args:
+        model: The detector to compress (not modified; steps work on a copy).
+        recipe: A validated :class:`Recipe`.
+        ctx: Data, work folder and budgets.
+        record: Optional :class:`~edgekit.report.record.RunRecord`; one ``compress:<type>`` node per step.
+
+    Example:
+        >>> model, nodes = run_recipe(trained.model, load_recipe("default"), ctx)  # doctest: +SKIP
+    """
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    key = run_key(model, recipe, ctx)
+    if ctx.teacher is None:
+        ctx.teacher = copy.deepcopy(model).eval()
+    current, nodes, before, resuming = copy.deepcopy(model), [], None, True
+    for i, spec in enumerate(recipe.torch_steps()):
+        loaded = _load_finished(ctx, i, key) if resuming else None
+        if loaded is not None:
+            current, node = loaded
+            ctx.note(f"step {i} ({spec.type}) loaded from {ctx.workdir / f'step_{i}.pt'}")
+        else:
+            resuming = False
+            before = before or measure(current, ctx)
+            current, node = _run_step(current, spec, ctx, before)
+            _save_finished(ctx, i, key, current, node)
+            ctx.note(f"step {i} ({spec.type}) computed in {node['seconds']} s")
+        before = {k: node["metrics"][k] for k in ("params", "macs", "size_bytes", "map50", "map50_95")}
+        nodes.append(node)
+        _record(record, node)
+    return current, nodes

@@ -1,0 +1,38 @@
+"""The architecture swap step: replace the detector by Micro-YOLO and train it (optionally distilled)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekit.compress.finetune import finetune
+from edgekit.compress.step import Step, StepResult
+from edgekit.errors import CompressionError
+from edgekit.models.microyolo import MicroYolo, MicroYoloConfig
+
+
+def microyolo_like(model: nn.Module, expansion: float, se_reduction: int) -> MicroYolo:
+    """A Micro-YOLO with the same classes, input size, width and priors as ``model``."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "num_classes"):
+        raise CompressionError("the swap step needs an edgekit detector (a model with .cfg.num_classes)",
+                               "start from the built-in reference detector or a model saved by edgekit")
+    return MicroYolo(MicroYoloConfig(num_classes=cfg.num_classes, input_size=cfg.input_size, width=cfg.width,
+                                     priors=tuple(cfg.priors), expansion=expansion, se_reduction=se_reduction))
+
+
+class SwapStep(Step):
+    """Swap to Micro-YOLO (DSConv + MBConv-SE) and train it; the input model is the distillation teacher."""
+
+    type = "swap"
+
+    def label(self, spec: Any) -> str:
+        return f"swap to {spec.to} (alpha {spec.expansion:g}, beta {spec.se_reduction})"
+
+    def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        torch.manual_seed(ctx.seed)
+        student = microyolo_like(model, spec.expansion, spec.se_reduction)
+        stats = finetune(student, spec.train, ctx, "training Micro-YOLO")
+        return StepResult(student.eval(), extra={"train": stats, "architecture": student.cfg.to_dict()})

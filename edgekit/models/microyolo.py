@@ -1,0 +1,85 @@
+"""Micro-YOLO: the reference detector rebuilt with lightweight blocks (after Hu & Li, ICAART 2021).
+
+Same topology, strides, head and interface as :class:`~edgekit.models.tinyyolo.TinyYolo` (``raw``,
+``forward``, ``prediction_layers``, ``strides``, ``head``, ``cfg``), so training, evaluation, export and
+pruning work unchanged. As in the paper, the first conv (3 input channels) stays standard, the
+largest-resolution layer after it becomes a DSConv, and the other 3x3 convs become MBConv-SE blocks with a
+3x3/5x5 kernel mix (5x5 on the stride-8/16 maps where a wider receptive field is cheap); 1x1 convs stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from edgekit.compress.layers import DSConv, MBConv
+from edgekit.models.tinyyolo import Decode, conv_bn_act
+
+
+@dataclass(frozen=True)
+class MicroYoloConfig:
+    """Architecture of :class:`MicroYolo` (``expansion`` = MBConv alpha, ``se_reduction`` = beta)."""
+
+    num_classes: int = 6
+    input_size: int = 160
+    width: float = 1.0
+    priors: tuple[float, float] = (16.0, 36.0)
+    expansion: float = 1.0
+    se_reduction: int = 4
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (for checkpoints and cache keys)."""
+        return asdict(self)
+
+
+class MicroYolo(nn.Module):
+    """The Micro-YOLO detector; see the module docstring.
+
+    Example:
+        >>> model = MicroYolo(MicroYoloConfig(num_classes=6)).eval()
+        >>> model(torch.zeros(1, 3, 160, 160)).shape
+        torch.Size([1, 500, 11])
+    """
+
+    strides = (8, 16)
+    head = "yolov5"
+
+    def __init__(self, cfg: MicroYoloConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or MicroYoloConfig()
+        c = [max(8, int(round(v * cfg.width / 8)) * 8) for v in (16, 32, 64, 128, 128, 64, 32)]
+        no, pool = 5 + cfg.num_classes, nn.MaxPool2d(2, 2)
+
+        def mb(c_in: int, c_out: int, k: int) -> MBConv:
+            return MBConv(c_in, c_out, k, cfg.expansion, cfg.se_reduction)
+
+        self.stem = nn.Sequential(conv_bn_act(3, c[0]), pool, DSConv(c[0], c[1], 3), pool, mb(c[1], c[2], 3), pool)
+        self.p8 = mb(c[2], c[3], 5)
+        self.p16 = nn.Sequential(pool, mb(c[3], c[4], 5))
+        self.neck16 = nn.Sequential(conv_bn_act(c[4], c[5], 1), mb(c[5], c[4], 3))
+        self.pred16 = nn.Conv2d(c[4], no, 1)
+        self.route = nn.Sequential(conv_bn_act(c[4], c[6], 1), nn.Upsample(scale_factor=2, mode="nearest"))
+        self.neck8 = mb(c[6] + c[3], c[5], 3)
+        self.pred8 = nn.Conv2d(c[5], no, 1)
+        self.decode8, self.decode16 = Decode(8, cfg.priors[0]), Decode(16, cfg.priors[1])
+        for pred in (self.pred8, self.pred16):  # low initial objectness, as in TinyYolo
+            nn.init.constant_(pred.bias[4], -4.0)
+
+    def prediction_layers(self) -> list[nn.Module]:
+        """The final 1x1 prediction convs (never pruned, kept in float when quantizing)."""
+        return [self.pred8, self.pred16]
+
+    def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Raw prediction maps at stride 8 and 16."""
+        f8 = self.p8(self.stem(x))
+        f16 = self.neck16(self.p16(f8))
+        fine = self.neck8(torch.cat([self.route(f16), f8], 1))
+        return [self.pred8(fine), self.pred16(f16)]
+
+    def forward(self, x: torch.Tensor):
+        raw = self.raw(x)
+        if self.training:
+            return raw
+        return torch.cat([self.decode8(raw[0]), self.decode16(raw[1])], 1)
