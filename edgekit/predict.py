@@ -19,7 +19,7 @@ from edgekit.backends.base import Artifact
 from edgekit.data.preprocess import Letterbox, preprocess_file
 from edgekit.device.agent import Agent
 from edgekit.device.transport import Transport
-from edgekit.errors import DataError
+from edgekit.errors import DataError, DeviceError
 from edgekit.fsutil import atomic_write_bytes
 from edgekit.progress import track
 from edgekit.runners.detcore import nms
@@ -145,7 +145,13 @@ def _run(agent: Agent, artifact: Artifact, tensors: np.ndarray, conf: float, thr
         conf=conf,
         progress=False,
     )
-    return result.detections or []
+    if result.detections is None or len(result.detections) != len(tensors):
+        got = 0 if result.detections is None else len(result.detections)
+        raise DeviceError(
+            f"the {artifact.runner} runner returned outputs for {got} of {len(tensors)} images",
+            "the runner and edgekit versions may differ; reinstall edgekit on both sides",
+        )
+    return result.detections
 
 
 def _image_result(path: Path, lb: Letterbox, dets: np.ndarray, names: list[str]) -> ImageDetections:
@@ -154,8 +160,8 @@ def _image_result(path: Path, lb: Letterbox, dets: np.ndarray, names: list[str])
         Detection(
             class_id=int(row[5]),
             class_name=names[int(row[5])] if int(row[5]) < len(names) else f"class{int(row[5])}",
-            score=round(float(row[4]), 5),
-            box=[round(float(v), 2) for v in box],
+            score=float(row[4]),
+            box=[float(v) for v in box],
         )
         for row, box in zip(dets, boxes, strict=True)
     ]
