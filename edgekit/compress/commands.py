@@ -1,0 +1,122 @@
+"""``edgekit compress --model M --recipe R --out D``: compression only, with a per-step record."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekit.errors import ModelError
+
+_EPILOG = """examples:
+  edgekit compress --model builtin --recipe default --out runs/compress-default
+  edgekit compress --model runs/x/model.pt --recipe slim --out runs/slim --epochs-scale 0.5
+
+MODEL is "builtin" (the cached reference detector on the built-in shapes set) or a .pt saved by edgekit.
+RECIPE is a name from recipes/ or a path to a .yaml. The folder gets model.pt, record.json and one
+step_<i>.pt per finished step; running the same command again resumes after the last finished step."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``compress`` on the main CLI's subparsers."""
+    p = subparsers.add_parser("compress", help="run a compression recipe on a model",
+                              description="Prune / swap / distil / QAT a detector with a recipe, step by step.",
+                              epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="builtin", help='"builtin" or a .pt saved by edgekit (default: builtin)')
+    p.add_argument("--recipe", default="default", help="recipe name or .yaml path (default: default)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--data", type=Path, default=None, help="YOLO dataset root (default: the built-in shapes set)")
+    p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every epoch count of the recipe")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compress)
+    return p
+
+
+def load_model(spec: str, data_root: Path, progress: bool = True) -> nn.Module:
+    """``builtin`` -> the cached reference detector; a path -> a module or an edgekit checkpoint dict.
+
+    Raises:
+        ModelError: The file is missing or holds something that is not an edgekit detector.
+    """
+    if spec == "builtin":
+        from edgekit.models.train import TrainConfig
+        from edgekit.models.zoo import reference_detector
+
+        return reference_detector(data_root, TrainConfig(), progress=progress).model
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist", 'pass "builtin" or a .pt saved by edgekit')
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, nn.Module):
+        return obj.eval()
+    if isinstance(obj, dict) and {"config", "state_dict"} <= obj.keys():
+        from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
+
+        model = TinyYolo(TinyYoloConfig(**obj["config"]))
+        model.load_state_dict(obj["state_dict"])
+        return model.eval()
+    raise ModelError(f"{path} is not a model saved by edgekit", "save the whole module with torch.save(model, path)")
+
+
+def build_context(data_root: Path, workdir: Path, epochs_scale: float, progress: bool):
+    """Train/val splits of ``data_root`` letterboxed at the reference input size."""
+    from edgekit.compress.context import CompressContext
+    from edgekit.data.dataset import YoloDataset
+    from edgekit.data.preprocess import PreprocessSpec
+    from edgekit.models.train import InMemorySplit
+
+    spec = PreprocessSpec(input_size=160)
+    return CompressContext(train=InMemorySplit(YoloDataset(data_root, "train"), spec),
+                           val=InMemorySplit(YoloDataset(data_root, "val"), spec), spec=spec, workdir=workdir,
+                           epochs_scale=epochs_scale, progress=progress)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """``edgekit compress``: run the recipe, save ``model.pt`` and ``record.json``, print a step table."""
+    from edgekit.compress.recipe import load_recipe
+    from edgekit.compress.runner import run_recipe
+    from edgekit.fsutil import atomic_write_bytes
+    from edgekit.report.record import RunRecord
+
+    recipe = load_recipe(args.recipe)  # validated (order, keys) before any data or model is touched
+    root = args.data
+    if root is None:
+        from edgekit.data.shapes import ShapesConfig, builtin_dataset
+        from edgekit.models.zoo import cache_dir
+
+        root = builtin_dataset(cache_dir(), ShapesConfig(), progress=not args.quiet)
+    model = load_model(args.model, root, progress=not args.quiet)
+    ctx = build_context(root, args.out / "steps", args.epochs_scale, not args.quiet)
+    record = RunRecord.new(uuid.uuid4().hex[:12], ["edgekit", "compress", "--recipe", args.recipe], {},
+                           recipe.model_dump(mode="json"))
+    model, nodes = run_recipe(model, recipe, ctx, record)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    atomic_write_bytes(args.out / "model.pt", buf.getvalue())
+    record.status = "ok"
+    record.save(args.out / "record.json")
+    _print_table(nodes, ctx.log)
+    return 0
+
+
+def _print_table(nodes: list[dict], log: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="compression steps")
+    for col in ("stage", "label", "params", "MACs", "mAP50", "mAP50-95", "s", "cached"):
+        table.add_column(col)
+    for n in nodes:
+        m, b = n["metrics"], n["extra"].get("before", {})
+        table.add_row(n["stage"], n["label"], f"{b.get('params', 0)} -> {m['params']}",
+                      f"{b.get('macs', 0) / 1e6:.1f}M -> {m['macs'] / 1e6:.1f}M",
+                      f"{b.get('map50', 0):.3f} -> {m['map50']:.3f}", f"{b.get('map50_95', 0):.3f} -> {m['map50_95']:.3f}",
+                      str(n["seconds"]), "yes" if n["cached"] else "no")
+    console = Console()
+    console.print(table)
+    for line in log:
+        console.print(line, style="dim")

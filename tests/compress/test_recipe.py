@@ -1,0 +1,58 @@
+"""Recipe schema and ordering rules: refused before running, errors name the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekit.compress.recipe import available_recipes, load_recipe
+from edgekit.errors import ConfigError
+
+REQUIRED = {"none", "default", "slim", "progressive", "l1", "fpgm", "microyolo", "distill", "qat"}
+
+
+def test_every_shipped_recipe_loads():
+    assert REQUIRED <= set(available_recipes())
+    default = load_recipe("default")
+    assert [s.type for s in default.torch_steps()] == ["prune"] and 0.25 <= default.steps[0].ratio <= 0.3
+    assert default.quantize_step().method == "minmax" and default.quantize_step().keep_float == "auto"
+    assert load_recipe("qat").quantize_step().type == "qat"
+    assert load_recipe("none").quantize_step() is None
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_prune_after_ptq_is_refused_naming_both_steps(tmp_path):
+    path = _write(tmp_path, "name: bad\nsteps:\n  - type: ptq\n  - type: prune\n    ratio: 0.3\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert str(path) in msg and "'prune'" in msg and "'ptq'" in msg and "after quantization" in msg
+
+
+def test_swap_after_pruning_is_refused(tmp_path):
+    path = _write(tmp_path, "name: bad\nsteps:\n  - {type: prune, ratio: 0.3}\n  - {type: swap}\n")
+    with pytest.raises(ConfigError, match=r"'swap' cannot follow step 0 'prune'"):
+        load_recipe(path)
+
+
+def test_unknown_key_names_file_and_key_path(tmp_path):
+    path = _write(tmp_path, "name: bad\nsteps:\n  - type: prune\n    ratio: 0.3\n    finetune: {epoch: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: steps.0.finetune.epoch: unknown key")
+
+
+def test_ratio_and_macs_target_are_exclusive(tmp_path):
+    path = _write(tmp_path, "name: bad\nsteps:\n  - {type: prune, ratio: 0.3, macs_target: 0.5}\n")
+    with pytest.raises(ConfigError, match="exactly one of 'ratio' or 'macs_target'"):
+        load_recipe(path)
+
+
+def test_missing_recipe_lists_the_known_ones():
+    with pytest.raises(ConfigError) as err:
+        load_recipe("no-such-recipe")
+    assert "default" in err.value.hint
