@@ -1,5 +1,7 @@
-"""Compress stage: recipes of steps (L1/FPGM/slimming/progressive pruning, Micro-YOLO swap, distillation,
-QAT) run on the torch model, each step measured and recorded, checkpointed and resumable.
+"""Compress stage: recipes of compression steps run on the torch model, each measured and recorded.
+
+Steps: L1/FPGM/slimming/progressive pruning, Micro-YOLO swap, distillation, QAT; every step is
+checkpointed, so an interrupted run resumes after the last finished step.
 
 Example:
     >>> from edgekit.compress import load_recipe

@@ -23,13 +23,21 @@ step_<i>.pt per finished step; running the same command again resumes after the 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``compress`` on the main CLI's subparsers."""
-    p = subparsers.add_parser("compress", help="run a compression recipe on a model",
-                              description="Prune / swap / distil / QAT a detector with a recipe, step by step.",
-                              epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="builtin", help='"builtin" or a .pt saved by edgekit (default: builtin)')
+    p = subparsers.add_parser(
+        "compress",
+        help="run a compression recipe on a model",
+        description="Prune / swap / distil / QAT a detector with a recipe, step by step.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", default="builtin", help='"builtin" or a .pt saved by edgekit (default: builtin)'
+    )
     p.add_argument("--recipe", default="default", help="recipe name or .yaml path (default: default)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--data", type=Path, default=None, help="YOLO dataset root (default: the built-in shapes set)")
+    p.add_argument(
+        "--data", type=Path, default=None, help="YOLO dataset root (default: the built-in shapes set)"
+    )
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every epoch count of the recipe")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compress)
@@ -59,7 +67,9 @@ def load_model(spec: str, data_root: Path, progress: bool = True) -> nn.Module:
         model = TinyYolo(TinyYoloConfig(**obj["config"]))
         model.load_state_dict(obj["state_dict"])
         return model.eval()
-    raise ModelError(f"{path} is not a model saved by edgekit", "save the whole module with torch.save(model, path)")
+    raise ModelError(
+        f"{path} is not a model saved by edgekit", "save the whole module with torch.save(model, path)"
+    )
 
 
 def build_context(data_root: Path, workdir: Path, epochs_scale: float, progress: bool):
@@ -70,9 +80,14 @@ def build_context(data_root: Path, workdir: Path, epochs_scale: float, progress:
     from edgekit.models.train import InMemorySplit
 
     spec = PreprocessSpec(input_size=160)
-    return CompressContext(train=InMemorySplit(YoloDataset(data_root, "train"), spec),
-                           val=InMemorySplit(YoloDataset(data_root, "val"), spec), spec=spec, workdir=workdir,
-                           epochs_scale=epochs_scale, progress=progress)
+    return CompressContext(
+        train=InMemorySplit(YoloDataset(data_root, "train"), spec),
+        val=InMemorySplit(YoloDataset(data_root, "val"), spec),
+        spec=spec,
+        workdir=workdir,
+        epochs_scale=epochs_scale,
+        progress=progress,
+    )
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -91,8 +106,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         root = builtin_dataset(cache_dir(), ShapesConfig(), progress=not args.quiet)
     model = load_model(args.model, root, progress=not args.quiet)
     ctx = build_context(root, args.out / "steps", args.epochs_scale, not args.quiet)
-    record = RunRecord.new(uuid.uuid4().hex[:12], ["edgekit", "compress", "--recipe", args.recipe], {},
-                           recipe.model_dump(mode="json"))
+    record = RunRecord.new(
+        uuid.uuid4().hex[:12],
+        ["edgekit", "compress", "--recipe", args.recipe],
+        {},
+        recipe.model_dump(mode="json"),
+    )
     model, nodes = run_recipe(model, recipe, ctx, record)
     buf = io.BytesIO()
     torch.save(model, buf)
@@ -112,10 +131,16 @@ def _print_table(nodes: list[dict], log: list[str]) -> None:
         table.add_column(col)
     for n in nodes:
         m, b = n["metrics"], n["extra"].get("before", {})
-        table.add_row(n["stage"], n["label"], f"{b.get('params', 0)} -> {m['params']}",
-                      f"{b.get('macs', 0) / 1e6:.1f}M -> {m['macs'] / 1e6:.1f}M",
-                      f"{b.get('map50', 0):.3f} -> {m['map50']:.3f}", f"{b.get('map50_95', 0):.3f} -> {m['map50_95']:.3f}",
-                      str(n["seconds"]), "yes" if n["cached"] else "no")
+        table.add_row(
+            n["stage"],
+            n["label"],
+            f"{b.get('params', 0)} -> {m['params']}",
+            f"{b.get('macs', 0) / 1e6:.1f}M -> {m['macs'] / 1e6:.1f}M",
+            f"{b.get('map50', 0):.3f} -> {m['map50']:.3f}",
+            f"{b.get('map50_95', 0):.3f} -> {m['map50_95']:.3f}",
+            str(n["seconds"]),
+            "yes" if n["cached"] else "no",
+        )
     console = Console()
     console.print(table)
     for line in log:

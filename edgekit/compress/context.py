@@ -54,12 +54,19 @@ class CompressContext:
 
 def state_dict_bytes(model: nn.Module) -> int:
     """Bytes of the model's state dict (parameters and buffers)."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+    return sum(
+        t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor)
+    )
 
 
 def measure(model: nn.Module, ctx: CompressContext, data: InMemorySplit | None = None) -> dict[str, float]:
     """The record figures of a model: params, MACs, state-dict bytes, mAP@0.5 and mAP@0.5:0.95."""
     cost = model_macs_params(model, ctx.input_shape)
     maps = evaluate(model, data or ctx.val)
-    return {"params": cost["params"], "macs": cost["macs"], "size_bytes": state_dict_bytes(model),
-            "map50": round(float(maps["map50"]), 5), "map50_95": round(float(maps["map50_95"]), 5)}
+    return {
+        "params": cost["params"],
+        "macs": cost["macs"],
+        "size_bytes": state_dict_bytes(model),
+        "map50": round(float(maps["map50"]), 5),
+        "map50_95": round(float(maps["map50_95"]), 5),
+    }

@@ -36,8 +36,10 @@ def objectness_distill_loss(student: list[torch.Tensor], teacher: list[torch.Ten
     total = student[0].new_zeros(())
     for s, t in zip(student, teacher, strict=True):
         if s.shape != t.shape:
-            raise CompressionError(f"student map {tuple(s.shape)} and teacher map {tuple(t.shape)} differ",
-                                   "distil only between detectors with the same strides and classes")
+            raise CompressionError(
+                f"student map {tuple(s.shape)} and teacher map {tuple(t.shape)} differ",
+                "distil only between detectors with the same strides and classes",
+            )
         t_prob = t.detach().sigmoid()
         weight = t_prob[:, 4]
         obj = _bernoulli_kl(s[:, 4], t_prob[:, 4])

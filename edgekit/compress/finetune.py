@@ -19,8 +19,9 @@ def teacher_of(ctx: Any) -> nn.Module:
     return ctx.teacher
 
 
-def finetune(model: nn.Module, spec: Any, ctx: Any, description: str = "fine-tune",
-             hooks: TrainHooks | None = None) -> dict:
+def finetune(
+    model: nn.Module, spec: Any, ctx: Any, description: str = "fine-tune", hooks: TrainHooks | None = None
+) -> dict:
     """Train ``model`` in place for ``spec.epochs`` (scaled) with optional distillation; return train stats.
 
     ``spec`` is a :class:`~edgekit.compress.recipe.FinetuneSpec`; an epoch count that scales to 0 skips.
@@ -30,8 +31,9 @@ def finetune(model: nn.Module, spec: Any, ctx: Any, description: str = "fine-tun
     epochs = ctx.epochs(spec.epochs)
     hooks = hooks or TrainHooks()
     if spec.distill > 0:
-        hooks = TrainHooks(extra_loss=distill_hook(copy.deepcopy(teacher_of(ctx)), spec.distill),
-                           after_step=hooks.after_step)
+        hooks = TrainHooks(
+            extra_loss=distill_hook(copy.deepcopy(teacher_of(ctx)), spec.distill), after_step=hooks.after_step
+        )
     cfg = TrainConfig(epochs=epochs, batch_size=spec.batch_size, lr=spec.lr, seed=ctx.seed)
     return train(model, ctx.train, cfg, hooks, progress=ctx.progress, description=description)
 
@@ -42,9 +44,11 @@ class FinetuneStep(Step):
     type = "finetune"
 
     def label(self, spec: Any) -> str:
+        """Short label for the record."""
         return f"fine-tune {spec.epochs:g} ep"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         stats = finetune(model, spec, ctx, "fine-tune")
         return StepResult(model, extra={"train": stats})
 
@@ -55,8 +59,10 @@ class DistillStep(Step):
     type = "distill"
 
     def label(self, spec: Any) -> str:
+        """Short label for the record."""
         return f"distill x{spec.distill:g}, {spec.epochs:g} ep"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         stats = finetune(model, spec, ctx, "distillation")
         return StepResult(model, extra={"train": stats})

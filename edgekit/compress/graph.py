@@ -26,8 +26,9 @@ def _bn_scale(group: tp.dependency.Group) -> torch.Tensor:
     for dep, _idxs in group:
         if isinstance(dep.target.module, nn.BatchNorm2d):
             return dep.target.module.weight.detach().abs()
-    raise CompressionError("slimming needs a BatchNorm after every pruned conv",
-                           "use l1 or fpgm pruning for this model")
+    raise CompressionError(
+        "slimming needs a BatchNorm after every pruned conv", "use l1 or fpgm pruning for this model"
+    )
 
 
 CRITERIA: dict[str, Callable[[], Criterion]] = {
@@ -53,8 +54,11 @@ def prunable_convs(model: nn.Module, input_shape: tuple[int, ...] | None = None)
     """
     protected = {id(m) for m in prediction_layers(model)}
     se_convs = {id(c) for m in model.modules() if type(m).__name__ == "SqueezeExcite" for c in m.modules()}
-    convs = {name: m for name, m in model.named_modules()
-             if isinstance(m, nn.Conv2d) and m.groups == 1 and id(m) not in protected | se_convs}
+    convs = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups == 1 and id(m) not in protected | se_convs
+    }
     if input_shape is None:
         return convs
     graph, covered, roots = build_graph(model, input_shape), set(), {}
@@ -93,13 +97,15 @@ def channel_scores(graph: tp.DependencyGraph, conv: nn.Conv2d, criterion: Criter
     """Importance of each output channel of ``conv`` over its whole coupled group (low = remove first)."""
     scores = criterion(_group(graph, conv, list(range(conv.out_channels))))
     if scores is None or len(scores) != conv.out_channels:
-        raise CompressionError(f"criterion gave no usable scores for a conv with {conv.out_channels} channels",
-                               "use another pruning method for this layer")
+        raise CompressionError(
+            f"criterion gave no usable scores for a conv with {conv.out_channels} channels",
+            "use another pruning method for this layer",
+        )
     return scores
 
 
 def prune_channels(graph: tp.DependencyGraph, model: nn.Module, name: str, indices: list[int]) -> dict:
-    """Remove output channels ``indices`` of conv ``name`` (and everything coupled); return the history entry."""
+    """Remove output channels ``indices`` of conv ``name`` and all coupled ones; return the history entry."""
     conv = dict(model.named_modules())[name]
     before = conv.out_channels
     indices = sorted(int(i) for i in indices)
@@ -108,8 +114,9 @@ def prune_channels(graph: tp.DependencyGraph, model: nn.Module, name: str, indic
     return {"layer": name, "channels_before": before, "channels_after": conv.out_channels, "indices": indices}
 
 
-def prune_plan(model: nn.Module, plan: dict[str, int], criterion: Criterion,
-               input_shape: tuple[int, ...]) -> list[dict]:
+def prune_plan(
+    model: nn.Module, plan: dict[str, int], criterion: Criterion, input_shape: tuple[int, ...]
+) -> list[dict]:
     """Remove ``plan[name]`` lowest-scoring channels from each named conv; return the history."""
     graph = build_graph(model, input_shape)
     convs = dict(model.named_modules())
@@ -129,16 +136,22 @@ def replay(model: nn.Module, history: list[dict], input_shape: tuple[int, ...]) 
     convs = dict(model.named_modules())
     for entry in history:
         if convs[entry["layer"]].out_channels != entry["channels_before"]:
-            raise CompressionError(f"history does not match the model at layer {entry['layer']}",
-                                   "replay a history on the model it was recorded from")
+            raise CompressionError(
+                f"history does not match the model at layer {entry['layer']}",
+                "replay a history on the model it was recorded from",
+            )
         prune_channels(graph, model, entry["layer"], entry["indices"])
     return model
 
 
-def uniform_plan(model: nn.Module, ratio: float, round_to: int, input_shape: tuple[int, ...]) -> dict[str, int]:
+def uniform_plan(
+    model: nn.Module, ratio: float, round_to: int, input_shape: tuple[int, ...]
+) -> dict[str, int]:
     """Remove the same fraction of every prunable conv's channels (rounded)."""
-    return {name: conv.out_channels - keep_count(conv.out_channels, ratio, round_to)
-            for name, conv in prunable_convs(model, input_shape).items()}
+    return {
+        name: conv.out_channels - keep_count(conv.out_channels, ratio, round_to)
+        for name, conv in prunable_convs(model, input_shape).items()
+    }
 
 
 def plan_for_macs(model: nn.Module, keep_macs: float, round_to: int, input_shape: tuple[int, ...]) -> dict:

@@ -26,11 +26,13 @@ class DSConv(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, k: int = 3) -> None:
         super().__init__()
-        self.depthwise = nn.Sequential(nn.Conv2d(c_in, c_in, k, 1, k // 2, groups=c_in, bias=False),
-                                       nn.BatchNorm2d(c_in), _act())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(c_in, c_in, k, 1, k // 2, groups=c_in, bias=False), nn.BatchNorm2d(c_in), _act()
+        )
         self.pointwise = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), _act())
 
     def forward(self, x):
+        """Apply the block."""
         return self.pointwise(self.depthwise(x))
 
 
@@ -47,6 +49,7 @@ class SqueezeExcite(nn.Module):
         self.gate = nn.Sigmoid()
 
     def forward(self, x):
+        """Apply the block."""
         return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
 
 
@@ -56,18 +59,25 @@ class MBConv(nn.Module):
     The projection is linear (BN, no activation); a residual is added when input and output widths match.
     """
 
-    def __init__(self, c_in: int, c_out: int, k: int = 3, expansion: float = 1.0, se_reduction: int = 4) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, k: int = 3, expansion: float = 1.0, se_reduction: int = 4
+    ) -> None:
         super().__init__()
         hidden = round8(c_in * expansion) if expansion > 1 else c_in
-        self.expand = (nn.Sequential(nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), _act())
-                       if hidden != c_in else nn.Identity())
-        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, k, 1, k // 2, groups=hidden, bias=False),
-                                       nn.BatchNorm2d(hidden), _act())
+        self.expand = (
+            nn.Sequential(nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), _act())
+            if hidden != c_in
+            else nn.Identity()
+        )
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, k, 1, k // 2, groups=hidden, bias=False), nn.BatchNorm2d(hidden), _act()
+        )
         self.se = SqueezeExcite(hidden, se_reduction) if se_reduction else nn.Identity()
         self.project = nn.Sequential(nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
         self.residual = c_in == c_out
 
     def forward(self, x):
+        """Apply the block."""
         y = self.project(self.se(self.depthwise(self.expand(x))))
         return x + y if self.residual else y
 

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from edgekit.compress.finetune import finetune
-from edgekit.compress.graph import CRITERIA, prune_plan, prunable_convs
+from edgekit.compress.graph import CRITERIA, prunable_convs, prune_plan
 from edgekit.compress.step import Step, StepResult
 from edgekit.errors import ConfigError
 from edgekit.models.train import InMemorySplit, evaluate
@@ -53,9 +53,11 @@ class ProgressiveStep(Step):
     type = "progressive"
 
     def label(self, spec: Any) -> str:
+        """Short label for the record."""
         return f"progressive 1/16 steps, max drop {spec.max_drop:g}"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         data = eval_subset(ctx.val, spec.eval_images)
         start = evaluate(model, data)["map50_95"]
         floor = start - spec.max_drop / 100
@@ -65,14 +67,16 @@ class ProgressiveStep(Step):
             for name in names:
                 model, row = self._layer(model, name, spec, ctx, data, floor, history, advance)
                 layers.append({**row, "start_map50_95": round(start, 4)})
-        return StepResult(model, history=history, extra={"layers": layers, "start_map50_95": start,
-                                                         "floor_map50_95": floor})
+        return StepResult(
+            model, history=history, extra={"layers": layers, "start_map50_95": start, "floor_map50_95": floor}
+        )
 
     def _layer(self, model, name, spec, ctx, data, floor, history, advance):
         convs = prunable_convs(model, ctx.input_shape)
         if name not in convs:
-            raise ConfigError(f"progressive pruning: no prunable conv named {name!r}",
-                              f"use one of: {', '.join(convs)}")
+            raise ConfigError(
+                f"progressive pruning: no prunable conv named {name!r}", f"use one of: {', '.join(convs)}"
+            )
         channels = convs[name].out_channels
         step, accepted, reason, last = sixteenth(channels, spec.round_to), 0, "max_steps", None
         for _ in range(spec.max_steps_per_layer):
@@ -91,9 +95,15 @@ class ProgressiveStep(Step):
             model, accepted, last = trial, accepted + 1, score
             history.extend(entry)
         removed = channels - _width(model, name)
-        return model, {"layer": name, "channels": channels, "kept": channels - removed,
-                       "sixteenths": round(16 * removed / channels, 2), "accepted_steps": accepted,
-                       "stopped_by": reason, "last_trial_map50_95": None if last is None else round(last, 4)}
+        return model, {
+            "layer": name,
+            "channels": channels,
+            "kept": channels - removed,
+            "sixteenths": round(16 * removed / channels, 2),
+            "accepted_steps": accepted,
+            "stopped_by": reason,
+            "last_trial_map50_95": None if last is None else round(last, 4),
+        }
 
 
 def _width(model: nn.Module, name: str) -> int:

@@ -24,10 +24,12 @@ class PruneStep(Step):
     type = "prune"
 
     def label(self, spec: Any) -> str:
+        """Short label for the record."""
         amount = f"{spec.ratio:.0%} channels" if spec.ratio else f"to {spec.macs_target:.0%} MACs"
         return f"{spec.method} {amount}"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         if spec.ratio is not None:
             plan = uniform_plan(model, spec.ratio, spec.round_to, ctx.input_shape)
         else:

@@ -56,6 +56,7 @@ class FakeQuantConv(nn.Module):
         return scale, int(np.clip(round(-lo / scale), 0, 255))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
         if self.training or self.observing:
             self._observe(x)
             self.w_scale.copy_(self._weight_scale())
@@ -67,7 +68,7 @@ class FakeQuantConv(nn.Module):
 
 
 def fold_batchnorms(model: nn.Module) -> int:
-    """Fold every Conv2d directly followed by a BatchNorm2d (inside a Sequential) in place; return how many."""
+    """Fold each Conv2d directly followed by a BatchNorm2d (in a Sequential), in place; return how many."""
     folded = 0
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
@@ -127,8 +128,10 @@ def export_qdq(model: nn.Module, input_shape: tuple[int, ...], path: str | Path)
     path = export_onnx(model, input_shape, path)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     if "QuantizeLinear" not in ops or "DequantizeLinear" not in ops:
-        raise BuildError(f"{path} has no QuantizeLinear/DequantizeLinear nodes",
-                         "export the model returned by the qat step (edgekit.compress.qat.prepare_qat)")
+        raise BuildError(
+            f"{path} has no QuantizeLinear/DequantizeLinear nodes",
+            "export the model returned by the qat step (edgekit.compress.qat.prepare_qat)",
+        )
     return path
 
 
@@ -138,10 +141,14 @@ class QatStep(Step):
     type = "qat"
 
     def label(self, spec: Any) -> str:
+        """Short label for the record."""
         return f"QAT int8, {spec.epochs:g} ep" + (f", distill x{spec.distill:g}" if spec.distill else "")
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         qmodel = prepare_qat(model, ctx.train)
         stats = finetune(qmodel, spec, ctx, "quantization-aware training")
         wrapped = sum(isinstance(m, FakeQuantConv) for m in qmodel.modules())
-        return StepResult(qmodel.eval(), extra={"train": stats, "quantized_convs": wrapped}, export=export_qdq)
+        return StepResult(
+            qmodel.eval(), extra={"train": stats, "quantized_convs": wrapped}, export=export_qdq
+        )

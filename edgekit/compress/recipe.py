@@ -55,7 +55,9 @@ class SparsitySpec(_Spec):
 
     epochs: float = Field(2.0, ge=0)
     lr: float = Field(1e-3, gt=0)
-    lam: float = Field(2.0, ge=0, description="L1 strength; the shrink per step is lr * lam * mean|gamma| of the layer")
+    lam: float = Field(
+        2.0, ge=0, description="L1 strength; the shrink per step is lr * lam * mean|gamma| of the layer"
+    )
     renormalize: bool = Field(True, description="keep each layer's mean |gamma| (and beta) scale fixed")
 
 
@@ -72,7 +74,7 @@ class SlimSpec(_Spec):
 
 
 class ProgressiveSpec(_Spec):
-    """Micro-YOLO progressive pruning: 1/16 of a layer per trial until mAP50-95 drops more than ``max_drop``."""
+    """Micro-YOLO progressive pruning: 1/16 of a layer per trial until mAP50-95 drops > ``max_drop``."""
 
     type: Literal["progressive"]
     max_drop: float = Field(0.5, ge=0, description="allowed mAP50-95 drop below the start, in points")
@@ -232,12 +234,16 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     """
     path = recipe_path(name_or_path)
     if not path.is_file():
-        raise ConfigError(f"recipe {name_or_path!r} not found ({path})",
-                          f"use one of: {', '.join(available_recipes())}, or a path to a .yaml file")
+        raise ConfigError(
+            f"recipe {name_or_path!r} not found ({path})",
+            f"use one of: {', '.join(available_recipes())}, or a path to a .yaml file",
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}", "fix the YAML syntax") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping with 'name' and 'steps'", "see recipes/default.yaml")
+        raise ConfigError(
+            f"{path}: a recipe must be a mapping with 'name' and 'steps'", "see recipes/default.yaml"
+        )
     return parse_recipe(data, str(path))

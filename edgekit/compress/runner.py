@@ -32,8 +32,14 @@ def model_hash(model: nn.Module) -> str:
 
 def run_key(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> str:
     """Identity of a recipe run: finished steps saved under the same key are reused."""
-    return stable_hash({"recipe": recipe.model_dump(mode="json"), "model": model_hash(model),
-                        "epochs_scale": ctx.epochs_scale, "seed": ctx.seed})
+    return stable_hash(
+        {
+            "recipe": recipe.model_dump(mode="json"),
+            "model": model_hash(model),
+            "epochs_scale": ctx.epochs_scale,
+            "seed": ctx.seed,
+        }
+    )
 
 
 def _load_finished(ctx: CompressContext, index: int, key: str) -> tuple[nn.Module, dict] | None:
@@ -74,12 +80,20 @@ def _run_step(model: nn.Module, spec: Any, ctx: CompressContext, before: dict) -
 
 def _record(record: Any, node: dict) -> None:
     if record is not None:
-        record.child(node["stage"], node["config"], label=node["label"], metrics=node["metrics"],
-                     extra=node["extra"], seconds=node["seconds"], cached=node["cached"])
+        record.child(
+            node["stage"],
+            node["config"],
+            label=node["label"],
+            metrics=node["metrics"],
+            extra=node["extra"],
+            seconds=node["seconds"],
+            cached=node["cached"],
+        )
 
 
-def run_recipe(model: nn.Module, recipe: Recipe, ctx: CompressContext, record: Any = None
-               ) -> tuple[nn.Module, list[dict]]:
+def run_recipe(
+    model: nn.Module, recipe: Recipe, ctx: CompressContext, record: Any = None
+) -> tuple[nn.Module, list[dict]]:
     """Apply the recipe's torch steps to ``model``; return the compressed model and one node dict per step.
 
     ``ptq`` is not run here (the pipeline quantizes the exported ONNX); for ``qat`` the returned model is the

@@ -22,7 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgekit.compress.finetune import finetune
-from edgekit.compress.graph import CRITERIA, build_graph, keep_count, prune_plan, prunable_convs
+from edgekit.compress.graph import CRITERIA, build_graph, keep_count, prunable_convs, prune_plan
 from edgekit.compress.step import Step, StepResult
 from edgekit.models.train import TrainHooks
 
@@ -30,7 +30,7 @@ SPARSE_BELOW = 0.1  # a channel counts as "sparse" when |gamma| < 0.1 x its laye
 
 
 def gated_bns(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, nn.BatchNorm2d]:
-    """conv name -> the BN right after it, for every prunable conv that has one."""
+    """Conv name -> the BN right after it, for every prunable conv that has one."""
     graph = build_graph(model, input_shape)
     out = {}
     for name, conv in prunable_convs(model, input_shape).items():
@@ -43,7 +43,10 @@ def gated_bns(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, nn.Ba
 
 def relative_gammas(bns: dict[str, nn.BatchNorm2d]) -> dict[str, torch.Tensor]:
     """|gamma| / mean |gamma| per layer (scale-free, comparable across layers)."""
-    return {n: (bn.weight.detach().abs() / bn.weight.detach().abs().mean().clamp_min(1e-12)) for n, bn in bns.items()}
+    return {
+        n: (bn.weight.detach().abs() / bn.weight.detach().abs().mean().clamp_min(1e-12))
+        for n, bn in bns.items()
+    }
 
 
 def sparse_fraction(bns: dict[str, nn.BatchNorm2d]) -> float:
@@ -91,9 +94,11 @@ class SlimStep(Step):
     type = "slim"
 
     def label(self, spec: Any) -> str:
+        """Short label for the record."""
         return f"slimming {spec.ratio:.0%} ({spec.threshold})"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         bns = gated_bns(model, ctx.input_shape)
         before = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
         frac_before = sparse_fraction(bns)
@@ -107,8 +112,11 @@ class SlimStep(Step):
         extra = {
             "gamma_before": [round(float(v), 5) for v in before],
             "gamma_after": [round(float(v), 5) for v in after],
-            "sparsity": {"below": SPARSE_BELOW, "fraction_before": round(frac_before, 4),
-                         "fraction_after": round(frac_after, 4)},
+            "sparsity": {
+                "below": SPARSE_BELOW,
+                "fraction_before": round(frac_before, 4),
+                "fraction_after": round(frac_after, 4),
+            },
             "train": {"sparsity": stats, "finetune": tuned},
         }
         return StepResult(model, history=history, extra=extra)

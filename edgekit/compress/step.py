@@ -77,7 +77,9 @@ def get_step(step_type: str) -> Step:
         ConfigError: No torch-side step has that type (``ptq`` runs in the pipeline, on the ONNX).
     """
     if step_type not in STEPS:
-        raise ConfigError(f"no compression step of type {step_type!r}",
-                          f"known: {', '.join(sorted(STEPS))} (ptq is run by the pipeline on the ONNX)")
+        raise ConfigError(
+            f"no compression step of type {step_type!r}",
+            f"known: {', '.join(sorted(STEPS))} (ptq is run by the pipeline on the ONNX)",
+        )
     module, cls = STEPS[step_type].split(":")
     return getattr(importlib.import_module(module), cls)()

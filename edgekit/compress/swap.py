@@ -17,10 +17,20 @@ def microyolo_like(model: nn.Module, expansion: float, se_reduction: int) -> Mic
     """A Micro-YOLO with the same classes, input size, width and priors as ``model``."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(cfg, "num_classes"):
-        raise CompressionError("the swap step needs an edgekit detector (a model with .cfg.num_classes)",
-                               "start from the built-in reference detector or a model saved by edgekit")
-    return MicroYolo(MicroYoloConfig(num_classes=cfg.num_classes, input_size=cfg.input_size, width=cfg.width,
-                                     priors=tuple(cfg.priors), expansion=expansion, se_reduction=se_reduction))
+        raise CompressionError(
+            "the swap step needs an edgekit detector (a model with .cfg.num_classes)",
+            "start from the built-in reference detector or a model saved by edgekit",
+        )
+    return MicroYolo(
+        MicroYoloConfig(
+            num_classes=cfg.num_classes,
+            input_size=cfg.input_size,
+            width=cfg.width,
+            priors=tuple(cfg.priors),
+            expansion=expansion,
+            se_reduction=se_reduction,
+        )
+    )
 
 
 class SwapStep(Step):
@@ -29,9 +39,11 @@ class SwapStep(Step):
     type = "swap"
 
     def label(self, spec: Any) -> str:
+        """Short label for the record."""
         return f"swap to {spec.to} (alpha {spec.expansion:g}, beta {spec.se_reduction})"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
+        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         torch.manual_seed(ctx.seed)
         student = microyolo_like(model, spec.expansion, spec.se_reduction)
         stats = finetune(student, spec.train, ctx, "training Micro-YOLO")

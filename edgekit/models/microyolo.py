@@ -55,7 +55,9 @@ class MicroYolo(nn.Module):
         def mb(c_in: int, c_out: int, k: int) -> MBConv:
             return MBConv(c_in, c_out, k, cfg.expansion, cfg.se_reduction)
 
-        self.stem = nn.Sequential(conv_bn_act(3, c[0]), pool, DSConv(c[0], c[1], 3), pool, mb(c[1], c[2], 3), pool)
+        self.stem = nn.Sequential(
+            conv_bn_act(3, c[0]), pool, DSConv(c[0], c[1], 3), pool, mb(c[1], c[2], 3), pool
+        )
         self.p8 = mb(c[2], c[3], 5)
         self.p16 = nn.Sequential(pool, mb(c[3], c[4], 5))
         self.neck16 = nn.Sequential(conv_bn_act(c[4], c[5], 1), mb(c[5], c[4], 3))
@@ -79,6 +81,7 @@ class MicroYolo(nn.Module):
         return [self.pred8(fine), self.pred16(f16)]
 
     def forward(self, x: torch.Tensor):
+        """Apply the block."""
         raw = self.raw(x)
         if self.training:
             return raw

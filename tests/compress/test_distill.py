@@ -29,7 +29,9 @@ def test_box_and_class_terms_are_weighted_by_teacher_objectness():
     teacher_low[0][:, 4], teacher_high[0][:, 4] = -8.0, 8.0  # background vs confident object
     s_low, s_high = [student[0].clone()], [student[0].clone()]
     s_low[0][:, 4], s_high[0][:, 4] = -8.0, 8.0  # objectness itself matches, so only box terms differ
-    assert float(objectness_distill_loss(s_high, teacher_high)) > 100 * float(objectness_distill_loss(s_low, teacher_low))
+    assert float(objectness_distill_loss(s_high, teacher_high)) > 100 * float(
+        objectness_distill_loss(s_low, teacher_low)
+    )
 
 
 def test_gradient_flows_to_the_student_only():
@@ -44,7 +46,9 @@ def test_gradient_flows_to_the_student_only():
     loss.backward()
     assert float(loss.detach()) > 0
     assert student.pred8.weight.grad is not None and float(student.pred8.weight.grad.abs().sum()) > 0
-    assert student.stem[0][0].weight.grad is not None and float(student.stem[0][0].weight.grad.abs().sum()) > 0
+    assert (
+        student.stem[0][0].weight.grad is not None and float(student.stem[0][0].weight.grad.abs().sum()) > 0
+    )
     assert all(p.grad is None for p in teacher.parameters())
 
 

@@ -29,7 +29,13 @@ def test_mbconv_se_shapes_params_and_residual():
     x = torch.randn(2, 32, 10, 10)
     assert block(x).shape == x.shape and block.residual
     hidden, se_hidden = 64, 16
-    expected = 32 * hidden + hidden * 25 + (hidden * se_hidden + se_hidden) + (se_hidden * hidden + hidden) + hidden * 32
+    expected = (
+        32 * hidden
+        + hidden * 25
+        + (hidden * se_hidden + se_hidden)
+        + (se_hidden * hidden + hidden)
+        + hidden * 32
+    )
     assert _conv_weights(block) + block.se.reduce.bias.numel() + block.se.expand.bias.numel() == expected
     plain = MBConv(32, 48, k=3, expansion=1.0, se_reduction=4)
     assert isinstance(plain.expand, torch.nn.Identity) and not plain.residual

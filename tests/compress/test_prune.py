@@ -1,4 +1,4 @@
-"""L1/FPGM pruning on the dependency graph: coupled channels, rounding, untouched head, ONNX parity, history."""
+"""L1/FPGM pruning on the dependency graph: coupling, rounding, untouched head, ONNX parity, history."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import torch
 
 from edgekit.compress import graph as G
-from edgekit.compress.recipe import PruneSpec
+from edgekit.compress.recipe import PruneSpec, Recipe
 from edgekit.compress.runner import run_recipe
-from edgekit.compress.recipe import Recipe
 from edgekit.export.onnx import check_parity, export_onnx, model_macs_params
 
 SHAPE = (1, 3, 160, 160)
@@ -29,7 +28,9 @@ def test_coupled_concat_channels_stay_consistent(model):
     assert model.neck8[0].in_channels == model.route[0][0].out_channels + model.p8[0].out_channels
     assert model.p16[1][0].in_channels == model.p8[0].out_channels
     for entry in history:
-        assert entry["channels_after"] % 8 == 0 and (entry["channels_before"] - entry["channels_after"]) % 8 == 0
+        assert (
+            entry["channels_after"] % 8 == 0 and (entry["channels_before"] - entry["channels_after"]) % 8 == 0
+        )
         assert entry["channels_after"] < entry["channels_before"]
     out = model(torch.zeros(2, 3, 160, 160))
     assert out.shape == original(torch.zeros(2, 3, 160, 160)).shape

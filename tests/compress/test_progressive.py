@@ -1,0 +1,33 @@
+"""Progressive pruning stops at the mAP-drop threshold and returns the last good model."""
+
+from __future__ import annotations
+
+from edgekit.compress.progressive import ProgressiveStep, eval_subset
+from edgekit.compress.recipe import ProgressiveSpec
+from edgekit.models.train import evaluate
+
+
+def test_stops_at_threshold_and_returns_last_good_model(model, make_ctx):
+    # No fine-tune and up to 8 sixteenths of the widest layer: removing half of p16 without recovery must
+    # cost more than 0.5 points of mAP50-95, so the loop has to stop on the drop rule.
+    spec = ProgressiveSpec(
+        type="progressive",
+        max_drop=0.5,
+        layers=["p16.1.0"],
+        max_steps_per_layer=8,
+        round_to=8,
+        finetune=None,
+        eval_images=100,
+    )
+    ctx = make_ctx()
+    data = eval_subset(ctx.val, 100)
+    start = evaluate(model, data)["map50_95"]
+    result = ProgressiveStep().apply(model, spec, ctx)
+    (row,) = result.extra["layers"]
+    assert row["stopped_by"] == "drop", row
+    assert row["last_trial_map50_95"] < start - 0.005
+    final = evaluate(result.model, data)["map50_95"]
+    assert final >= start - 0.005 - 1e-9
+    width = result.model.p16[1][0].out_channels
+    assert row["kept"] == width and row["sixteenths"] == 16 * (128 - width) / 128
+    assert row["accepted_steps"] == len(result.history) and row["sixteenths"] == row["accepted_steps"]

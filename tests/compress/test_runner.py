@@ -1,0 +1,54 @@
+"""Resume: a run interrupted after step 1 re-runs only what did not finish."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekit.compress import runner
+from edgekit.compress.finetune import FinetuneStep
+from edgekit.compress.recipe import Recipe
+
+
+class Flaky(FinetuneStep):
+    """A fine-tune that counts its calls and fails on the call number ``fail_on``."""
+
+    calls = 0
+    fail_on: int | None = 2
+
+    def apply(self, model, spec, ctx):
+        Flaky.calls += 1
+        if Flaky.calls == Flaky.fail_on:
+            raise RuntimeError("simulated interruption")
+        return super().apply(model, spec, ctx)
+
+
+def test_rerun_resumes_after_the_last_finished_step(model, make_ctx, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "get_step", lambda _type: Flaky())
+    recipe = Recipe(
+        name="two", steps=[{"type": "finetune", "epochs": 1 / 8}, {"type": "finetune", "epochs": 1 / 8}]
+    )
+    workdir = tmp_path / "steps"
+    with pytest.raises(RuntimeError, match="simulated"):
+        runner.run_recipe(model, recipe, make_ctx(workdir=workdir))
+    assert (workdir / "step_0.pt").is_file() and not (workdir / "step_1.pt").exists()
+    assert Flaky.calls == 2
+
+    ctx = make_ctx(workdir=workdir)
+    Flaky.fail_on = None
+    _, nodes = runner.run_recipe(model, recipe, ctx)
+    assert Flaky.calls == 3  # only step 1 ran again
+    assert nodes[0]["cached"] is True and nodes[1]["cached"] is False
+    assert ctx.log[0].startswith("step 0 (finetune) loaded from") and ctx.log[1].startswith(
+        "step 1 (finetune) computed"
+    )
+    assert nodes[1]["extra"]["before"]["params"] == nodes[0]["metrics"]["params"]
+
+
+def test_a_different_recipe_does_not_reuse_checkpoints(model, make_ctx, tmp_path, monkeypatch):
+    workdir = tmp_path / "steps"
+    first = Recipe(name="a", steps=[{"type": "finetune", "epochs": 1 / 8}])
+    runner.run_recipe(model, first, make_ctx(workdir=workdir))
+    second = Recipe(name="a", steps=[{"type": "finetune", "epochs": 2 / 8}])
+    ctx = make_ctx(workdir=workdir)
+    _, nodes = runner.run_recipe(model, second, ctx)
+    assert nodes[0]["cached"] is False and "computed" in ctx.log[0]
