@@ -253,7 +253,8 @@ def _label(canvas: Any, det: Detection, color: tuple[int, int, int]) -> None:
     h = bottom - top + 2
     y = y0 - h if y0 >= h else y0  # above the box, or inside it at the top edge
     canvas.rectangle([x0, y, x0 + right - left + 4, y + h], fill=color)
-    canvas.text((x0 + 2, y + 1 - top), text, fill=(255, 255, 255))
+    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    canvas.text((x0 + 2, y + 1 - top), text, fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
 
 
 def save_drawings(results: list[ImageDetections], out_dir: str | Path) -> list[Path]:
