@@ -11,13 +11,6 @@ import numpy as np
 from edgekit.errors import ConfigError
 
 
-def _head_and_classes(onnx_path: Path, head: str | None) -> tuple[str, int]:
-    from edgekit.models.user import inspect_onnx
-
-    det = inspect_onnx(onnx_path, head=head)
-    return det.head, det.num_classes
-
-
 def _is_qdq(onnx_path: Path) -> bool:
     import onnx
 
@@ -43,16 +36,17 @@ def build_artifact(
     Example:
         >>> build_artifact("onnxruntime", "fp32", Path("m.onnx"), Path("build/m"))  # doctest: +SKIP
     """
-    from edgekit.backends.base import BuildOptions
     from edgekit.export.onnx import onnx_info
-    from edgekit.registry import get_backend
+    from edgekit.models.user import inspect_onnx, static_copy
+    from edgekit.registry import BACKENDS
 
-    backend_cls = get_backend(backend)
-    info = onnx_info(onnx_path)
-    det_head, num_classes = _head_and_classes(onnx_path, head)
+    backend_cls = BACKENDS.get(backend)
+    det = inspect_onnx(onnx_path, head=head)
     quantization: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-build-") as tmp:
         source = Path(onnx_path)
+        if not det.static:  # runners feed one fixed shape; fix the file's dynamic dims to it
+            source = static_copy(det, Path(tmp) / "model_static.onnx")
         if precision == "int8" and not _is_qdq(source):
             if not calib:
                 raise ConfigError(
@@ -60,15 +54,9 @@ def build_artifact(
                     "give --calib NAME (see `edgekit calib list`) or a QDQ ONNX",
                 )
             source, quantization = _quantize(
-                source, Path(tmp) / "model_int8.onnx", calib, calib_root, method, info
+                source, Path(tmp) / "model_int8.onnx", calib, calib_root, method, onnx_info(source)
             )
-        options = BuildOptions(
-            precision=precision,
-            threads=threads,
-            head=det_head,
-            num_classes=num_classes,
-            quantization=quantization,
-        )
+        options = det.build_options(precision=precision, threads=threads, quantization=quantization)
         return backend_cls().build(source, options, out)
 
 

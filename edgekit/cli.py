@@ -120,7 +120,6 @@ def _fmt(value, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
 
 
 def _print_summary(run_dir: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     s = json.loads((run_dir / "summary.json").read_text())
@@ -146,9 +145,16 @@ def _print_summary(run_dir: Path) -> None:
             f"limit {gate['limit']}",
             f"{gate['value']} → " + ("pass" if gate["passed"] else "FAIL"),
         )
-    console = Console()
+    console = _console()
     console.print(table)
     console.print(f"report: {run_dir / 'report.html'}  (record: {run_dir / 'record.json'})")
+
+
+def _console():
+    """A rich console; wide when output is not a terminal so tables in logs and pipes don't wrap."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _add_build(sub) -> None:
@@ -241,7 +247,6 @@ def _add_info(sub) -> None:
 
 def cmd_targets(args) -> int:
     """Handle ``edgekit targets``."""
-    from rich.console import Console
     from rich.table import Table
 
     from edgekit.config import all_targets
@@ -261,13 +266,12 @@ def cmd_targets(args) -> int:
             t.connection.type,
             status.get(t.backend, "unknown"),
         )
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
 def cmd_doctor(args) -> int:
     """Handle ``edgekit doctor``."""
-    from rich.console import Console
     from rich.table import Table
 
     from edgekit.registry import BACKENDS
@@ -277,7 +281,7 @@ def cmd_doctor(args) -> int:
         table.add_column(col)
     for e in BACKENDS.available():
         table.add_row(e.name, e.status, f"pip install 'edgekit[{e.extra}]'" if e.extra else "-")
-    Console().print(table)
+    _console().print(table)
     return 0
 
 

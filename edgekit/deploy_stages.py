@@ -11,7 +11,6 @@ from edgekit.errors import ConfigError
 from edgekit.fsutil import sha256_file
 from edgekit.stages import RunContext, add_node, model_stats, stage
 
-DEFAULT_TRAIN_EPOCHS = 10.0
 PARITY_ATOL = 1e-3  # pixels / probabilities: FP32 ONNX vs torch on real inputs
 
 
@@ -43,8 +42,7 @@ def data_stage(ctx: RunContext, req) -> tuple[Path, Any]:
 
 def model_stage(ctx: RunContext, req, root: Path):
     """The model to deploy: the cached/trained reference detector, a user torch model, or a user ONNX file."""
-    from edgekit.models.train import TrainConfig
-    from edgekit.models.zoo import reference_detector
+    from edgekit.models.zoo import reference_detector, reference_train_config
 
     with stage(ctx, "model") as fields:
         if req.model.endswith(".onnx"):
@@ -57,6 +55,16 @@ def model_stage(ctx: RunContext, req, root: Path):
                     f"'{ctx.target.name}' is set to {ctx.spec.input_size} px",
                     f"set input_size: {det.preprocess.input_size} in {ctx.target.source}",
                 )
+            if det.num_classes != len(ctx.state["class_names"]):
+                raise ConfigError(
+                    f"{req.model} predicts {det.num_classes} classes but the dataset has "
+                    f"{len(ctx.state['class_names'])}",
+                    "evaluate it on a dataset with the same classes (--data)",
+                )
+            if not det.static:
+                from edgekit.models.user import static_copy
+
+                det.path = static_copy(det, ctx.run_dir / "model_static.onnx")
             ctx.state["head"] = det.head
             config, label, model = (
                 {"onnx": str(req.model), "sha256": sha256_file(req.model)},
@@ -69,7 +77,7 @@ def model_stage(ctx: RunContext, req, root: Path):
             model = load_torch_model(req.model, req.weights)
             config, label = {"factory": req.model, "weights": req.weights}, f"user model {req.model}"
         else:
-            cfg = TrainConfig(epochs=DEFAULT_TRAIN_EPOCHS * ctx.epochs_scale)
+            cfg = reference_train_config(ctx.epochs_scale)
             trained = reference_detector(root, cfg, input_size=ctx.spec.input_size, progress=ctx.progress)
             model, config = trained.model, {"train": cfg.to_dict(), "checkpoint_key": trained.key}
             label = "reference detector (TinyYolo), " + ("loaded from cache" if trained.cached else "trained")

@@ -38,7 +38,7 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    except OSError as exc:  # read-only file systems, immutable folders (root ignores mode bits)
         raise EdgekitError(
             f"cannot create output folder {folder}: {exc.strerror}",
             "choose a folder you can write to (e.g. --out runs/)",
@@ -47,14 +47,24 @@ def _check_writable(folder: Path) -> None:
         raise EdgekitError(f"output folder {folder} is not writable", "choose a folder you can write to")
 
 
+def _unwritable(folder: Path, exc: OSError) -> EdgekitError:
+    return EdgekitError(
+        f"cannot write to {folder}: {exc.strerror or exc}", "choose a folder you can write to"
+    )
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
     path = Path(path)
     _check_writable(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _unwritable(path.parent, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        Path(tmp).chmod(0o644)  # mkstemp makes 0600; artifacts and reports are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -85,7 +95,10 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     _check_writable(final.parent)
     if final.exists() and not overwrite:
         raise EdgekitError(f"{final} already exists", "remove it or choose another output folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:
+        raise _unwritable(final.parent, exc) from exc
     try:
         yield tmp
         if final.exists():
@@ -94,3 +107,21 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def make_run_dir(path: str | Path) -> Path:
+    """Create a new run folder; an existing or unwritable location is a clear error, not a traceback."""
+    path = Path(path)
+    hint = "choose a writable folder with --out (e.g. --out runs/)"
+    if path.exists():
+        raise EdgekitError(
+            f"run folder {path} already exists", "choose another --run-id or remove the folder"
+        )
+    try:
+        path.mkdir(parents=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise EdgekitError(f"cannot write the run folder {path}: {exc.strerror or exc}", hint) from exc
+    return path

@@ -16,7 +16,7 @@ from typing import Any
 from edgekit.config import Target, load_target
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, GateError
-from edgekit.fsutil import atomic_write_json
+from edgekit.fsutil import atomic_write_json, make_run_dir
 from edgekit.report.record import RunRecord
 from edgekit.stages import RunContext, add_node, bench_and_eval, check_target_ready, model_stats, stage
 
@@ -120,7 +120,23 @@ def make_plan(request: DeployRequest) -> Plan:
             "use RECIPE=none (quantization only) or give a torch model (module:factory)",
         )
     backend_cls, transport_factory = check_target_ready(target, request.device)
+    _check_model_source(request, backend_cls)
     return Plan(request, target, recipe, backend_cls, transport_factory)
+
+
+def _check_model_source(request: DeployRequest, backend_cls: type) -> None:
+    """Missing files, corrupt ONNX and ops the target cannot run fail here, before any work."""
+    from edgekit.backends.base import raise_for_problems
+    from edgekit.errors import ModelError
+
+    for label, value in (("model", request.model), ("weights", request.weights)):
+        if value and (value.endswith((".onnx", ".pt", ".pth")) and not Path(value).is_file()):
+            raise ModelError(
+                f"{label} file not found: {value}", "check the path (relative to the current folder)"
+            )
+    if request.model.endswith(".onnx"):
+        backend = backend_cls()
+        raise_for_problems(backend.name, backend.check(request.model))
 
 
 def _run_id(request: DeployRequest, target: Target, recipe_name: str) -> str:
@@ -135,7 +151,7 @@ def run_plan(plan: Plan) -> Path:
 
     req, target = plan.request, plan.target
     run_dir = Path(req.out) / _run_id(req, target, plan.recipe.name)
-    run_dir.mkdir(parents=True, exist_ok=False)
+    make_run_dir(run_dir)
     record = RunRecord.new(
         run_dir.name, req.command, target.model_dump(mode="json"), plan.recipe.model_dump(mode="json")
     )

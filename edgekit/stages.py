@@ -152,9 +152,9 @@ def check_target_ready(target: Target, device: str | None) -> tuple[type, Callab
         EdgekitError: The backend is not built yet, its runtime is missing, or the device cannot be reached
             by any transport this version has.
     """
-    from edgekit.registry import get_backend
+    from edgekit.registry import BACKENDS
 
-    backend_cls = get_backend(target.backend)
+    backend_cls = BACKENDS.get(target.backend)
     if target.precision not in backend_cls.precisions:
         raise ConfigError(
             f"target '{target.name}': backend {target.backend} cannot build {target.precision}",

@@ -18,7 +18,7 @@ from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.data.shapes import ShapesConfig, builtin_dataset  # noqa: E402
 
 TEST_SHAPES = ShapesConfig(variant="hard", splits={"train": 1200, "val": 200, "calib": 64}, seed=7)
-TEST_TRAIN = {"epochs": 12.0, "batch_size": 32, "lr": 3e-3, "seed": 0}
+TRAIN_SCALE = 1.2  # the deploy schedule x 1.2 on the small set; deploy tests pass the same scale
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +36,9 @@ def shapes_root() -> Path:
 @pytest.fixture(scope="session")
 def trained(shapes_root):
     """The cached reference detector (TrainedModel: .model, .path, .metrics)."""
-    from edgekit.models.train import TrainConfig
-    from edgekit.models.zoo import reference_detector
+    from edgekit.models.zoo import reference_detector, reference_train_config
 
-    return reference_detector(shapes_root, TrainConfig(**TEST_TRAIN), progress=False)
+    return reference_detector(shapes_root, reference_train_config(TRAIN_SCALE), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ gives stable node names (``/head/pred/Conv``), which the quantizer relies on to 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from collections import Counter
@@ -281,7 +282,8 @@ def model_macs_params(model: Any, input_shape: Sequence[int]) -> dict[str, int]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        # torch-pruning's counter prints a warning on stdout for reused modules; keep stdout clean.
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             macs, params = tp.utils.count_ops_and_params(model, torch.zeros(tuple(input_shape)))
     finally:
         model.train(was_training)

@@ -34,6 +34,11 @@ class TrainedModel:
     cached: bool
 
 
+def reference_train_config(epochs_scale: float = 1.0) -> TrainConfig:
+    """The schedule `edgekit deploy` trains the reference detector with (10 epochs, AdamW 3e-3)."""
+    return TrainConfig(epochs=round(10.0 * epochs_scale, 4), lr=3e-3)
+
+
 def dataset_key(root: Path) -> str:
     """Identity of a dataset for cache keys: its generator config, else its file list."""
     meta = yaml.safe_load((Path(root) / "data.yaml").read_text())

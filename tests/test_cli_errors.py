@@ -1,0 +1,171 @@
+"""Bad input gets one clear error (error: + hint:, non-zero exit) and leaves nothing half-written."""
+
+import json
+import shutil
+import subprocess
+
+import onnx
+import pytest
+from conftest import TRAIN_SCALE
+from onnx import TensorProto, helper
+
+from edgekit.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def deploy_args(tmp_path, shapes_root, *extra):
+    return [
+        "deploy",
+        "--quiet",
+        "--data",
+        str(shapes_root),
+        "--epochs-scale",
+        str(TRAIN_SCALE),
+        "--out",
+        str(tmp_path / "runs"),
+        "--calib-root",
+        str(tmp_path / "calibration"),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tmp_path_factory, trained):
+    from edgekit.export.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "ref.onnx"
+    return export_onnx(trained.model, [1, 3, 160, 160], path)
+
+
+def test_missing_model_file(tmp_path, capsys, shapes_root):
+    code, _, err = run_cli(
+        capsys, *deploy_args(tmp_path, shapes_root, "--model", "nope.onnx", "--recipe", "none")
+    )
+    assert code == 1 and "error: model file not found: nope.onnx" in err and "hint:" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_truncated_onnx(tmp_path, capsys, shapes_root, fp32_onnx):
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(fp32_onnx.read_bytes()[: fp32_onnx.stat().st_size // 2])
+    code, _, err = run_cli(
+        capsys, *deploy_args(tmp_path, shapes_root, "--model", str(bad), "--recipe", "none")
+    )
+    assert code == 1 and "truncated.onnx" in err and "hint:" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_onnx_with_an_op_ort_cannot_run(tmp_path, capsys, shapes_root):
+    node = helper.make_node("EdgeKitMagic", ["images"], ["output"], domain="ai.edgekit.custom")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 160, 160])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 500, 11])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.edgekit.custom", 1)]
+    )
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(
+        capsys, *deploy_args(tmp_path, shapes_root, "--model", str(path), "--recipe", "none")
+    )
+    assert code == 1 and "EdgeKitMagic" in err and "onnxruntime" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_target_and_unknown_yaml_key(tmp_path, capsys, shapes_root):
+    code, _, err = run_cli(capsys, *deploy_args(tmp_path, shapes_root, "--target", "nanopi"))
+    assert code == 2 and "unknown target 'nanopi'" in err and "local" in err
+    bad = tmp_path / "board.yaml"
+    bad.write_text(
+        "name: b\ndescription: d\nboard: b\nbackend: onnxruntime\nprecision: int8\n"
+        "connection: {type: local}\nruntime: {iterations: 5, colour: red}\n"
+    )
+    code, _, err = run_cli(capsys, *deploy_args(tmp_path, shapes_root, "--target", str(bad)))
+    assert code == 2 and "board.yaml" in err and "unknown key 'runtime.colour'" in err
+
+
+def test_unknown_recipe_key(tmp_path, capsys, shapes_root):
+    bad = tmp_path / "r.yaml"
+    bad.write_text(
+        "name: r\ndescription: d\nsteps:\n  - type: prune\n    method: l1\n    ratio: 0.2\n    speed: 3\n"
+    )
+    code, _, err = run_cli(capsys, *deploy_args(tmp_path, shapes_root, "--recipe", str(bad)))
+    assert code == 2 and "r.yaml" in err and "speed" in err
+
+
+def test_empty_calibration_folder_leaves_no_set(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    root = tmp_path / "calibration"
+    code, _, err = run_cli(
+        capsys, "calib", "import", str(tmp_path / "empty"), "--name", "e", "--root", str(root)
+    )
+    assert code != 0 and "error:" in err and "hint:" in err
+    assert not (root / "e").exists()
+
+
+@pytest.mark.slow
+def test_tampered_calibration_image_stops_before_build(tmp_path, capsys, shapes_root, trained):
+    root = tmp_path / "calibration"
+    code, _, _ = run_cli(
+        capsys,
+        "calib",
+        "import",
+        str(shapes_root),
+        "--name",
+        "c",
+        "--split",
+        "calib",
+        "--count",
+        "16",
+        "--root",
+        str(root),
+    )
+    assert code == 0
+    victim = sorted((root / "c" / "images").iterdir())[3]
+    victim.write_bytes(victim.read_bytes() + b"tampered")
+    code, _, err = run_cli(
+        capsys, *deploy_args(tmp_path, shapes_root, "--recipe", "none", "--calib", "c", "--run-id", "t")
+    )
+    assert code == 1 and victim.name in err
+    run = tmp_path / "runs" / "t"
+    record = json.loads((run / "record.json").read_text())
+    assert record["status"] == "failed" and record["failed_stage"] == "quantize"
+    assert victim.name in record["error"]["message"]
+    assert not (run / "artifact").exists() and not (run / "model_int8.onnx").exists()
+    assert (run / "report.md").exists()  # the report says where it stopped
+
+
+def test_read_only_output_folder(tmp_path, capsys, shapes_root):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if (
+        shutil.which("chattr") is None
+        or subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode
+    ):
+        pytest.skip(
+            reason="cannot make a folder read-only here (chattr +i unavailable); root ignores mode bits"
+        )
+    try:
+        code, _, err = run_cli(
+            capsys,
+            "deploy",
+            "--quiet",
+            "--data",
+            str(shapes_root),
+            "--out",
+            str(ro / "runs"),
+            "--calib-root",
+            str(tmp_path / "c"),
+        )
+        assert code == 1 and "cannot write" in err and "hint:" in err
+    finally:
+        subprocess.run(["chattr", "-i", str(ro)], check=True)
+    assert list(ro.iterdir()) == []

@@ -1,0 +1,130 @@
+"""End to end: `edgekit deploy --target local` on the cached test checkpoint, through the real agent and runner."""
+
+import json
+
+import pytest
+from conftest import TRAIN_SCALE
+
+from edgekit.pipeline import DeployRequest, deploy, make_plan
+
+SUMMARY_KEYS = {
+    "target",
+    "backend",
+    "precision",
+    "recipe",
+    "reference",
+    "deployed",
+    "latency_ms",
+    "fps",
+    "power_w",
+    "energy_mj_per_inference",
+    "calibration",
+}
+
+
+def _request(tmp_path, shapes_root, **kw):
+    base = dict(
+        target="local",
+        data=str(shapes_root),
+        epochs_scale=TRAIN_SCALE,
+        out=tmp_path / "runs",
+        calib_root=tmp_path / "calibration",
+        progress=False,
+        command=["test"],
+    )
+    return DeployRequest(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory, shapes_root, trained):
+    tmp = tmp_path_factory.mktemp("deploy")
+    return deploy(_request(tmp, shapes_root, recipe="none", run_id="int8"))
+
+
+@pytest.mark.slow
+def test_deploy_writes_every_file_and_the_flat_summary(int8_run):
+    for name in (
+        "record.json",
+        "summary.json",
+        "report.md",
+        "report.html",
+        "model_fp32.onnx",
+        "model_int8.onnx",
+        "artifact/artifact.json",
+    ):
+        assert (int8_run / name).is_file(), name
+    s = json.loads((int8_run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(s)
+    assert s["backend"] == "onnxruntime" and s["precision"] == "int8" and s["status"] == "ok"
+    assert s["power_w"] is None and s["energy_mj_per_inference"] is None  # no sensor: not measured, never 0
+    assert s["latency_ms"]["p50"] > 0 and s["fps"] > 0
+    assert s["calibration"]["name"].startswith("shapes-hard") and len(s["calibration"]["sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_int8_map_is_computed_from_the_device_outputs_and_stays_close_to_fp32(int8_run):
+    record = json.loads((int8_run / "record.json").read_text())
+    stages = [n["stage"] for n in record["nodes"]]
+    assert stages == ["data", "train", "reference", "export", "quantize", "build", "eval", "bench"]
+    train = record["nodes"][1]
+    assert train["cached"] is True  # the session checkpoint was reused, not retrained
+    ref, ev = record["nodes"][2]["metrics"], record["nodes"][6]["metrics"]
+    assert "onnxruntime" in record["nodes"][6]["tools"]
+    # Head kept in float: INT8 within 2 mAP@0.5:0.95 points of FP32 (research §4.2 measured -0.15).
+    assert ref["map50_95"] - ev["map50_95"] < 0.02
+    quant = record["nodes"][4]["extra"]
+    assert quant["keep_float"] and quant["calibrator"] == "minmax"
+    artifact = json.loads((int8_run / "artifact" / "artifact.json").read_text())
+    assert artifact["quantization"]["calibration"]["sha256"] == record["calibration"]["sha256"]
+
+
+@pytest.mark.slow
+def test_default_recipe_prunes_and_gates_fail_after_writing(tmp_path, shapes_root, trained):
+    from edgekit.errors import GateError
+
+    req = _request(
+        tmp_path, shapes_root, recipe="default", run_id="gated", max_p99_ms=1e-6, max_map_drop=50.0
+    )
+    with pytest.raises(GateError, match="max_p99_ms"):
+        deploy(req)
+    run = tmp_path / "runs" / "gated"
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "gates_failed"
+    assert s["gates"]["max_p99_ms"]["passed"] is False and s["gates"]["max_map_drop"]["passed"] is True
+    assert (
+        s["deployed"]["params"] < s["reference"]["params"] and s["deployed"]["macs"] < s["reference"]["macs"]
+    )
+    assert "max_p99_ms" in (run / "report.md").read_text()
+
+
+def test_dry_run_plan_lists_the_stages(tmp_path, shapes_root):
+    plan = make_plan(_request(tmp_path, shapes_root, recipe="default"))
+    stages = plan.describe()["stages"]
+    assert (
+        stages[:3] == ["data", "model", "reference"] and "compress:prune" in stages and "quantize" in stages
+    )
+    assert not (tmp_path / "runs").exists()  # planning writes nothing
+
+
+def test_board_target_without_its_backend_says_so(tmp_path, shapes_root):
+    from edgekit.errors import EdgekitError
+
+    with pytest.raises(EdgekitError, match="not built yet"):
+        make_plan(_request(tmp_path, shapes_root, target="jetson"))
+
+
+@pytest.mark.slow
+def test_user_onnx_goes_through_the_same_pipeline(tmp_path, shapes_root, trained, int8_run):
+    from edgekit.export.onnx import export_onnx
+
+    onnx_path = export_onnx(trained.model, [1, 3, 160, 160], tmp_path / "user.onnx")
+    run = deploy(_request(tmp_path, shapes_root, model=str(onnx_path), recipe="none", run_id="user"))
+    record = json.loads((run / "record.json").read_text())
+    assert [n["stage"] for n in record["nodes"]][:3] == ["data", "model", "reference"]
+    ours = json.loads((int8_run / "record.json").read_text())
+    # Same weights: the FP32 reference of the user ONNX equals the torch reference of the built-in run.
+    assert record["nodes"][2]["metrics"]["map50_95"] == pytest.approx(
+        ours["nodes"][2]["metrics"]["map50_95"], abs=1e-3
+    )
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "ok" and s["deployed"]["map50_95"] is not None
