@@ -1,0 +1,82 @@
+"""Shared setup for the bench scripts: the same data and reference detector as `make deploy TARGET=local`."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.backends.base import BuildOptions
+from edgekit.data.dataset import YoloDataset
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.data.shapes import ShapesConfig, builtin_dataset
+from edgekit.device.agent import Agent
+from edgekit.device.transport import LocalTransport
+from edgekit.models.train import InMemorySplit, map_from_candidates
+from edgekit.models.zoo import cache_dir, reference_detector, reference_train_config
+from edgekit.registry import BACKENDS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPEC = PreprocessSpec(input_size=160)
+
+
+def setup():
+    """(dataset root, trained reference, val split) exactly as the default deploy uses them."""
+    root = builtin_dataset(cache_dir(), ShapesConfig(image_size=160))
+    trained = reference_detector(root, reference_train_config(1.0))
+    val = InMemorySplit(YoloDataset(root, "val"), SPEC)
+    return root, trained, val
+
+
+def device_eval(
+    onnx_path: Path, precision: str, val, iterations: int = 300, min_seconds: float = 3.0, threads: int = 2
+) -> dict:
+    """Build for ORT, run on this host through the agent: mAP from the runner's outputs + latency."""
+    inputs = np.concatenate([val.tensor(i) for i in range(len(val))], 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "artifact"
+        options = BuildOptions(
+            precision=precision, threads=threads, preprocess=SPEC, head="yolov5", num_classes=val.num_classes
+        )
+        BACKENDS.get("onnxruntime")().build(onnx_path, options, out)
+        res = Agent(LocalTransport()).bench(
+            out,
+            bench_input=inputs[:1],
+            eval_inputs=inputs,
+            warmup=50,
+            min_warmup_s=1.0,
+            iterations=iterations,
+            min_seconds=min_seconds,
+            threads=threads,
+            progress=False,
+        )
+        size = (out / "model.onnx").stat().st_size
+    return {
+        **map_from_candidates(val, res.detections),
+        "p50_ms": res.stats["p50"],
+        "p99_ms": res.stats["p99"],
+        "mean_ms": res.stats["mean"],
+        "size_bytes": size,
+    }
+
+
+def save(name: str, payload: dict) -> Path:
+    """Write ``bench/results/<name>.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}, indent=2))
+    return path
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table."""
+
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
