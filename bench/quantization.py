@@ -92,7 +92,8 @@ def main() -> None:
     )
     print(
         f"\nlatency p50 on this host, 2 threads: FP32 {ratio['fp32_p50_ms']:.3f} ms, "
-        f"INT8 {ratio['int8_p50_ms']:.3f} ms, INT8/FP32 = {ratio['int8_over_fp32']:.3f} (median of {ratio['rounds']} alternating rounds)\n"
+        f"INT8 {ratio['int8_p50_ms']:.3f} ms, INT8/FP32 = {ratio['int8_over_fp32']:.3f} "
+        f"(median of {ratio['rounds']} alternating rounds)\n"
     )
     sizes = [r + [round((r[3] - ref["map50_95"]) * 100, 2)] for r in sizes]
     print(table(["sampling", "images", "mAP@0.5", "mAP@0.5:0.95", "Δ50-95 (pts)"], sizes))

@@ -145,7 +145,8 @@ def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
         model, nodes = run_recipe(model, recipe, cctx)
         for node in nodes:
             add_node(ctx, node.pop("stage"), node.pop("config", {}), {}, **node)
-    ctx.state["deployed_stats"] = {k: v for k, v in model_stats(model, ctx.spec).items() if k != "size_bytes"}
+    stats = model_stats(float_view(model), ctx.spec)
+    ctx.state["deployed_stats"] = {k: v for k, v in stats.items() if k != "size_bytes"}
     return model
 
 
@@ -159,8 +160,7 @@ def export_stage(ctx: RunContext, req, model, val) -> Path:
             shutil.copyfile(model.path, path)
             parity: dict[str, Any] = {"note": "user ONNX, not re-exported"}
         else:
-            if getattr(model, "qat_model", False):
-                model = model.float_model()
+            model = float_view(model)
             export_onnx(model, ctx.spec.input_shape(), path)
             parity = check_parity(
                 model, path, [val.tensor(i) for i in range(min(4, len(val)))], atol=PARITY_ATOL, rtol=0.0
@@ -179,6 +179,25 @@ def export_stage(ctx: RunContext, req, model, val) -> Path:
         tools=_tools("torch", "onnx", "onnxruntime"),
     )
     return path
+
+
+def float_view(model):
+    """The float model inside a QAT (fake-quant) model; other models are returned as they are.
+
+    The FP32 export of a QAT run is its float weights; the INT8 QDQ export happens in the quantize stage.
+    """
+    import copy
+
+    from edgekit.compress.qat import FakeQuantConv
+
+    if not any(isinstance(m, FakeQuantConv) for m in model.modules()):
+        return model
+    view = copy.deepcopy(model)
+    for parent in list(view.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FakeQuantConv):
+                setattr(parent, name, child.conv)
+    return view
 
 
 def _tools(*names: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""End to end: `edgekit deploy --target local` on the cached test checkpoint, through the real agent and runner."""
+"""End to end: `edgekit deploy --target local` on the cached test checkpoint, through the real agent + runner."""
 
 import json
 

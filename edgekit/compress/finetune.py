@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
 from edgekit.compress.distill import distill_hook
@@ -19,6 +21,29 @@ def teacher_of(ctx: Any) -> nn.Module:
     return ctx.teacher
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: Any, images: int = 256, batch_size: int = 32) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``images`` training images.
+
+    After pruning, the layers behind a cut see fewer input channels, so their BN running statistics are
+    stale; a few forward passes fix most of the accuracy drop before any fine-tuning.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for start in range(0, min(images, len(data)), batch_size):
+        x, _, _ = data.batch(np.arange(start, min(start + batch_size, images, len(data))))
+        model.raw(x) if hasattr(model, "raw") else model(x)
+    for bn, momentum in zip(bns, saved, strict=True):
+        bn.momentum = momentum
+    model.eval()
+
+
 def finetune(
     model: nn.Module, spec: Any, ctx: Any, description: str = "fine-tune", hooks: TrainHooks | None = None
 ) -> dict:
@@ -30,11 +55,11 @@ def finetune(
         return {"steps": 0}
     epochs = ctx.epochs(spec.epochs)
     hooks = hooks or TrainHooks()
-    if spec.distill > 0:
-        hooks = TrainHooks(
-            extra_loss=distill_hook(copy.deepcopy(teacher_of(ctx)), spec.distill), after_step=hooks.after_step
-        )
-    cfg = TrainConfig(epochs=epochs, batch_size=spec.batch_size, lr=spec.lr, seed=ctx.seed)
+    weight = getattr(spec, "distill", 0.0)
+    if weight > 0:
+        teacher = copy.deepcopy(teacher_of(ctx))
+        hooks = TrainHooks(extra_loss=distill_hook(teacher, weight), after_step=hooks.after_step)
+    cfg = TrainConfig(epochs=epochs, batch_size=getattr(spec, "batch_size", 32), lr=spec.lr, seed=ctx.seed)
     return train(model, ctx.train, cfg, hooks, progress=ctx.progress, description=description)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from edgekit.compress.finetune import finetune
+from edgekit.compress.finetune import finetune, recalibrate_bn
 from edgekit.compress.graph import CRITERIA, prunable_convs, prune_plan
 from edgekit.compress.step import Step, StepResult
 from edgekit.errors import ConfigError
@@ -85,6 +85,7 @@ class ProgressiveStep(Step):
                 break
             trial = copy.deepcopy(model)
             entry = prune_plan(trial, {name: step}, CRITERIA["l1"](), ctx.input_shape)
+            recalibrate_bn(trial, ctx.train)
             if spec.finetune is not None:
                 finetune(trial, spec.finetune, ctx, f"fine-tune {name}")
             score = evaluate(trial, data)["map50_95"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from edgekit.compress.finetune import finetune
+from edgekit.compress.finetune import finetune, recalibrate_bn
 from edgekit.compress.graph import CRITERIA, plan_for_macs, prune_plan, uniform_plan
 from edgekit.compress.step import Step, StepResult
 
@@ -35,5 +35,6 @@ class PruneStep(Step):
         else:
             plan = plan_for_macs(model, spec.macs_target, spec.round_to, ctx.input_shape)
         history = prune_plan(model, plan, CRITERIA[spec.method](), ctx.input_shape)
+        recalibrate_bn(model, ctx.train)
         stats = finetune(model, spec.finetune, ctx, f"fine-tune after {spec.method} pruning")
         return StepResult(model, history=history, extra={"train": stats})

@@ -11,6 +11,7 @@ which ONNX Runtime runs as INT8 kernels.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,10 @@ def export_qdq(model: nn.Module, input_shape: tuple[int, ...], path: str | Path)
     """
     import onnx
 
-    path = export_onnx(model, input_shape, path)
+    with warnings.catch_warnings():
+        # the quantizer ranges become constants of the graph, which is exactly what a QDQ export wants
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        path = export_onnx(model, input_shape, path)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     if "QuantizeLinear" not in ops or "DequantizeLinear" not in ops:
         raise BuildError(

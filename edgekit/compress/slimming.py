@@ -21,11 +21,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekit.compress.finetune import finetune
+from edgekit.compress.finetune import finetune, recalibrate_bn
 from edgekit.compress.graph import CRITERIA, build_graph, keep_count, prunable_convs, prune_plan
 from edgekit.compress.step import Step, StepResult
 from edgekit.models.train import TrainHooks
 
+MIN_ALIVE = 8  # channels per layer the shrink always leaves non-zero
 SPARSE_BELOW = 0.1  # a channel counts as "sparse" when |gamma| < 0.1 x its layer's mean |gamma|
 
 
@@ -63,7 +64,10 @@ def proximal_shrink(bns: dict[str, nn.BatchNorm2d], lam: float, renormalize: boo
     def after_step(_model: nn.Module, lr: float) -> None:
         for name, bn in bns.items():
             g = bn.weight
-            g.copy_(g.sign() * (g.abs() - lr * lam * ref[name]).clamp_min(0))
+            shrunk = g.sign() * (g.abs() - lr * lam * ref[name]).clamp_min(0)
+            if int((shrunk != 0).sum()) < MIN_ALIVE:
+                continue  # never let a whole layer die: the network would be cut in two
+            g.copy_(shrunk)
             if renormalize:
                 scale = ref[name] / float(g.abs().mean().clamp_min(1e-12))
                 g.mul_(scale)
@@ -108,6 +112,7 @@ class SlimStep(Step):
         after = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
         frac_after = sparse_fraction(bns)
         history = prune_plan(model, slim_plan(bns, spec), CRITERIA["bn"](), ctx.input_shape)
+        recalibrate_bn(model, ctx.train)
         tuned = finetune(model, spec.finetune, ctx, "fine-tune after slimming")
         extra = {
             "gamma_before": [round(float(v), 5) for v in before],

@@ -3,7 +3,8 @@
 Two variants:
     ``easy``: 3 classes (circle, rectangle, triangle) on gradients; mAP@0.5 saturates near 0.97.
     ``hard``: 6 classes, smaller objects, partial occlusion, unlabelled distractor strokes and blobs, and
-    real photo backgrounds cropped from the images scikit-image ships, so mAP@0.5:0.95 stays well below saturation.
+    real photo backgrounds cropped from the images scikit-image ships, so mAP@0.5:0.95 stays well below
+    saturation.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ def candidates(output: np.ndarray, head: str, conf: float = 0.001, max_candidate
     xywh = r[keep, :4]
     half = xywh[:, 2:4] / 2
     boxes = np.concatenate([xywh[:, :2] - half, xywh[:, :2] + half], axis=1)
-    return np.concatenate([boxes, score[keep, None], cls[keep, None].astype(np.float32)], axis=1).astype(np.float32)
+    out = np.concatenate([boxes, score[keep, None], cls[keep, None].astype(np.float32)], axis=1)
+    return out.astype(np.float32)
 
 
 def _iou_one_to_many(box: np.ndarray, others: np.ndarray) -> np.ndarray:
