@@ -51,6 +51,18 @@ def _add_deploy(sub) -> None:
         "--calib", help="calibration set NAME or NAME@vK (default: made from the dataset's calib split)"
     )
     p.add_argument("--calib-root", default="calibration", type=Path, help="folder of calibration sets")
+    p.add_argument(
+        "--calibrator",
+        choices=["minmax", "entropy", "percentile", "auto"],
+        help="INT8 calibration method (overrides the recipe); auto tries all three, then keeps the most "
+        "sensitive layers in float, and picks the cheapest variant within --max-drop",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="PT",
+        help="for --calibrator auto: allowed mAP@0.5:0.95 drop in points (default: the recipe's, 1.0)",
+    )
     p.add_argument("--data", help="YOLO-format dataset folder (default: built-in procedural shapes set)")
     p.add_argument(
         "--device", choices=["local"], help="run the target's artifact on this host instead of the board"
@@ -83,6 +95,8 @@ def cmd_deploy(args) -> int:
         head=args.head,
         recipe=args.recipe,
         calib=args.calib,
+        calibrator=args.calibrator,
+        max_drop=args.max_drop,
         data=args.data,
         device=args.device,
         out=args.out,

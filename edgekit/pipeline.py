@@ -32,6 +32,8 @@ class DeployRequest:
         head: Output layout of a user ONNX model (``yolov5``/``yolov8``); detected when None.
         recipe: Compression recipe name or YAML path.
         calib: Calibration set name (``NAME`` or ``NAME@vK``); default: made from the dataset's calib split.
+        calibrator: Overrides the recipe's PTQ method (``minmax``, ``entropy``, ``percentile``, ``auto``).
+        max_drop: mAP@0.5:0.95 points the ``auto`` calibrator may lose (measured on the target's outputs).
         data: YOLO dataset folder for training/eval; default: the built-in hard shapes set.
         device: ``local`` runs the target's artifact on this host instead of the board.
         out: Folder that receives the run folder.
@@ -46,6 +48,8 @@ class DeployRequest:
     head: str | None = None
     recipe: str = "default"
     calib: str | None = None
+    calibrator: str | None = None
+    max_drop: float | None = None
     data: str | None = None
     device: str | None = None
     out: Path = Path("runs")

@@ -86,7 +86,7 @@ def run_quantize(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path,
     out = ctx.run_dir / "model_int8.onnx"
     if quant is not None and quant.type == "qat":
         return _qat_export(ctx, model, out)
-    method = getattr(quant, "method", "minmax")
+    method = req.calibrator or getattr(quant, "method", "minmax")
     keep = getattr(quant, "keep_float", "auto")
     with stage(ctx, "quantize") as fields:
         cs = ensure_calibration_set(ctx, req, root)
@@ -94,7 +94,8 @@ def run_quantize(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path,
         arrays = lambda: cs.arrays()  # noqa: E731 - a fresh iterator per calibration pass
         extra: dict[str, Any] = {}
         if method == "auto":
-            result, extra = _auto(ctx, plan, onnx_path, arrays, quant, val, out)
+            max_drop = req.max_drop if req.max_drop is not None else getattr(quant, "max_drop", 1.0)
+            result, extra = _auto(ctx, plan, onnx_path, arrays, max_drop, val, out)
         else:
             result = quantize_int8(
                 onnx_path, out, arrays, method=method, keep_float=keep, progress=ctx.progress
@@ -130,7 +131,7 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def _auto(ctx: RunContext, plan, onnx_path: Path, arrays, quant, val, out: Path):
+def _auto(ctx: RunContext, plan, onnx_path: Path, arrays, max_drop: float, val, out: Path):
     import shutil
 
     from edgekit.quantize.auto import auto_calibrate
@@ -141,7 +142,7 @@ def _auto(ctx: RunContext, plan, onnx_path: Path, arrays, quant, val, out: Path)
             onnx_path,
             arrays,
             _device_evaluator(ctx, plan, val, Path(tmp)),
-            max_drop=getattr(quant, "max_drop", 1.0),
+            max_drop=max_drop,
             baseline_map50_95=base,
             workdir=Path(tmp),
             progress=ctx.progress,

@@ -1,4 +1,4 @@
-"""End to end: `edgekit deploy --target local` on the cached test checkpoint, through the real agent + runner."""
+"""End to end: `edgekit deploy --target local` on the cached test checkpoint, real agent and runner."""
 
 import json
 
@@ -128,3 +128,19 @@ def test_user_onnx_goes_through_the_same_pipeline(tmp_path, shapes_root, trained
     )
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "ok" and s["deployed"]["map50_95"] is not None
+
+
+@pytest.mark.slow
+def test_auto_calibrator_measures_every_candidate_on_the_device(tmp_path, shapes_root, trained):
+    run = deploy(_request(tmp_path, shapes_root, recipe="none", calibrator="auto", max_drop=1.0, run_id="auto"))
+    record = json.loads((run / "record.json").read_text())
+    quant = next(n for n in record["nodes"] if n["stage"] == "quantize")
+    candidates = quant["extra"]["candidates"]
+    assert {c["method"] for c in candidates} >= {"minmax", "entropy", "percentile"}
+    assert sum(c["chosen"] for c in candidates) == 1
+    chosen = next(c for c in candidates if c["chosen"])
+    assert quant["extra"]["calibrator"] == chosen["method"]
+    # The chosen candidate's mAP came from the device run; the deployed eval reproduces it.
+    ev = next(n for n in record["nodes"] if n["stage"] == "eval")["metrics"]
+    assert ev["map50_95"] == pytest.approx(chosen["map50_95"], abs=2e-3)
+    assert "minmax" in (run / "report.md").read_text() and "percentile" in (run / "report.md").read_text()

@@ -56,7 +56,7 @@ class SparsitySpec(_Spec):
     epochs: float = Field(2.0, ge=0)
     lr: float = Field(1e-3, gt=0)
     lam: float = Field(
-        2.0, ge=0, description="L1 strength; the shrink per step is lr * lam * mean|gamma| of the layer"
+        50.0, ge=0, description="L1 strength; the shrink per step is lr * lam * mean|gamma| of the layer"
     )
     renormalize: bool = Field(True, description="keep each layer's mean |gamma| (and beta) scale fixed")
 

@@ -14,13 +14,13 @@ def test_sparsity_phase_moves_gamma_and_removes_channels(model, make_ctx):
     bns = gated_bns(model, SHAPE)
     assert len(bns) == 9
     spec = SlimSpec(
-        type="slim", sparsity={"epochs": 3.0, "lr": 1e-3, "lam": 150.0}, ratio=0.4, finetune={"epochs": 0.0}
+        type="slim", sparsity={"epochs": 3.0, "lr": 1e-3, "lam": 250.0}, ratio=0.4, finetune={"epochs": 0.0}
     )
     params_before = sum(p.numel() for p in model.parameters())
     result = SlimStep().apply(model, spec, make_ctx())
     sparsity = result.extra["sparsity"]
-    # stated amount: at least 15 % more channels end below 0.1 x their layer's mean |gamma|
-    assert sparsity["fraction_after"] >= sparsity["fraction_before"] + 0.15, sparsity
+    # stated amount: at least 20 % more channels end below 0.1 x their layer mean |gamma| (measured: 0 -> 36 %)
+    assert sparsity["fraction_after"] >= sparsity["fraction_before"] + 0.20, sparsity
     before, after = (torch.tensor(result.extra[k]) for k in ("gamma_before", "gamma_after"))
     assert len(before) == len(after) == sum(bn.num_features for bn in bns.values())
     # the spread grows: relative dispersion of |gamma| at least doubles
