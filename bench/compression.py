@@ -1,11 +1,12 @@
 """Compression benchmark (issue 5): each recipe vs the reference, beside a same-size model from scratch.
 
 One run on the hard shapes set with the reference detector of ``make deploy TARGET=local``
-(``builtin_dataset`` with the default ShapesConfig, ``reference_detector(root, TrainConfig())``). For each
-recipe: params and MACs ratios vs the reference and mAP deltas (torch, FP32 or fake-quant for QAT; PTQ is the
-pipeline's job and not part of this table), and the control: a TinyYolo whose width gives about the same
-params, trained from scratch for the reference's epochs plus the recipe's own training epochs (equal compute
-in optimiser steps). Prints a Markdown table and writes ``bench/results/compression.json``.
+(``builtin_dataset`` with the default ShapesConfig, ``reference_detector(root, reference_train_config())``).
+For each recipe: params and MACs ratios vs the reference and mAP deltas (torch, FP32 or fake-quant for QAT;
+PTQ is the pipeline's job and not part of this table), and the control: a TinyYolo whose width gives
+about the same params, trained from scratch for the reference's epochs plus the recipe's own training
+epochs (equal compute in optimiser steps). Prints a Markdown table and writes
+``bench/results/compression.json`` (``compression-quick.json`` with ``--quick``).
 
     .venv/bin/python bench/compression.py            # full run, 30-60 min on 2 cores
     .venv/bin/python bench/compression.py --quick    # smoke check (< 5 min), numbers not meaningful
@@ -32,13 +33,13 @@ from edgekit.export.onnx import model_macs_params  # noqa: E402
 from edgekit.fsutil import atomic_write_json  # noqa: E402
 from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig  # noqa: E402
 from edgekit.models.train import TrainConfig, train  # noqa: E402
-from edgekit.models.zoo import cache_dir, reference_detector  # noqa: E402
+from edgekit.models.zoo import cache_dir, reference_detector, reference_train_config  # noqa: E402
 
 FULL = ["default", "l1", "fpgm", "slim", "progressive", "distill", "microyolo", "qat"]
 QUICK = ["default", "fpgm", "slim", "progressive", "microyolo", "qat"]
 # --quick reuses the test suite's cached checkpoint (tests/conftest.py) so it does not train a reference.
 QUICK_SHAPES = ShapesConfig(variant="hard", splits={"train": 1200, "val": 200, "calib": 64}, seed=7)
-QUICK_TRAIN = TrainConfig(epochs=12.0, batch_size=32, lr=3e-3, seed=0)
+QUICK_TRAIN = reference_train_config(1.2)
 
 
 def recipe_epochs(recipe) -> float:
@@ -127,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="smoke check: small set, epochs x0.1, fewer recipes"
     )
     parser.add_argument("--recipes", nargs="*", default=None)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "compression.json")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result (default: bench/results/)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    shapes, train_cfg = (QUICK_SHAPES, QUICK_TRAIN) if args.quick else (ShapesConfig(), TrainConfig())
+    shapes, train_cfg = (
+        (QUICK_SHAPES, QUICK_TRAIN) if args.quick else (ShapesConfig(), reference_train_config())
+    )
     scale = 0.1 if args.quick else 1.0
     root = builtin_dataset(cache_dir(), shapes, progress=not args.quiet)
     ref_model = reference_detector(root, train_cfg, progress=not args.quiet).model

@@ -20,7 +20,7 @@ def test_sparsity_phase_moves_gamma_and_removes_channels(model, make_ctx):
     channels = sum(bn.num_features for bn in bns.values())
     result = SlimStep().apply(model, spec, make_ctx())
     sparsity = result.extra["sparsity"]
-    # stated amount: at least 20 % more channels end below 0.1 x their layer mean |gamma| (measured: 0 -> 36 %)
+    # stated amount: at least 20 % more channels end below 0.1 x their layer mean |gamma| (seen: 0 -> 36 %)
     assert sparsity["fraction_after"] >= sparsity["fraction_before"] + 0.20, sparsity
     before, after = (torch.tensor(result.extra[k]) for k in ("gamma_before", "gamma_after"))
     assert len(before) == len(after) == channels
