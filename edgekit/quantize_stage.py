@@ -114,8 +114,7 @@ def run_quantize(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path,
         "quantize",
         {"method": method, "keep_float": keep, "calibration": cs.ref()},
         fields,
-        label=f"INT8 PTQ ({result.method}, QDQ, per-channel weights; {len(result.excluded_nodes)} "
-        "node(s) kept in float)",
+        label=f"INT8 PTQ ({result.method}, QDQ, per-channel weights; {_float_label(result.excluded_nodes)})",
         metrics={**ctx.state["deployed_stats"], "size_bytes": int(result.size_bytes)},
         inputs={"calibration": cs.sha256},
         outputs={out.name: sha256_file(out)},
@@ -123,6 +122,13 @@ def run_quantize(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path,
         tools={"onnxruntime": _ort_version()},
     )
     return out
+
+
+def _float_label(excluded: list[str]) -> str:
+    convs = sum("conv" in name.lower() for name in excluded)
+    if not excluded:
+        return "every quantizable layer in INT8"
+    return f"{convs} conv(s) + {len(excluded) - convs} decode-tail node(s) kept in float"
 
 
 def _ort_version() -> str:
