@@ -61,7 +61,9 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 def measure(model: nn.Module, ctx: CompressContext, data: InMemorySplit | None = None) -> dict[str, float]:
     """The record figures of a model: params, MACs, state-dict bytes, mAP@0.5 and mAP@0.5:0.95."""
-    cost = model_macs_params(model, ctx.input_shape)
+    from edgekit.compress.qat import float_view  # fake-quant wrappers hide their convs from op counters
+
+    cost = model_macs_params(float_view(model), ctx.input_shape)
     maps = evaluate(model, data or ctx.val)
     return {
         "params": cost["params"],

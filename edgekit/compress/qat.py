@@ -68,6 +68,22 @@ class FakeQuantConv(nn.Module):
         return self.conv._conv_forward(xq, wq, self.conv.bias)
 
 
+def float_view(model: nn.Module) -> nn.Module:
+    """A copy of a fake-quant model with every :class:`FakeQuantConv` replaced by its float conv.
+
+    Used to count MACs/params (the wrapper calls the conv functionally, which op counters do not see) and
+    for the FP32 export of a QAT run. Other models are returned unchanged.
+    """
+    if not any(isinstance(m, FakeQuantConv) for m in model.modules()):
+        return model
+    view = copy.deepcopy(model)
+    for parent in list(view.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FakeQuantConv):
+                setattr(parent, name, child.conv)
+    return view
+
+
 def fold_batchnorms(model: nn.Module) -> int:
     """Fold each Conv2d directly followed by a BatchNorm2d (in a Sequential), in place; return how many."""
     folded = 0

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import torch
 
-from edgekit.compress.qat import FakeQuantConv, QatStep, export_qdq
+from edgekit.compress.qat import FakeQuantConv, QatStep, export_qdq, float_view
 from edgekit.compress.recipe import QatSpec
-from edgekit.export.onnx import ort_session
+from edgekit.export.onnx import model_macs_params, ort_session
 
 
 def test_qat_exports_qdq_that_ort_runs_close_to_torch(model, make_ctx, val_split, tmp_path):
@@ -21,6 +21,10 @@ def test_qat_exports_qdq_that_ort_runs_close_to_torch(model, make_ctx, val_split
     wrapped = [m for m in qmodel.modules() if isinstance(m, FakeQuantConv)]
     assert len(wrapped) == 9 and result.extra["quantized_convs"] == 9
     assert all(not isinstance(p, FakeQuantConv) for p in qmodel.prediction_layers())
+    float_cost = model_macs_params(model, ctx.input_shape)
+    # same convs, BN folded away (the op counter charges BN a few MACs per element): within 1 %
+    qat_macs = model_macs_params(float_view(qmodel), ctx.input_shape)["macs"]
+    assert 0.99 * float_cost["macs"] <= qat_macs <= float_cost["macs"]
     path = result.export(qmodel, ctx.input_shape, tmp_path / "qat.onnx")
     assert result.export is export_qdq
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
