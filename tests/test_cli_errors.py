@@ -6,10 +6,10 @@ import subprocess
 
 import onnx
 import pytest
-from conftest import TRAIN_SCALE
 from onnx import TensorProto, helper
 
 from edgekit.cli import main
+from tests.conftest import TRAIN_SCALE
 
 
 def run_cli(capsys, *argv):

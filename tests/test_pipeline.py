@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from conftest import TRAIN_SCALE
 
 from edgekit.pipeline import DeployRequest, deploy, make_plan
+from tests.conftest import TRAIN_SCALE
 
 SUMMARY_KEYS = {
     "target",
@@ -132,7 +132,9 @@ def test_user_onnx_goes_through_the_same_pipeline(tmp_path, shapes_root, trained
 
 @pytest.mark.slow
 def test_auto_calibrator_measures_every_candidate_on_the_device(tmp_path, shapes_root, trained):
-    run = deploy(_request(tmp_path, shapes_root, recipe="none", calibrator="auto", max_drop=1.0, run_id="auto"))
+    run = deploy(
+        _request(tmp_path, shapes_root, recipe="none", calibrator="auto", max_drop=1.0, run_id="auto")
+    )
     record = json.loads((run / "record.json").read_text())
     quant = next(n for n in record["nodes"] if n["stage"] == "quantize")
     candidates = quant["extra"]["candidates"]

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SPEC, tiny_conv_onnx
 
 from edgekit.calib import CalibrationSet, import_set, parse_ref
 from edgekit.data.preprocess import PreprocessSpec, preprocess_file
 from edgekit.errors import CalibrationError
+from tests.calib.conftest import SPEC, tiny_conv_onnx
 
 
 @pytest.fixture

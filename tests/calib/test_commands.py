@@ -3,11 +3,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_conv_onnx
 
 from edgekit.calib import CalibrationSet
 from edgekit.calib.commands import add_parser
 from edgekit.errors import CalibrationError, ConfigError
+from tests.calib.conftest import tiny_conv_onnx
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SPEC, tiny_conv_onnx
 from PIL import Image
 
 from edgekit.calib import CalibrationSet, import_set
 from edgekit.calib.trt_cache import read_trt_cache
 from edgekit.data.preprocess import PreprocessSpec, letterbox, load_image
 from edgekit.errors import ConfigError, ModelError
+from tests.calib.conftest import SPEC, tiny_conv_onnx
 
 # A non-trivial spec: ImageNet-style mean/std, BGR, so a swapped or unscaled value shows up.
 ODD_SPEC = PreprocessSpec(

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SPEC, write_image, write_yolo_dataset
 
 from edgekit.calib import CalibrationSet, import_set
 from edgekit.errors import CalibrationError, ConfigError, DataError
 from edgekit.fsutil import sha256_file
+from tests.calib.conftest import SPEC, write_image, write_yolo_dataset
 
 
 def test_import_folder_writes_manifest_with_correct_hashes(image_folder: Path, tmp_path: Path) -> None:

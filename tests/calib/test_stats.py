@@ -1,11 +1,11 @@
 from pathlib import Path
 
 import numpy as np
-from conftest import SPEC, write_image
 from PIL import Image
 
 from edgekit.calib import CalibrationSet, import_set
 from edgekit.calib.stats import contact_sheet, diff, show
+from tests.calib.conftest import SPEC, write_image
 
 
 def test_show_counts_sizes_and_channel_stats(image_folder: Path, tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from backend_contract import INPUT_SIZE, NUM_CLASSES, BackendContract
 from onnx import TensorProto, helper
 
 from edgekit.errors import ConfigError, ModelError, UnsupportedOpError
 from edgekit.registry import BACKENDS
+from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, BackendContract
 
 
 class _RandomReader:
@@ -103,7 +103,7 @@ def test_unknown_standard_op_is_named(ort_backend, tmp_path):
 
 
 def test_int8_needs_a_quantized_model(ort_backend, tmp_path):
-    from backend_contract import make_tiny_detector_onnx
+    from tests.contract.backend_contract import make_tiny_detector_onnx
 
     src = make_tiny_detector_onnx(tmp_path / "fp32.onnx")
     with pytest.raises(ModelError, match="QDQ") as info:

@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_ptq import export_detector, make_detector, run, structured_images
 
 from edgekit.errors import ConfigError
 from edgekit.quantize.auto import auto_calibrate
+from tests.quantize.test_ptq import export_detector, make_detector, run, structured_images
 
 BASELINE = 0.80
 SHARPNESS = 5000.0  # pseudo-mAP = BASELINE * exp(-SHARPNESS * nMSE)

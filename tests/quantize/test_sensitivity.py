@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_ptq import export_detector, make_detector, structured_images
 from torch import nn
 
 from edgekit.errors import ConfigError
 from edgekit.export.onnx import export_onnx
 from edgekit.quantize.sensitivity import layer_sensitivity
+from tests.quantize.test_ptq import export_detector, make_detector, structured_images
 
 
 class Chain(nn.Module):
