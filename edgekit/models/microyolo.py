@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 
 from edgekit.compress.layers import DSConv, MBConv
-from edgekit.models.tinyyolo import Decode, conv_bn_act
+from edgekit.models.tinyyolo import Decode, TwoScaleDetector, conv_bn_act
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class MicroYoloConfig:
         return asdict(self)
 
 
-class MicroYolo(nn.Module):
+class MicroYolo(TwoScaleDetector):
     """The Micro-YOLO detector; see the module docstring.
 
     Example:
@@ -42,9 +41,6 @@ class MicroYolo(nn.Module):
         >>> model(torch.zeros(1, 3, 160, 160)).shape
         torch.Size([1, 500, 11])
     """
-
-    strides = (8, 16)
-    head = "yolov5"
 
     def __init__(self, cfg: MicroYoloConfig | None = None) -> None:
         super().__init__()
@@ -68,21 +64,3 @@ class MicroYolo(nn.Module):
         self.decode8, self.decode16 = Decode(8, cfg.priors[0]), Decode(16, cfg.priors[1])
         for pred in (self.pred8, self.pred16):  # low initial objectness, as in TinyYolo
             nn.init.constant_(pred.bias[4], -4.0)
-
-    def prediction_layers(self) -> list[nn.Module]:
-        """The final 1x1 prediction convs (never pruned, kept in float when quantizing)."""
-        return [self.pred8, self.pred16]
-
-    def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Raw prediction maps at stride 8 and 16."""
-        f8 = self.p8(self.stem(x))
-        f16 = self.neck16(self.p16(f8))
-        fine = self.neck8(torch.cat([self.route(f16), f8], 1))
-        return [self.pred8(fine), self.pred16(f16)]
-
-    def forward(self, x: torch.Tensor):
-        """Apply the block."""
-        raw = self.raw(x)
-        if self.training:
-            return raw
-        return torch.cat([self.decode8(raw[0]), self.decode16(raw[1])], 1)

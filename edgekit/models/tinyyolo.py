@@ -56,7 +56,39 @@ class Decode(nn.Module):
         return torch.cat([xy, wh, p[..., 4:]], -1)
 
 
-class TinyYolo(nn.Module):
+class TwoScaleDetector(nn.Module):
+    """The topology both reference detectors share (TinyYolo and Micro-YOLO).
+
+    Features at stride 8 and 16, a 1x1 route with x2 upsample and concat into the fine head, one 1x1
+    prediction conv per scale, and the in-graph decode in eval mode.
+
+    Subclasses build ``stem``, ``p8``, ``p16``, ``neck16``, ``pred16``, ``route``, ``neck8``, ``pred8``,
+    ``decode8`` and ``decode16``; training, evaluation, pruning and export only rely on this interface.
+    """
+
+    strides = (8, 16)
+    head = "yolov5"
+
+    def prediction_layers(self) -> list[nn.Module]:
+        """The final 1x1 prediction convs (never pruned, kept in float when quantizing)."""
+        return [self.pred8, self.pred16]
+
+    def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Raw prediction maps at stride 8 and 16."""
+        f8 = self.p8(self.stem(x))
+        f16 = self.neck16(self.p16(f8))
+        fine = self.neck8(torch.cat([self.route(f16), f8], 1))
+        return [self.pred8(fine), self.pred16(f16)]
+
+    def forward(self, x: torch.Tensor):
+        """Raw maps in training mode, decoded ``[B, N, 5 + nc]`` rows in eval mode."""
+        raw = self.raw(x)
+        if self.training:
+            return raw
+        return torch.cat([self.decode8(raw[0]), self.decode16(raw[1])], 1)
+
+
+class TinyYolo(TwoScaleDetector):
     """The reference detector.
 
     ``forward`` returns the raw maps ``[stride8, stride16]`` in training mode and the decoded
@@ -67,9 +99,6 @@ class TinyYolo(nn.Module):
         >>> model(torch.zeros(1, 3, 160, 160)).shape
         torch.Size([1, 500, 11])
     """
-
-    strides = (8, 16)
-    head = "yolov5"
 
     def __init__(self, cfg: TinyYoloConfig | None = None) -> None:
         super().__init__()
@@ -91,21 +120,3 @@ class TinyYolo(nn.Module):
         self.decode16 = Decode(16, cfg.priors[1])
         for pred in (self.pred8, self.pred16):  # start with low objectness so early training is stable
             nn.init.constant_(pred.bias[4], -4.0)
-
-    def prediction_layers(self) -> list[nn.Module]:
-        """The final 1x1 prediction convs (never pruned, kept in float when quantizing)."""
-        return [self.pred8, self.pred16]
-
-    def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Raw prediction maps at stride 8 and 16."""
-        f8 = self.p8(self.stem(x))
-        f16 = self.neck16(self.p16(f8))
-        fine = self.neck8(torch.cat([self.route(f16), f8], 1))
-        return [self.pred8(fine), self.pred16(f16)]
-
-    def forward(self, x: torch.Tensor):
-        """Raw maps in training mode, decoded ``[B, N, 5 + nc]`` rows in eval mode."""
-        raw = self.raw(x)
-        if self.training:
-            return raw
-        return torch.cat([self.decode8(raw[0]), self.decode16(raw[1])], 1)
