@@ -154,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: done in {rows[-1]['wall_s']} s", file=sys.stderr)
     table = markdown(ref, rows)
     print(table)
+    suffix = "-quick" if args.quick else ""
     atomic_write_json(
-        args.out,
+        args.out or REPO / "bench" / "results" / f"compression{suffix}.json",
         {
             "quick": args.quick,
             "epochs_scale": scale,
