@@ -11,6 +11,14 @@ from edgekit.errors import ConfigError
 from edgekit.fsutil import sha256_file
 from edgekit.stages import RunContext, add_node, model_stats, stage
 
+
+def float_view(model):
+    """The float model of a QAT run (see :func:`edgekit.compress.qat.float_view`); others as they are."""
+    from edgekit.compress.qat import float_view as _float_view
+
+    return _float_view(model)
+
+
 PARITY_ATOL = 1e-3  # pixels / probabilities: FP32 ONNX vs torch on real inputs
 
 
@@ -179,25 +187,6 @@ def export_stage(ctx: RunContext, req, model, val) -> Path:
         tools=_tools("torch", "onnx", "onnxruntime"),
     )
     return path
-
-
-def float_view(model):
-    """The float model inside a QAT (fake-quant) model; other models are returned as they are.
-
-    The FP32 export of a QAT run is its float weights; the INT8 QDQ export happens in the quantize stage.
-    """
-    import copy
-
-    from edgekit.compress.qat import FakeQuantConv
-
-    if not any(isinstance(m, FakeQuantConv) for m in model.modules()):
-        return model
-    view = copy.deepcopy(model)
-    for parent in list(view.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, FakeQuantConv):
-                setattr(parent, name, child.conv)
-    return view
 
 
 def _tools(*names: str) -> dict[str, str]:
