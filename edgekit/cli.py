@@ -161,7 +161,18 @@ def _print_summary(run_dir: Path) -> None:
         )
     console = _console()
     console.print(table)
+    from rich.markup import escape
+
+    for warning in _latency_warnings(run_dir):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(f"report: {run_dir / 'report.html'}  (record: {run_dir / 'record.json'})")
+
+
+def _latency_warnings(run_dir: Path) -> list[str]:
+    from edgekit.report.record import RunRecord, latency_warnings
+
+    bench = RunRecord.load(run_dir / "record.json").node("bench")
+    return latency_warnings(bench.extra.get("latencies_ms") or []) if bench else []
 
 
 def _console():

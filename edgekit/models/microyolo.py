@@ -37,6 +37,7 @@ class MicroYolo(TwoScaleDetector):
     """The Micro-YOLO detector; see the module docstring.
 
     Example:
+        >>> import torch
         >>> model = MicroYolo(MicroYoloConfig(num_classes=6)).eval()
         >>> model(torch.zeros(1, 3, 160, 160)).shape
         torch.Size([1, 500, 11])

@@ -90,6 +90,48 @@ def latency_stats(latencies_ms: list[float]) -> dict[str, float]:
     return stats
 
 
+CV_LIMIT = 0.05  # device-benchmarking.md 5.2: flag CV > 5 % on CPU boards
+DRIFT_LIMIT = 0.05  # same, 6(e): last 10 % of iterations slower than the first 10 % by more than 5 %
+
+
+def latency_warnings(latencies_ms: list[float], cv_limit: float = CV_LIMIT) -> list[str]:
+    """Say when a latency run should not be trusted as it is: too noisy, or slowing down as it ran.
+
+    Args:
+        latencies_ms: Per-inference latencies in the order they were timed.
+        cv_limit: Largest coefficient of variation (std / mean) accepted without a warning.
+
+    Returns:
+        One sentence per problem, each naming the figure and what to do; empty when the run looks clean.
+
+    Example:
+        >>> [w.split(":")[0] for w in latency_warnings([1.0] * 50 + [1.2] * 50)]
+        ['latency is noisy', 'latency drifted up during the run']
+        >>> latency_warnings([1.0, 1.01] * 50)
+        []
+    """
+    values = [float(v) for v in latencies_ms]
+    if len(values) < 20:
+        return []
+    stats = latency_stats(values)
+    out = []
+    if stats["cv"] > cv_limit:
+        out.append(
+            f"latency is noisy: CV {100 * stats['cv']:.1f} % (> {100 * cv_limit:.0f} %); another process may "
+            "have shared the CPU. Percentiles above p90 are the least reliable; re-run on an idle device."
+        )
+    tenth = max(len(values) // 10, 2)
+    first, last = sorted(values[:tenth]), sorted(values[-tenth:])
+    head, tail = first[len(first) // 2], last[len(last) // 2]
+    if head > 0 and tail > head * (1 + DRIFT_LIMIT):
+        out.append(
+            f"latency drifted up during the run: median of the last 10 % {tail:.3f} ms vs first 10 % "
+            f"{head:.3f} ms (+{100 * (tail / head - 1):.0f} %); the device may be throttling or loaded. "
+            "Check its temperature and clocks, or lengthen the warm-up."
+        )
+    return out
+
+
 def host_facts() -> dict[str, Any]:
     """Return facts about this machine worth keeping next to measured numbers."""
     return {

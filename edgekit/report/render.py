@@ -7,7 +7,7 @@ from typing import Any
 
 from edgekit.fsutil import atomic_write_text
 from edgekit.report.plots import draw_all
-from edgekit.report.record import RunRecord
+from edgekit.report.record import RunRecord, latency_warnings
 from edgekit.report.summary import build_summary
 from edgekit.report.templates import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
@@ -166,10 +166,12 @@ def _latency_detail(record: RunRecord) -> list[Block]:
     keys = [k for k in ("n", "mean", "std", "cv", "min", "p50", "p90", "p95", "p99", "max") if k in stats]
     row = [str(stats[k]) if k == "n" else _num(stats[k], 3) for k in keys]
     note = "Percentiles are nearest-rank (as trtexec reports them); std is the population deviation."
+    warnings = latency_warnings(bench.extra.get("latencies_ms") or [])
     return [
         Heading("Latency (ms)", 3),
         Table(keys, [row], frozenset(range(len(keys)))),
         Paragraph(note, tone="note"),
+        *(Paragraph(w, label="Warning:", tone="bad") for w in warnings),
     ]
 
 

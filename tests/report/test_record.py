@@ -1,11 +1,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from edgekit.errors import DataError, EdgekitError
-from edgekit.report.record import Node, RunRecord, latency_stats, node_id
+from edgekit.report.record import Node, RunRecord, latency_stats, latency_warnings, node_id
 from edgekit.report.summary import build_summary, write_summary
 
 DESIGN_KEYS = {
@@ -109,6 +110,20 @@ def test_latency_stats_on_known_lists():
     small = latency_stats(list(range(1, 11)))
     assert (small["p50"], small["p90"], small["p95"], small["p99"]) == (5.0, 9.0, 10.0, 10.0)
     assert latency_stats([4.2])["p99"] == 4.2
+
+
+def test_latency_warnings_flag_noise_and_drift_only():
+    rng = np.random.default_rng(0)
+    steady = list(1.0 + rng.normal(0.0, 0.01, 1000))
+    assert latency_warnings(steady) == []
+    noisy = list(1.0 + np.abs(rng.normal(0.0, 0.2, 1000)))
+    (warning,) = latency_warnings(noisy)
+    assert warning.startswith("latency is noisy: CV ") and "idle device" in warning
+    # 1.0 ms for the first 90 % of the run, 1.1 ms after: CV stays under 5 %, the drift is caught.
+    drifting = [1.0] * 900 + [1.1] * 100
+    (warning,) = latency_warnings(drifting)
+    assert "median of the last 10 % 1.100 ms vs first 10 % 1.000 ms (+10 %)" in warning
+    assert latency_warnings([5.0, 50.0] * 5) == []  # too few samples to judge
 
 
 @pytest.mark.parametrize("bad", [[], [1.0, -0.5], [1.0, float("nan")]])
