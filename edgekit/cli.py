@@ -19,7 +19,7 @@ DEPLOY_EPILOG = """examples:
   edgekit deploy --target local                      # the built-in detector and data, this host as the device
   edgekit deploy --target local --recipe slim --max-map-drop 2.0
   edgekit deploy --target local --model yolo.onnx --recipe none --data my-dataset/
-  edgekit deploy --target jetson --device local      # try the Jetson preset's artifact on this host
+  edgekit deploy --target local --calibrator auto --max-drop 0.5   # every calibrator tried on the device
   edgekit deploy --target local --dry-run            # show the plan, run nothing
 """
 

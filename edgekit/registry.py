@@ -165,7 +165,8 @@ BACKENDS: Registry[Any] = Registry(
     },
     extras={"mnn": "mnn", "ncnn": "ncnn", "tflm": "tflite"},
     runtimes={"onnxruntime": "onnxruntime", "mnn": "MNN", "ncnn": "ncnn", "tflm": "ai_edge_litert"},
-    hint="use target 'local' (or --device local) with backend 'onnxruntime'",
+    hint="this version builds only 'onnxruntime': use --target local, or a target YAML with "
+    "backend: onnxruntime",
 )
 """Every backend edgekit knows; TensorRT has no extra because it is built on the Jetson itself."""
 

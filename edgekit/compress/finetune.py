@@ -67,6 +67,7 @@ class FinetuneStep(Step):
     """Fine-tune the current model (optionally with distillation)."""
 
     type = "finetune"
+    description = "fine-tune"
 
     def label(self, spec: Any) -> str:
         """Short label for the record."""
@@ -74,20 +75,16 @@ class FinetuneStep(Step):
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
         """Run the step (see :class:`~edgekit.compress.step.Step`)."""
-        stats = finetune(model, spec, ctx, "fine-tune")
+        stats = finetune(model, spec, ctx, self.description)
         return StepResult(model, extra={"train": stats})
 
 
-class DistillStep(Step):
+class DistillStep(FinetuneStep):
     """Fine-tune with objectness-scaled distillation from the recipe's input model."""
 
     type = "distill"
+    description = "distillation"
 
     def label(self, spec: Any) -> str:
         """Short label for the record."""
         return f"distill x{spec.distill:g}, {spec.epochs:g} ep"
-
-    def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
-        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
-        stats = finetune(model, spec, ctx, "distillation")
-        return StepResult(model, extra={"train": stats})
