@@ -143,15 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     rows, cache = [], {}
     for name in args.recipes or (QUICK if args.quick else FULL):
         recipe = load_recipe(name)
-        ctx = build_context(root, work / name, scale, not args.quiet)
+        ctx = build_context(root, work / recipe.name, scale, not args.quiet)
         ctx.train, ctx.val = ctx0.train, ctx0.val
         start = time.perf_counter()
         model, nodes = run_recipe(ref_model, recipe, ctx)
         got = nodes[-1]["metrics"] if nodes else ref
         width = matched_width(got["params"], ctx.train.num_classes, ctx.input_shape)
         ctl = control(width, (train_cfg.epochs + recipe_epochs(recipe)) * scale, ctx0, cache)
-        rows.append(row(name, ref, got, ctl, time.perf_counter() - start))
-        print(f"{name}: done in {rows[-1]['wall_s']} s", file=sys.stderr)
+        rows.append(row(recipe.name, ref, got, ctl, time.perf_counter() - start))
+        print(f"{recipe.name}: done in {rows[-1]['wall_s']} s", file=sys.stderr)
     table = markdown(ref, rows)
     print(table)
     suffix = "-quick" if args.quick else ""

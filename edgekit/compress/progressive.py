@@ -1,10 +1,11 @@
 """Progressive channel pruning (Micro-YOLO): one sixteenth of one layer at a time, stop at a mAP drop.
 
 Schedule: for each layer (widest first unless the recipe names them), repeatedly remove another 1/16 of its
-original channels (lowest L1 first), fine-tune briefly, evaluate. A trial whose mAP50-95 falls more than
-``max_drop`` points below the mAP at the start of the step is rejected and that layer is done; the step
-returns the last accepted model, so the result is always within ``max_drop`` of the start. The ``layers``
-table in the record says how many sixteenths each layer accepted and why it stopped.
+original channels (lowest L1 first), fine-tune briefly, evaluate. A trial whose ``metric`` (mAP@0.5 by
+default, as in the Micro-YOLO paper; or mAP@0.5:0.95) falls more than ``max_drop`` points below its value
+at the start of the step is rejected and that layer is done; the step returns the last accepted model, so
+the result is always within ``max_drop`` of the start. The ``layers`` table in the record says how many
+sixteenths each layer accepted, why it stopped, and both mAPs of its last trial.
 """
 
 from __future__ import annotations
@@ -54,22 +55,21 @@ class ProgressiveStep(Step):
 
     def label(self, spec: Any) -> str:
         """Short label for the record."""
-        return f"progressive 1/16 steps, max drop {spec.max_drop:g}"
+        return f"progressive 1/16 steps, max {spec.metric} drop {spec.max_drop:g}"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
         """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         data = eval_subset(ctx.val, spec.eval_images)
-        start = evaluate(model, data)["map50_95"]
+        start = evaluate(model, data)[spec.metric]
         floor = start - spec.max_drop / 100
         history, layers = [], []
         names = layer_order(model, spec, ctx.input_shape)
         with track(len(names) * spec.max_steps_per_layer, "progressive pruning", ctx.progress) as advance:
             for name in names:
                 model, row = self._layer(model, name, spec, ctx, data, floor, history, advance)
-                layers.append({**row, "start_map50_95": round(start, 4)})
-        return StepResult(
-            model, history=history, extra={"layers": layers, "start_map50_95": start, "floor_map50_95": floor}
-        )
+                layers.append({**row, f"start_{spec.metric}": round(start, 4)})
+        extra = {"layers": layers, "metric": spec.metric, "start": start, "floor": floor}
+        return StepResult(model, history=history, extra=extra)
 
     def _layer(self, model, name, spec, ctx, data, floor, history, advance):
         convs = prunable_convs(model, ctx.input_shape)
@@ -78,7 +78,7 @@ class ProgressiveStep(Step):
                 f"progressive pruning: no prunable conv named {name!r}", f"use one of: {', '.join(convs)}"
             )
         channels = convs[name].out_channels
-        step, accepted, reason, last = sixteenth(channels, spec.round_to), 0, "max_steps", None
+        step, accepted, reason, last = sixteenth(channels, spec.round_to), 0, "max_steps", {}
         for _ in range(spec.max_steps_per_layer):
             if _width(model, name) - step < spec.round_to:
                 reason = "min_channels"
@@ -88,12 +88,12 @@ class ProgressiveStep(Step):
             recalibrate_bn(trial, ctx.train)
             if spec.finetune is not None:
                 finetune(trial, spec.finetune, ctx, f"fine-tune {name}")
-            score = evaluate(trial, data)["map50_95"]
-            advance(info=f"{name}: {score:.3f}")
-            if score < floor:
-                reason, last = "drop", score
+            scores = evaluate(trial, data)
+            advance(info=f"{name}: {spec.metric} {scores[spec.metric]:.3f}")
+            if scores[spec.metric] < floor:
+                reason, last = "drop", scores
                 break
-            model, accepted, last = trial, accepted + 1, score
+            model, accepted, last = trial, accepted + 1, scores
             history.extend(entry)
         removed = channels - _width(model, name)
         return model, {
@@ -103,7 +103,8 @@ class ProgressiveStep(Step):
             "sixteenths": round(16 * removed / channels, 2),
             "accepted_steps": accepted,
             "stopped_by": reason,
-            "last_trial_map50_95": None if last is None else round(last, 4),
+            "last_trial_map50": round(last["map50"], 4) if last else None,
+            "last_trial_map50_95": round(last["map50_95"], 4) if last else None,
         }
 
 

@@ -74,10 +74,13 @@ class SlimSpec(_Spec):
 
 
 class ProgressiveSpec(_Spec):
-    """Micro-YOLO progressive pruning: 1/16 of a layer per trial until mAP50-95 drops > ``max_drop``."""
+    """Micro-YOLO progressive pruning: 1/16 of a layer per trial until ``metric`` drops > ``max_drop``."""
 
     type: Literal["progressive"]
-    max_drop: float = Field(0.5, ge=0, description="allowed mAP50-95 drop below the start, in points")
+    max_drop: float = Field(0.5, ge=0, description="allowed drop of `metric` below the start, in points")
+    metric: Literal["map50", "map50_95"] = Field(
+        "map50", description="the stop rule's metric (Micro-YOLO's 0.5-point rule is on mAP@0.5)"
+    )
     layers: list[str] | None = Field(None, description="conv names to try, in order (default: widest first)")
     max_layers: int | None = Field(4, ge=1)
     max_steps_per_layer: int = Field(4, ge=1, le=15)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgekit.compress.progressive import ProgressiveStep, eval_subset
 from edgekit.compress.recipe import ProgressiveSpec
 from edgekit.models.train import evaluate
 
 
-def test_stops_at_threshold_and_returns_last_good_model(model, make_ctx):
+@pytest.mark.parametrize("metric", ["map50", "map50_95"])
+def test_stops_at_threshold_and_returns_last_good_model(model, make_ctx, metric):
     # No fine-tune and up to 8 sixteenths of the widest layer: removing half of p16 without recovery must
-    # cost more than 0.5 points of mAP50-95, so the loop has to stop on the drop rule.
+    # cost more than 0.5 points of either mAP, so the loop has to stop on the drop rule.
     spec = ProgressiveSpec(
         type="progressive",
         max_drop=0.5,
+        metric=metric,
         layers=["p16.1.0"],
         max_steps_per_layer=8,
         round_to=8,
@@ -21,12 +25,13 @@ def test_stops_at_threshold_and_returns_last_good_model(model, make_ctx):
     )
     ctx = make_ctx()
     data = eval_subset(ctx.val, 100)
-    start = evaluate(model, data)["map50_95"]
+    start = evaluate(model, data)[metric]
     result = ProgressiveStep().apply(model, spec, ctx)
     (row,) = result.extra["layers"]
     assert row["stopped_by"] == "drop", row
-    assert row["last_trial_map50_95"] < start - 0.005
-    final = evaluate(result.model, data)["map50_95"]
+    assert row[f"last_trial_{metric}"] < start - 0.005
+    assert result.extra["metric"] == metric and row[f"start_{metric}"] == round(start, 4)
+    final = evaluate(result.model, data)[metric]
     assert final >= start - 0.005 - 1e-9
     width = result.model.p16[1][0].out_channels
     assert row["kept"] == width and row["sixteenths"] == 16 * (128 - width) / 128
