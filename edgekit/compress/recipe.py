@@ -56,7 +56,7 @@ class SparsitySpec(_Spec):
     epochs: float = Field(2.0, ge=0)
     lr: float = Field(1e-3, gt=0)
     lam: float = Field(
-        50.0, ge=0, description="L1 strength; the shrink per step is lr * lam * mean|gamma| of the layer"
+        25.0, ge=0, description="L1 strength; the shrink per step is lr * lam * mean|gamma| of the layer"
     )
     renormalize: bool = Field(True, description="keep each layer's mean |gamma| (and beta) scale fixed")
 
@@ -96,7 +96,7 @@ class SwapSpec(_Spec):
     to: Literal["microyolo"] = "microyolo"
     expansion: float = Field(1.0, ge=1)
     se_reduction: int = Field(4, ge=1)
-    train: FinetuneSpec = FinetuneSpec(epochs=8.0, lr=2e-3)
+    train: FinetuneSpec = FinetuneSpec(epochs=20.0, lr=3e-3)
 
 
 class FinetuneStepSpec(FinetuneSpec):
