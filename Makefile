@@ -61,12 +61,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check edgekit tests bench
-	$(BIN)/ruff format --check edgekit tests bench
+	$(BIN)/ruff check edgekit tests bench conftest.py
+	$(BIN)/ruff format --check edgekit tests bench conftest.py
 
 format: $(STAMP)
-	$(BIN)/ruff format edgekit tests bench
-	$(BIN)/ruff check --fix edgekit tests bench
+	$(BIN)/ruff format edgekit tests bench conftest.py
+	$(BIN)/ruff check --fix edgekit tests bench conftest.py
 
 calib-list: $(STAMP)
 	$(BIN)/edgekit calib list

@@ -118,8 +118,8 @@ def latency_warnings(latencies_ms: list[float], cv_limit: float = CV_LIMIT) -> l
     if stats["cv"] > cv_limit:
         out.append(
             f"latency is noisy: CV {100 * stats['cv']:.1f} % (> {100 * cv_limit:.0f} %), slowest run "
-            f"{stats['max']:.2f} ms against a median of {stats['p50']:.2f} ms; other load on the device (or a "
-            "virtual machine's scheduler) interrupted some runs. p50 holds, p99 and max are less reliable; "
+            f"{stats['max']:.2f} ms against a median of {stats['p50']:.2f} ms; other load on the device (or "
+            "a virtual machine's scheduler) interrupted some runs. p50 holds, p99 and max are less reliable; "
             "re-run on an idle device to firm them up."
         )
     tenth = max(len(values) // 10, 2)
