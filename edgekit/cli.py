@@ -134,6 +134,7 @@ def _fmt(value, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
 
 
 def _print_summary(run_dir: Path) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     s = json.loads((run_dir / "summary.json").read_text())
@@ -161,8 +162,6 @@ def _print_summary(run_dir: Path) -> None:
         )
     console = _console()
     console.print(table)
-    from rich.markup import escape
-
     for warning in _latency_warnings(run_dir):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(f"report: {run_dir / 'report.html'}  (record: {run_dir / 'record.json'})")
