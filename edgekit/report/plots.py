@@ -54,15 +54,24 @@ def latency_histogram(record: RunRecord, out_dir: str | Path) -> Path | None:
     if not latencies:
         return None
     stats = bench.metric("latency_ms") or {}
+    # A few stalls far out in the tail (a VM's scheduler, another process) would squeeze the body of the
+    # distribution into one bar; draw up to 1.2 x p99.5 and say how many runs lie beyond.
+    ordered = sorted(latencies)
+    limit = 1.2 * ordered[int(0.995 * (len(ordered) - 1))]
+    shown = [v for v in ordered if v <= limit]
+    beyond = len(ordered) - len(shown)
     fig = _figure(6.4, 3.4)
     ax = fig.add_subplot()
-    ax.hist(latencies, bins=min(60, max(10, len(latencies) // 10)), color=ACCENT, alpha=0.8)
+    ax.hist(shown, bins=min(60, max(10, len(shown) // 10)), color=ACCENT, alpha=0.8)
     for key, style in (("p50", "-"), ("p99", "--")):
         if stats.get(key) is not None:
             ax.axvline(stats[key], color="#c53030", linestyle=style, label=f"{key} {stats[key]:.2f} ms")
     ax.set_xlabel("latency per inference (ms)")
     ax.set_ylabel("runs")
-    ax.set_title(f"Latency over {len(latencies)} timed runs")
+    title = f"Latency over {len(latencies)} timed runs"
+    if beyond:
+        title += f" ({beyond} slower, up to {ordered[-1]:.2f} ms, not drawn)"
+    ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(frameon=False)
     return _save(fig, Path(out_dir) / "latency.png")
