@@ -11,6 +11,8 @@ from onnx import TensorProto, helper
 from edgekit.cli import main
 from tests.conftest import TRAIN_SCALE
 
+NO_IMMUTABLE_FOLDERS = "cannot make a folder read-only here (chattr +i unavailable); root ignores mode bits"
+
 
 def run_cli(capsys, *argv):
     code = main(list(argv))
@@ -150,9 +152,7 @@ def test_read_only_output_folder(tmp_path, capsys, shapes_root):
         shutil.which("chattr") is None
         or subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode
     ):
-        pytest.skip(
-            reason="cannot make a folder read-only here (chattr +i unavailable); root ignores mode bits"
-        )
+        pytest.skip(reason=NO_IMMUTABLE_FOLDERS)
     try:
         code, _, err = run_cli(
             capsys,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekit.fsutil import atomic_write_bytes
-from edgekit.report.record import RunRecord
+from edgekit.report.record import RunRecord, nearest_rank
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,7 +57,7 @@ def latency_histogram(record: RunRecord, out_dir: str | Path) -> Path | None:
     # A few stalls far out in the tail (a VM's scheduler, another process) would squeeze the body of the
     # distribution into one bar; draw up to 1.2 x p99.5 and say how many runs lie beyond.
     ordered = sorted(latencies)
-    limit = 1.2 * ordered[int(0.995 * (len(ordered) - 1))]
+    limit = 1.2 * nearest_rank(ordered, 99.5)
     shown = [v for v in ordered if v <= limit]
     beyond = len(ordered) - len(shown)
     fig = _figure(6.4, 3.4)

@@ -47,7 +47,8 @@ def node_id(stage: str, config: dict[str, Any], parent: str | None, target: dict
     return stable_hash({"stage": stage, "config": config, "parent": parent, "target": target})
 
 
-def _nearest_rank(ordered: list[float], p: float) -> float:
+def nearest_rank(ordered: list[float], p: float) -> float:
+    """The ``p``-th percentile of an ascending list, nearest rank (the one definition used everywhere)."""
     # round() guards against (100 - p) * n / 100 landing a hair under an integer, e.g. p=90, n=10.
     drop = math.floor(round((100.0 - p) * len(ordered) / 100.0, 9))
     return ordered[max(len(ordered) - 1 - drop, 0)]
@@ -85,7 +86,7 @@ def latency_stats(latencies_ms: list[float]) -> dict[str, float]:
     stats: dict[str, float] = {"n": n, "mean": mean, "std": std, "cv": std / mean if mean > 0 else 0.0}
     stats["min"] = ordered[0]
     for p in (50, 90, 95, 99):
-        stats[f"p{p}"] = _nearest_rank(ordered, p)
+        stats[f"p{p}"] = nearest_rank(ordered, p)
     stats["max"] = ordered[-1]
     return stats
 
