@@ -1,6 +1,7 @@
 # edgekit front door. `make deploy TARGET=local` and `make test` work on a fresh machine:
 # the Makefile creates .venv itself (torch pinned to the CPU build first) and installs the system
-# packages the tests use (Debian chromium for the report test, openssh-server for SSH tests).
+# packages the tests use (Debian chromium for the report test, openssh-server for SSH tests, qemu-user
+# to run ONNX Runtime's AVX2 kernels on an emulated AVX2-only CPU whatever CPU runs the tests).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -38,6 +39,7 @@ system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v qemu-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-user"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -31,10 +31,41 @@ def setup():
     return root, trained, val
 
 
+def emulated_avx2_python(folder: Path) -> str | None:
+    """A python launcher that runs under ``qemu-x86_64 -cpu Haswell`` (AVX2, no AVX-512/VNNI), or None.
+
+    ONNX Runtime then dispatches its real AVX2 kernels, so accuracy on an AVX2-only CPU is measured on
+    any x86-64 host; its latencies are emulation times and mean nothing.
+    """
+    import platform
+    import shutil
+    import sys
+
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None or platform.machine() != "x86_64":
+        return None
+    cpuinfo = Path(__file__).resolve().parents[1] / "tests" / "runners" / "cpuinfo" / "haswell.txt"
+    launcher = folder / "python-avx2"
+    launcher.write_text(
+        f'#!/bin/sh\nEDGEKIT_CPUINFO={cpuinfo} exec {qemu} -cpu Haswell {sys.executable} "$@"\n'
+    )
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
 def device_eval(
-    onnx_path: Path, precision: str, val, iterations: int = 300, min_seconds: float = 3.0, threads: int = 2
+    onnx_path: Path,
+    precision: str,
+    val,
+    iterations: int = 300,
+    min_seconds: float = 3.0,
+    threads: int = 2,
+    python: str | None = None,
 ) -> dict:
-    """Build for ORT, run on this host through the agent: mAP from the runner's outputs + latency."""
+    """Build for ORT, run through the agent (on this host, or ``python`` = an emulated CPU).
+
+    Returns mAP from the runner's outputs, latency, size, and the CPU the runner reported.
+    """
     inputs = np.concatenate([val.tensor(i) for i in range(len(val))], 0)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "artifact"
@@ -42,12 +73,12 @@ def device_eval(
             precision=precision, threads=threads, preprocess=SPEC, head="yolov5", num_classes=val.num_classes
         )
         BACKENDS.get("onnxruntime")().build(onnx_path, options, out)
-        res = Agent(LocalTransport()).bench(
+        res = Agent(LocalTransport(), python=python).bench(
             out,
             bench_input=inputs[:1],
             eval_inputs=inputs,
-            warmup=50,
-            min_warmup_s=1.0,
+            warmup=2 if python else 50,
+            min_warmup_s=0.0 if python else 1.0,
             iterations=iterations,
             min_seconds=min_seconds,
             threads=threads,
@@ -60,6 +91,7 @@ def device_eval(
         "p99_ms": res.stats["p99"],
         "mean_ms": res.stats["mean"],
         "size_bytes": size,
+        "cpu": res.device.get("cpu", {}),
     }
 
 

@@ -53,14 +53,17 @@ def build_artifact(
                     f"{onnx_path} is an FP32 model and int8 was asked without a calibration set",
                     "give --calib NAME (see `edgekit calib list`) or a QDQ ONNX",
                 )
+            from edgekit.runners.runcore import cpu_features
+
+            form = backend_cls().qdq_form(cpu_features(), "this host (edgekit build)")
             source, quantization = _quantize(
-                source, Path(tmp) / "model_int8.onnx", calib, calib_root, method, onnx_info(source)
+                source, Path(tmp) / "model_int8.onnx", calib, calib_root, method, onnx_info(source), form
             )
         options = det.build_options(precision=precision, threads=threads, quantization=quantization)
         return backend_cls().build(source, options, out)
 
 
-def _quantize(src: Path, dst: Path, calib: str, calib_root: Path, method: str, info: dict):
+def _quantize(src: Path, dst: Path, calib: str, calib_root: Path, method: str, info: dict, form):
     from edgekit.calib import CalibrationSet
     from edgekit.data.preprocess import PreprocessSpec
     from edgekit.quantize import quantize_int8
@@ -68,9 +71,13 @@ def _quantize(src: Path, dst: Path, calib: str, calib_root: Path, method: str, i
     cs = CalibrationSet.load(calib, root=calib_root).verify()
     shape = info["input_shape"]
     cs.check_spec(PreprocessSpec(**{**cs.spec.model_dump(), "input_size": int(shape[-1])}))
-    result = quantize_int8(src, dst, lambda: cs.arrays(), method=method, keep_float="auto")
+    result = quantize_int8(
+        src, dst, lambda: cs.arrays(), method=method, reduce_range=form.reduce_range, keep_float="auto"
+    )
     return dst, {
         "calibrator": method,
+        "weight_bits": result.weight_bits,
+        "weight_range_reason": form.reason,
         "calibration": cs.ref(),
         "keep_float": result.excluded_nodes,
         "scales_sha256": result.scales_sha256,

@@ -75,6 +75,19 @@ class PowerSpec(_Strict):
     interval_ms: int = Field(100, ge=10)
 
 
+class CpuSpec(_Strict):
+    """The device CPU's instruction set, where INT8 kernels depend on it (ONNX Runtime on x86).
+
+    Attributes:
+        arch: ``x86_64``, ``aarch64``, ``armv7l``... (``None`` = not stated).
+        features: ``host`` = read from this host (the ``local`` target); otherwise the Linux
+            /proc/cpuinfo flags that matter, e.g. ``[avx2, avx512_vnni]`` or ``[asimd, asimddp]``.
+    """
+
+    arch: str | None = None
+    features: Literal["host"] | list[str] = []
+
+
 class Limits(_Strict):
     """Hard budgets of the board (MCUs)."""
 
@@ -100,8 +113,28 @@ class Target(_Strict):
     connection: Connection
     runtime: RuntimeOptions = RuntimeOptions()
     power: PowerSpec = PowerSpec()
+    cpu: CpuSpec = CpuSpec()
     limits: Limits = Limits()
     source: str | None = Field(None, exclude=True)
+
+
+def device_cpu(target: Target) -> tuple[dict | None, str]:
+    """The target device's CPU facts (``{"arch", "features", "int8_dot"}``) and where they came from.
+
+    ``cpu.features: host`` reads this host; a list is taken as stated in the YAML; nothing stated
+    gives ``(None, "not stated")``.
+    """
+    from edgekit.runners.runcore import cpu_features, int8_dot
+
+    spec = target.cpu
+    if spec.features == "host":
+        return cpu_features(), "this host"
+    if not spec.arch:
+        return None, "not stated"
+    features = list(spec.features)
+    return {"arch": spec.arch, "features": features, "int8_dot": int8_dot(spec.arch, features)}, str(
+        target.source or target.name
+    )
 
 
 def _key_path(loc: tuple) -> str:

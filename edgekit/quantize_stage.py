@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ def run_quantize(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path,
         return _qat_export(ctx, model, out)
     method = req.calibrator or getattr(quant, "method", "minmax")
     keep = getattr(quant, "keep_float", "auto")
+    form = device_qdq_form(ctx, plan)
     with stage(ctx, "quantize") as fields:
         cs = ensure_calibration_set(ctx, req, root)
         ctx.record.calibration = cs.ref()
@@ -95,14 +97,26 @@ def run_quantize(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path,
         extra: dict[str, Any] = {}
         if method == "auto":
             max_drop = req.max_drop if req.max_drop is not None else getattr(quant, "max_drop", 1.0)
-            result, extra = _auto(ctx, plan, onnx_path, arrays, max_drop, val, out)
+            result, extra = _auto(ctx, plan, onnx_path, arrays, max_drop, val, out, form)
         else:
             result = quantize_int8(
-                onnx_path, out, arrays, method=method, keep_float=keep, progress=ctx.progress
+                onnx_path,
+                out,
+                arrays,
+                method=method,
+                reduce_range=form.reduce_range,
+                keep_float=keep,
+                progress=ctx.progress,
             )
+    weights = _weights_label(result.reduce_range, form)
     qinfo = {
         "calibrator": result.method,
         "per_channel": result.per_channel,
+        "weight_bits": result.weight_bits,
+        "reduce_range": result.reduce_range,
+        "weight_range_reason": weights,
+        "int8_dot": form.int8_dot,
+        "cpu_source": form.cpu_source,
         "keep_float": result.excluded_nodes,
         "scales_sha256": result.scales_sha256,
         "calibration": cs.ref(),
@@ -112,9 +126,10 @@ def run_quantize(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path,
     add_node(
         ctx,
         "quantize",
-        {"method": method, "keep_float": keep, "calibration": cs.ref()},
+        {"method": method, "keep_float": keep, "calibration": cs.ref(), "qdq_form": form.to_dict()},
         fields,
-        label=f"INT8 PTQ ({result.method}, QDQ, per-channel weights; {_float_label(result.excluded_nodes)})",
+        label=f"INT8 PTQ ({result.method}, QDQ, per-channel {weights}; "
+        f"{_float_label(result.excluded_nodes)})",
         metrics={**ctx.state["deployed_stats"], "size_bytes": int(result.size_bytes)},
         inputs={"calibration": cs.sha256},
         outputs={out.name: sha256_file(out)},
@@ -122,6 +137,22 @@ def run_quantize(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path,
         tools={"onnxruntime": _ort_version()},
     )
     return out
+
+
+def device_qdq_form(ctx: RunContext, plan):
+    """The QDQ form the target's backend needs on the target's CPU (ONNX Runtime: the weight range)."""
+    from edgekit.config import device_cpu
+
+    cpu, source = device_cpu(ctx.target)
+    return plan.backend_cls().qdq_form(cpu, source)
+
+
+def _weights_label(reduce_range: bool, form) -> str:
+    """The form's reason, or what ``auto`` chose against it (it measured both on the device)."""
+    if reduce_range == form.reduce_range:
+        return form.reason
+    bits = 7 if reduce_range else 8
+    return f"{bits}-bit weights: measured best on the device by --calibrator auto ({form.int8_dot})"
 
 
 def _float_label(excluded: list[str]) -> str:
@@ -137,7 +168,7 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def _auto(ctx: RunContext, plan, onnx_path: Path, arrays, max_drop: float, val, out: Path):
+def _auto(ctx: RunContext, plan, onnx_path: Path, arrays, max_drop: float, val, out: Path, form):
     import shutil
 
     from edgekit.quantize.auto import auto_calibrate
@@ -150,20 +181,16 @@ def _auto(ctx: RunContext, plan, onnx_path: Path, arrays, max_drop: float, val, 
             _device_evaluator(ctx, plan, val, Path(tmp)),
             max_drop=max_drop,
             baseline_map50_95=base,
+            weight_ranges=form.auto_weight_ranges(),
             workdir=Path(tmp),
             progress=ctx.progress,
         )
-        shutil.copyfile(res.chosen["path"], out)
+        shutil.copyfile(res.chosen["path"], out)  # ships byte for byte what was measured
     chosen = res.chosen
     candidates = [
         {k: v for k, v in c.items() if k != "path"} | {"chosen": c is chosen} for c in res.candidates
     ]
-    from edgekit.quantize import quantize_int8
-
-    # Re-derive the QuantResult of the chosen variant (cheap) so the record carries its scales hash.
-    result = quantize_int8(
-        onnx_path, out, arrays, method=chosen["method"], keep_float=chosen["keep_float"], progress=False
-    )
+    result = dataclasses.replace(res.chosen_result, path=out)
     return result, {"candidates": candidates, "auto_passed": res.passed, "warnings": res.warnings}
 
 

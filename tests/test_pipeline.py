@@ -5,6 +5,7 @@ import json
 import pytest
 
 from edgekit.pipeline import DeployRequest, deploy, make_plan
+from edgekit.quantize.form import host_qdq_form
 from tests.conftest import TRAIN_SCALE
 
 SUMMARY_KEYS = {
@@ -76,6 +77,14 @@ def test_int8_map_is_computed_from_the_device_outputs_and_stays_close_to_fp32(in
     assert quant["keep_float"] and quant["calibrator"] == "minmax"
     artifact = json.loads((int8_run / "artifact" / "artifact.json").read_text())
     assert artifact["quantization"]["calibration"]["sha256"] == record["calibration"]["sha256"]
+    # Quantized for the device's CPU (local = this host), and the record and the report say why.
+    form = host_qdq_form()
+    assert quant["weight_bits"] == artifact["quantization"]["weight_bits"] == form.weight_bits
+    assert quant["weight_range_reason"] == form.reason and quant["cpu_source"] == "this host"
+    assert form.reason in record["nodes"][4]["label"]
+    assert form.reason in (int8_run / "report.md").read_text()
+    bench_cpu = record["nodes"][7]["extra"]["device"]["cpu"]
+    assert bench_cpu["int8_dot"] == form.int8_dot  # the runner reported the same CPU
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends.base import Artifact, Backend, BuildOptions, BuildOutput, Problem
+from edgekit.quantize.form import QdqForm, ort_qdq_form
 from edgekit.registry import require_module
 
 #: ONNX domains whose schemas ``onnx.defs`` knows; ORT's own contrib domains are left to the session.
@@ -53,6 +54,10 @@ class OnnxRuntimeBackend(Backend):
     extra = None
     runner = "ort_run.py"
     suffix = ".onnx"
+
+    def qdq_form(self, cpu: dict | None, source: str = "not stated") -> QdqForm:
+        """The QDQ form for ONNX Runtime on the device's CPU: 7-bit weights on x86 without VNNI."""
+        return ort_qdq_form(cpu, source)
 
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
         problems = unknown_op_problems(model)

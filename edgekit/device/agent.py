@@ -23,7 +23,7 @@ from edgekit.fsutil import sha256_file
 from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
-SHARED_RUNNER_FILES = ("detcore.py",)
+SHARED_RUNNER_FILES = ("detcore.py", "runcore.py")
 
 # Prints {zone type: degrees C} for every thermal zone, or {} (stdlib only: runs on the device).
 _THERMAL_SNIPPET = """

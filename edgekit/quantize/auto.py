@@ -38,6 +38,12 @@ class AutoResult:
     passed: bool
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    results: dict[str, QuantResult] = field(default_factory=dict, repr=False)
+
+    @property
+    def chosen_result(self) -> QuantResult:
+        """The :class:`QuantResult` of the chosen candidate (its file is ``chosen["path"]``)."""
+        return self.results[self.chosen["name"]]
 
 
 @dataclass
@@ -50,15 +56,20 @@ class _Search:
     workdir: Path
     progress: bool
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, QuantResult] = field(default_factory=dict)
 
-    def try_variant(self, method: str, keep_float: list[str]) -> tuple[dict[str, Any], QuantResult]:
+    def try_variant(
+        self, method: str, keep_float: list[str], reduce_range: bool
+    ) -> tuple[dict[str, Any], QuantResult]:
         """Quantize one variant, evaluate it, record and return the candidate."""
-        name = f"int8-{method}" + (f"-float{len(keep_float)}" if keep_float else "")
+        name = f"int8-{method}" + ("-w7" if reduce_range else "")
+        name += f"-float{len(keep_float)}" if keep_float else ""
         result = quantize_int8(
             self.fp32_onnx,
             self.workdir / f"{name}.onnx",
             self.source,
             method=method,
+            reduce_range=reduce_range,
             keep_float=keep_float or None,
             progress=self.progress,
         )
@@ -68,6 +79,7 @@ class _Search:
             "name": name,
             "method": method,
             "keep_float": list(keep_float),
+            "reduce_range": reduce_range,
             "map50": float(scores.get("map50", float("nan"))),
             "map50_95": float(scores["map50_95"]),
             "size_bytes": result.size_bytes,
@@ -77,6 +89,7 @@ class _Search:
             "scales_sha256": result.scales_sha256,
         }
         self.candidates.append(candidate)
+        self.results[name] = result
         return candidate, result
 
 
@@ -104,6 +117,7 @@ def auto_calibrate(
     max_drop: float,
     baseline_map50_95: float,
     methods: tuple[str, ...] = METHODS,
+    weight_ranges: tuple[bool, ...] = (False,),
     max_float_layers: int = 4,
     workdir: str | Path,
     progress: bool = True,
@@ -118,13 +132,16 @@ def auto_calibrate(
         max_drop: Allowed drop in mAP50-95 *points* (1.0 = 0.010 absolute).
         baseline_map50_95: mAP50-95 of the FP32 reference (0..1).
         methods: Calibration methods to try.
+        weight_ranges: ``reduce_range`` settings to try with each method: ``(False,)`` or ``(True,)``
+            where the device's form is settled, ``(True, False)`` where both may win (a CPU without
+            VNNI: 7-bit weights avoid saturation, 8-bit ones have twice the levels).
         max_float_layers: Most layers the float fallback may keep in float.
         workdir: Folder for every candidate model (kept for the report).
         progress: Show progress bars.
 
     Returns:
         An :class:`AutoResult`; each candidate is ``{name, method, keep_float, map50, map50_95,
-        size_bytes, drop, within, path, scales_sha256}`` with ``drop`` in mAP points.
+        size_bytes, drop, within, path, scales_sha256, reduce_range}`` with ``drop`` in mAP points.
 
     Example:
         >>> res = auto_calibrate("m.onnx", arrays, evaluate, max_drop=1.0, baseline_map50_95=0.84,
@@ -137,16 +154,23 @@ def auto_calibrate(
     workdir.mkdir(parents=True, exist_ok=True)
     source = calibration_source(calibration)
     search = _Search(Path(fp32_onnx), source, evaluate, baseline_map50_95, max_drop, workdir, progress)
-    results = [search.try_variant(method, [])[1] for method in methods]
+    if not weight_ranges:
+        raise ConfigError("auto_calibrate needs at least one weight range", "e.g. weight_ranges=(False,)")
+    results = [search.try_variant(m, [], rr)[1] for m in methods for rr in dict.fromkeys(weight_ranges)]
     warnings = compare_calibrators(results)
     if any(c["within"] for c in search.candidates) or max_float_layers == 0:
         chosen, passed = choose(search.candidates)
-        return AutoResult(chosen, search.candidates, passed, warnings=warnings)
+        return AutoResult(chosen, search.candidates, passed, warnings=warnings, results=search.results)
     best = max(search.candidates, key=lambda c: c["map50_95"])
-    ranking = layer_sensitivity(search.fp32_onnx, search.source, best["method"], progress=progress)
+    rr = best["reduce_range"]
+    ranking = layer_sensitivity(
+        search.fp32_onnx, search.source, best["method"], reduce_range=rr, progress=progress
+    )
     for count in range(1, min(max_float_layers, len(ranking)) + 1):
-        candidate, _ = search.try_variant(best["method"], [name for name, _ in ranking[:count]])
+        candidate, _ = search.try_variant(best["method"], [name for name, _ in ranking[:count]], rr)
         if candidate["within"]:
             break
     chosen, passed = choose(search.candidates)
-    return AutoResult(chosen, search.candidates, passed, sensitivity=ranking, warnings=warnings)
+    return AutoResult(
+        chosen, search.candidates, passed, sensitivity=ranking, warnings=warnings, results=search.results
+    )

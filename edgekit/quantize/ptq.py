@@ -43,6 +43,7 @@ class QuantResult:
         method: Calibration method (minmax, entropy, percentile).
         percentile: Percentile used (only meaningful for ``percentile``).
         per_channel: Whether weights have per-channel scales.
+        reduce_range: Whether weights use 7 of their 8 bits (``[-64, 63]``; see :mod:`edgekit.quantize.form`).
         excluded_nodes: Nodes kept in float.
         quantized_nodes: Number of nodes that compute on dequantized INT8 weights/activations.
         scales: Activation tensor name -> (scale, zero_point), read back from the QDQ model.
@@ -56,6 +57,7 @@ class QuantResult:
     method: str
     percentile: float
     per_channel: bool
+    reduce_range: bool
     excluded_nodes: list[str]
     quantized_nodes: int
     scales: dict[str, tuple[float, int]] = field(repr=False)
@@ -63,6 +65,11 @@ class QuantResult:
     calibration_count: int
     seconds: float
     size_bytes: int
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits of the weight grid: 7 with ``reduce_range``, else 8."""
+        return 7 if self.reduce_range else 8
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form for records (scales left out: they can be read from the file)."""
@@ -132,6 +139,7 @@ def quantize_int8(
     method: str = "minmax",
     percentile: float = 99.99,
     per_channel: bool = True,
+    reduce_range: bool = False,
     keep_float: str | list[str] | None = "auto",
     input_name: str | None = None,
     progress: bool = True,
@@ -146,6 +154,8 @@ def quantize_int8(
         method: ``minmax``, ``entropy`` or ``percentile``.
         percentile: Percentile for ``percentile`` (e.g. 99.99).
         per_channel: Per-output-channel weight scales.
+        reduce_range: 7-bit weights, for CPUs whose INT8 kernels saturate at full range (x86 without
+            VNNI); :func:`edgekit.quantize.form.ort_qdq_form` decides it from the device's CPU.
         keep_float: ``"auto"`` keeps the prediction conv(s) and the decode tail in float; a list names
             nodes; ``None`` quantizes everything quantizable.
         input_name: Graph input to feed (default: the first).
@@ -176,9 +186,12 @@ def quantize_int8(
         )
         excluded = _excluded(prepared, keep_float)
         quantized = workdir / "quantized.onnx"
-        run_quantize_static(prepared, quantized, cache, method, per_channel, excluded, nodes_to_quantize)
+        run_quantize_static(
+            prepared, quantized, cache, method, per_channel, excluded, nodes_to_quantize, reduce_range
+        )
         quantized.replace(out_path)
-    return summarize(out_path, method, percentile, per_channel, excluded, count, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return summarize(out_path, method, percentile, per_channel, excluded, count, seconds, reduce_range)
 
 
 def _excluded(prepared: Path, keep_float: str | list[str] | None) -> list[str]:
@@ -195,6 +208,7 @@ def run_quantize_static(
     per_channel: bool,
     excluded: list[str],
     nodes_to_quantize: list[str] | None = None,
+    reduce_range: bool = False,
 ) -> None:
     """Call ``quantize_static`` with ranges from an ORT calibration cache (no calibration pass)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -208,6 +222,7 @@ def run_quantize_static(
             calibrate_method=ort_method(method),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
+            reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
             op_types_to_quantize=list(OP_TYPES_TO_QUANTIZE),
@@ -225,6 +240,7 @@ def summarize(
     excluded: list[str],
     count: int,
     seconds: float,
+    reduce_range: bool = False,
 ) -> QuantResult:
     """Read a written QDQ model back into a :class:`QuantResult`."""
     import onnx
@@ -236,6 +252,7 @@ def summarize(
         method=method,
         percentile=percentile,
         per_channel=per_channel,
+        reduce_range=reduce_range,
         excluded_nodes=list(excluded),
         quantized_nodes=count_quantized_nodes(qdq),
         scales=scales,

@@ -75,6 +75,7 @@ def layer_sensitivity(
     num_images: int = 8,
     percentile: float = 99.99,
     per_channel: bool = True,
+    reduce_range: bool = False,
     input_name: str | None = None,
     progress: bool = False,
 ) -> list[tuple[str, float]]:
@@ -90,6 +91,9 @@ def layer_sensitivity(
         num_images: Images the error is measured on.
         percentile: For ``percentile``.
         per_channel: Per-channel weight scales.
+        reduce_range: 7-bit weights. The error is measured with ONNX Runtime on *this* host, so pass
+            the setting this host's CPU needs (:func:`edgekit.quantize.form.host_qdq_form`); at full
+            range a CPU without VNNI saturates and the ranking reflects its overflow, not the layers.
         input_name: Graph input to feed (default: the first).
         progress: Show progress bars.
 
@@ -118,7 +122,7 @@ def layer_sensitivity(
         with progress_bar(progress, "layer sensitivity", len(names)) as advance:
             for index, name in enumerate(names):
                 single = workdir / f"single-{index}.onnx"
-                run_quantize_static(prepared, single, cache, method, per_channel, [], [name])
+                run_quantize_static(prepared, single, cache, method, per_channel, [], [name], reduce_range)
                 scores.append((name, METRICS[metric](reference, model_outputs(single, batches, feed))))
                 single.unlink()
                 advance()

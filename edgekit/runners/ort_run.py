@@ -16,8 +16,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import detcore  # noqa: E402
 import numpy as np  # noqa: E402
+import runcore  # noqa: E402
 
 PROGRESS_STEPS = 20
 
@@ -148,16 +147,6 @@ def run_eval(session, meta: dict, path: str, out: str, conf: float) -> int:
     return len(stack)
 
 
-def device_facts() -> dict:
-    """Platform facts recorded with every measurement."""
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print one JSON line."""
     args = parse_args(argv)
@@ -195,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": wall,
         "window": {"clock": "monotonic", "t0": window_t0, "t1": window_t1},
         "eval": evaluated,
-        "device": device_facts(),
+        "device": runcore.device_facts(),
     }
     print(json.dumps(result, separators=(",", ":")), flush=True)
     return 0

@@ -18,6 +18,7 @@ import torch
 
 from edgekit.errors import ConfigError
 from edgekit.quantize.auto import auto_calibrate
+from tests.quantize.conftest import HOST_FORM
 from tests.quantize.test_ptq import export_detector, make_detector, run, structured_images
 
 BASELINE = 0.80
@@ -56,10 +57,11 @@ def test_picks_cheapest_within_drop_and_lists_all(fp32: Path, tmp_path: Path) ->
         evaluate,
         max_drop=1.0,
         baseline_map50_95=BASELINE,
+        weight_ranges=(HOST_FORM.reduce_range,),
         workdir=tmp_path,
         progress=False,
     )
-    names = [c["name"] for c in result.candidates]
+    names = [c["name"].replace("-w7", "") for c in result.candidates]
     assert names[:3] == ["int8-minmax", "int8-entropy", "int8-percentile"]
     assert all(KEYS <= c.keys() and Path(c["path"]).is_file() for c in result.candidates)
     assert not any(c["within"] for c in result.candidates[:3])  # all-INT8 misses the budget
@@ -70,6 +72,30 @@ def test_picks_cheapest_within_drop_and_lists_all(fp32: Path, tmp_path: Path) ->
     assert result.warnings == []  # three calibrators, three different sets of scales
     chosen = onnx.load(result.chosen["path"])
     assert any(n.op_type == "QuantizeLinear" for n in chosen.graph.node)
+    assert result.chosen_result.path == Path(result.chosen["path"])
+
+
+def test_both_weight_ranges_are_candidates_where_both_can_win(fp32: Path, tmp_path: Path) -> None:
+    result = auto_calibrate(
+        fp32,
+        structured_images(8, seed=1),
+        make_evaluate(fp32),
+        max_drop=100.0,
+        baseline_map50_95=BASELINE,
+        methods=("minmax",),
+        weight_ranges=(True, False),
+        workdir=tmp_path,
+        progress=False,
+    )
+    assert [(c["name"], c["reduce_range"]) for c in result.candidates] == [
+        ("int8-minmax-w7", True),
+        ("int8-minmax", False),
+    ]
+    assert (
+        result.results["int8-minmax-w7"].weight_bits == 7 and result.results["int8-minmax"].weight_bits == 8
+    )
+    with pytest.raises(ConfigError, match="weight range"):
+        auto_calibrate(fp32, [], None, max_drop=1, baseline_map50_95=0.8, weight_ranges=(), workdir=tmp_path)
 
 
 def test_reports_best_failing_candidate_when_nothing_fits(fp32: Path, tmp_path: Path) -> None:
@@ -80,6 +106,7 @@ def test_reports_best_failing_candidate_when_nothing_fits(fp32: Path, tmp_path: 
         max_drop=0.0,
         baseline_map50_95=BASELINE,
         methods=("minmax", "percentile"),
+        weight_ranges=(HOST_FORM.reduce_range,),
         max_float_layers=2,
         workdir=tmp_path,
         progress=False,

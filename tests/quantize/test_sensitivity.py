@@ -12,6 +12,7 @@ from torch import nn
 from edgekit.errors import ConfigError
 from edgekit.export.onnx import export_onnx
 from edgekit.quantize.sensitivity import layer_sensitivity
+from tests.quantize.conftest import HOST_FORM, skip_if_saturating
 from tests.quantize.test_ptq import export_detector, make_detector, structured_images
 
 
@@ -56,8 +57,9 @@ def calibration() -> list[np.ndarray]:
     return [rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(12)]
 
 
-def test_outlier_layer_ranked_first(chain_onnx: Path) -> None:
-    ranking = layer_sensitivity(chain_onnx, calibration(), "minmax", num_images=4)
+def test_outlier_layer_ranked_first(chain_onnx: Path, reduce_range: bool) -> None:
+    skip_if_saturating(reduce_range)
+    ranking = layer_sensitivity(chain_onnx, calibration(), "minmax", num_images=4, reduce_range=reduce_range)
     names = [name for name, _ in ranking]
     assert sorted(names) == sorted(["/c0/Conv", "/c1/Conv", "/c2/Conv", "/c3/Conv", "/out/Conv"])
     assert names[0] == "/c2/Conv", ranking
@@ -69,13 +71,21 @@ def test_outlier_layer_ranked_first(chain_onnx: Path) -> None:
 def test_same_net_without_outliers_ranks_differently(tmp_path: Path) -> None:
     """Control: the ranking above comes from the outlier weights, not from the layer's position."""
     path = export_onnx(outlier_chain(outliers=False), (1, 3, 32, 32), tmp_path / "plain.onnx")
-    ranking = layer_sensitivity(path, calibration(), "minmax", num_images=4)
+    ranking = layer_sensitivity(
+        path, calibration(), "minmax", num_images=4, reduce_range=HOST_FORM.reduce_range
+    )
     assert ranking[0][0] != "/c2/Conv", ranking
 
 
-def test_candidates_and_metric(chain_onnx: Path) -> None:
+def test_candidates_and_metric(chain_onnx: Path, reduce_range: bool) -> None:
+    skip_if_saturating(reduce_range)
     ranking = layer_sensitivity(
-        chain_onnx, calibration, "percentile", metric="output_max_abs", candidates=["/c0/Conv", "/c2/Conv"]
+        chain_onnx,
+        calibration,
+        "percentile",
+        metric="output_max_abs",
+        candidates=["/c0/Conv", "/c2/Conv"],
+        reduce_range=reduce_range,
     )
     assert [name for name, _ in ranking] == ["/c2/Conv", "/c0/Conv"]
     with pytest.raises(ConfigError, match="/c9/Conv"):
@@ -86,5 +96,7 @@ def test_candidates_and_metric(chain_onnx: Path) -> None:
 
 def test_detector_ranks_every_conv(tmp_path: Path) -> None:
     path = export_detector(make_detector(heads=2), tmp_path / "det.onnx")
-    ranking = layer_sensitivity(path, structured_images(8, seed=2), "minmax", num_images=2)
+    ranking = layer_sensitivity(
+        path, structured_images(8, seed=2), "minmax", num_images=2, reduce_range=HOST_FORM.reduce_range
+    )
     assert len(ranking) == 6 and all(np.isfinite(err) and err > 0 for _, err in ranking)
