@@ -11,14 +11,6 @@ import numpy as np
 from edgekit.errors import ConfigError
 
 
-def _is_qdq(onnx_path: Path) -> bool:
-    import onnx
-
-    return any(
-        n.op_type == "QuantizeLinear" for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
-    )
-
-
 def build_artifact(
     backend: str,
     precision: str,
@@ -27,61 +19,95 @@ def build_artifact(
     *,
     calib: str | None = None,
     calib_root: Path = Path("calibration"),
-    method: str = "minmax",
+    method: str = "default",
     head: str | None = None,
     threads: int | None = None,
 ):
-    """Build one artifact; an FP32 ONNX with ``precision=int8`` is quantized first from ``calib``.
+    """Build one artifact. INT8 from an FP32 ONNX follows the backend's declared ``int8_source``.
+
+    A QDQ backend (ONNX Runtime) gets a QDQ model quantized here from ``calib`` for this host's CPU;
+    a self-quantizing backend (MNN, ncnn) runs its own quantizer on the FP32 model with ``calib``.
+    The set's images go through the model's own preprocessing, whatever size they were imported at.
 
     Example:
         >>> build_artifact("onnxruntime", "fp32", Path("m.onnx"), Path("build/m"))  # doctest: +SKIP
     """
-    from edgekit.export.onnx import onnx_info
+    from edgekit.backends.parity import is_qdq
+    from edgekit.calib import CalibrationSet
     from edgekit.models.user import inspect_onnx, static_copy
     from edgekit.registry import BACKENDS
 
-    backend_cls = BACKENDS.get(backend)
+    be = BACKENDS.get(backend)()
     det = inspect_onnx(onnx_path, head=head)
-    quantization: dict[str, Any] = {}
+    cs = CalibrationSet.load(calib, root=calib_root).verify() if calib else None
     with tempfile.TemporaryDirectory(prefix="edgekit-build-") as tmp:
         source = Path(onnx_path)
         if not det.static:  # runners feed one fixed shape; fix the file's dynamic dims to it
             source = static_copy(det, Path(tmp) / "model_static.onnx")
-        if precision == "int8" and not _is_qdq(source):
-            if not calib:
-                raise ConfigError(
-                    f"{onnx_path} is an FP32 model and int8 was asked without a calibration set",
-                    "give --calib NAME (see `edgekit calib list`) or a QDQ ONNX",
-                )
-            from edgekit.runners.runcore import cpu_features
+        reference: Path | None = source
+        quantizer = None
+        if precision == "int8":
+            from edgekit.backends.onnx_io import load_onnx
 
-            form = backend_cls().qdq_form(cpu_features(), "this host (edgekit build)")
-            source, quantization = _quantize(
-                source, Path(tmp) / "model_int8.onnx", calib, calib_root, method, onnx_info(source), form
-            )
-        options = det.build_options(precision=precision, threads=threads, quantization=quantization)
-        return backend_cls().build(source, options, out)
+            if is_qdq(load_onnx(source)):
+                reference = None
+                _check_prequantized(be, onnx_path)
+            else:
+                method = _method(be, method, cs, onnx_path)
+                if be.int8_source == "qdq":
+                    source, quantizer = _quantize(be, source, Path(tmp) / "model_int8.onnx", cs, method, det)
+                else:
+                    quantizer = be.quantizer_options(method=method)
+        options = det.build_options(precision=precision, threads=threads, quantizer=quantizer)
+        return be.build(source, options, out, calib=cs, reference=reference)
 
 
-def _quantize(src: Path, dst: Path, calib: str, calib_root: Path, method: str, info: dict, form):
-    from edgekit.calib import CalibrationSet
-    from edgekit.data.preprocess import PreprocessSpec
+def _check_prequantized(be, onnx_path: Path) -> None:
+    if be.int8_source != "qdq":
+        raise ConfigError(
+            f"{onnx_path} is already quantized (QDQ), but backend {be.name} quantizes the FP32 model itself",
+            "give the FP32 ONNX and --calib NAME",
+        )
+
+
+def _method(be, method: str, cs, onnx_path: Path) -> str:
+    if cs is None:
+        raise ConfigError(
+            f"{onnx_path} is an FP32 model and int8 was asked without a calibration set",
+            "give --calib NAME (see `edgekit calib list`)"
+            + (" or a QDQ ONNX" if be.int8_source == "qdq" else ""),
+        )
+    method = be.methods[0] if method == "default" else method
+    if method not in be.methods:
+        raise ConfigError(
+            f"calibrator '{method}' is not a method of backend {be.name}",
+            f"use one of: {', '.join(be.methods)}",
+        )
+    return method
+
+
+def _quantize(be, src: Path, dst: Path, cs, method: str, det):
     from edgekit.quantize import quantize_int8
+    from edgekit.runners.runcore import cpu_features
 
-    cs = CalibrationSet.load(calib, root=calib_root).verify()
-    shape = info["input_shape"]
-    cs.check_spec(PreprocessSpec(**{**cs.spec.model_dump(), "input_size": int(shape[-1])}))
+    form = be.qdq_form(cpu_features(), "this host (edgekit build)")
     result = quantize_int8(
-        src, dst, lambda: cs.arrays(), method=method, reduce_range=form.reduce_range, keep_float="auto"
+        src,
+        dst,
+        lambda: cs.arrays(spec=det.preprocess),
+        method=method,
+        reduce_range=form.reduce_range,
+        keep_float="auto",
     )
-    return dst, {
-        "calibrator": method,
-        "weight_bits": result.weight_bits,
-        "weight_range_reason": form.reason,
-        "calibration": cs.ref(),
-        "keep_float": result.excluded_nodes,
-        "scales_sha256": result.scales_sha256,
-    }
+    quantizer = be.quantizer_options(
+        method=method,
+        weight_bits=result.weight_bits,
+        weight_range_reason=form.reason,
+        keep_float=result.excluded_nodes,
+        scales_sha256=result.scales_sha256,
+        quantized_nodes=result.quantized_nodes,
+    )
+    return dst, quantizer
 
 
 def bench_artifact(
@@ -98,11 +124,18 @@ def bench_artifact(
     from edgekit.device.agent import Agent
     from edgekit.device.power import NullSampler
     from edgekit.report.record import latency_stats
-    from edgekit.stages import check_target_ready
+    from edgekit.stages.bench import check_target_ready
 
     target = load_target(target_name)
     artifact = Artifact.load(artifact_dir)
-    _, transport_factory = check_target_ready(target.model_copy(update={"backend": artifact.backend}), device)
+    if artifact.backend != target.backend:
+        raise ConfigError(
+            f"artifact {artifact_dir} was built for backend {artifact.backend}, target '{target.name}' "
+            f"runs {target.backend}",
+            f"build it with `edgekit build --backend {target.backend} ...`, or bench it on a target "
+            f"that runs {artifact.backend}",
+        )
+    _, transport_factory = check_target_ready(target, device)
     rt = target.runtime
     shape = artifact.meta["input"]["shape"]
     x = np.random.default_rng(0).random([int(d) for d in shape], dtype=np.float32)
@@ -114,6 +147,7 @@ def bench_artifact(
         iterations=iterations or rt.iterations,
         min_seconds=rt.min_seconds if iterations is None else 0.0,
         threads=rt.threads,
+        cpus=rt.cpu_affinity,
         progress=progress,
     )
     return {

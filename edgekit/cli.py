@@ -13,7 +13,11 @@ import warnings
 from pathlib import Path
 
 from edgekit import __version__
+from edgekit.cli_types import non_negative_float, positive_float, positive_int
 from edgekit.errors import EdgekitError
+
+#: Every backend's calibration methods (the plan checks the target backend has the one asked for).
+CALIBRATORS = ["default", "auto", "minmax", "entropy", "percentile", "kl", "ema", "aciq"]
 
 DEPLOY_EPILOG = """examples:
   edgekit deploy --target local                      # the built-in detector and data, this host as the device
@@ -53,13 +57,15 @@ def _add_deploy(sub) -> None:
     p.add_argument("--calib-root", default="calibration", type=Path, help="folder of calibration sets")
     p.add_argument(
         "--calibrator",
-        choices=["minmax", "entropy", "percentile", "auto"],
-        help="INT8 calibration method (overrides the recipe); auto tries all three, then keeps the most "
-        "sensitive layers in float, and picks the cheapest variant within --max-drop",
+        choices=CALIBRATORS,
+        help="INT8 calibration method (overrides the recipe). Each backend has its own: onnxruntime "
+        "minmax|entropy|percentile, mnn kl|ema, ncnn kl|aciq; 'default' = the backend's first; 'auto' "
+        "builds every method, measures each on the target and keeps the cheapest within --max-drop "
+        "(onnxruntime then also keeps the most sensitive layers in float)",
     )
     p.add_argument(
         "--max-drop",
-        type=float,
+        type=non_negative_float,
         metavar="PT",
         help="for --calibrator auto: allowed mAP@0.5:0.95 drop in points (default: the recipe's, 1.0)",
     )
@@ -71,13 +77,15 @@ def _add_deploy(sub) -> None:
     p.add_argument("--run-id", help="name of the run folder (default: time-target-recipe)")
     p.add_argument(
         "--max-map-drop",
-        type=float,
+        type=non_negative_float,
         metavar="PT",
         help="gate: fail if mAP@0.5:0.95 drops more than PT points vs the FP32 reference",
     )
-    p.add_argument("--max-p99-ms", type=float, metavar="MS", help="gate: fail if p99 latency exceeds MS")
     p.add_argument(
-        "--epochs-scale", type=float, default=1.0, help="scale every training schedule (quick tries)"
+        "--max-p99-ms", type=positive_float, metavar="MS", help="gate: fail if p99 latency exceeds MS"
+    )
+    p.add_argument(
+        "--epochs-scale", type=positive_float, default=1.0, help="scale every training schedule (quick tries)"
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -194,9 +202,14 @@ def _add_build(sub) -> None:
     p.add_argument("--onnx", required=True, type=Path, help="FP32 ONNX (int8: a QDQ ONNX, or give --calib)")
     p.add_argument("--calib", help="calibration set to quantize an FP32 ONNX for int8")
     p.add_argument("--calib-root", default="calibration", type=Path)
-    p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument(
+        "--method",
+        default="default",
+        choices=[c for c in CALIBRATORS if c != "auto"],
+        help="int8 calibrator of the backend (default: its first; see `edgekit deploy --help`)",
+    )
     p.add_argument("--head", choices=["yolov5", "yolov8"], help="output layout (default: detect from shape)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=positive_int)
     p.add_argument("--out", required=True, type=Path, help="artifact folder to create")
     p.set_defaults(func=cmd_build)
 
@@ -225,7 +238,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--target", "-t", default="local")
     p.add_argument("--artifact", "-a", required=True, type=Path)
     p.add_argument("--device", choices=["local"])
-    p.add_argument("--iterations", type=int, help="override the target's timed iterations")
+    p.add_argument("--iterations", type=positive_int, help="override the target's timed iterations")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -247,8 +260,22 @@ def cmd_bench(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="render report.md / report.html again from record.json alone")
-    p.add_argument("run", type=Path, help="run folder (holds record.json)")
+    p = sub.add_parser(
+        "report",
+        help="render a run's report again from record.json alone, or compare runs (--compare)",
+        epilog="examples:\n  edgekit report runs/20261201-local-default\n"
+        "  edgekit report runs/a runs/b runs/c --compare --out runs/compare",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", type=Path, nargs="+", help="run folder(s) holding record.json")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="one report across the runs: table + accuracy-vs-latency Pareto front (dominated runs marked)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="with --compare: folder for compare.md/.html (default: runs/compare)"
+    )
     p.add_argument("--no-html", action="store_true", help="Markdown only")
     p.set_defaults(func=cmd_report)
 
@@ -257,7 +284,17 @@ def cmd_report(args) -> int:
     """Handle ``edgekit report``."""
     from edgekit.report.render import render_run
 
-    for path in render_run(args.run, html=not args.no_html):
+    if args.compare:
+        from edgekit.report.compare import render_compare
+
+        written = render_compare(args.run, args.out or Path("runs") / "compare", html=not args.no_html)
+    elif len(args.run) > 1:
+        raise EdgekitError(
+            f"{len(args.run)} run folders given without --compare", "add --compare, or give one run"
+        )
+    else:
+        written = render_run(args.run[0], html=not args.no_html)
+    for path in written:
         print(path)
     return 0
 
@@ -296,6 +333,7 @@ def cmd_targets(args) -> int:
 
 def cmd_doctor(args) -> int:
     """Handle ``edgekit doctor``."""
+    from rich.markup import escape
     from rich.table import Table
 
     from edgekit.registry import BACKENDS
@@ -304,7 +342,8 @@ def cmd_doctor(args) -> int:
     for col in ("backend", "status", "extra to install"):
         table.add_column(col)
     for e in BACKENDS.available():
-        table.add_row(e.name, e.status, f"pip install 'edgekit[{e.extra}]'" if e.extra else "-")
+        # escape: rich would read "[mnn]" as markup and print "pip install 'edgekit'"
+        table.add_row(e.name, e.status, escape(f"pip install 'edgekit[{e.extra}]'") if e.extra else "-")
     _console().print(table)
     return 0
 

@@ -66,6 +66,12 @@ class RuntimeOptions(_Strict):
     iterations: int = Field(300, ge=1, description="timed iterations (at least)")
     min_seconds: float = Field(3.0, ge=0, description="timed loop length (at least)")
     power_mode: str | None = Field(None, description="e.g. nvpmodel mode name on Jetson; recorded")
+    cpu_affinity: list[int] | None = Field(
+        None, description="cores the runner is pinned to (e.g. an RK3588's A76 cores 4-7); recorded"
+    )
+    governor: str | None = Field(
+        None, description="cpufreq governor the board should run (e.g. performance); checked and recorded"
+    )
 
 
 class PowerSpec(_Strict):
@@ -73,6 +79,21 @@ class PowerSpec(_Strict):
 
     sensor: Literal["none", "tegrastats", "ina3221", "rpi", "meter"] = "none"
     interval_ms: int = Field(100, ge=10)
+
+
+class PreprocessOptions(_Strict):
+    """The model's preprocessing as the target states it (``input_size`` is the target's own key).
+
+    Unset fields keep :class:`~edgekit.data.preprocess.PreprocessSpec`'s defaults (letterbox, RGB,
+    pixels / 255, no mean/std, NCHW). A user ONNX whose metadata says otherwise is an error naming both.
+    """
+
+    resize: Literal["letterbox", "stretch"] | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    channel_order: Literal["RGB", "BGR"] | None = None
+    layout: Literal["NCHW", "NHWC"] | None = None
+    pad_value: int | None = Field(None, ge=0, le=255)
 
 
 class CpuSpec(_Strict):
@@ -109,6 +130,7 @@ class Target(_Strict):
     backend: str
     precision: Literal["fp32", "fp16", "int8"]
     input_size: int = Field(160, ge=16, le=4096)
+    preprocess: PreprocessOptions = PreprocessOptions()
     aliases: list[str] = []
     connection: Connection
     runtime: RuntimeOptions = RuntimeOptions()

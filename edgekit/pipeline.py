@@ -18,7 +18,8 @@ from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, GateError
 from edgekit.fsutil import atomic_write_json, make_run_dir
 from edgekit.report.record import RunRecord
-from edgekit.stages import RunContext, add_node, bench_and_eval, check_target_ready, model_stats, stage
+from edgekit.stages import RunContext, add_node, model_stats, stage
+from edgekit.stages.bench import check_target_ready
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Plan:
             *[f"compress:{s.type}" for s in self.recipe.torch_steps()],
             "export",
         ]
-        if self.target.precision == "int8":
+        if self.target.precision == "int8" and self.backend_cls.int8_source == "qdq":
             stages.append("quantize")
         stages += ["build", "eval", "bench", "report"]
         return {
@@ -124,8 +125,37 @@ def make_plan(request: DeployRequest) -> Plan:
             "use RECIPE=none (quantization only) or give a torch model (module:factory)",
         )
     backend_cls, transport_factory = check_target_ready(target, request.device)
+    if target.precision == "int8":
+        _check_int8_plan(request, recipe, target, backend_cls)
     _check_model_source(request, backend_cls)
     return Plan(request, target, recipe, backend_cls, transport_factory)
+
+
+def _check_int8_plan(request: DeployRequest, recipe: Any, target: Target, backend_cls: type) -> None:
+    """A calibrator the backend has, and a QAT recipe only where INT8 comes from a QDQ ONNX."""
+    quant = recipe.quantize_step()
+    if quant is not None and quant.type == "qat" and backend_cls.int8_source != "qdq":
+        raise ConfigError(
+            f"recipe '{recipe.name}' makes INT8 by QAT (a QDQ ONNX), but backend {backend_cls.name} "
+            "quantizes the FP32 model itself with its own quantizer",
+            "use a recipe with a ptq step for this target",
+        )
+    method = quantize_request(request, recipe).method
+    if method not in (*backend_cls.methods, "auto", "default"):
+        raise ConfigError(
+            f"calibrator '{method}' is not a method of backend {backend_cls.name} (target '{target.name}')",
+            f"use one of: {', '.join(backend_cls.methods)}, auto, or default",
+        )
+
+
+def quantize_request(request: DeployRequest, recipe: Any):
+    """The INT8 settings of a run: ``--calibrator``/``--max-drop`` over the recipe's ptq step."""
+    from edgekit.stages.quantize import QuantizeRequest
+
+    quant = recipe.quantize_step()
+    method = request.calibrator or getattr(quant, "method", "default")
+    max_drop = request.max_drop if request.max_drop is not None else getattr(quant, "max_drop", 1.0)
+    return QuantizeRequest(method=method, keep_float=getattr(quant, "keep_float", "auto"), max_drop=max_drop)
 
 
 def _check_model_source(request: DeployRequest, backend_cls: type) -> None:
@@ -149,10 +179,6 @@ def _run_id(request: DeployRequest, target: Target, recipe_name: str) -> str:
 
 def run_plan(plan: Plan) -> Path:
     """Run a plan; return the run folder. Raises GateError (after writing everything) if a gate failed."""
-    from edgekit import deploy_stages as ds
-    from edgekit.report.render import render_run
-    from edgekit.report.summary import build_summary, write_summary
-
     req, target = plan.request, plan.target
     run_dir = Path(req.out) / _run_id(req, target, plan.recipe.name)
     make_run_dir(run_dir)
@@ -160,38 +186,65 @@ def run_plan(plan: Plan) -> Path:
         run_dir.name, req.command, target.model_dump(mode="json"), plan.recipe.model_dump(mode="json")
     )
     ctx = RunContext(
-        target,
-        run_dir,
-        record,
-        PreprocessSpec(input_size=target.input_size),
-        req.progress,
-        Path(req.calib_root),
-        req.epochs_scale,
+        target, run_dir, record, target_spec(target), req.progress, Path(req.calib_root), req.epochs_scale
     )
     try:
-        train_root, val = ds.data_stage(ctx, req)
-        model = ds.model_stage(ctx, req, train_root)
-        model = ds.reference_stage(ctx, req, model, val)
-        model = ds.compress_stage(ctx, plan.recipe, model, train_root, val)
-        onnx_path = ds.export_stage(ctx, req, model, val)
-        if target.precision == "int8":
-            onnx_path = ds.quantize_stage(ctx, req, plan, model, onnx_path, train_root, val)
-        artifact = ds.build_stage(ctx, plan, onnx_path)
-        bench_and_eval(ctx, artifact, val, plan.transport_factory())
-    finally:
-        record.summary = build_summary(record) if record.nodes else None
-        ctx.save()
-        if record.nodes:
-            write_summary(record, run_dir)
-            render_run(run_dir)
+        _run_stages(ctx, plan)
+    except BaseException:
+        _write_outputs(ctx)  # the folder keeps what finished, and the record says where it stopped
+        raise
     _apply_gates(ctx, req)
     return run_dir
 
 
-def _apply_gates(ctx: RunContext, req: DeployRequest) -> None:
-    from edgekit.report.record import Gate
+def target_spec(target: Target) -> PreprocessSpec:
+    """The model's preprocessing as the target states it (a user ONNX's metadata is checked against it)."""
+    return PreprocessSpec(
+        **{**target.preprocess.model_dump(exclude_none=True), "input_size": target.input_size}
+    )
+
+
+def _run_stages(ctx: RunContext, plan: Plan) -> None:
+    from edgekit.stages import model as ms
+    from edgekit.stages.bench import bench_and_eval
+    from edgekit.stages.build import build_stage
+    from edgekit.stages.calibration import ensure_calibration_set
+    from edgekit.stages.quantize import qat_stage, quantize_stage
+
+    req, target = plan.request, plan.target
+    train_root, val = ms.data_stage(ctx, req)
+    model = ms.model_stage(ctx, req, train_root)
+    model = ms.reference_stage(ctx, req, model, val)
+    model = ms.compress_stage(ctx, plan.recipe, model, train_root, val)
+    fp32, ts = ms.export_stage(ctx, req, model, val, torchscript=plan.backend_cls.accepts_torchscript)
+    source, cs, qreq = fp32, None, quantize_request(req, plan.recipe)
+    if target.precision == "int8":
+        with stage(ctx, "calibration"):  # a missing or tampered set stops the run here, recorded
+            cs = ensure_calibration_set(ctx, req.calib, req.data, train_root)
+        ctx.record.calibration = cs.ref()
+        quant = plan.recipe.quantize_step()
+        if quant is not None and quant.type == "qat":
+            source = qat_stage(ctx, plan, model)
+        elif plan.backend_cls.int8_source == "qdq":
+            source = quantize_stage(ctx, plan, qreq, fp32, cs, val)
+    artifact = build_stage(ctx, plan, source, reference=fp32, cs=cs, qreq=qreq, val=val, torchscript=ts)
+    bench_and_eval(ctx, artifact, val, plan.transport_factory())
+
+
+def _write_outputs(ctx: RunContext) -> None:
     from edgekit.report.render import render_run
     from edgekit.report.summary import build_summary, write_summary
+
+    record = ctx.record
+    record.summary = build_summary(record) if record.nodes else None
+    ctx.save()
+    if record.nodes:
+        write_summary(record, ctx.run_dir)
+        render_run(ctx.run_dir)
+
+
+def _apply_gates(ctx: RunContext, req: DeployRequest) -> None:
+    from edgekit.report.record import Gate
 
     rec = ctx.record
     ref, dep = rec.node("reference"), rec.node("eval")
@@ -210,10 +263,7 @@ def _apply_gates(ctx: RunContext, req: DeployRequest) -> None:
         )
     failed = [k for k, g in rec.gates.items() if not g.passed]
     rec.status = "gates_failed" if failed else "ok"
-    rec.summary = build_summary(rec)
-    ctx.save()
-    write_summary(rec, ctx.run_dir)
-    render_run(ctx.run_dir)
+    _write_outputs(ctx)
     if failed:
         detail = ", ".join(f"{k} (limit {rec.gates[k].limit}, measured {rec.gates[k].value})" for k in failed)
         raise GateError(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgekit.cli_types import positive_int
 from edgekit.errors import ConfigError, EdgekitError
 
 EPILOG = """examples:
@@ -35,8 +36,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--save", type=Path, metavar="DIR", help="write each image with its boxes drawn into DIR")
     p.add_argument("--conf", type=_unit_float, default=0.25, help="minimum score (default 0.25)")
     p.add_argument("--iou", type=_unit_float, default=0.5, help="NMS IoU threshold (default 0.5)")
-    p.add_argument("--max-det", type=int, default=100, help="maximum detections per image (default 100)")
-    p.add_argument("--threads", type=int, default=None, help="runner threads (default: artifact/target)")
+    p.add_argument(
+        "--max-det", type=positive_int, default=100, help="maximum detections per image (default 100)"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="runner threads (default: artifact/target)"
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

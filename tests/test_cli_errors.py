@@ -139,7 +139,7 @@ def test_tampered_calibration_image_stops_before_build(tmp_path, capsys, shapes_
     assert code == 1 and victim.name in err
     run = tmp_path / "runs" / "t"
     record = json.loads((run / "record.json").read_text())
-    assert record["status"] == "failed" and record["failed_stage"] == "quantize"
+    assert record["status"] == "failed" and record["failed_stage"] == "calibration"
     assert victim.name in record["error"]["message"]
     assert not (run / "artifact").exists() and not (run / "model_int8.onnx").exists()
     assert (run / "report.md").exists()  # the report says where it stopped
@@ -169,3 +169,25 @@ def test_read_only_output_folder(tmp_path, capsys, shapes_root):
     finally:
         subprocess.run(["chattr", "-i", str(ro)], check=True)
     assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--max-map-drop", "nan", "finite number >= 0"),
+        ("--max-drop", "-1", "finite number >= 0"),
+        ("--max-p99-ms", "0", "finite number > 0"),
+        ("--epochs-scale", "inf", "finite number > 0"),
+    ],
+)
+def test_numeric_options_refuse_nan_and_out_of_range(capsys, flag, value, words):
+    with pytest.raises(SystemExit) as info:
+        main(["deploy", "--dry-run", flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and words in err
+
+
+def test_doctor_names_the_extra_to_install(capsys):
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 0 and "pip install 'edgekit[mnn]'" in out and "pip install 'edgekit[tflite]'" in out

@@ -74,9 +74,12 @@ def test_int8_map_is_computed_from_the_device_outputs_and_stays_close_to_fp32(in
     # Head kept in float: INT8 within 2 mAP@0.5:0.95 points of FP32 (research §4.2 measured -0.15).
     assert ref["map50_95"] - ev["map50_95"] < 0.02
     quant = record["nodes"][4]["extra"]
-    assert quant["keep_float"] and quant["calibrator"] == "minmax"
+    assert quant["keep_float"] and quant["method"] == "minmax"
     artifact = json.loads((int8_run / "artifact" / "artifact.json").read_text())
-    assert artifact["quantization"]["calibration"]["sha256"] == record["calibration"]["sha256"]
+    assert artifact["calibration"]["sha256"] == record["calibration"]["sha256"]
+    assert artifact["calibration"]["spec"]["input_size"] == 160  # the spec the images went through
+    assert artifact["int8_source"] == "qdq" and artifact["quantization"]["method"] == "minmax"
+    assert artifact["parity"]["checked"] and "calibration images" in artifact["parity"]["inputs"]
     # Quantized for the device's CPU (local = this host), and the record and the report say why.
     form = host_qdq_form()
     assert quant["weight_bits"] == artifact["quantization"]["weight_bits"] == form.weight_bits
@@ -122,6 +125,17 @@ def test_board_target_without_its_backend_says_so(tmp_path, shapes_root):
         make_plan(_request(tmp_path, shapes_root, target="jetson"))
 
 
+def test_plan_refuses_a_calibrator_the_backend_lacks_and_qat_on_a_self_quantizer(tmp_path, shapes_root):
+    from edgekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="calibrator 'kl' is not a method of backend onnxruntime"):
+        make_plan(_request(tmp_path, shapes_root, calibrator="kl"))
+    with pytest.raises(ConfigError, match="QAT"):
+        make_plan(_request(tmp_path, shapes_root, target="rk3588", device="local", recipe="qat"))
+    plan = make_plan(_request(tmp_path, shapes_root, target="rk3588", device="local", recipe="none"))
+    assert "quantize" not in plan.describe()["stages"]  # MNN quantizes inside its build
+
+
 @pytest.mark.slow
 def test_user_onnx_goes_through_the_same_pipeline(tmp_path, shapes_root, trained, int8_run):
     from edgekit.export.onnx import export_onnx
@@ -150,8 +164,39 @@ def test_auto_calibrator_measures_every_candidate_on_the_device(tmp_path, shapes
     assert {c["method"] for c in candidates} >= {"minmax", "entropy", "percentile"}
     assert sum(c["chosen"] for c in candidates) == 1
     chosen = next(c for c in candidates if c["chosen"])
-    assert quant["extra"]["calibrator"] == chosen["method"]
-    # The chosen candidate's mAP came from the device run; the deployed eval reproduces it.
+    assert quant["extra"]["method"] == chosen["method"]
+    # The chosen candidate's mAP came from the device run; the deployed eval reproduces it exactly:
+    # the file that ships is byte for byte the candidate that was measured.
     ev = next(n for n in record["nodes"] if n["stage"] == "eval")["metrics"]
-    assert ev["map50_95"] == pytest.approx(chosen["map50_95"], abs=2e-3)
+    assert ev["map50_95"] == pytest.approx(chosen["map50_95"], abs=1e-9)
     assert "minmax" in (run / "report.md").read_text() and "percentile" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("target", "backend", "model_file"),
+    [("rk3588", "mnn", "model.mnn"), ("rpi4", "ncnn", "model.ncnn.param")],
+)
+def test_arm_targets_deploy_here_with_device_local(
+    tmp_path, shapes_root, trained, target, backend, model_file
+):
+    """The board's artifact (its own INT8 from the calibration set) runs on this host with --device local."""
+    run = deploy(_request(tmp_path, shapes_root, target=target, device="local", recipe="none", run_id=target))
+    record = json.loads((run / "record.json").read_text())
+    stages = [n["stage"] for n in record["nodes"]]
+    assert stages == ["data", "train", "reference", "export", "build", "eval", "bench"]  # no QDQ stage
+    artifact = json.loads((run / "artifact" / "artifact.json").read_text())
+    assert artifact["backend"] == backend and artifact["int8_source"] == "calibration"
+    assert artifact["files"]["model"] == model_file and artifact["parity"]["checked"]
+    assert artifact["calibration"]["sha256"] == record["calibration"]["sha256"]
+    build = record["nodes"][4]
+    assert build["extra"]["quantization"]["method"] in BACKENDS_METHODS[backend]
+    ref, ev = record["nodes"][2]["metrics"], record["nodes"][5]["metrics"]
+    assert backend in record["nodes"][5]["tools"]
+    # INT8 from the runtime's own outputs stays within 2 mAP@0.5:0.95 points of the FP32 reference.
+    assert ref["map50_95"] - ev["map50_95"] < 0.02
+    s = json.loads((run / "summary.json").read_text())
+    assert s["backend"] == backend and s["status"] == "ok" and s["power_w"] is None
+
+
+BACKENDS_METHODS = {"mnn": ("kl", "ema"), "ncnn": ("kl", "aciq")}

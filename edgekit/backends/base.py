@@ -17,12 +17,22 @@ one line in :data:`edgekit.registry.BACKENDS` and a ``targets/<board>.yaml``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# Re-exported: the artifact folder and its sidecar live in their own module.
+from edgekit.backends.artifact import ARTIFACT_JSON, SCHEMA_VERSION, Artifact  # noqa: E402, F401
 
 # Re-exported: backends and callers import these from here.
 from edgekit.backends.onnx_io import (  # noqa: F401
@@ -34,37 +44,93 @@ from edgekit.backends.onnx_io import (  # noqa: F401
     load_onnx,
     model_io,
 )
+from edgekit.backends.parity import check_parity, detect_output_head, is_qdq
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import BuildError, ConfigError, EdgekitError, ModelError, UnsupportedOpError
+from edgekit.errors import (
+    BuildError,
+    CalibrationError,
+    ConfigError,
+    EdgekitError,
+    ModelError,
+    UnsupportedOpError,
+)
 from edgekit.fsutil import atomic_dir, atomic_write_json, sha256_file
+from edgekit.quantize.form import QdqForm
 
-ARTIFACT_JSON = "artifact.json"
-SCHEMA_VERSION = 1
+
+class CalibrationRef(BaseModel):
+    """Which calibration set an INT8 model was made from, and the preprocessing applied to its images.
+
+    Attributes:
+        name: Set name.
+        version: Set version.
+        sha256: The set's hash (over every image's sha256 and the manifest).
+        spec: The model's preprocessing the images went through when the set was used.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: int = Field(ge=1)
+    sha256: str = Field(min_length=64, max_length=64)
+    spec: PreprocessSpec
+
+
+class QuantizerOptions(BaseModel):
+    """Base of every backend's own quantizer options (subclass per backend; unknown keys are errors).
+
+    For a backend whose INT8 comes from a QDQ ONNX (``int8_source = "qdq"``) the options *describe*
+    how ``edgekit.quantize`` made that file; for one that quantizes itself (``"calibration"``) they
+    *drive* its quantizer. Either way ``artifact.json`` records them.
+
+    Attributes:
+        method: The calibration method (each backend lists its own in ``Backend.methods``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+
+
+class UnparsedQuantizer(QuantizerOptions):
+    """A quantizer given as a plain dict, held until the backend parses it into its own model."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class BuildOptions(BaseModel):
-    """What to build: precision, runtime options and the detector's I/O conventions.
+    """What to build: precision, runtime options, the detector's I/O conventions and how INT8 is made.
 
     Attributes:
         precision: ``fp32``, ``fp16`` or ``int8`` (each backend lists what it supports).
         threads: Intra-op threads the runner uses; ``None`` = runtime default.
-        head: Output layout, ``yolov5`` ``[1, N, 5+nc]`` or ``yolov8`` ``[1, 4+nc, N]``.
+        head: Output layout, ``yolov5`` ``[1, N, 5+nc]`` or ``yolov8`` ``[1, 4+nc, N]``; ``None`` =
+            detected from the output shape (an ambiguous shape is an error asking for it).
         num_classes: Classes in the output; ``None`` = read from a static output shape.
         class_names: Optional names, one per class.
         preprocess: How images become inputs; ``None`` = derived from the ONNX input shape.
-        quantization: Free-form record of how an int8 model was made (calibrator, calibration set
-            ``{name, version, sha256}``, excluded nodes, scales hash); copied into ``artifact.json``.
+        calibration: The calibration set an INT8 build used (set by ``Backend.build`` from ``calib``,
+            or by the caller for a QDQ made elsewhere).
+        quantizer: The backend's own :class:`QuantizerOptions` subclass (a dict is parsed by the
+            backend: :meth:`Backend.validate_options`).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     threads: int | None = Field(None, ge=1, le=256)
-    head: Literal["yolov5", "yolov8"] = "yolov5"
+    head: Literal["yolov5", "yolov8"] | None = None
     num_classes: int | None = Field(None, ge=1)
     class_names: list[str] = Field(default_factory=list)
     preprocess: PreprocessSpec | None = None
-    quantization: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationRef | None = None
+    quantizer: SerializeAsAny[QuantizerOptions] | None = None
+
+    @field_validator("quantizer", mode="before")
+    @classmethod
+    def _hold_raw_quantizer(cls, value: Any) -> Any:
+        # A dict is the backend's to read (Backend.validate_options parses it, unknown keys rejected).
+        return UnparsedQuantizer.model_validate(value) if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _names_match_classes(self) -> BuildOptions:
@@ -91,6 +157,23 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class BuildSource:
+    """What a backend's ``_build`` hook builds from.
+
+    Attributes:
+        onnx: The FP32 ONNX (or, for ``int8_source = "qdq"`` at int8, the QDQ ONNX).
+        calib: The loaded :class:`~edgekit.calib.CalibrationSet`, or ``None``; feed a quantizer with
+            ``calib.arrays(spec=options.preprocess)`` (the model's preprocessing, not the set's).
+        torchscript: A TorchScript trace of the same model when edgekit holds the torch model (for
+            backends with ``accepts_torchscript``; pnnx converts it more faithfully than the ONNX).
+    """
+
+    onnx: Path
+    calib: Any = None
+    torchscript: Path | None = None
+
+
+@dataclass(frozen=True)
 class BuildOutput:
     """What a backend's ``_build`` hook produced inside the work folder.
 
@@ -104,118 +187,58 @@ class BuildOutput:
 
 
 @dataclass(frozen=True)
-class Artifact:
-    """A built model folder and its verified ``artifact.json``.
+class Parity:
+    """How close a built artifact's outputs must stay to the FP32 model's on the same fixed inputs.
 
     Attributes:
-        dir: The artifact folder.
-        backend: Registry name of the backend that built it.
-        precision: ``fp32`` / ``fp16`` / ``int8``.
-        files: Role -> relative path (``{"model": "model.onnx"}``).
-        meta: The whole ``artifact.json``.
+        min_cosine: Lowest cosine similarity per output (flattened).
+        max_rel_error: Highest ``max |got - ref| / max |ref|`` per output.
+        min_part_cosine: Lowest cosine of a detector output's box columns and of its score columns,
+            each on its own (box pixels dominate the whole-output cosine: zeroed scores still read ~0.97).
     """
 
-    dir: Path
-    backend: str
-    precision: str
-    files: dict[str, str]
-    meta: dict[str, Any]
-
-    @classmethod
-    def load(cls, directory: str | Path) -> Artifact:
-        """Read ``artifact.json`` from ``directory`` and re-check the sha256 of every listed file.
-
-        Raises:
-            ModelError: The sidecar is missing or unreadable, or a file is missing or changed.
-
-        Example:
-            >>> art = Artifact.load("runs/x/build")  # doctest: +SKIP
-            >>> art.path("model"), art.meta["input"]["shape"]  # doctest: +SKIP
-        """
-        directory = Path(directory)
-        meta = _read_sidecar(directory)
-        for rel, digest in meta["sha256"].items():
-            _verify_file(directory, rel, digest)
-        return cls(directory, meta["backend"], meta["precision"], dict(meta["files"]), meta)
-
-    def path(self, role: str = "model") -> Path:
-        """Return the absolute path of the file with ``role``."""
-        if role not in self.files:
-            raise ModelError(f"artifact {self.dir} has no '{role}' file", f"it lists: {sorted(self.files)}")
-        return self.dir / self.files[role]
-
-    def all_files(self) -> list[str]:
-        """Return every file (relative path) the artifact consists of, sidecar included."""
-        return [*self.meta["sha256"], ARTIFACT_JSON]
-
-    @property
-    def preprocess(self) -> PreprocessSpec:
-        """The preprocessing the model expects."""
-        return PreprocessSpec(**self.meta["preprocess"])
-
-    @property
-    def runner(self) -> str:
-        """File name of the device-side runner in ``edgekit/runners/``."""
-        return self.meta["runner"]
+    min_cosine: float
+    max_rel_error: float
+    min_part_cosine: float
 
 
-_REQUIRED_KEYS = ("schema", "backend", "precision", "files", "sha256", "input", "output", "runner")
-
-
-def _read_sidecar(directory: Path) -> dict[str, Any]:
-    sidecar = directory / ARTIFACT_JSON
-    if not sidecar.is_file():
-        raise ModelError(
-            f"{directory} is not an artifact: no {ARTIFACT_JSON}", "build one with `edgekit build`"
-        )
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{sidecar} is not valid JSON: {exc}", "rebuild the artifact") from exc
-    missing = [k for k in _REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing or meta["schema"] != SCHEMA_VERSION:
-        raise ModelError(
-            f"{sidecar} is not an edgekit schema-{SCHEMA_VERSION} sidecar (missing: {', '.join(missing)})",
-            "rebuild the artifact with this version of edgekit",
-        )
-    unhashed = sorted(set(meta["files"].values()) - set(meta["sha256"]))
-    if unhashed:
-        raise ModelError(f"{sidecar} lists files without a sha256: {unhashed}", "rebuild the artifact")
-    return meta
-
-
-def _verify_file(directory: Path, rel: str, digest: str) -> None:
-    path = directory / rel
-    if Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise ModelError(
-            f"{directory / ARTIFACT_JSON} lists a file outside the artifact: {rel}", "rebuild it"
-        )
-    if not path.is_file():
-        raise ModelError(f"artifact file {path} is missing", "rebuild the artifact")
-    if sha256_file(path) != digest:
-        raise ModelError(
-            f"artifact file {path} changed since it was built (sha256 mismatch)",
-            "rebuild the artifact; never edit files inside an artifact folder",
-        )
+#: Default tolerances per precision. INT8 detectors keep cosine > 0.99 on their decoded outputs and
+#: on their scores alone; 0.98 / 0.95 leave room for a small model's rounding, and the eval's mAP is
+#: the real accuracy check. FP16 weights round to 11 significant bits.
+PARITY = {
+    "fp32": Parity(0.99999, 1e-3, 0.9999),
+    "fp16": Parity(0.9999, 1e-2, 0.999),
+    "int8": Parity(0.98, 0.25, 0.95),
+}
+PARITY_INPUTS = 4
 
 
 class Backend:
-    """Base class of every backend: declare the class attributes, implement the three hooks.
+    """Base class of every backend: declare the class attributes, implement the hooks.
 
     Class attributes:
         name: Registry name.
         precisions: Precisions this backend can build.
         build_location: ``"host"``, or ``"device"`` when the runtime must build on the board itself
             (TensorRT engines are specific to the Jetson's GPU and TensorRT version).
+        int8_source: Where INT8 comes from: ``"qdq"`` = a QDQ ONNX made by ``edgekit.quantize`` in
+            the form :meth:`qdq_form` asks for (ONNX Runtime, TensorRT); ``"calibration"`` = the
+            backend's own quantizer run in ``_build`` on the FP32 ONNX with the calibration set (MNN,
+            ncnn, TFLite Micro). The pipeline and ``edgekit build`` branch on this attribute only.
+        quantizer_options: The backend's :class:`QuantizerOptions` subclass.
+        accepts_torchscript: ``_build`` prefers a TorchScript trace when one is given (pnnx).
+        methods: Calibration methods ``--calibrator auto`` tries, best guess first.
+        min_calibration_images: Fewest images the backend's quantizer accepts.
+        parity: Tolerance per precision of the post-build check against FP32.
         extra: Pip extra that installs the runtime (``None`` = ships with edgekit).
         runner: File name of the device-side runner in ``edgekit/runners/``.
         suffix: Suffix of the main model file (``.onnx``, ``.engine``, ``.mnn``...).
 
     Device builds (the documented hook for ``build_location = "device"``): on the host ``build()``
-    will only stage ``model.onnx`` with an ``artifact.json`` whose ``build_location`` is ``"device"``
-    and ``files`` is ``{"onnx": "model.onnx"}``; the agent pushes it, runs the runner's build mode on
-    the board, fetches the engine and completes the sidecar (hashes included). Not built yet: such a
-    backend's ``build()`` raises a clear :class:`EdgekitError` for now.
+    will only stage ``model.onnx`` with an ``artifact.json`` whose ``build_location`` is ``"device"``;
+    the agent pushes it, runs the runner's build mode on the board, fetches the engine and completes
+    the sidecar (hashes included). Not built yet: such a backend's ``build()`` raises a clear
+    :class:`EdgekitError` for now.
 
     Example:
         >>> from edgekit.registry import get_backend
@@ -226,6 +249,12 @@ class Backend:
     name: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ()
     build_location: ClassVar[Literal["host", "device"]] = "host"
+    int8_source: ClassVar[Literal["qdq", "calibration"]] = "qdq"
+    quantizer_options: ClassVar[type[QuantizerOptions]] = QuantizerOptions
+    accepts_torchscript: ClassVar[bool] = False
+    methods: ClassVar[tuple[str, ...]] = ()
+    min_calibration_images: ClassVar[int] = 1
+    parity: ClassVar[dict[str, Parity]] = PARITY
     extra: ClassVar[str | None] = None
     runner: ClassVar[str] = ""
     suffix: ClassVar[str] = ""
@@ -238,51 +267,90 @@ class Backend:
             ModelError: The file is missing, corrupt or truncated.
         """
         options = self.validate_options(options)
-        return self._problems(Path(onnx_path), load_onnx(onnx_path), options)
+        model = load_onnx(onnx_path)
+        return self._problems(Path(onnx_path), model, self._resolve_io(options, model))
+
+    def qdq_form(self, cpu: dict | None, source: str = "not stated") -> QdqForm:
+        """The QDQ layout this runtime needs on a device with ``cpu`` (``int8_source = "qdq"`` only)."""
+        return QdqForm()
 
     def build(
-        self, onnx_path: str | Path, options: BuildOptions | dict | None, out_dir: str | Path
+        self,
+        onnx_path: str | Path,
+        options: BuildOptions | dict | None,
+        out_dir: str | Path,
+        *,
+        calib: Any = None,
+        reference: str | Path | None = None,
+        torchscript: str | Path | None = None,
     ) -> Artifact:
         """Build an artifact folder at ``out_dir``; on any failure no ``out_dir`` is left behind.
 
         Validates the options, checks the model, calls ``_build`` in a temp sibling folder, writes
-        ``artifact.json`` with hashes, then checks the result: files exist and are non-empty and the
-        runtime really loads the model.
+        ``artifact.json`` with hashes, then checks the result: the runtime loads it, and its outputs
+        on fixed inputs match the FP32 model within :attr:`parity` (recorded in the sidecar).
+
+        Args:
+            onnx_path: The FP32 ONNX, or for ``int8_source = "qdq"`` at int8 the QDQ ONNX.
+            options: :class:`BuildOptions` (or a dict of them).
+            out_dir: The artifact folder to create.
+            calib: The loaded :class:`~edgekit.calib.CalibrationSet`; required for an INT8 build of a
+                backend that quantizes itself, and the source of the parity check's inputs.
+            reference: FP32 ONNX to check against (default: ``onnx_path`` unless it is a QDQ model).
+            torchscript: A TorchScript trace of the same model, used by backends that accept one.
 
         Raises:
             ConfigError: Unsupported precision or invalid options.
+            CalibrationError: INT8 of a self-quantizing backend without a (large enough) set.
             ModelError: Missing, corrupt or truncated ONNX.
             UnsupportedOpError: The model uses ops this runtime cannot run.
-            BuildError: The tool failed or the runtime cannot load what it produced.
+            BuildError: The tool failed, the runtime cannot load what it produced, or its outputs
+                diverge from FP32 (the message names the output and what to try).
         """
         options = self.validate_options(options)
         onnx_path = Path(onnx_path)
         model = load_onnx(onnx_path)
+        options = self._resolve_io(options, model)
         raise_for_problems(self.name, self._problems(onnx_path, model, options))
+        options = self._with_calibration(options, calib)
         if self.build_location == "device":
             raise EdgekitError(
                 f"backend '{self.name}' builds on the device; device builds are not built yet in this "
                 "version of edgekit",
                 "use target 'local' (or --device local) with backend 'onnxruntime'",
             )
+        reference = Path(reference) if reference else None if is_qdq(model) else onnx_path
         with atomic_dir(out_dir) as work:
-            output = self._build(onnx_path, options, work)
+            ts = Path(torchscript) if torchscript and self.accepts_torchscript else None
+            output = self._build(BuildSource(onnx_path, calib, ts), options, work)
             meta = self._sidecar(model, options, output)
             self._write_sidecar(work, meta)
-            self._postcondition(work)
+            self._postcondition(work, reference, calib)
         return Artifact.load(out_dir)
 
     def validate_options(self, options: BuildOptions | dict | None) -> BuildOptions:
-        """Parse ``options`` and check this backend supports the precision.
+        """Parse ``options`` (the quantizer into this backend's own model) and check the precision.
 
         Raises:
             ConfigError: Unknown keys, bad values or an unsupported precision.
         """
-        if not isinstance(options, BuildOptions):
-            try:
-                options = BuildOptions.model_validate(options or {})
-            except ValidationError as exc:
-                raise ConfigError(f"invalid build options: {exc}", "see BuildOptions for the fields") from exc
+        data = options.model_dump() if isinstance(options, BuildOptions) else dict(options or {})
+        quantizer = data.pop("quantizer", None)
+        what, model = "build options", BuildOptions
+        try:
+            options = BuildOptions.model_validate(data)
+            if quantizer is not None:
+                what, model = f"quantizer options ({self.quantizer_options.__name__})", self.quantizer_options
+                options.quantizer = self.quantizer_options.model_validate(quantizer)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '-'}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ConfigError(
+                f"invalid {what} for backend '{self.name}': {problems}",
+                f"see {model.__name__} for the fields and their values",
+            ) from exc
         if options.precision not in self.precisions:
             raise ConfigError(
                 f"backend '{self.name}' cannot build precision '{options.precision}'",
@@ -302,17 +370,25 @@ class Backend:
                 "the model may use something this runtime version cannot run; check `edgekit doctor`",
             ) from exc
 
+    def infer(self, artifact: Artifact, x: Any) -> list[Any]:
+        """Run the artifact on this host on one batch-1 float32 input; return its outputs (batch dim kept)."""
+        return self._infer(artifact, x)
+
     # -- hooks for subclasses ----------------------------------------------------------------------
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
         """Return runtime-specific problems (ops, types, sizes); ``model`` is the loaded ModelProto."""
         return []
 
-    def _build(self, onnx_path: Path, options: BuildOptions, work_dir: Path) -> BuildOutput:
-        """Write the runtime's files into ``work_dir`` and say which is which."""
+    def _build(self, source: BuildSource, options: BuildOptions, work_dir: Path) -> BuildOutput:
+        """Write the runtime's files into ``work_dir`` and say which is which (see :class:`BuildSource`)."""
         raise NotImplementedError
 
     def _load_check(self, artifact: Artifact) -> None:
         """Load the artifact in the runtime (raise anything on failure)."""
+        raise NotImplementedError
+
+    def _infer(self, artifact: Artifact, x: Any) -> list[Any]:
+        """Run one input through the artifact on this host (for the parity check)."""
         raise NotImplementedError
 
     def _tools(self) -> dict[str, str]:
@@ -326,8 +402,45 @@ class Backend:
             return problems
         return problems + list(self._check(onnx_path, model, options))
 
+    def _resolve_io(self, options: BuildOptions, model: Any) -> BuildOptions:
+        """Fill the head (from the output shape) and the preprocessing (from the input shape) if unset."""
+        if options.head and options.preprocess:
+            return options
+        inputs = graph_inputs(model)
+        if len(inputs) != 1 or not model.graph.output:
+            return options  # generic_problems names this
+        try:
+            spec = options.preprocess or derive_preprocess(dims(inputs[0]))
+        except ConfigError:
+            spec = None  # a non-image input: the build's own checks name it
+        head = options.head or detect_output_head(model)
+        return options.model_copy(update={"preprocess": spec, "head": head})
+
+    def _with_calibration(self, options: BuildOptions, calib: Any) -> BuildOptions:
+        """For a self-quantizing INT8 build, require the set; record the set and the spec applied."""
+        spec = options.preprocess
+        update: dict[str, Any] = {}
+        own_int8 = options.precision == "int8" and self.int8_source == "calibration"
+        if own_int8:
+            if calib is None:
+                raise CalibrationError(
+                    f"backend '{self.name}' quantizes INT8 itself and needs a calibration set",
+                    "give --calib NAME (see `edgekit calib list`)",
+                )
+            if calib.count < self.min_calibration_images:
+                raise CalibrationError(
+                    f"calibration set {calib.name!r} has {calib.count} images; backend '{self.name}' "
+                    f"needs at least {self.min_calibration_images}",
+                    "import a larger set with `edgekit calib import`",
+                )
+            update["quantizer"] = options.quantizer or self.quantizer_options()
+        if calib is not None and (own_int8 or options.calibration is None) and options.precision == "int8":
+            update["calibration"] = CalibrationRef(**calib.ref(), spec=spec)
+        return options.model_copy(update=update)
+
     def _sidecar(self, model: Any, options: BuildOptions, output: BuildOutput) -> dict[str, Any]:
         io = model_io(model, options)
+        quantizer = options.quantizer.model_dump(mode="json") if options.quantizer else None
         meta: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "backend": self.name,
@@ -336,12 +449,16 @@ class Backend:
             "files": dict(output.files),
             "sha256": {},
             **io,
-            "quantization": dict(options.quantization),
+            "int8_source": self.int8_source if options.precision == "int8" else None,
+            "calibration": options.calibration.model_dump(mode="json") if options.calibration else None,
+            "quantization": quantizer,
             "tools": self._tools(),
             "runtime": {"threads": options.threads},
             "runner": self.runner,
         }
+        runtime = {**meta["runtime"], **output.meta.get("runtime", {})}  # merged: the backend adds keys
         meta.update(output.meta)
+        meta["runtime"] = runtime
         return meta
 
     def _write_sidecar(self, work: Path, meta: dict[str, Any]) -> None:
@@ -356,8 +473,12 @@ class Backend:
             meta["sha256"][rel] = sha256_file(path)
         atomic_write_json(work / ARTIFACT_JSON, meta)
 
-    def _postcondition(self, work: Path) -> None:
-        self.load_check(Artifact.load(work))
+    def _postcondition(self, work: Path, reference: Path | None, calib: Any) -> None:
+        artifact = Artifact.load(work)
+        self.load_check(artifact)
+        parity = check_parity(self, artifact, reference, calib)
+        meta = dict(artifact.meta, parity=parity)
+        atomic_write_json(work / ARTIFACT_JSON, meta)
 
 
 def raise_for_problems(backend: str, problems: list[Problem]) -> None:

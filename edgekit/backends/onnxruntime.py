@@ -1,7 +1,8 @@
 """ONNX Runtime (CPU execution provider): the backend every host has, and the reference for the others.
 
-fp32 copies the exported ONNX; int8 takes an already-quantized QDQ ONNX from ``edgekit.quantize``
-and records how it was quantized (``BuildOptions.quantization``) in ``artifact.json``.
+fp32 copies the exported ONNX; int8 takes a QDQ ONNX made by ``edgekit.quantize`` in the form
+:meth:`OnnxRuntimeBackend.qdq_form` asks for on the device's CPU, and records how it was made
+(:class:`OrtQdq`) in ``artifact.json``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,17 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from edgekit.backends.base import Artifact, Backend, BuildOptions, BuildOutput, Problem
+from edgekit.backends.base import (
+    Artifact,
+    Backend,
+    BuildOptions,
+    BuildOutput,
+    BuildSource,
+    Problem,
+    QuantizerOptions,
+)
 from edgekit.quantize.form import QdqForm, ort_qdq_form
 from edgekit.registry import require_module
 
@@ -38,6 +47,28 @@ _ORT_OP_PATTERNS = (
 _HINT = "replace the op in the model (or export with a different opset), or pick another backend"
 
 
+class OrtQdq(QuantizerOptions):
+    """How the QDQ ONNX of an ONNX Runtime INT8 artifact was made (``edgekit.quantize`` or QAT).
+
+    Attributes:
+        method: ``minmax``, ``entropy``, ``percentile`` or ``qat``.
+        per_channel: Per-output-channel weight scales.
+        weight_bits: 7 (``reduce_range``) or 8.
+        weight_range_reason: Why that many bits (the device's CPU).
+        keep_float: Nodes kept in float.
+        scales_sha256: Hash of the activation scales (differs when calibrators really differ).
+        quantized_nodes: Nodes computing in INT8.
+    """
+
+    method: Literal["minmax", "entropy", "percentile", "qat"] = "minmax"
+    per_channel: bool = True
+    weight_bits: Literal[7, 8] = 8
+    weight_range_reason: str = ""
+    keep_float: list[str] = []
+    scales_sha256: str | None = None
+    quantized_nodes: int | None = None
+
+
 class OnnxRuntimeBackend(Backend):
     """Build ``model.onnx`` artifacts for ONNX Runtime's CPU execution provider.
 
@@ -51,6 +82,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     precisions = ("fp32", "int8")
     build_location = "host"
+    int8_source = "qdq"
+    quantizer_options = OrtQdq
+    methods = ("minmax", "entropy", "percentile")
     extra = None
     runner = "ort_run.py"
     suffix = ".onnx"
@@ -68,14 +102,21 @@ class OnnxRuntimeBackend(Backend):
             return problems
         return problems + session_problems(onnx_path)
 
-    def _build(self, onnx_path: Path, options: BuildOptions, work_dir: Path) -> BuildOutput:
+    def _build(self, source: BuildSource, options: BuildOptions, work_dir: Path) -> BuildOutput:
         model_file = f"model{self.suffix}"
-        _copy_model(onnx_path, work_dir / model_file)
+        _copy_model(source.onnx, work_dir / model_file)
         return BuildOutput(files={"model": model_file})
 
     def _load_check(self, artifact: Artifact) -> None:
+        self._session(artifact)
+
+    def _infer(self, artifact: Artifact, x: Any) -> list[Any]:
+        session = self._session(artifact)
+        return session.run(None, {session.get_inputs()[0].name: x})
+
+    def _session(self, artifact: Artifact) -> Any:
         ort = require_module("backend", self.name, "onnxruntime", self.extra)
-        ort.InferenceSession(str(artifact.path("model")), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(artifact.path("model")), providers=["CPUExecutionProvider"])
 
     def _tools(self) -> dict[str, str]:
         import onnx

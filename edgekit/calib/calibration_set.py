@@ -67,8 +67,8 @@ class CalibrationSet:
 
     Example:
         >>> cs = CalibrationSet.load("shapes-calib")  # doctest: +SKIP
-        >>> cs.check_spec(target_spec)  # doctest: +SKIP
-        >>> reader = cs.as_ort_reader("images", limit=64)  # doctest: +SKIP
+        >>> arrays = cs.arrays(spec=PreprocessSpec(input_size=320))  # doctest: +SKIP
+        >>> reader = cs.as_ort_reader("images", limit=64, spec=model_spec)  # doctest: +SKIP
     """
 
     def __init__(self, set_dir: Path, manifest: Manifest) -> None:
@@ -122,7 +122,11 @@ class CalibrationSet:
 
     @property
     def spec(self) -> PreprocessSpec:
-        """The preprocessing every consumer of this set must use."""
+        """The default preprocessing recorded at import; a model's own spec replaces it when used.
+
+        The images are the asset: :meth:`arrays` preprocesses them with the spec of the model being
+        calibrated, so one set serves a 160 px and a 320 px model alike.
+        """
         return self.manifest.preprocess
 
     def ref(self) -> dict:
@@ -204,57 +208,52 @@ class CalibrationSet:
                 ]
         return out
 
-    def check_spec(self, target_spec: PreprocessSpec) -> None:
-        """Refuse to serve a target whose preprocessing differs from this set's.
-
-        Raises:
-            CalibrationError: Listing each differing field as ``field: set != target``.
-        """
-        diffs = self.spec.differences(target_spec)
-        if diffs:
-            raise CalibrationError(
-                f"calibration set {self.name!r} v{self.version} was made for another preprocessing "
-                f"(set != target): {'; '.join(diffs)}",
-                "re-import the set with the target's preprocessing "
-                f"(e.g. --input-size {target_spec.input_size}); calibration sets are never resized silently",
-            )
-
     # --- iteration ------------------------------------------------------------------------------------
 
-    def arrays(self, limit: int | None = None) -> Iterator[np.ndarray]:
+    def arrays(self, limit: int | None = None, spec: PreprocessSpec | None = None) -> Iterator[np.ndarray]:
         """Verify the set, then yield batch-1 float32 input tensors through ``preprocess_file``.
 
         Args:
             limit: Use only the first ``limit`` images (manifest order is the sampling order, so a prefix
                 of a stratified set is still balanced).
+            spec: The preprocessing of the model being calibrated (default: the set's own :attr:`spec`).
         """
         self.verify()
-        return self._iter_arrays(limit)
+        return self._iter_arrays(limit, spec)
 
-    def _iter_arrays(self, limit: int | None = None) -> Iterator[np.ndarray]:
+    def _iter_arrays(
+        self, limit: int | None = None, spec: PreprocessSpec | None = None
+    ) -> Iterator[np.ndarray]:
+        spec = spec or self.spec
         for path in self.image_paths(limit):
             with warnings.catch_warnings():
                 # Gray/RGBA conversion was reported once at import and is recorded in the manifest.
                 warnings.filterwarnings("ignore", message=r".*image converted to RGB")
-                yield preprocess_file(path, self.spec)[0]
+                yield preprocess_file(path, spec)[0]
 
-    def as_ort_reader(self, input_name: str, limit: int | None = None) -> Any:
+    def as_ort_reader(
+        self, input_name: str, limit: int | None = None, spec: PreprocessSpec | None = None
+    ) -> Any:
         """An ``onnxruntime.quantization.CalibrationDataReader`` over this set (verified once).
 
         Example:
             >>> quantize_static(fp32, int8, cs.as_ort_reader("images"))  # doctest: +SKIP
         """
         self.verify()
-        return SetDataReader(self, input_name, limit)
+        return SetDataReader(self, input_name, limit, spec)
 
     def torch_batches(
-        self, batch_size: int = 8, limit: int | None = None, drop_last: bool = False
+        self,
+        batch_size: int = 8,
+        limit: int | None = None,
+        drop_last: bool = False,
+        spec: PreprocessSpec | None = None,
     ) -> Iterator:
         """Yield ``torch.Tensor`` batches (the last one may be smaller unless ``drop_last``)."""
         import torch
 
         batch: list[np.ndarray] = []
-        for arr in self.arrays(limit):
+        for arr in self.arrays(limit, spec):
             batch.append(arr)
             if len(batch) == batch_size:
                 yield torch.from_numpy(np.concatenate(batch))
@@ -276,9 +275,15 @@ class SetDataReader:
     this module does not import onnxruntime.
     """
 
-    def __init__(self, cs: CalibrationSet, input_name: str, limit: int | None = None) -> None:
-        self.cs, self.input_name, self.limit = cs, input_name, limit
-        self._it = cs._iter_arrays(limit)
+    def __init__(
+        self,
+        cs: CalibrationSet,
+        input_name: str,
+        limit: int | None = None,
+        spec: PreprocessSpec | None = None,
+    ) -> None:
+        self.cs, self.input_name, self.limit, self.spec = cs, input_name, limit, spec
+        self._it = cs._iter_arrays(limit, spec)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next sample as an ORT feed dict, or None when the set is exhausted."""
@@ -287,7 +292,7 @@ class SetDataReader:
 
     def rewind(self) -> None:
         """Start again from the first image (ORT calls this between calibration passes)."""
-        self._it = self.cs._iter_arrays(self.limit)
+        self._it = self.cs._iter_arrays(self.limit, self.spec)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return iter(self.get_next, None)

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from edgekit.calib.calibration_set import CalibrationSet, parse_ref
 from edgekit.calib.manifest import MANIFEST, list_versions, read_manifest
+from edgekit.cli_types import non_negative_int, positive_int
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError
 
@@ -93,15 +94,17 @@ def _add_import(sub: argparse._SubParsersAction, fmt: type) -> None:
     p.add_argument("--name", required=True, help="set name (folder under --root)")
     p.add_argument("--from-dataset", action="store_true", default=None, help="read SRC as a YOLO dataset")
     p.add_argument("--split", default="calib", help="dataset split (default: calib)")
-    p.add_argument("--count", type=int, help="number of images to keep (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--count", type=positive_int, help="number of images to keep (default: all)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default: 0)")
     p.add_argument(
         "--strategy",
         choices=["random", "stratified"],
         default="random",
         help="stratified balances classes and box sizes (needs labels)",
     )
-    p.add_argument("--input-size", type=int, default=PreprocessSpec().input_size, help="network input side")
+    p.add_argument(
+        "--input-size", type=positive_int, default=PreprocessSpec().input_size, help="network input side"
+    )
     p.add_argument("--resize", choices=["letterbox", "stretch"], default="letterbox")
     p.add_argument(
         "--mean",
@@ -131,7 +134,7 @@ def _add_export(sub: argparse._SubParsersAction, fmt: type) -> None:
     p.add_argument("--format", required=True, choices=["onnxruntime", "mnn", "ncnn", "tensorrt", "tflite"])
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --force)")
     p.add_argument("--onnx", type=Path, help="fp32 ONNX model (tensorrt: activation ranges come from it)")
-    p.add_argument("--limit", type=int, help="export only the first N images")
+    p.add_argument("--limit", type=positive_int, help="export only the first N images")
     p.add_argument("--method", help="mnn: EMA|KL; ncnn: kl|aciq; tensorrt: minmax|entropy|percentile")
     p.add_argument("--trt-version", default=None, help="TensorRT version for the cache header (default 8502)")
     p.add_argument(

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgekit.cli_types import positive_float
 from edgekit.errors import ModelError
 
 _EPILOG = """examples:
@@ -38,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--data", type=Path, default=None, help="YOLO dataset root (default: the built-in shapes set)"
     )
-    p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every epoch count of the recipe")
+    p.add_argument(
+        "--epochs-scale", type=positive_float, default=1.0, help="multiply every epoch count of the recipe"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compress)
     return p

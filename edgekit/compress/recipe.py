@@ -121,10 +121,14 @@ class QatSpec(FinetuneSpec):
 
 
 class PtqSpec(_Spec):
-    """INT8 post-training quantization, run by the pipeline on the exported ONNX (validated here only)."""
+    """INT8 post-training quantization, run by the pipeline on the exported ONNX (validated here only).
+
+    ``method: default`` is the target backend's first calibrator (ONNX Runtime: minmax; MNN: kl;
+    ncnn: kl); a named method must be one of the target backend's (checked when the plan is made).
+    """
 
     type: Literal["ptq"]
-    method: Literal["minmax", "entropy", "percentile", "auto"] = "minmax"
+    method: Literal["default", "auto", "minmax", "entropy", "percentile", "kl", "ema", "aciq"] = "default"
     keep_float: Literal["auto"] | list[str] = "auto"
     max_drop: float = Field(1.0, ge=0, description="allowed mAP50-95 drop in points (method auto)")
 
@@ -141,7 +145,7 @@ class Recipe(_Spec):
     Example:
         >>> r = Recipe(name="x", steps=[{"type": "prune", "ratio": 0.3}, {"type": "ptq"}])
         >>> [s.type for s in r.torch_steps()], r.quantize_step().method
-        (['prune'], 'minmax')
+        (['prune'], 'default')
     """
 
     name: str

@@ -127,6 +127,7 @@ class Agent:
         conf: float = 0.001,
         timeout: float | None = None,
         progress: bool = True,
+        cpus: list[int] | None = None,
     ) -> BenchResult:
         """Push the artifact and runner, time it, collect eval detections, clean up.
 
@@ -142,6 +143,7 @@ class Agent:
             conf: Score threshold for eval candidate rows.
             timeout: Seconds before the run is killed (``None`` = no limit).
             progress: Draw a progress bar from the runner's ``@progress`` lines.
+            cpus: Cores to pin the runner to on the device (``None`` = no pinning).
 
         Raises:
             ModelError: The artifact is missing or tampered with.
@@ -154,6 +156,7 @@ class Agent:
             with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as host_tmp:
                 argv = self._stage(artifact, work, Path(host_tmp), bench_input, eval_inputs)
                 argv += _runner_flags(warmup, min_warmup_s, iterations, min_seconds, threads, conf)
+                argv += ["--cpus", ",".join(map(str, cpus))] if cpus else []
                 before = self.thermal()
                 result, samples = self._run(argv, timeout, progress)
                 after = self.thermal()

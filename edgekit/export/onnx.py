@@ -91,6 +91,35 @@ def export_onnx(
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def export_torchscript(model: Any, input_shape: Sequence[int], path: str | Path) -> Path:
+    """Trace a torch module (eval mode, fixed input shape) to TorchScript and write it atomically.
+
+    Some converters (pnnx for ncnn) convert a trace more faithfully than the ONNX of the same model.
+
+    Raises:
+        BuildError: The tracer rejected the model.
+    """
+    import torch
+
+    dummy = torch.zeros(tuple(int(d) for d in input_shape), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # torch 2.13 deprecates TorchScript; pnnx still reads it, and the warning tells the user nothing.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.jit.save(torch.jit.trace(model, (dummy,), check_trace=False), buffer)
+    except Exception as exc:  # the tracer raises many unrelated types
+        raise BuildError(
+            f"TorchScript trace failed: {exc}", "make forward() traceable, or give an ONNX"
+        ) from exc
+    finally:
+        model.train(was_training)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def load_checked(path: str | Path) -> Any:
     """Load an ONNX file and validate it; every failure becomes a :class:`ModelError`.
 

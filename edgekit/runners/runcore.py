@@ -1,4 +1,7 @@
-"""Device-side facts shared by every runner (stdlib only: it is pushed to the board beside the runner).
+"""The device-side core every runner shares (stdlib + numpy: it is pushed to the board beside the runner).
+
+Two parts: device facts, and the runner loop (:func:`run`) that each runtime's small runner file
+drives with its own ``Runtime`` class (load + infer).
 
 The CPU's instruction set is a device fact like its clock or its temperature: INT8 kernels differ by
 it (on x86 without VNNI, ONNX Runtime's u8s8 kernels multiply with ``vpmaddubsw``, whose pairwise
@@ -8,8 +11,17 @@ runner reports it with every measurement and the host quantizes for it.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+import math
 import os
 import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
 
 #: The flags that decide how INT8 (and FP16) kernels run, as Linux names them in /proc/cpuinfo.
 X86_FEATURES = (
@@ -89,12 +101,247 @@ def cpu_features(cpuinfo_path: str | None = None, arch: str | None = None) -> di
     }
 
 
+def cpu_governors(root: str = "/sys/devices/system/cpu") -> dict[str, str]:
+    """``{cpuN: governor}`` from cpufreq sysfs (empty where the OS has none, e.g. most VMs)."""
+    base = Path(root)
+    cpus = sorted(p for p in base.iterdir() if p.name[3:].isdigit()) if base.is_dir() else []
+    out = {}
+    for cpu in cpus:
+        path = cpu / "cpufreq" / "scaling_governor"
+        if cpu.name.startswith("cpu") and path.is_file():
+            out[cpu.name] = path.read_text().strip()
+    return out
+
+
+def pin_cpus(asked: list[int] | None) -> dict | None:
+    """Pin this process to the ``asked`` cores that exist (e.g. the RK3588's A76 cores 4-7).
+
+    Returns ``{"asked", "used"}``, or None when nothing was asked. Cores the device lacks are dropped
+    (a board's preset run on a smaller host), and none left means no pinning, which the record shows.
+    """
+    if not asked:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        return {"asked": list(asked), "used": None, "note": "this OS cannot pin threads"}
+    present = os.sched_getaffinity(0)
+    used = sorted(set(asked) & present)
+    if used:
+        os.sched_setaffinity(0, used)
+    return {"asked": list(asked), "used": used or None}
+
+
 def device_facts() -> dict:
-    """Platform facts recorded with every measurement (CPU instruction set included)."""
+    """Platform facts recorded with every measurement (CPU instruction set, governors, affinity)."""
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "cpu": cpu_features(),
+        "governors": cpu_governors(),
+        "affinity": affinity,
     }
+
+
+# -- the shared runner loop ----------------------------------------------------------------------------
+# Every runner is this loop plus a small ``Runtime`` class (load + infer + its version): arguments, the
+# artifact's sha256 check, the input's dtype conversion, warm-up and timed loop, progress lines on
+# stderr, eval outputs and device facts, and exactly one JSON line on stdout.
+
+PROGRESS_STEPS = 20
+
+
+class RunnerError(Exception):
+    """An error the user can fix; printed as one line on stderr."""
+
+
+def parse_args(argv: list[str] | None = None, description: str = "Time an artifact.") -> argparse.Namespace:
+    """Parse the runner command line (the same for every runtime)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--artifact", required=True, help="artifact folder holding artifact.json")
+    p.add_argument("--inputs", help=".npy float input tensor for timing (default: seeded random)")
+    p.add_argument("--warmup", type=int, default=10, help="minimum warm-up iterations")
+    p.add_argument("--min-warmup-s", type=float, default=2.0, help="minimum warm-up seconds")
+    p.add_argument("--iterations", type=int, default=1000, help="minimum timed iterations")
+    p.add_argument("--min-seconds", type=float, default=30.0, help="minimum timed seconds")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: artifact.json)")
+    p.add_argument("--cpus", help="comma-separated cores to pin to (e.g. 4,5,6,7 = an RK3588's A76 cores)")
+    p.add_argument("--eval-inputs", help=".npy stack (N, C, H, W) of preprocessed float eval images")
+    p.add_argument("--eval-out", help=".npz to write per-image candidate rows to (keys dets_<i>)")
+    p.add_argument("--conf", type=float, default=0.001, help="score threshold for eval candidates")
+    return p.parse_args(argv)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_artifact(folder: str, backend: str) -> dict:
+    """Read artifact.json, check it is ``backend``'s, and verify the sha256 of every file it lists."""
+    sidecar = Path(folder) / "artifact.json"
+    if not sidecar.is_file():
+        raise RunnerError(f"no artifact.json in {folder}")
+    with open(sidecar) as fh:
+        meta = json.load(fh)
+    if meta.get("schema") != 1 or meta.get("backend") != backend:
+        raise RunnerError(f"{sidecar} is not a schema-1 {backend} artifact (it says {meta.get('backend')})")
+    for rel, expected in meta["sha256"].items():
+        path = Path(folder) / rel
+        if not path.is_file():
+            raise RunnerError(f"artifact file {rel} is missing")
+        if sha256_file(path) != expected:
+            raise RunnerError(f"artifact file {rel} does not match its sha256 in artifact.json (tampered?)")
+    return meta
+
+
+def to_model_input(x: np.ndarray, meta: dict) -> np.ndarray:
+    """Turn a preprocessed float input into what the model takes (an int8 input is quantized).
+
+    A model with an integer input carries ``input.quantization = {scale, zero_point}`` in its
+    sidecar: ``q = clip(round(x / scale) + zero_point)`` in the dtype's range, never a bare cast.
+    """
+    dtype = np.dtype(meta["input"]["dtype"])
+    if dtype.kind == "f":
+        return np.ascontiguousarray(x, dtype=dtype)
+    quant = meta["input"].get("quantization")
+    if not quant:
+        raise RunnerError(f"the model takes {dtype} input but artifact.json gives no scale / zero point")
+    info = np.iinfo(dtype)
+    q = np.round(x / float(quant["scale"])) + int(quant["zero_point"])
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def to_float_output(y: np.ndarray, meta: dict) -> np.ndarray:
+    """Dequantize an integer model output with the sidecar's ``output.quantization``."""
+    y = np.asarray(y)
+    if y.dtype.kind == "f":
+        return y.astype(np.float32, copy=False)
+    quant = meta["output"].get("quantization")
+    if not quant:
+        raise RunnerError(f"the model gives {y.dtype} output but artifact.json gives no scale / zero point")
+    return ((y.astype(np.float32) - int(quant["zero_point"])) * float(quant["scale"])).astype(np.float32)
+
+
+def bench_input(meta: dict, path: str | None) -> np.ndarray:
+    """Load the float timing input, or make a seeded random one of the artifact's input shape."""
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in meta["input"]["shape"]]
+    if path is None:
+        return np.random.default_rng(0).random(shape, dtype=np.float32)
+    x = np.load(path).astype(np.float32, copy=False)
+    if list(x.shape) != shape:
+        raise RunnerError(f"input {path} has shape {list(x.shape)}, the model expects {shape}")
+    return x
+
+
+class Progress:
+    """Emit about PROGRESS_STEPS ``@progress`` lines per phase on stderr."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        self.last = -1
+
+    def update(self, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` if it crossed the next step."""
+        step = int(PROGRESS_STEPS * done / max(total, 1))
+        if step != self.last or done >= total:
+            self.last = step
+            print(f"@progress {self.phase} {done} {max(total, done)}", file=sys.stderr, flush=True)
+
+
+def timed_run(run, n_min: int, seconds_min: float, phase: str) -> tuple[list[float], float]:
+    """Run ``run()`` at least ``n_min`` times and ``seconds_min`` seconds; return ms per call and wall s."""
+    lat: list[float] = []
+    progress = Progress(phase)
+    clock = time.perf_counter
+    start = clock()
+    while len(lat) < n_min or clock() - start < seconds_min:
+        t = clock()
+        run()
+        lat.append((clock() - t) * 1e3)
+        elapsed = clock() - start
+        estimate = max(n_min, math.ceil(seconds_min / max(elapsed / len(lat), 1e-9)))
+        progress.update(len(lat), estimate)
+    return lat, clock() - start
+
+
+def run_eval(runtime, meta: dict, path: str, out: str, conf: float) -> int:
+    """Run every eval tensor; save per-image candidate rows (K, 6) as ``dets_<i>`` in ``out``."""
+    import detcore
+
+    stack = np.load(path).astype(np.float32, copy=False)
+    head = meta["output"]["head"]
+    progress = Progress("eval")
+    dets = {}
+    for i, x in enumerate(stack):
+        output = to_float_output(runtime.infer(to_model_input(x[None], meta)), meta)
+        dets[f"dets_{i}"] = detcore.candidates(output, head, conf=conf)
+        progress.update(i + 1, len(stack))
+    tmp = out + ".tmp.npz"
+    np.savez(tmp, **dets)
+    Path(tmp).replace(out)
+    return len(stack)
+
+
+def run(runtime_cls, runner: str, argv: list[str] | None = None) -> int:
+    """The whole runner: load, warm up, time, evaluate, print one JSON line.
+
+    ``runtime_cls(meta, folder, threads)`` loads the model; its ``infer(x)`` returns the first output
+    (batch dim kept) and its ``name`` / ``version`` / ``threads`` describe the runtime.
+    """
+    args = parse_args(argv, f"Time a {runtime_cls.name} artifact and dump eval detections.")
+    if bool(args.eval_inputs) != bool(args.eval_out):
+        raise RunnerError("--eval-inputs and --eval-out go together")
+    meta = load_artifact(args.artifact, runtime_cls.name)
+    pinned = pin_cpus([int(c) for c in args.cpus.split(",")] if args.cpus else None)
+    threads = args.threads if args.threads is not None else meta.get("runtime", {}).get("threads")
+    runtime = runtime_cls(meta, args.artifact, threads)
+    x = to_model_input(bench_input(meta, args.inputs), meta)
+
+    def once() -> None:
+        runtime.infer(x)
+
+    t = time.perf_counter()
+    once()
+    first_ms = (time.perf_counter() - t) * 1e3
+    warmup_ms, _ = timed_run(once, args.warmup, args.min_warmup_s, "warmup")
+    window_t0 = time.monotonic()
+    latencies, wall = timed_run(once, args.iterations, args.min_seconds, "timed")
+    window_t1 = time.monotonic()
+    evaluated = None
+    if args.eval_inputs:
+        n = run_eval(runtime, meta, args.eval_inputs, args.eval_out, args.conf)
+        evaluated = {"images": n, "file": Path(args.eval_out).name}
+    result = {
+        "runner": runner,
+        "runtime": runtime.name,
+        "runtime_version": runtime.version,
+        "threads": int(runtime.threads or 0),
+        "first_ms": round(first_ms, 4),
+        "warmup_ms": [round(v, 4) for v in warmup_ms],
+        "latencies_ms": [round(v, 4) for v in latencies],
+        "wall_s": wall,
+        "window": {"clock": "monotonic", "t0": window_t0, "t1": window_t1},
+        "eval": evaluated,
+        "pinned": pinned,
+        "device": device_facts(),
+    }
+    print(json.dumps(result, separators=(",", ":")), flush=True)
+    return 0
+
+
+def main(runtime_cls, runner: str) -> None:
+    """Entry point of a runner file: :func:`run`, with one clear error line instead of a traceback."""
+    try:
+        sys.exit(run(runtime_cls, runner))
+    except RunnerError as exc:
+        print(f"{runner}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # one clear line instead of a traceback on a device console
+        print(f"{runner}: error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}", file=sys.stderr)
+        sys.exit(1)

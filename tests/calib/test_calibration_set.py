@@ -75,15 +75,16 @@ def test_empty_set_is_an_error(calib: CalibrationSet) -> None:
         list(empty.arrays())
 
 
-def test_check_spec_lists_differing_fields(calib: CalibrationSet) -> None:
-    calib.check_spec(SPEC)
-    target = PreprocessSpec(input_size=96, channel_order="BGR", mean=(0.5, 0.5, 0.5))
-    with pytest.raises(CalibrationError) as info:
-        calib.check_spec(target)
-    msg = info.value.message
-    assert "input_size: 64 != 96" in msg and "channel_order: RGB != BGR" in msg and "mean:" in msg
-    assert "std" not in msg and "layout" not in msg
-    assert "--input-size 96" in info.value.hint
+def test_one_set_serves_models_of_any_preprocessing(calib: CalibrationSet) -> None:
+    """The images are the asset: a 96 px BGR model with a mean gets its own tensors from the same set."""
+    other = PreprocessSpec(input_size=96, channel_order="BGR", mean=(0.5, 0.5, 0.5))
+    arrays = list(calib.arrays(limit=3, spec=other))
+    assert [a.shape for a in arrays] == [(1, 3, 96, 96)] * 3
+    for arr, path in zip(arrays, calib.image_paths(3), strict=True):
+        np.testing.assert_array_equal(arr, preprocess_file(path, other)[0])
+    assert calib.spec.input_size == 64  # the set's own default is untouched
+    reader = calib.as_ort_reader("images", limit=2, spec=other)
+    assert reader.get_next()["images"].shape == (1, 3, 96, 96)
 
 
 def test_arrays_equal_preprocess_file_exactly(calib: CalibrationSet) -> None:

@@ -3,11 +3,16 @@
 Hooks a subclass sets or overrides:
     backend_name     registry name
     precisions       precisions to build and check
-    tolerances       precision -> (rtol, atol) of the device outputs vs ONNX Runtime FP32 on the host
+    tolerances       precision -> {"boxes": atol in pixels, "scores": atol} of the device outputs vs
+                     ONNX Runtime FP32 on the host (boxes and scores live on different scales)
     prepare_onnx     turn the FP32 tiny detector into the input that precision's build expects
-                     (e.g. a QDQ ONNX for int8); default: the FP32 file itself
+                     (a QDQ ONNX for int8 of a ``qdq`` backend); default: the FP32 file itself
     unsupported_onnx a model with an op this backend cannot run, and that op's type
     skip_reason      why the backend cannot run here (None = it can)
+
+Fixtures every backend gets: the tiny detector, a tiny calibration set (``calib``: 16 seeded images
+imported with ``edgekit.calib``; a self-quantizing backend's INT8 is built from it), and eval inputs
+in the artifact's own layout (NCHW or NHWC).
 
 The tiny detector is real: two convs and a YOLOv5-style decode to ``[1, N, 5 + nc]`` rows, exported by
 ``torch.onnx.export(..., dynamo=False, opset_version=17)``. The device side runs through
@@ -24,9 +29,10 @@ import numpy as np
 import pytest
 
 from edgekit.backends.base import ARTIFACT_JSON, Artifact
+from edgekit.data.preprocess import PreprocessSpec
 from edgekit.device.agent import RUNNERS_DIR, Agent
 from edgekit.device.transport import LocalTransport
-from edgekit.errors import ModelError, UnsupportedOpError
+from edgekit.errors import BuildError, ModelError, UnsupportedOpError
 from edgekit.fsutil import sha256_file
 from edgekit.registry import BACKENDS
 from edgekit.runners import detcore
@@ -73,6 +79,25 @@ def make_tiny_detector_onnx(path: Path, input_size: int = INPUT_SIZE, num_classe
     return path
 
 
+def make_calibration_set(root: Path, count: int = 16):
+    """A tiny managed calibration set: ``count`` seeded images with bright blocks, imported by edgekit."""
+    from PIL import Image
+
+    from edgekit.calib import import_set
+
+    rng = np.random.default_rng(3)
+    folder = root.parent / "calib_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img = rng.integers(0, 80, (48, 48, 3), dtype=np.uint8)
+        x, y = rng.integers(0, 32, 2)
+        img[y : y + 16, x : x + 16] = rng.integers(120, 256, 3, dtype=np.uint8)
+        Image.fromarray(img).save(folder / f"c{i:02d}.png")
+    return import_set(
+        folder, "contract", root=root, spec=PreprocessSpec(input_size=INPUT_SIZE), progress=False
+    ).set
+
+
 def add_custom_op(src: Path, dst: Path, op_type: str = "FancyOp", domain: str = "edgekit.test") -> Path:
     """Copy ``src`` with a node of an unknown custom domain spliced in before the graph output."""
     import onnx
@@ -102,7 +127,7 @@ class BackendContract:
 
     backend_name: str = ""
     precisions: tuple[str, ...] = ("fp32",)
-    tolerances: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-3)}
+    tolerances: dict[str, dict[str, float]] = {"fp32": {"boxes": 1e-3, "scores": 1e-4}}
     skip_reason: str | None = None
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -114,6 +139,13 @@ class BackendContract:
 
     def options(self, precision: str) -> dict:
         return {"precision": precision, "threads": 1, "head": "yolov5", "num_classes": NUM_CLASSES}
+
+    @staticmethod
+    def in_layout(artifact: Artifact, nchw: np.ndarray) -> np.ndarray:
+        """The NCHW stack in the artifact's input layout."""
+        if artifact.meta["input"]["layout"] == "NHWC":
+            return np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+        return nchw
 
     # -- parametrisation and fixtures -------------------------------------------------------------
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -139,23 +171,31 @@ class BackendContract:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def eval_inputs(cls) -> np.ndarray:
-        return np.random.default_rng(1).random((EVAL_IMAGES, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    def calib(cls, work):
+        return make_calibration_set(work / "calibration")
 
     @pytest.fixture(scope="class")
     @classmethod
-    def artifact(cls, backend, fp32_onnx, work, precision) -> Artifact:
+    def eval_inputs(cls, calib) -> np.ndarray:
+        """Calibration-like images (held out: the set's last four), NCHW float32."""
+        return np.concatenate(list(calib.arrays(spec=PreprocessSpec(input_size=INPUT_SIZE))))[-EVAL_IMAGES:]
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def artifact(cls, backend, fp32_onnx, work, precision, calib) -> Artifact:
         src = cls().prepare_onnx(fp32_onnx, precision, work)
-        return backend.build(src, cls().options(precision), work / f"art_{precision}")
+        out = work / f"art_{precision}"
+        return backend.build(src, cls().options(precision), out, calib=calib, reference=fp32_onnx)
 
     @pytest.fixture(scope="class")
     @classmethod
     def bench(cls, artifact, eval_inputs, work):
         agent = Agent(LocalTransport(root=work))
+        inputs = cls.in_layout(artifact, eval_inputs)
         return agent.bench(
             artifact.dir,
-            bench_input=eval_inputs[:1],
-            eval_inputs=eval_inputs,
+            bench_input=inputs[:1],
+            eval_inputs=inputs,
             warmup=2,
             min_warmup_s=0.0,
             iterations=20,
@@ -195,12 +235,37 @@ class BackendContract:
         assert all(d.ndim == 2 and d.shape[1] == 6 for d in bench.detections)
 
     def test_outputs_match_ort_fp32(self, bench, fp32_onnx, eval_inputs, precision):
-        rtol, atol = self.tolerances[precision]
+        tol = self.tolerances[precision]
         refs = ort_fp32_outputs(fp32_onnx, eval_inputs)
         for ref, got in zip(refs, bench.detections, strict=True):
             expected = detcore.candidates(ref, "yolov5", conf=0.0)
             assert got.shape == expected.shape  # conf=0 keeps every row, in order
-            np.testing.assert_allclose(got[:, :5], expected[:, :5], rtol=rtol, atol=atol)
+            np.testing.assert_allclose(got[:, :4], expected[:, :4], rtol=0, atol=tol["boxes"])
+            np.testing.assert_allclose(got[:, 4], expected[:, 4], rtol=0, atol=tol["scores"])
+
+    def test_build_checked_the_artifact_against_fp32(self, artifact, precision):
+        parity = artifact.meta["parity"]
+        assert parity["checked"] and parity["outputs"][0]["shape"] == [
+            1,
+            (INPUT_SIZE // 4) ** 2,
+            5 + NUM_CLASSES,
+        ]
+        tol = BACKENDS.get(self.backend_name).parity[precision]
+        assert parity["outputs"][0]["cosine"] >= tol.min_cosine
+        if precision == "int8":
+            assert artifact.meta["calibration"]["sha256"] and artifact.meta["quantization"]["method"]
+
+    def test_divergent_outputs_fail_the_build_and_leave_nothing(
+        self, backend, fp32_onnx, work, calib, monkeypatch
+    ):
+        precision = self.precisions[0]
+        src = self.prepare_onnx(fp32_onnx, precision, work)
+        monkeypatch.setattr(type(backend), "_infer", lambda self, art, x: [np.zeros((1, 64, 8), np.float32)])
+        out = work / "out_divergent"
+        with pytest.raises(BuildError, match="diverges from FP32") as info:
+            backend.build(src, self.options(precision), out, calib=calib, reference=fp32_onnx)
+        assert "output 'output'" in info.value.message and info.value.hint
+        assert not out.exists()
 
     @pytest.mark.parametrize("damage", ["truncated", "garbage"])
     def test_corrupt_onnx_is_a_model_error_and_leaves_no_out_dir(self, backend, fp32_onnx, work, damage):

@@ -1,4 +1,4 @@
-"""The model-side deploy stages: data, model, reference, compress, export, quantize, build."""
+"""The model-side deploy stages: data, model, reference, compress, export."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from edgekit.data.dataset import YoloDataset
 from edgekit.errors import ConfigError
 from edgekit.fsutil import sha256_file
-from edgekit.stages import RunContext, add_node, model_stats, stage
+from edgekit.stages.context import RunContext, add_node, model_stats, stage
 
 
 def float_view(model):
@@ -36,13 +36,13 @@ def data_stage(ctx: RunContext, req) -> tuple[Path, Any]:
             root = builtin_dataset(cache_dir(), shapes, progress=ctx.progress)
             config = {"dataset": "builtin shapes", **shapes.__dict__}
         val = InMemorySplit(YoloDataset(root, "val"), ctx.spec)
-    ctx.state["class_names"] = YoloDataset(root, "val").names
+    ctx.class_names = YoloDataset(root, "val").names
     add_node(
         ctx,
         "data",
         config,
         fields,
-        label=f"{root.name}: {len(val)} val images, {len(ctx.state['class_names'])} classes",
+        label=f"{root.name}: {len(val)} val images, {len(ctx.class_names)} classes",
         extra={"root": str(root)},
     )
     return root, val
@@ -63,17 +63,17 @@ def model_stage(ctx: RunContext, req, root: Path):
                     f"'{ctx.target.name}' is set to {ctx.spec.input_size} px",
                     f"set input_size: {det.preprocess.input_size} in {ctx.target.source}",
                 )
-            if det.num_classes != len(ctx.state["class_names"]):
+            if det.num_classes != len(ctx.class_names):
                 raise ConfigError(
                     f"{req.model} predicts {det.num_classes} classes but the dataset has "
-                    f"{len(ctx.state['class_names'])}",
+                    f"{len(ctx.class_names)}",
                     "evaluate it on a dataset with the same classes (--data)",
                 )
             if not det.static:
                 from edgekit.models.user import static_copy
 
                 det.path = static_copy(det, ctx.run_dir / "model_static.onnx")
-            ctx.state["head"] = det.head
+            ctx.head = det.head
             config, label, model = (
                 {"onnx": str(req.model), "sha256": sha256_file(req.model)},
                 "user ONNX",
@@ -118,7 +118,7 @@ def reference_stage(ctx: RunContext, req, model, val):
             stats = {"params": int(info["params"]), "size_bytes": int(info["size_bytes"])}
         else:
             scores, stats = evaluate(model, val), model_stats(model, ctx.spec)
-    ctx.state["deployed_stats"] = {k: v for k, v in stats.items() if k in ("params", "macs")}
+    ctx.deployed_stats = {k: v for k, v in stats.items() if k in ("params", "macs")}
     add_node(
         ctx,
         "reference",
@@ -154,15 +154,20 @@ def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
         for node in nodes:
             add_node(ctx, node.pop("stage"), node.pop("config", {}), {}, **node)
     stats = model_stats(float_view(model), ctx.spec)
-    ctx.state["deployed_stats"] = {k: v for k, v in stats.items() if k != "size_bytes"}
+    ctx.deployed_stats = {k: v for k, v in stats.items() if k != "size_bytes"}
     return model
 
 
-def export_stage(ctx: RunContext, req, model, val) -> Path:
-    """Torch → ONNX (opset 17) with an FP32 parity check against ONNX Runtime; ONNX inputs are copied."""
-    from edgekit.export.onnx import check_parity, export_onnx, onnx_info
+def export_stage(ctx: RunContext, req, model, val, torchscript: bool = False) -> tuple[Path, Path | None]:
+    """Torch → ONNX (opset 17) with an FP32 parity check against ONNX Runtime; ONNX inputs are copied.
+
+    With ``torchscript`` (the backend converts a trace more faithfully, e.g. pnnx) a torch model is
+    also traced to ``model_fp32.pt``. Returns ``(onnx, torchscript or None)``.
+    """
+    from edgekit.export.onnx import check_parity, export_onnx, export_torchscript, onnx_info
 
     path = ctx.run_dir / "model_fp32.onnx"
+    ts_path = None
     with stage(ctx, "export") as fields:
         if hasattr(model, "head") and isinstance(getattr(model, "path", None), (str, Path)):
             shutil.copyfile(model.path, path)
@@ -173,20 +178,24 @@ def export_stage(ctx: RunContext, req, model, val) -> Path:
             parity = check_parity(
                 model, path, [val.tensor(i) for i in range(min(4, len(val)))], atol=PARITY_ATOL, rtol=0.0
             )
+            if torchscript:
+                ts_path = export_torchscript(model, ctx.spec.input_shape(), ctx.run_dir / "model_fp32.pt")
         info = onnx_info(path)
-    metrics = {**ctx.state["deployed_stats"], "size_bytes": int(info["size_bytes"])}
+    outputs = {p.name: sha256_file(p) for p in (path, ts_path) if p is not None}
+    metrics = {**ctx.deployed_stats, "size_bytes": int(info["size_bytes"])}
     add_node(
         ctx,
         "export",
         {"opset": info.get("opset"), "parity_atol": PARITY_ATOL},
         fields,
-        label="ONNX export (FP32 parity checked with ONNX Runtime)",
+        label="ONNX export (FP32 parity checked with ONNX Runtime)"
+        + (" + TorchScript trace" if ts_path else ""),
         metrics=metrics,
-        outputs={path.name: sha256_file(path)},
+        outputs=outputs,
         extra={"parity": parity, "ops": info.get("ops")},
         tools=_tools("torch", "onnx", "onnxruntime"),
     )
-    return path
+    return path, ts_path
 
 
 def _tools(*names: str) -> dict[str, str]:
@@ -199,46 +208,3 @@ def _tools(*names: str) -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def build_stage(ctx: RunContext, plan, onnx_path: Path) -> Path:
-    """Build the target backend's artifact from the (quantized) ONNX."""
-    from edgekit.backends.base import BuildOptions
-
-    out = ctx.run_dir / "artifact"
-    target = ctx.target
-    with stage(ctx, "build") as fields:
-        options = BuildOptions(
-            precision=target.precision,
-            threads=target.runtime.threads,
-            head=ctx.state.get("head", "yolov5"),
-            class_names=ctx.state["class_names"],
-            num_classes=len(ctx.state["class_names"]),
-            preprocess=ctx.spec,
-            quantization=ctx.state.get("quantization", {}),
-        )
-        artifact = plan.backend_cls().build(onnx_path, options, out)
-    size = (
-        sum((out / f).stat().st_size for f in artifact.files.values())
-        if isinstance(artifact.files, dict)
-        else sum((out / f).stat().st_size for f in artifact.files)
-    )
-    ctx.state["artifact_bytes"] = int(size)
-    add_node(
-        ctx,
-        "build",
-        {"backend": target.backend, "precision": target.precision},
-        fields,
-        label=f"{target.backend} {target.precision} artifact",
-        metrics={**ctx.state["deployed_stats"], "size_bytes": int(size)},
-        outputs={f"artifact/{k}": v for k, v in artifact.meta.get("sha256", {}).items()},
-        tools=artifact.meta.get("tools", {}),
-    )
-    return out
-
-
-def quantize_stage(ctx: RunContext, req, plan, model, onnx_path: Path, root: Path, val) -> Path:
-    """INT8: QAT export, or PTQ with ONNX Runtime from the managed calibration set."""
-    from edgekit.quantize_stage import run_quantize
-
-    return run_quantize(ctx, req, plan, model, onnx_path, root, val)

@@ -1,82 +1,15 @@
-"""The deploy stages. Each takes the run context, does one thing, and adds one record node.
-
-Stages talk through files in the run folder and through the record; nothing here keeps global state.
-"""
+"""The device side of a deploy: resolve the transport, run the artifact, score its outputs."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgekit.config import Target
-from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, EdgekitError
-from edgekit.report.record import Node, RunRecord, latency_stats, now_iso
-
-
-@dataclass
-class RunContext:
-    """Everything a stage may read: the request, the target, the run folder and the record."""
-
-    target: Target
-    run_dir: Path
-    record: RunRecord
-    spec: PreprocessSpec
-    progress: bool = True
-    calib_root: Path = Path("calibration")
-    epochs_scale: float = 1.0
-    state: dict[str, Any] = field(default_factory=dict)
-
-    def save(self) -> None:
-        """Persist the record (atomic) after every stage."""
-        self.record.save(self.run_dir / "record.json")
-
-
-@contextmanager
-def stage(ctx: RunContext, name: str):
-    """Time a stage and, on failure, mark the record with where and why it stopped."""
-    started, t0 = now_iso(), time.perf_counter()
-    fields: dict[str, Any] = {"started": started}
-    try:
-        yield fields
-    except EdgekitError as exc:
-        ctx.record.status, ctx.record.failed_stage = "failed", name
-        ctx.record.error = {"message": exc.message, "hint": exc.hint}
-        ctx.save()
-        raise
-    fields["ended"], fields["seconds"] = now_iso(), round(time.perf_counter() - t0, 3)
-
-
-def add_node(ctx: RunContext, stage_name: str, config: dict, fields: dict, **kw: Any) -> Node:
-    """Add a node for a finished stage and save the record."""
-    node = ctx.record.child(stage_name, config, **fields, **kw)
-    ctx.save()
-    return node
-
-
-def model_stats(model, spec: PreprocessSpec) -> dict[str, int]:
-    """Params, MACs and state-dict bytes of a torch model at the spec's input size."""
-    import io
-
-    import torch
-
-    from edgekit.export.onnx import model_macs_params
-
-    stats = model_macs_params(model, spec.input_shape())
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return {"params": int(stats["params"]), "macs": int(stats["macs"]), "size_bytes": buf.getbuffer().nbytes}
-
-
-def eval_tensors(val) -> np.ndarray:
-    """Stack the validation split's preprocessed tensors into ``(N, C, H, W)``."""
-    return np.concatenate([val.tensor(i) for i in range(len(val))], 0)
+from edgekit.report.record import latency_stats
+from edgekit.stages.context import RunContext, add_node, eval_tensors, stage
 
 
 def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
@@ -97,17 +30,18 @@ def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
             iterations=rt.iterations,
             min_seconds=rt.min_seconds,
             threads=rt.threads,
+            cpus=rt.cpu_affinity,
             progress=ctx.progress,
         )
         scores = map_from_candidates(val, result.detections)
-    dep = ctx.state["deployed_stats"]
+    dep = ctx.deployed_stats
     add_node(
         ctx,
         "eval",
         {"images": len(val), "conf": 0.001, "iou": 0.5},
         dict(fields),
         label=f"mAP from the device's own outputs ({len(val)} images)",
-        metrics={**dep, "size_bytes": ctx.state["artifact_bytes"], **scores},
+        metrics={**dep, "size_bytes": ctx.artifact_bytes, **scores},
         tools={result.runtime: result.runtime_version},
     )
     metrics = {
@@ -115,7 +49,7 @@ def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
         "fps": round(result.fps, 2),
         "first_ms": round(result.first_ms, 3),
         **scores,
-        "size_bytes": ctx.state["artifact_bytes"],
+        "size_bytes": ctx.artifact_bytes,
     }
     if result.power_w is not None:
         metrics["power_w"] = result.power_w
@@ -138,6 +72,8 @@ def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
         extra={
             "latencies_ms": [round(x, 4) for x in result.latencies_ms],
             "device": result.device,
+            "pinned": result.raw.get("pinned"),
+            "governor_expected": rt.governor,
             "power_note": result.power_note,
             "thermal_before": result.thermal_before,
             "thermal_after": result.thermal_after,

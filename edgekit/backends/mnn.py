@@ -1,0 +1,290 @@
+"""MNN (Alibaba) on Arm CPUs: ``mnnconvert`` makes the model, MNN's offline quantizer makes INT8.
+
+* **fp32** is ``mnnconvert -f ONNX``.
+* **fp16** is the same with ``--fp16``: fp16 weight *storage* (about half the file); MNN computes in
+  fp32 unless the runner asks for ``precision: low`` on an ARMv8.2 CPU, which this host cannot check,
+  so the sidecar asks for ``high``.
+* **int8** converts fp32, then runs MNN's post-training quantizer (``kl`` or ``ema`` activation
+  scales, ``MAX_ABS`` weights) on the calibration set. MNN's quantizer *stretches* every image to the
+  input size, so edgekit writes the set's letterboxed canvases (the model's own letterbox) as PNGs of
+  exactly that size and gives MNN the model's mean and std on 0..255 pixels: MNN then sees what
+  evaluation sees, up to 8-bit rounding. Feature ADMM is refused (it segfaults in 3.6.1 and writes an
+  all-zero model).
+
+Every tool runs in a subprocess through :mod:`edgekit.backends.mnn_tools` (no pip, no telemetry, a
+segfault cannot kill edgekit); a built INT8 model is checked by structure (how many convolutions are
+INT8, :mod:`edgekit.backends.mnn_graph`) and by numbers (not all zero, then the FP32 parity check).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from edgekit.backends import mnn_tools as mt
+from edgekit.backends.base import (
+    Artifact,
+    Backend,
+    BuildOptions,
+    BuildOutput,
+    BuildSource,
+    Problem,
+    QuantizerOptions,
+)
+from edgekit.backends.mnn_graph import describe
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.errors import BuildError, CalibrationError, ConfigError
+
+#: Measured on the reference detector (160 px, hard shapes, 64-image calib split, 200 val images, mAP
+#: from the runner's outputs; ``bench/mnn_methods.py``): ORT fp32 0.5018, MNN int8 EMA 0.4947, KL 0.0000
+#: (MNN 3.6.1's KL zeroes every score of that model). KL stays as the fallback ``--calibrator auto`` tries.
+DEFAULT_METHOD: Literal["kl", "ema"] = "ema"
+EMA_BATCH = 8
+MODEL_FILE = "model.mnn"
+#: The runtime precision the sidecar asks for: ``high`` = fp32 arithmetic, what the host check verified.
+RUNTIME_PRECISION = "high"
+_HOST_THREADS = 1
+#: Lowest cosine of the box part and of the score part of an INT8 output against the FP32 ``.mnn``
+#: (on the first calibration images). Measured on the reference detector: EMA >= 0.9987 (scores),
+#: KL 0.09-0.24 (every objectness zero) while its whole-output cosine was still 0.974.
+_ADMM = {
+    "method": "MNN's ADMM feature quantizer is refused: in MNN 3.6.1 it segfaults after 'Quantize model "
+    "done!' and the model it writes outputs all zeros",
+    "weight_method": "MNN's ADMM weight quantizer is not offered: measured no gain over MAX_ABS "
+    "(cosine 0.99256 vs 0.99238) at 3x the quantization time",
+}
+_CUSTOM_HINT = "MNN converts standard ONNX ops only: replace the custom op, or pick another backend"
+_OP_HINT = (
+    "replace the op in the model or export with another opset (`mnnconvert -f ONNX --OP` lists MNN's ops)"
+)
+
+
+class MnnQuantizer(QuantizerOptions):
+    """How MNN's offline quantizer makes an INT8 model, and what it was fed.
+
+    Attributes:
+        method: Activation scales: ``ema`` (moving average of each tensor's range over batches) or
+            ``kl`` (KL-divergence clip of activation histograms). ``admm`` is refused.
+        weight_method: ``max_abs`` (per-channel symmetric int8 weights); ADMM is not offered.
+        batch_size: Images per EMA batch (MNN drops an incomplete last batch, so the image count
+            must be a multiple of it).
+        images: Calibrate on the first ``images`` images of the set (manifest order is the sampling
+            order); ``None`` = every image, rounded down to a multiple of ``batch_size`` for EMA. An
+            artifact records the number actually used.
+    """
+
+    method: Literal["kl", "ema"] = DEFAULT_METHOD
+    weight_method: Literal["max_abs"] = "max_abs"
+    batch_size: int = Field(EMA_BATCH, ge=1, le=256)
+    images: int | None = Field(None, ge=1)
+
+    @field_validator("method", "weight_method", mode="before")
+    @classmethod
+    def _refuse_admm(cls, value: Any, info: Any) -> Any:
+        """Accept MNN's upper-case spellings; refuse ADMM with the reason, not just "not allowed"."""
+        value = value.lower() if isinstance(value, str) else value
+        if value == "admm":
+            raise ValueError(f"{_ADMM[info.field_name]}; use method 'ema' or 'kl', weight_method 'max_abs'")
+        return value
+
+
+class MnnBackend(Backend):
+    """Build ``model.mnn`` artifacts for MNN's CPU runtime (fp32, fp16 weights, INT8 from a set).
+
+    Example:
+        >>> backend = MnnBackend()
+        >>> art = backend.build("det.onnx", {"precision": "int8", "quantizer": {"method": "ema"}},
+        ...                     "out/mnn", calib=cs)  # doctest: +SKIP
+        >>> art.meta["mnn"]["graph"]["int8_layers"], art.meta["quantization"]["images"]  # doctest: +SKIP
+        (11, 64)
+    """
+
+    name = "mnn"
+    precisions = ("fp32", "fp16", "int8")
+    build_location = "host"
+    int8_source = "calibration"
+    quantizer_options = MnnQuantizer
+    methods = (DEFAULT_METHOD, *(m for m in ("ema", "kl") if m != DEFAULT_METHOD))
+    min_calibration_images = EMA_BATCH
+    extra = "mnn"
+    runner = "mnn_run.py"
+    suffix = ".mnn"
+
+    def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
+        problems = layout_problems(options) + op_problems(model)
+        if mt.mnn_version() != mt.TESTED_MNN_VERSION:
+            problems.append(
+                Problem(
+                    "warning",
+                    f"MNN {mt.mnn_version()} is installed; edgekit was tested with {mt.TESTED_MNN_VERSION}",
+                    mt.INSTALL_HINT,
+                )
+            )
+        return problems
+
+    def _build(self, source: BuildSource, options: BuildOptions, work_dir: Path) -> BuildOutput:
+        if options.precision != "int8":
+            log = mt.convert(source.onnx, work_dir / MODEL_FILE, fp16=options.precision == "fp16")
+            mnn = {"weights": options.precision, "convert_s": round(log.seconds, 3)}
+            return BuildOutput({"model": MODEL_FILE}, self._meta(options, mnn))
+        with tempfile.TemporaryDirectory(prefix="edgekit-mnn-int8-") as tmp:
+            fp32 = mt.convert(source.onnx, Path(tmp) / "fp32.mnn", fp16=False).artifact
+            quantizer, mnn = quantize_from_set(fp32, source.calib, options, Path(tmp))
+            os.replace(Path(tmp) / MODEL_FILE, work_dir / MODEL_FILE)
+        return BuildOutput({"model": MODEL_FILE}, self._meta(options, mnn, quantizer))
+
+    def _meta(self, options: BuildOptions, mnn: dict, quantizer: MnnQuantizer | None = None) -> dict:
+        runtime = {"threads": options.threads, "precision": RUNTIME_PRECISION, "backend": "CPU"}
+        meta: dict[str, Any] = {"mnn": mnn, "runtime": runtime}
+        if quantizer is not None:
+            meta["quantization"] = quantizer.model_dump(mode="json")
+        return meta
+
+    def _load_check(self, artifact: Artifact) -> None:
+        shape = mt.model_input_shape(artifact.path())
+        expected = artifact.meta["input"]["shape"]
+        if all(isinstance(d, int) for d in expected) and shape != expected:
+            raise BuildError(
+                f"MNN reads {artifact.path().name}'s input as {shape}, artifact.json says {expected}",
+                "export the ONNX with a static input shape",
+            )
+
+    def _infer(self, artifact: Artifact, x: Any) -> list[Any]:
+        precision = (artifact.meta.get("runtime") or {}).get("precision") or RUNTIME_PRECISION
+        return mt.run_mnn(artifact.path(), x, threads=_HOST_THREADS, precision=precision)
+
+    def _tools(self) -> dict[str, str]:
+        return {"mnn": mt.mnn_version()}
+
+
+# --- checks -----------------------------------------------------------------------------------------------
+
+
+def layout_problems(options: BuildOptions) -> list[Problem]:
+    """MNN's Python runtime and quantizer feed NCHW tensors; edgekit's detectors are NCHW."""
+    if options.preprocess is not None and options.preprocess.layout != "NCHW":
+        return [
+            Problem(
+                "error",
+                f"backend 'mnn' takes NCHW image inputs; this model's input is {options.preprocess.layout}",
+                "export the ONNX with an NCHW input (the MNN converter keeps the ONNX layout)",
+            )
+        ]
+    return []
+
+
+def op_problems(model: Any) -> list[Problem]:
+    """One error per op type MNN's converter lacks (custom-domain ops always), naming the nodes."""
+    nodes: dict[str, list[str]] = {}
+    for label, node in mt.unsupported_ops(model):
+        nodes.setdefault(label, []).append(node or "?")
+    problems = []
+    for label, names in nodes.items():
+        custom = ":" in label
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        message = f"MNN {mt.mnn_version()} cannot convert op {label} (node(s) {shown})"
+        problems.append(
+            Problem("error", message, _CUSTOM_HINT if custom else _OP_HINT, (label.split(":")[-1],))
+        )
+    return problems
+
+
+# --- int8 -------------------------------------------------------------------------------------------------
+
+
+def calibration_count(quantizer: MnnQuantizer, calib: Any) -> int:
+    """How many images of the set to calibrate on (see :attr:`MnnQuantizer.images`).
+
+    Raises:
+        CalibrationError: More images asked than the set has, or fewer than one EMA batch available.
+        ConfigError: An explicit EMA image count that is not a multiple of ``batch_size``.
+    """
+    if quantizer.images is not None and quantizer.images > calib.count:
+        raise CalibrationError(
+            f"quantizer images={quantizer.images} but calibration set {calib.name!r} has {calib.count}",
+            "lower images, or import a larger set with `edgekit calib import`",
+        )
+    count, batch = quantizer.images or calib.count, quantizer.batch_size
+    if quantizer.method != "ema":
+        return count
+    if quantizer.images is None:
+        count -= count % batch
+    if count == 0:
+        raise CalibrationError(
+            f"calibration set {calib.name!r} has {calib.count} images, fewer than one EMA batch ({batch})",
+            "lower batch_size, use method 'kl', or import a larger set",
+        )
+    if count % batch:
+        raise ConfigError(
+            f"quantizer images={count} is not a multiple of batch_size={batch}",
+            "MNN's EMA drops an incomplete last batch: give a multiple, or leave images unset",
+        )
+    return count
+
+
+def canvas_spec(spec: PreprocessSpec) -> PreprocessSpec:
+    """The model's letterbox without normalisation: RGB NCHW values in [0, 1] (8-bit canvases)."""
+    return spec.model_copy(
+        update={"mean": (0.0,) * 3, "std": (1.0,) * 3, "channel_order": "RGB", "layout": "NCHW"}
+    )
+
+
+def tool_mean_normal(spec: PreprocessSpec) -> tuple[list[float], list[float]]:
+    """MNN computes ``(pixel - mean) * normal`` on 0..255 pixels; edgekit ``(pixel/255 - mean) / std``.
+
+    Both index the channels in the model's channel order (MNN's ``format``), so no reordering.
+    """
+    return [255.0 * m for m in spec.mean], [1.0 / (255.0 * s) for s in spec.std]
+
+
+def quantize_from_set(
+    fp32: Path, calib: Any, options: BuildOptions, tmp: Path
+) -> tuple[MnnQuantizer, dict[str, Any]]:
+    """Write the set's canvases, run MNN's quantizer into ``tmp/model.mnn`` and check the result.
+
+    Returns:
+        The quantizer options with ``images`` resolved, and the ``mnn`` block of ``artifact.json``.
+
+    Raises:
+        CalibrationError: The set is too small for the request.
+        BuildError: The quantizer failed, quantized no layer, or wrote a model that outputs zeros/NaN.
+    """
+    quantizer, spec = options.quantizer, options.preprocess
+    count = calibration_count(quantizer, calib)
+    images = mt.write_letterboxed_images(calib.arrays(limit=count, spec=canvas_spec(spec)), tmp / "images")
+    mean, normal = tool_mean_normal(spec)
+    log = mt.quantize(
+        fp32, tmp / MODEL_FILE, tmp / "images", width=spec.input_size, height=spec.input_size,
+        mean=mean, normal=normal, fmt=spec.channel_order, feature_method=quantizer.method.upper(),
+        weight_method=quantizer.weight_method.upper(), used_image_num=count, batch_size=quantizer.batch_size,
+    )  # fmt: skip
+    graph = _checked_int8(log.artifact, fp32, calib, options)
+    mnn = {
+        "quantizer_config": log.config,
+        "quantize_s": round(log.seconds, 3),
+        "calibration_images": len(images),
+        "sidecar_scales": None if log.scales is None else asdict(log.scales),
+        "graph": graph,
+    }
+    return quantizer.model_copy(update={"images": count}), mnn
+
+
+def _checked_int8(model: Path, fp32: Path, calib: Any, options: BuildOptions) -> dict[str, Any]:
+    """Structure (some layer is INT8) and numbers (outputs neither all zero nor NaN)."""
+    method = options.quantizer.method
+    summary = describe(model)
+    if summary.int8_layers == 0:
+        raise BuildError(
+            f"MNN's quantizer (method {method}) wrote {model.name} with no INT8 layer "
+            f"({summary.conv_layers} convolutions stay float)",
+            "the model may have no layer MNN quantizes; build fp16 instead",
+        )
+    x = next(iter(calib.arrays(limit=1, spec=options.preprocess)))
+    mt.check_outputs_sane(mt.run_mnn(model, x), producer=f"MNN's quantizer (method {method})")
+    # Boxes and scores are then compared with FP32 on their own by the build's parity check.
+    return summary.to_dict()

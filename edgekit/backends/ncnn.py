@@ -1,0 +1,378 @@
+"""ncnn (Tencent) on Arm CPUs: pnnx converts the model, edgekit's own ncnn2table/ncnn2int8 make INT8.
+
+* **fp32** is pnnx with ``fp16=0``; the runner turns fp16 storage and arithmetic *off*, because ncnn's
+  defaults would compute an fp32 model in fp16 on an ARMv8.2 board without saying so.
+* **fp16** is pnnx's fp16 weight storage with ncnn's fp16 storage, packing and arithmetic on (used
+  where the CPU has them; on x86 the host check computes in fp32, so fp16 arithmetic error is only
+  seen on the board).
+* **int8** is the fp32 conversion calibrated on the calibration set with KL or ACIQ
+  (:func:`edgekit.backends.ncnn_int8.build_int8`); layers left in float store fp16 weights, as
+  ncnn2int8 does, and compute in fp32. The runner must set ``opt.use_int8_inference`` or ncnn outputs
+  NaN, so the sidecar's ``runtime`` block says which flags to set.
+
+pnnx prefers a TorchScript trace (its ONNX path lost a DFL head's ReduceSum axes); ``build`` takes one
+with ``torchscript=`` and the sidecar records which path was used. ncnn renames the blobs ``in0`` /
+``out0`` and drops the batch dim; the sidecar's ``ncnn`` block names the blobs the runner reads.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgekit.backends.base import (
+    Artifact,
+    Backend,
+    BuildOptions,
+    BuildOutput,
+    BuildSource,
+    Problem,
+    QuantizerOptions,
+    dims,
+    graph_inputs,
+)
+from edgekit.backends.ncnn_calibration import MIN_IMAGES, QUANTIZABLE
+from edgekit.backends.ncnn_convert import check_loads, convert_with_pnnx, find_pnnx, import_ncnn, run_ncnn
+from edgekit.backends.ncnn_format import NcnnLayer, graph_io, int8_layers, read_param
+from edgekit.backends.ncnn_int8 import Int8Result, build_int8
+from edgekit.errors import BuildError, CalibrationError, ConfigError
+from edgekit.fsutil import sha256_file
+
+#: Measured through ncnn_run.py on the reference TinyYolo (160 px), mAP@0.5:0.95 drop vs ORT fp32 with
+#: the head in float: KL 0.00 / -0.35 points, ACIQ 0.40 / 0.55 (tests' checkpoint with 64 calibration
+#: images / the deploy checkpoint with 256). Every conv in int8: KL 0.91 / -0.04, ACIQ 0.66 / 0.64.
+DEFAULT_METHOD: Literal["kl", "aciq"] = "kl"
+FILES = {"model": "model.ncnn.param", "weights": "model.ncnn.bin"}
+TABLE = "model.table"
+_STANDARD_DOMAINS = ("", "ai.onnx")
+_HOST_THREADS = 2
+_HINTS = {
+    "NonMaxSuppression": "keep NMS and box selection out of the exported graph (edgekit decodes and runs "
+    "NMS on the runner's output); pnnx leaves NMS as pnnx.Expression, which ncnn cannot load",
+    "Tensor.slice": "strided slices (x[..., ::2, ::2], YOLOv5's Focus) have no ncnn layer: use a 6x6 "
+    "stride-2 Conv instead of Focus (as YOLOv5 v6+ does)",
+    "custom": "pnnx converts standard ONNX ops only: replace the custom op, or pick another backend",
+}
+
+
+class NcnnQuantizer(QuantizerOptions):
+    """How edgekit's ncnn INT8 is calibrated (ncnn2table's methods), and what the build made.
+
+    Attributes:
+        method: ``kl`` (KL-divergence clip of activation histograms) or ``aciq`` (Gaussian clip from
+            each blob's max and size, weights clipped the same way).
+        images: Calibrate on the first ``images`` images of the set (manifest order is the sampling
+            order); ``None`` = every image. KL needs at least 8.
+        keep_float: ncnn layer names (from the ``.param``) to keep in float.
+        float_head: Keep the prediction convs (those whose output reaches the model output through no
+            other conv, see :func:`head_layers`) in float. Measured on the reference detector: KL
+            drop 0.91 -> 0.00 mAP@0.5:0.95 points with 64 calibration images, -0.04 -> -0.35 with 256;
+            its two 1x1 head convs cost +0.4 % size and about +5 % latency (x86, 1 thread).
+        quantized_layers: Layers that run in INT8 (written by the build).
+        scales_sha256: sha256 of the calibration table (written by the build; differs when the
+            methods really differ).
+    """
+
+    method: Literal["kl", "aciq"] = DEFAULT_METHOD
+    images: int | None = Field(None, ge=1)
+    keep_float: list[str] = []
+    float_head: bool = True
+    quantized_layers: int | None = None
+    scales_sha256: str | None = None
+
+
+class NcnnBackend(Backend):
+    """Build ``model.ncnn.param`` + ``model.ncnn.bin`` artifacts for the ncnn runtime.
+
+    Example:
+        >>> backend = NcnnBackend()
+        >>> art = backend.build("det.onnx", {"precision": "int8", "quantizer": {"method": "kl"}},
+        ...                     "out/ncnn", calib=cs, torchscript="det.pt")  # doctest: +SKIP
+        >>> art.meta["ncnn"]["pnnx_source"], art.meta["runtime"]["use_int8_inference"]  # doctest: +SKIP
+        ('torchscript', True)
+    """
+
+    name = "ncnn"
+    precisions = ("fp32", "fp16", "int8")
+    build_location = "host"
+    int8_source = "calibration"
+    quantizer_options = NcnnQuantizer
+    accepts_torchscript = True
+    methods = (DEFAULT_METHOD, *(m for m in ("kl", "aciq") if m != DEFAULT_METHOD))
+    min_calibration_images = min(MIN_IMAGES.values())
+    extra = "ncnn"
+    runner = "ncnn_run.py"
+    suffix = ".param"
+
+    def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
+        return input_problems(model, options) + op_problems(model)
+
+    def _build(self, source: BuildSource, options: BuildOptions, work_dir: Path) -> BuildOutput:
+        pnnx_source = "torchscript" if source.torchscript else "onnx"
+        shape = options.preprocess.input_shape()
+        files = dict(FILES)
+        with tempfile.TemporaryDirectory(prefix=".pnnx.", dir=work_dir) as tmp:
+            converted = convert_with_pnnx(
+                source.torchscript or source.onnx, shape, tmp, fp16=options.precision == "fp16"
+            )
+            param, bin_, int8 = converted.param, converted.bin, None
+            if options.precision == "int8":
+                int8 = self._quantize(converted.param, converted.bin, source.calib, options, Path(tmp))
+                param, bin_ = int8.param, int8.bin
+                os.replace(int8.table, work_dir / TABLE)
+                files["table"] = TABLE
+            os.replace(param, work_dir / FILES["model"])
+            os.replace(bin_, work_dir / FILES["weights"])
+        meta = self._meta(work_dir, options, pnnx_source, int8)
+        return BuildOutput(files=files, meta=meta)
+
+    def _quantize(self, param: Path, bin_: Path, calib: Any, options: BuildOptions, tmp: Path) -> Int8Result:
+        quantizer = options.quantizer
+        images = quantizer.images
+        if images is not None and images > calib.count:
+            raise CalibrationError(
+                f"quantizer images={images} but calibration set {calib.name!r} has {calib.count}",
+                "lower images, or import a larger set with `edgekit calib import`",
+            )
+        keep = float_layers(quantizer, read_param(param))
+        return build_int8(
+            param,
+            bin_,
+            calibration_arrays(calib, options.preprocess, images),
+            quantizer.method,
+            tmp / "int8",
+            threads=_HOST_THREADS,
+            skip_layers=keep,
+        )
+
+    def _meta(
+        self, work_dir: Path, options: BuildOptions, pnnx_source: str, int8: Int8Result | None
+    ) -> dict[str, Any]:
+        layers = read_param(work_dir / FILES["model"])
+        inputs, outputs = graph_io(layers)
+        block: dict[str, Any] = {
+            "input_blob": inputs[0],
+            "output_blobs": sorted(outputs, key=_blob_order),
+            "layers": len(layers),
+            "pnnx_source": pnnx_source,
+            "int8_layers": len(int8_layers(layers)),
+        }
+        meta: dict[str, Any] = {"ncnn": block, "runtime": runtime_flags(options.precision, options.threads)}
+        if int8 is not None:
+            block["int8"] = {
+                "tool": "edgekit.backends.ncnn_int8 (ncnn2table + ncnn2int8)",
+                "images": int8.images,
+                "cosine_vs_fp32": round(int8.cosine, 6),
+                "float_layers": [layer.name for layer in layers if _kept_float(layer)],
+                "warnings": int8.warnings,
+            }
+            table = sha256_file(work_dir / TABLE)
+            results = {"quantized_layers": int8.quantized_layers, "scales_sha256": table}
+            meta["quantization"] = options.quantizer.model_copy(update=results).model_dump(mode="json")
+        return meta
+
+    def _load_check(self, artifact: Artifact) -> None:
+        param, bin_ = artifact.path("model"), artifact.path("weights")
+        check_loads(param, bin_)
+        layers = read_param(param)
+        if int8_layers(layers) and not artifact.meta["runtime"].get("use_int8_inference"):
+            raise BuildError(
+                f"{param.name} has int8 layers but artifact.json's runtime block leaves use_int8_inference "
+                "off, so ncnn would output NaN",
+                "rebuild the artifact; never edit artifact.json by hand",
+            )
+        inputs, outputs = graph_io(layers)
+        block = artifact.meta.get("ncnn", {})
+        wanted = [block.get("input_blob"), *block.get("output_blobs", [None])]
+        missing = [name for name in wanted if name not in (*inputs, *outputs)]
+        if missing:
+            raise BuildError(
+                f"{param.name} lacks blob(s) {missing} that artifact.json names ({inputs} -> {outputs})",
+                "rebuild the artifact; never edit files inside an artifact folder",
+            )
+
+    def _infer(self, artifact: Artifact, x: Any) -> list[Any]:
+        param, bin_ = artifact.path("model"), artifact.path("weights")
+        flags = artifact.meta["runtime"]
+        outs = run_ncnn(
+            param,
+            bin_,
+            np.asarray(x, dtype=np.float32),
+            int8=bool(flags["use_int8_inference"]),
+            fp16=bool(flags["use_fp16_arithmetic"]),
+            threads=1,
+        )
+        by_name = dict(zip(graph_io(read_param(param))[1], outs, strict=True))
+        return [by_name[name] for name in artifact.meta["ncnn"]["output_blobs"]]
+
+    def _tools(self) -> dict[str, str]:
+        import_ncnn()
+        find_pnnx()
+        return {name: importlib.metadata.version(name) for name in ("ncnn", "pnnx")}
+
+
+def float_layers(quantizer: NcnnQuantizer, layers: list[NcnnLayer]) -> list[str]:
+    """The layers an INT8 build keeps in float: ``keep_float`` plus, with ``float_head``, the head.
+
+    Raises:
+        ConfigError: ``keep_float`` names a layer that is not a quantizable layer of the model.
+        BuildError: Nothing would be left to quantize.
+    """
+    quantizable = [layer.name for layer in layers if layer.type in QUANTIZABLE]
+    unknown = sorted(set(quantizer.keep_float) - set(quantizable))
+    if unknown:
+        raise ConfigError(
+            f"quantizer keep_float names no quantizable layer of the model: {', '.join(unknown)}",
+            f"use ncnn layer names from the .param: {', '.join(quantizable[:12])}",
+        )
+    keep = set(quantizer.keep_float) | set(head_layers(layers) if quantizer.float_head else ())
+    if not set(quantizable) - keep:
+        raise BuildError(
+            f"every quantizable layer is kept in float ({', '.join(sorted(keep))})",
+            "set the quantizer's float_head: false (or shorten keep_float), or build fp16",
+        )
+    return sorted(keep)
+
+
+def runtime_flags(precision: str, threads: int | None) -> dict[str, Any]:
+    """The ``runtime`` block of the sidecar: every ``ncnn.Option`` the runner must set explicitly.
+
+    ncnn's defaults turn fp16 storage and arithmetic on (used wherever the CPU has them) and must not
+    apply to an fp32 artifact; an int8 model needs ``use_int8_inference``.
+    """
+    fp16 = precision == "fp16"
+    return {
+        "threads": threads,
+        "use_vulkan_compute": False,
+        "use_int8_inference": precision == "int8",
+        "use_fp16_storage": fp16,
+        "use_fp16_packed": fp16,
+        "use_fp16_arithmetic": fp16,
+        "use_bf16_storage": False,
+    }
+
+
+def calibration_arrays(calib: Any, spec: Any, limit: int | None) -> Callable[[], Iterable[np.ndarray]]:
+    """A re-iterable source of the set's images in the model's preprocessing (KL reads it twice)."""
+    return lambda: calib.arrays(limit=limit, spec=spec)
+
+
+def _kept_float(layer: NcnnLayer) -> bool:
+    return layer.type in QUANTIZABLE and not layer.get_int(8)
+
+
+def head_layers(layers: list[NcnnLayer]) -> list[str]:
+    """Quantizable layers whose output reaches a model output through no other quantizable layer.
+
+    These are a detector's prediction convs: their outputs go through sigmoid and the box decode
+    (``(2 s)^2 * anchor`` amplifies an error in ``s``), so they are the layers INT8 hurts most.
+    """
+    producers = {top: layer for layer in layers for top in layer.tops}
+    found, seen, stack = set(), set(), list(graph_io(layers)[1])
+    while stack:
+        layer = producers.get(stack.pop())
+        if layer is None or layer.name in seen:
+            continue
+        seen.add(layer.name)
+        if layer.type in QUANTIZABLE:
+            found.add(layer.name)
+        else:
+            stack.extend(layer.bottoms)
+    return [layer.name for layer in layers if layer.name in found]
+
+
+def _blob_order(name: str) -> tuple[int, str]:
+    """``out0 < out1 < out10``: pnnx numbers outputs in the model's output order."""
+    digits = name[len(name.rstrip("0123456789")) :]
+    return (int(digits) if digits else -1, name)
+
+
+# -- what can be known before converting -----------------------------------------------------------
+def input_problems(model: Any, options: BuildOptions) -> list[Problem]:
+    """Problems with the input: ncnn takes one NCHW image without a batch dimension (batch 1)."""
+    shape = dims(graph_inputs(model)[0])
+    problems = []
+    if options.preprocess is None:
+        message = f"cannot tell pnnx the input shape: the model's input is {shape}, not a square image"
+        problems.append(Problem("error", message, "pass BuildOptions(preprocess=PreprocessSpec(...))"))
+    elif options.preprocess.layout != "NCHW":
+        problems.append(
+            Problem("error", f"ncnn takes NCHW input, the model's input is NHWC {shape}", "export NCHW")
+        )
+    if isinstance(shape[0], int) and shape[0] != 1:
+        problems.append(
+            Problem("error", f"ncnn runs batch 1, the model's input is {shape}", "export with batch 1")
+        )
+    return problems
+
+
+def op_problems(model: Any) -> list[Problem]:
+    """Ops pnnx cannot turn into ncnn layers (it often exits 0 anyway), and pnnx's known traps."""
+    problems = [_custom_op_problem(node) for node in model.graph.node if node.domain not in _STANDARD_DOMAINS]
+    nms = [node.name or node.op_type for node in model.graph.node if node.op_type == "NonMaxSuppression"]
+    if nms:
+        message = f"NonMaxSuppression node(s) {_names(nms)} have no ncnn layer"
+        problems.append(_error(message, "NonMaxSuppression"))
+    strided = strided_slices(model)
+    if strided:
+        message = (
+            f"Slice node(s) {_names(strided)} take steps other than 1; pnnx leaves a strided slice as "
+            "Tensor.slice, which ncnn has no layer for"
+        )
+        problems.append(_error(message, "Tensor.slice"))
+    if any(node.op_type == "ReduceSum" for node in model.graph.node):
+        problems.append(
+            Problem(
+                "warning",
+                "pnnx's ONNX path was measured to drop a ReduceSum's axes (DFL heads) silently",
+                "build from a TorchScript trace (build(..., torchscript=...)); the FP32 parity check "
+                "fails a wrong conversion either way",
+            )
+        )
+    return problems
+
+
+def _custom_op_problem(node: Any) -> Problem:
+    where = f"{node.domain}:{node.op_type} (node '{node.name}')"
+    message = f"pnnx cannot convert the custom-domain op {where}"
+    return Problem("error", message, _HINTS["custom"], (node.op_type,))
+
+
+def _error(message: str, op: str) -> Problem:
+    return Problem("error", message, _HINTS[op], (op,))
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def strided_slices(model: Any) -> list[str]:
+    """Names of Slice nodes whose (constant) ``steps`` input has a value other than 1."""
+    slices = [n for n in model.graph.node if n.op_type == "Slice" and len(n.input) >= 5 and n.input[4]]
+    steps = _constants(model, {node.input[4] for node in slices})
+    return [
+        node.name or node.output[0]
+        for node in slices
+        if node.input[4] in steps and np.any(steps[node.input[4]] != 1)
+    ]
+
+
+def _constants(model: Any, names: set[str]) -> dict[str, np.ndarray]:
+    """The initializers and Constant-node outputs among ``names``, as arrays."""
+    from onnx import numpy_helper
+
+    tensors = {init.name: init for init in model.graph.initializer if init.name in names}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] in names:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                tensors[node.output[0]] = value
+    return {name: numpy_helper.to_array(t).ravel() for name, t in tensors.items()}

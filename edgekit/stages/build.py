@@ -1,0 +1,113 @@
+"""The build stage: the target backend's artifact, checked against FP32 before anything is measured.
+
+For a self-quantizing backend (``int8_source = "calibration"``) at int8 this is where INT8 is made:
+the backend's own quantizer runs on the FP32 ONNX with the calibration set, one method or, with
+``--calibrator auto``, each of the backend's methods built and measured on the target; the artifact
+that ships is the measured candidate's folder, copied as it is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgekit.backends.base import Artifact, BuildOptions
+from edgekit.errors import BuildError, CalibrationError
+from edgekit.stages.candidates import choose, measure
+from edgekit.stages.context import RunContext, add_node, stage
+
+
+def _options(ctx: RunContext, quantizer: Any) -> BuildOptions:
+    return BuildOptions(
+        precision=ctx.target.precision,
+        threads=ctx.target.runtime.threads,
+        head=ctx.head,
+        class_names=ctx.class_names,
+        num_classes=len(ctx.class_names),
+        preprocess=ctx.spec,
+        quantizer=quantizer,
+    )
+
+
+def build_stage(
+    ctx: RunContext, plan, onnx_path: Path, *, reference: Path, cs, qreq, val, torchscript: Path | None = None
+) -> Path:
+    """Build the target's artifact into ``run_dir/artifact``; add the ``build`` node."""
+    backend = plan.backend_cls()
+    out = ctx.run_dir / "artifact"
+    own = ctx.target.precision == "int8" and backend.int8_source == "calibration"
+    method = (backend.methods[0] if qreq.method == "default" else qreq.method) if own else None
+    extra: dict[str, Any] = {}
+    with stage(ctx, "build") as fields:
+        if method == "auto":
+            artifact, extra = _auto(
+                ctx, plan, (onnx_path, reference, torchscript), cs, qreq.max_drop, val, out
+            )
+        else:
+            quantizer = backend.quantizer_options(method=method) if own else ctx.quantizer
+            options = _options(ctx, quantizer)
+            artifact = backend.build(
+                onnx_path, options, out, calib=cs, reference=reference, torchscript=torchscript
+            )
+    ctx.artifact_bytes = int(sum((out / f).stat().st_size for f in artifact.files.values()))
+    quant = artifact.meta.get("quantization") or {}
+    how = f" ({quant['method']}, {backend.name}'s own quantizer)" if own else ""
+    add_node(
+        ctx,
+        "build",
+        {"backend": backend.name, "precision": ctx.target.precision, "method": quant.get("method")},
+        fields,
+        label=f"{backend.name} {ctx.target.precision} artifact{how}, checked against FP32",
+        metrics={**ctx.deployed_stats, "size_bytes": ctx.artifact_bytes},
+        inputs={"calibration": cs.sha256} if own else {},
+        outputs={f"artifact/{k}": v for k, v in artifact.meta.get("sha256", {}).items()},
+        tools=artifact.meta.get("tools", {}),
+        extra={"parity": artifact.meta.get("parity"), "quantization": quant or None, **extra},
+    )
+    return out
+
+
+def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: Path):
+    """Build every method of the backend's quantizer, measure each on the target, ship the best."""
+    onnx_path, reference, torchscript = sources
+    backend = plan.backend_cls()
+    base = ctx.record.node("reference").metric("map50_95")
+    candidates: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edgekit-auto-") as tmp:
+        for method in backend.methods:
+            folder = Path(tmp) / f"int8-{method}"
+            try:
+                options = _options(ctx, backend.quantizer_options(method=method))
+                art = backend.build(
+                    onnx_path, options, folder, calib=cs, reference=reference, torchscript=torchscript
+                )
+            except (BuildError, CalibrationError) as exc:
+                candidates.append({"name": f"int8-{method}", "method": method, "error": exc.message})
+                continue
+            scores = measure(ctx, plan.transport_factory, folder, val)
+            drop = (base - scores["map50_95"]) * 100.0
+            size = sum((folder / f).stat().st_size for f in art.files.values())
+            candidates.append(
+                {
+                    "name": f"int8-{method}",
+                    "method": method,
+                    **scores,
+                    "size_bytes": size,
+                    "drop": round(drop, 4),
+                    "within": drop <= max_drop,
+                    "path": str(folder),
+                }
+            )
+        built = [c for c in candidates if "error" not in c]
+        if not built:
+            raise BuildError(
+                f"no {backend.name} quantizer method built: "
+                + "; ".join(f"{c['method']}: {c['error']}" for c in candidates),
+                "check the calibration set and the model; try another backend",
+            )
+        chosen, passed = choose(built)
+        shutil.copytree(chosen["path"], out)  # the measured folder, byte for byte
+    rows = [{k: v for k, v in c.items() if k != "path"} | {"chosen": c is chosen} for c in candidates]
+    return Artifact.load(out), {"candidates": rows, "auto_passed": passed}

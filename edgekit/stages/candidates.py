@@ -1,0 +1,41 @@
+"""Measure INT8 candidates on the target: build each one, run it through the agent, score its outputs.
+
+Used by ``--calibrator auto`` for every backend: a QDQ backend's candidates are QDQ files made by
+``edgekit.quantize``; a self-quantizing backend's are its own methods. Either way the accuracy comes
+from the device's outputs, and the candidate that ships is the artifact that was measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgekit.stages.context import RunContext, eval_tensors
+
+
+def measure(ctx: RunContext, transport_factory, artifact_dir: Path, val) -> dict[str, Any]:
+    """Score a built candidate: mAP from the device's outputs on ``val`` and a short latency p50."""
+    from edgekit.device.agent import Agent
+    from edgekit.models.train import map_from_candidates
+
+    inputs = eval_tensors(val)
+    result = Agent(transport_factory()).bench(
+        artifact_dir,
+        bench_input=inputs[:1],
+        eval_inputs=inputs,
+        warmup=5,
+        min_warmup_s=0.0,
+        iterations=50,
+        min_seconds=0.0,
+        threads=ctx.target.runtime.threads,
+        progress=False,
+    )
+    return {**map_from_candidates(val, result.detections), "latency_ms_p50": result.stats["p50"]}
+
+
+def choose(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """The smallest candidate within the budget (then the best mAP), else the best one (failing)."""
+    within = [c for c in candidates if c["within"]]
+    if within:
+        return min(within, key=lambda c: (c["size_bytes"], -c["map50_95"])), True
+    return max(candidates, key=lambda c: c["map50_95"]), False

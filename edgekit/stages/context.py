@@ -1,0 +1,97 @@
+"""What every deploy stage shares: the run context (typed), the stage timer and the record node writer.
+
+Stages talk through files in the run folder and through the record; nothing here keeps global state.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.config import Target
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.errors import EdgekitError
+from edgekit.report.record import Node, RunRecord, now_iso
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share: where it goes, and the facts earlier stages established.
+
+    Attributes:
+        target: The resolved target.
+        run_dir: The run folder every stage writes into.
+        record: The run record (saved after every stage).
+        spec: The model's preprocessing (target YAML or the model's metadata).
+        progress: Draw progress bars / lines.
+        calib_root: Folder of the managed calibration sets.
+        epochs_scale: Multiplies every training schedule.
+        class_names: The dataset's classes (data stage).
+        head: Output layout of the model (``None`` = detected from the ONNX output shape).
+        deployed_stats: Params/MACs of the model that is deployed (reference, then compress).
+        artifact_bytes: Size of the built artifact's files (build stage).
+        quantizer: How the INT8 model is made (quantize stage for QDQ backends, build stage otherwise).
+    """
+
+    target: Target
+    run_dir: Path
+    record: RunRecord
+    spec: PreprocessSpec
+    progress: bool = True
+    calib_root: Path = Path("calibration")
+    epochs_scale: float = 1.0
+    class_names: list[str] = field(default_factory=list)
+    head: str | None = None
+    deployed_stats: dict[str, int] = field(default_factory=dict)
+    artifact_bytes: int | None = None
+    quantizer: Any = None
+
+    def save(self) -> None:
+        """Persist the record (atomic) after every stage."""
+        self.record.save(self.run_dir / "record.json")
+
+
+@contextmanager
+def stage(ctx: RunContext, name: str):
+    """Time a stage and, on failure, mark the record with where and why it stopped."""
+    started, t0 = now_iso(), time.perf_counter()
+    fields: dict[str, Any] = {"started": started}
+    try:
+        yield fields
+    except EdgekitError as exc:
+        ctx.record.status, ctx.record.failed_stage = "failed", name
+        ctx.record.error = {"message": exc.message, "hint": exc.hint}
+        ctx.save()
+        raise
+    fields["ended"], fields["seconds"] = now_iso(), round(time.perf_counter() - t0, 3)
+
+
+def add_node(ctx: RunContext, stage_name: str, config: dict, fields: dict, **kw: Any) -> Node:
+    """Add a node for a finished stage and save the record."""
+    node = ctx.record.child(stage_name, config, **fields, **kw)
+    ctx.save()
+    return node
+
+
+def model_stats(model, spec: PreprocessSpec) -> dict[str, int]:
+    """Params, MACs and state-dict bytes of a torch model at the spec's input size."""
+    import io
+
+    import torch
+
+    from edgekit.export.onnx import model_macs_params
+
+    stats = model_macs_params(model, spec.input_shape())
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return {"params": int(stats["params"]), "macs": int(stats["macs"]), "size_bytes": buf.getbuffer().nbytes}
+
+
+def eval_tensors(val) -> np.ndarray:
+    """Stack the validation split's preprocessed tensors into ``(N, C, H, W)``."""
+    return np.concatenate([val.tensor(i) for i in range(len(val))], 0)

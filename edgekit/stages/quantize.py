@@ -1,0 +1,185 @@
+"""The deploy's INT8 stage for backends whose INT8 is a QDQ ONNX (``int8_source = "qdq"``).
+
+PTQ with ``edgekit.quantize`` in the form the backend asks for on the target's CPU (ONNX Runtime:
+7-bit weights on x86 without VNNI), ``--calibrator auto`` (every candidate built and measured on the
+target), or the QDQ export of a QAT model. Self-quantizing backends skip this stage: their
+quantizer runs in the build stage (:mod:`edgekit.stages.build`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgekit.fsutil import sha256_file
+from edgekit.stages.candidates import measure
+from edgekit.stages.context import RunContext, add_node, stage
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeRequest:
+    """What the quantize stage needs from the deploy request.
+
+    Attributes:
+        method: Calibration method or ``auto``; ``default`` = the backend's first method.
+        keep_float: ``auto``, node names, or None.
+        max_drop: mAP@0.5:0.95 points ``auto`` may lose.
+    """
+
+    method: str
+    keep_float: Any = "auto"
+    max_drop: float = 1.0
+
+
+def device_qdq_form(ctx: RunContext, backend):
+    """The QDQ form the target's backend needs on the target's CPU (ONNX Runtime: the weight range)."""
+    from edgekit.config import device_cpu
+
+    cpu, source = device_cpu(ctx.target)
+    return backend.qdq_form(cpu, source)
+
+
+def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path, cs, val) -> Path:
+    """Quantize ``onnx_path`` to INT8 QDQ from ``cs``; add the ``quantize`` node; return the QDQ path."""
+    from edgekit.quantize import quantize_int8
+
+    backend = plan.backend_cls()
+    out = ctx.run_dir / "model_int8.onnx"
+    form = device_qdq_form(ctx, backend)
+    method = backend.methods[0] if qreq.method == "default" else qreq.method
+    with stage(ctx, "quantize") as fields:
+        arrays = lambda: cs.arrays(spec=ctx.spec)  # noqa: E731 - a fresh iterator per calibration pass
+        extra: dict[str, Any] = {}
+        if method == "auto":
+            result, extra = _auto(ctx, plan, onnx_path, arrays, qreq.max_drop, val, out, form)
+        else:
+            result = quantize_int8(
+                onnx_path,
+                out,
+                arrays,
+                method=method,
+                reduce_range=form.reduce_range,
+                keep_float=qreq.keep_float,
+                progress=ctx.progress,
+            )
+    weights = _weights_label(result.reduce_range, form)
+    ctx.quantizer = backend.quantizer_options(
+        method=result.method,
+        per_channel=result.per_channel,
+        weight_bits=result.weight_bits,
+        weight_range_reason=weights,
+        keep_float=result.excluded_nodes,
+        scales_sha256=result.scales_sha256,
+        quantized_nodes=result.quantized_nodes,
+    )
+    info = {**ctx.quantizer.model_dump(), "int8_dot": form.int8_dot, "cpu_source": form.cpu_source}
+    add_node(
+        ctx,
+        "quantize",
+        {
+            "method": method,
+            "keep_float": qreq.keep_float,
+            "calibration": cs.ref(),
+            "qdq_form": form.to_dict(),
+        },
+        fields,
+        label=f"INT8 PTQ ({result.method}, QDQ, per-channel {weights}; "
+        f"{_float_label(result.excluded_nodes)})",
+        metrics={**ctx.deployed_stats, "size_bytes": int(result.size_bytes)},
+        inputs={"calibration": cs.sha256},
+        outputs={out.name: sha256_file(out)},
+        extra={**info, "calibration": cs.ref(), "spec": ctx.spec.model_dump(mode="json"), **extra},
+        tools={"onnxruntime": _ort_version()},
+    )
+    return out
+
+
+def _weights_label(reduce_range: bool, form) -> str:
+    """The form's reason, or what ``auto`` chose against it (it measured both on the device)."""
+    if reduce_range == form.reduce_range:
+        return form.reason
+    bits = 7 if reduce_range else 8
+    return f"{bits}-bit weights: measured best on the device by --calibrator auto ({form.int8_dot})"
+
+
+def _float_label(excluded: list[str]) -> str:
+    convs = sum("conv" in name.lower() for name in excluded)
+    if not excluded:
+        return "every quantizable layer in INT8"
+    return f"{convs} conv(s) + {len(excluded) - convs} decode-tail node(s) kept in float"
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _auto(ctx: RunContext, plan, onnx_path: Path, arrays, max_drop: float, val, out: Path, form):
+    from edgekit.quantize.auto import auto_calibrate
+
+    base = ctx.record.node("reference").metric("map50_95")
+    with tempfile.TemporaryDirectory(prefix="edgekit-auto-") as tmp:
+        res = auto_calibrate(
+            onnx_path,
+            arrays,
+            _qdq_evaluator(ctx, plan, val, Path(tmp), onnx_path),
+            max_drop=max_drop,
+            baseline_map50_95=base,
+            weight_ranges=form.auto_weight_ranges(),
+            workdir=Path(tmp),
+            progress=ctx.progress,
+        )
+        shutil.copyfile(res.chosen["path"], out)  # ships byte for byte what was measured
+    chosen = res.chosen
+    candidates = [
+        {k: v for k, v in c.items() if k != "path"} | {"chosen": c is chosen} for c in res.candidates
+    ]
+    result = dataclasses.replace(res.chosen_result, path=out)
+    return result, {"candidates": candidates, "auto_passed": res.passed, "warnings": res.warnings}
+
+
+def _qdq_evaluator(ctx: RunContext, plan, val, workdir: Path, fp32: Path):
+    """Build each QDQ candidate for the target and score it from the device's own outputs."""
+    from edgekit.backends.base import BuildOptions
+
+    counter = {"n": 0}
+
+    def evaluate(qdq_path: Path) -> dict[str, Any]:
+        counter["n"] += 1
+        out = workdir / f"candidate-{counter['n']}"
+        options = BuildOptions(
+            precision="int8",
+            threads=ctx.target.runtime.threads,
+            preprocess=ctx.spec,
+            head=ctx.head,
+            num_classes=len(ctx.class_names),
+        )
+        plan.backend_cls().build(qdq_path, options, out, reference=fp32)
+        return measure(ctx, plan.transport_factory, out, val)
+
+    return evaluate
+
+
+def qat_stage(ctx: RunContext, plan, model) -> Path:
+    """INT8 from a QAT model: its QDQ export (no calibration pass)."""
+    from edgekit.compress.qat import export_qdq
+
+    out = ctx.run_dir / "model_int8.onnx"
+    with stage(ctx, "quantize") as fields:
+        export_qdq(model, ctx.spec.input_shape(), out)
+    ctx.quantizer = plan.backend_cls().quantizer_options(method="qat", per_channel=True)
+    add_node(
+        ctx,
+        "quantize",
+        {"method": "qat"},
+        fields,
+        label="INT8 from QAT (QDQ export of the fake-quant model)",
+        metrics={**ctx.deployed_stats, "size_bytes": out.stat().st_size},
+        outputs={out.name: sha256_file(out)},
+        extra=ctx.quantizer.model_dump(),
+    )
+    return out
