@@ -203,3 +203,29 @@ def test_to_json_of_no_detections(tmp_path):
         "artifact": "art",
         "images": [{"image": str(tmp_path / "a.png"), "width": 10, "height": 20, "detections": []}],
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["mnn", "ncnn"])
+def test_user_v8_onnx_builds_at_int8_for_arm_runtimes_and_keeps_its_detections(
+    artifacts, backend, val_images, shapes_root, tmp_path
+):
+    """A user's Ultralytics-style v8 ONNX → `edgekit build` int8 (the runtime's own quantizer) → predict."""
+    from edgekit.build import build_artifact
+    from edgekit.calib import import_set
+
+    import_set(shapes_root, "user", root=tmp_path / "calib", from_dataset=True, split="calib", count=32)
+    v8 = Artifact.load(artifacts["yolov8"])
+    art = build_artifact(
+        backend, "int8", v8.path(), tmp_path / "art", calib="user", calib_root=tmp_path / "calib"
+    )
+    assert art.meta["output"]["head"] == "yolov8" and art.meta["int8_source"] == "calibration"
+    assert art.meta["output"]["class_names"] == v8.meta["output"]["class_names"]
+    ref = predict(v8.dir, val_images, conf=0.3)
+    got = predict(art.dir, val_images, conf=0.2)  # INT8 scores move a little: look a bit lower
+    found = total = 0
+    for a, b in zip(ref, got, strict=True):
+        for d in a.detections:
+            total += 1
+            found += any(e.class_id == d.class_id and _iou(d.box, e.box) >= 0.5 for e in b.detections)
+    assert total >= len(val_images) and found >= 0.9 * total, (found, total)
