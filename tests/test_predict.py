@@ -37,6 +37,39 @@ class YoloV8Layout(nn.Module):
         return torch.cat([rows[..., :4], scores], -1).transpose(1, 2)
 
 
+class YoloV8Dfl(nn.Module):
+    """The detector with an Ultralytics-style v8 DFL head, output ``[1, 4+nc, N]``.
+
+    Per box edge a 16-bin distribution, softmax over the bins, and the fixed ``Conv(arange(16))`` that
+    takes its expectation.
+
+    The distributions are made from the detector's own boxes (two-hot on the bin grid, so the expectation
+    gives the box back to ~0.1 px): the graph is a real DFL head, the detections stay the trained ones.
+    """
+
+    REG = 16
+
+    def __init__(self, model: nn.Module, size: int = SIZE) -> None:
+        super().__init__()
+        self.model = model
+        self.step = size / (self.REG - 1)
+        self.dfl = nn.Conv2d(self.REG, 1, 1, bias=False).requires_grad_(False)
+        self.dfl.weight.data[:] = torch.arange(self.REG, dtype=torch.float).view(1, self.REG, 1, 1)
+
+    def forward(self, x):
+        rows = self.model(x)  # [1, N, 5 + nc]: cx, cy, w, h in pixels
+        edges = torch.cat([rows[..., :2] - rows[..., 2:4] / 2, rows[..., :2] + rows[..., 2:4] / 2], -1)
+        bins = (edges / self.step).clamp(0, self.REG - 1)
+        k = torch.arange(self.REG, dtype=torch.float)
+        logits = torch.log(torch.relu(1 - (bins[..., None] - k).abs()) + 1e-4)  # [1, N, 4, 16]
+        b, n = logits.shape[:2]
+        p = logits.permute(0, 2, 3, 1).reshape(b, 4 * self.REG, n)  # the raw head's layout
+        p = p.view(b, 4, self.REG, n).transpose(2, 1).softmax(1)  # Ultralytics' DFL, op for op
+        dist = self.dfl(p).view(b, 4, n) * self.step
+        box = torch.cat([(dist[:, :2] + dist[:, 2:]) / 2, dist[:, 2:] - dist[:, :2]], 1)
+        return torch.cat([box, (rows[..., 5:] * rows[..., 4:5]).transpose(1, 2)], 1)
+
+
 @pytest.fixture(scope="module")
 def artifacts(trained, shapes_root, tmp_path_factory):
     """onnxruntime fp32 artifacts of the reference detector exported in both Ultralytics layouts."""
@@ -49,7 +82,12 @@ def artifacts(trained, shapes_root, tmp_path_factory):
     proto = onnx.load(str(v8))
     proto.metadata_props.add(key="names", value=str(dict(enumerate(names))))  # as Ultralytics writes it
     onnx.save(proto, str(v8))
-    dets = {"yolov5": inspect_onnx(v5), "yolov8": inspect_onnx(v8)}
+    dfl = export_onnx(YoloV8Dfl(trained.model), (1, 3, SIZE, SIZE), out / "v8dfl.onnx")
+    dets = {
+        "yolov5": inspect_onnx(v5),
+        "yolov8": inspect_onnx(v8),
+        "yolov8-dfl": inspect_onnx(dfl, head="yolov8"),
+    }
     assert dets["yolov8"].class_names == names and dets["yolov5"].class_names[0] == "class0"
     backend = get_backend("onnxruntime")
     return {
@@ -73,7 +111,8 @@ def test_images_are_run_in_chunks_with_the_same_result(artifacts, val_images, mo
 
 
 def test_heads_are_detected_from_the_output_shapes(artifacts):
-    for head, folder in artifacts.items():
+    for name, folder in artifacts.items():
+        head = name.split("-")[0]
         out = Artifact.load(folder).meta["output"]
         assert (detect_head(out["shape"]), out["head"], out["num_classes"]) == (head, head, 6)
     assert Artifact.load(artifacts["yolov8"]).meta["output"]["shape"] == [1, 10, 500]
@@ -205,17 +244,27 @@ def test_to_json_of_no_detections(tmp_path):
     }
 
 
+def test_the_dfl_head_gives_the_same_detections_as_the_plain_head(artifacts, val_images):
+    plain = predict(artifacts["yolov8"], val_images, conf=0.3)
+    dfl = predict(artifacts["yolov8-dfl"], val_images, conf=0.3)
+    for a, b in zip(plain, dfl, strict=True):
+        assert [d.class_id for d in a.detections] == [d.class_id for d in b.detections]
+        for d, e in zip(a.detections, b.detections, strict=True):
+            assert _iou(d.box, e.box) > 0.97
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["mnn", "ncnn"])
+@pytest.mark.parametrize("model", ["yolov8", "yolov8-dfl"])
 def test_user_v8_onnx_builds_at_int8_for_arm_runtimes_and_keeps_its_detections(
-    artifacts, backend, val_images, shapes_root, tmp_path
+    artifacts, backend, model, val_images, shapes_root, tmp_path
 ):
-    """A user's Ultralytics-style v8 ONNX → `edgekit build` int8 (the runtime's own quantizer) → predict."""
+    """A user's Ultralytics-style v8 ONNX (DFL head included) → `edgekit build` int8 → predict."""
     from edgekit.build import build_artifact
     from edgekit.calib import import_set
 
     import_set(shapes_root, "user", root=tmp_path / "calib", from_dataset=True, split="calib", count=32)
-    v8 = Artifact.load(artifacts["yolov8"])
+    v8 = Artifact.load(artifacts[model])
     art = build_artifact(
         backend, "int8", v8.path(), tmp_path / "art", calib="user", calib_root=tmp_path / "calib"
     )

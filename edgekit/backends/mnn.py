@@ -257,12 +257,15 @@ def quantize_from_set(
     quantizer, spec = options.quantizer, options.preprocess
     count = calibration_count(quantizer, calib)
     images = mt.write_letterboxed_images(calib.arrays(limit=count, spec=canvas_spec(spec)), tmp / "images")
-    mean, normal = tool_mean_normal(spec)
-    log = mt.quantize(
-        fp32, tmp / MODEL_FILE, tmp / "images", width=spec.input_size, height=spec.input_size,
-        mean=mean, normal=normal, fmt=spec.channel_order, feature_method=quantizer.method.upper(),
-        weight_method=quantizer.weight_method.upper(), used_image_num=count, batch_size=quantizer.batch_size,
-    )  # fmt: skip
+    try:
+        log = _run_quantizer(fp32, tmp, spec, quantizer, count)
+    except BuildError as exc:
+        if quantizer.method != "ema" or quantizer.batch_size == 1 or "Reshape error" not in exc.message:
+            raise
+        # EMA feeds whole batches; a graph with a fixed batch-1 Reshape (e.g. a DFL head) crashes MNN's
+        # quantizer ("Reshape error: 35200 -> 4400", SIGSEGV). One image per batch always fits it.
+        quantizer = quantizer.model_copy(update={"batch_size": 1})
+        log = _run_quantizer(fp32, tmp, spec, quantizer, count)
     graph = _checked_int8(log.artifact, fp32, calib, options)
     mnn = {
         "quantizer_config": log.config,
@@ -272,6 +275,15 @@ def quantize_from_set(
         "graph": graph,
     }
     return quantizer.model_copy(update={"images": count}), mnn
+
+
+def _run_quantizer(fp32: Path, tmp: Path, spec: PreprocessSpec, quantizer: MnnQuantizer, count: int):
+    mean, normal = tool_mean_normal(spec)
+    return mt.quantize(
+        fp32, tmp / MODEL_FILE, tmp / "images", width=spec.input_size, height=spec.input_size,
+        mean=mean, normal=normal, fmt=spec.channel_order, feature_method=quantizer.method.upper(),
+        weight_method=quantizer.weight_method.upper(), used_image_num=count, batch_size=quantizer.batch_size,
+    )  # fmt: skip
 
 
 def _checked_int8(model: Path, fp32: Path, calib: Any, options: BuildOptions) -> dict[str, Any]:
