@@ -20,7 +20,7 @@ def ncnn_tools() -> None:
     try:
         find_pnnx()
     except MissingExtraError:
-        pytest.skip("pnnx is not installed: pip install 'edgekit[ncnn]'")
+        pytest.skip(reason="pnnx is not installed: pip install 'edgekit[ncnn]'")
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import pytest
 from edgekit.errors import BuildError, CalibrationError, ConfigError, UnsupportedOpError
 
 if importlib.util.find_spec("_tools") is None or importlib.util.find_spec("MNN") is None:
-    pytest.skip("needs the mnn extra (pip install 'edgekit[mnn]')", allow_module_level=True)
+    pytest.skip(reason="needs the mnn extra (pip install 'edgekit[mnn]')", allow_module_level=True)
 
 from edgekit.backends import mnn_tools as mt  # noqa: E402
 

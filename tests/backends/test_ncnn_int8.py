@@ -206,9 +206,12 @@ def test_kl_threshold_clips_outliers_but_not_a_uniform_spread():
     assert 128 <= kl_threshold_bin(histogram) < 400  # the clip lands near the bulk (~4 sigma), not at 40
 
 
+NO_NCNN2TABLE = "ncnn2table is not on PATH: it ships in neither the ncnn wheel nor Debian bookworm"
+
+
 def test_table_matches_ncnn2table_when_available(fp32_model, calib_images, int8_results, tmp_path):
     if find_ncnn2table() is None:
-        pytest.skip("ncnn2table is not on PATH: it ships in neither the ncnn wheel nor Debian bookworm")
+        pytest.skip(reason=NO_NCNN2TABLE)
     theirs = run_ncnn2table(fp32_model.param, fp32_model.bin, lambda: calib_images, "kl", tmp_path)
     ours = read_table(int8_results["kl"].table)
     for name, scale in ours.activation_scales.items():

@@ -14,14 +14,16 @@ from edgekit.quantize.form import host_qdq_form
 HOST_FORM = host_qdq_form()
 
 
+SATURATES = (
+    f"8-bit weights saturate ONNX Runtime's u8s8 kernels on this CPU ({HOST_FORM.int8_dot}, no VNNI): "
+    "the error would measure the overflow; the 7-bit case covers this host"
+)
+
+
 def skip_if_saturating(reduce_range: bool) -> None:
     """Skip an error-measuring test at 8 bits on a CPU whose INT8 kernels saturate there."""
     if not reduce_range and HOST_FORM.reduce_range:
-        pytest.skip(
-            reason=f"8-bit weights saturate ONNX Runtime's u8s8 kernels on this CPU "
-            f"({HOST_FORM.int8_dot}, no VNNI): the error would measure the overflow; "
-            "the 7-bit case covers this host"
-        )
+        pytest.skip(reason=SATURATES)
 
 
 @pytest.fixture(params=[True, False], ids=["w7", "w8"], scope="module")
