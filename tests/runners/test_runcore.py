@@ -52,3 +52,33 @@ def test_device_facts_carry_this_cpu():
     assert facts["machine"] == platform.machine() and facts["cpu"]["arch"] == platform.machine().lower()
     if Path("/proc/cpuinfo").is_file():
         assert facts["cpu"]["features"] and facts["cpu"]["int8_dot"] != "unknown"
+
+
+def test_int8_inputs_are_quantized_with_the_sidecars_scale_never_cast():
+    import numpy as np
+
+    meta = {"input": {"dtype": "int8", "quantization": {"scale": 1 / 255, "zero_point": -128}}}
+    x = np.array([[0.0, 0.25, 1.0, 2.0]], dtype=np.float32)
+    q = runcore.to_model_input(x, meta)
+    assert q.dtype == np.int8 and q.tolist() == [[-128, -64, 127, 127]]  # rounded, offset, clipped
+    out = runcore.to_float_output(q, {"output": {"quantization": {"scale": 1 / 255, "zero_point": -128}}})
+    np.testing.assert_allclose(out, [[0.0, 64 / 255, 1.0, 1.0]], atol=1e-6)
+    with pytest.raises(runcore.RunnerError, match="no scale / zero point"):
+        runcore.to_model_input(x, {"input": {"dtype": "int8"}})
+    assert runcore.to_model_input(x, {"input": {"dtype": "float32"}}) is not None
+
+
+def test_pinning_drops_cores_the_device_lacks():
+    import os
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip(reason="this OS has no sched_setaffinity")
+    before = os.sched_getaffinity(0)
+    try:
+        first = min(before)
+        pinned = runcore.pin_cpus([first, 4096])
+        assert pinned == {"asked": [first, 4096], "used": [first]} and os.sched_getaffinity(0) == {first}
+        assert runcore.pin_cpus([4096])["used"] is None  # nothing left: no pinning, and the record says so
+        assert runcore.pin_cpus(None) is None
+    finally:
+        os.sched_setaffinity(0, before)
