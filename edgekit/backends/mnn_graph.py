@@ -54,7 +54,7 @@ def dump_json(mnn_path: str | Path, out_json: str | Path, timeout: float = 120) 
     """
     src, out = Path(mnn_path).resolve(), Path(out_json).resolve()
     argv = ["mnnconvert", "-f", "MNN", "--modelFile", str(src), "--JsonFile", str(out)]
-    log = mnn_tools._run_tool(argv, out.parent, timeout)
+    log = mnn_tools.run_tool(argv, out.parent, timeout)
     if log.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
         raise BuildError(
             f"MNN cannot describe {src.name} (exit {log.returncode}):\n{log.tail()}", "rebuild it"

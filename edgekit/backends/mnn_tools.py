@@ -162,7 +162,7 @@ def _tool_env() -> dict[str, str]:
     return {**os.environ, "PIP_NO_INDEX": "1", "PYTHONPATH": os.pathsep.join(paths)}
 
 
-def _run_tool(argv: list[str], cwd: Path, timeout: float) -> ToolLog:
+def run_tool(argv: list[str], cwd: Path, timeout: float) -> ToolLog:
     """Run ``_tools.<argv[0]>(argv)`` in a fresh interpreter; a timeout is a :class:`BuildError`."""
     _require_tools()
     cmd = [sys.executable, "-c", _TOOL_SNIPPET, *argv]
@@ -222,7 +222,7 @@ def supported_onnx_ops() -> frozenset[str]:
         True
     """
     with tempfile.TemporaryDirectory(prefix="edgekit-mnn-ops-") as cwd:
-        log = _run_tool(["mnnconvert", "-f", "ONNX", "--OP"], Path(cwd), timeout=60)
+        log = run_tool(["mnnconvert", "-f", "ONNX", "--OP"], Path(cwd), timeout=60)
     lines = [ln.strip() for ln in log.output.splitlines()]
     try:
         start = lines.index("Dump ONNX support Ops") + 1
@@ -309,7 +309,7 @@ def convert(onnx_path: str | Path, out_mnn: str | Path, *, fp16: bool, timeout: 
         raise ModelError(f"ONNX file {src} not found", "check the path (export the model first)")
     with _staging(out) as tmp:
         argv = ["mnnconvert", "-f", "ONNX", "--modelFile", str(src), "--MNNModel", str(tmp / out.name)]
-        log = _run_tool([*argv, "--bizCode", "edgekit", *(["--fp16"] if fp16 else [])], tmp, timeout)
+        log = run_tool([*argv, "--bizCode", "edgekit", *(["--fp16"] if fp16 else [])], tmp, timeout)
         _check_conversion(log, tmp / out.name)
         os.replace(tmp / out.name, out)
     return ToolLog(log.argv, log.returncode, log.output, log.seconds, out)
@@ -451,7 +451,7 @@ def _run_quantizer(
         except OSError:
             shutil.copyfile(image, link)
     atomic_write_json(tmp / "quant.json", {**config, "path": str(tmp / "images") + "/"})
-    log = _run_tool(["mnnquant", str(src), str(tmp / name), str(tmp / "quant.json")], tmp, timeout)
+    log = run_tool(["mnnquant", str(src), str(tmp / name), str(tmp / "quant.json")], tmp, timeout)
     _raise_if_killed(log)
     marker = next((m for m in _QUANT_FAILURES if m in log.output), None)
     if marker == "input image error":  # cannot happen after calibration_images(), unless files changed

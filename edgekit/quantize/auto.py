@@ -102,10 +102,15 @@ def _check_args(methods: tuple[str, ...], max_drop: float, max_float_layers: int
 
 
 def choose(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """Cheapest within-budget candidate (fewest float layers, then smallest, then best mAP), else the best."""
+    """Cheapest within-budget candidate (fewest float layers, then smallest, then best mAP), else the best.
+
+    Candidates without ``keep_float`` (a self-quantizing backend's methods) count as all-INT8.
+    """
     within = [c for c in candidates if c["within"]]
     if within:
-        return min(within, key=lambda c: (len(c["keep_float"]), c["size_bytes"], -c["map50_95"])), True
+        return min(
+            within, key=lambda c: (len(c.get("keep_float", ())), c["size_bytes"], -c["map50_95"])
+        ), True
     return max(candidates, key=lambda c: c["map50_95"]), False
 
 

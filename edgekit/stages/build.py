@@ -15,7 +15,8 @@ from typing import Any
 
 from edgekit.backends.base import Artifact, BuildOptions
 from edgekit.errors import BuildError, CalibrationError
-from edgekit.stages.candidates import choose, measure
+from edgekit.quantize.auto import choose
+from edgekit.stages.candidates import measure
 from edgekit.stages.context import RunContext, add_node, stage
 
 

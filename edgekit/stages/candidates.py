@@ -31,11 +31,3 @@ def measure(ctx: RunContext, transport_factory, artifact_dir: Path, val) -> dict
         progress=False,
     )
     return {**map_from_candidates(val, result.detections), "latency_ms_p50": result.stats["p50"]}
-
-
-def choose(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """The smallest candidate within the budget (then the best mAP), else the best one (failing)."""
-    within = [c for c in candidates if c["within"]]
-    if within:
-        return min(within, key=lambda c: (c["size_bytes"], -c["map50_95"])), True
-    return max(candidates, key=lambda c: c["map50_95"]), False

@@ -275,7 +275,7 @@ def test_sidecar_has_kl_scales_and_ema_zeros(kl, ema):
 
 
 def test_admm_features_are_refused_before_running_anything(fp32, calib_dir, work, monkeypatch):
-    monkeypatch.setattr(mt, "_run_tool", lambda *a, **k: pytest.fail("the quantizer must not run"))
+    monkeypatch.setattr(mt, "run_tool", lambda *a, **k: pytest.fail("the quantizer must not run"))
     with pytest.raises(ConfigError, match="all zeros"):
         _quantize(fp32, calib_dir, work / "admm.mnn", "ADMM")
     assert not (work / "admm.mnn").exists()

@@ -160,7 +160,7 @@ class TestMnnContract(BackendContract):
     ):
         from edgekit.backends import mnn_tools
 
-        monkeypatch.setattr(mnn_tools, "_run_tool", lambda *a, **k: pytest.fail("no MNN tool may run"))
+        monkeypatch.setattr(mnn_tools, "run_tool", lambda *a, **k: pytest.fail("no MNN tool may run"))
         out = work / "out_admm"
         with pytest.raises(ConfigError, match=reason) as info:
             backend.build(fp32_onnx, {**self.options("int8"), "quantizer": quantizer}, out, calib=calib)
