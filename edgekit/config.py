@@ -42,6 +42,9 @@ class SSHConnection(_Strict):
         known_hosts: File the board's host key is checked against (never auto-accepted).
         workdir: Where the agent makes its temporary folders on the board.
         python: Python interpreter on the board that runs the runner.
+        connect_timeout: Seconds per connection attempt.
+        retries: Connection attempts (with backoff) before the board counts as unreachable.
+        dead_after_s: Seconds without an answer after which a running command's link counts as dead.
     """
 
     type: Literal["ssh"]
@@ -52,6 +55,9 @@ class SSHConnection(_Strict):
     known_hosts: str = "~/.ssh/known_hosts"
     workdir: str = "/tmp"
     python: str = "python3"
+    connect_timeout: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=1, le=10)
+    dead_after_s: float = Field(8.0, ge=2)
 
 
 Connection = Annotated[LocalConnection | SSHConnection, Field(discriminator="type")]

@@ -2,20 +2,19 @@
 
 Every transport takes commands as an argv list, never a shell string: a remote transport joins it
 with ``shlex.join`` so each argument is quoted exactly once. Results and errors are the same whatever
-the transport.
+the transport: :class:`LocalTransport` here, :class:`~edgekit.device.ssh.SSHTransport` for a board.
 
-``SSHTransport`` (next version, ``pip install 'edgekit[ssh]'``, paramiko) will add, behind the same
-:class:`Transport` protocol: lazy connect; ``RejectPolicy`` with the target's ``known_hosts`` (an
-unknown or changed host key is a :class:`~edgekit.errors.HostKeyError`, never auto-accepted);
-connection retries with backoff turning into :class:`~edgekit.errors.HostUnreachableError`; SFTP
-``put``/``get`` followed by a remote ``sha256sum`` compared with the local hash; ``mkdtemp`` via
-``mktemp -d``; stderr streamed line by line from the channel into ``on_stderr_line``.
+Every command runs in its own process group (session), so a timeout, Ctrl-C or a stopped background
+process (a power sampler, a long engine build) takes its children with it: nothing is left running
+on the device.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,8 +79,25 @@ class Transport(Protocol):
         timeout: float | None = None,
         on_stderr_line: LineCallback | None = None,
         check: bool = True,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> CommandResult:
-        """Run ``argv``; stream stderr lines to ``on_stderr_line``; raise on non-zero exit if ``check``."""
+        """Run ``argv``; stream stderr lines; raise on non-zero exit if ``check``.
+
+        ``env`` adds variables, ``cwd`` sets the folder; a timeout or Ctrl-C kills its process group.
+        """
+        ...
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Background:
+        """Start ``argv`` in the background in its own process group; stop it with the handle."""
+        ...
+
+    def which(self, program: str) -> str | None:
+        """Return where ``program`` is on the device's PATH, or ``None``."""
+        ...
+
+    def monotonic(self) -> float:
+        """Read the device's monotonic clock (the clock runners and samplers stamp with), in seconds."""
         ...
 
     def put(self, local: str | Path, remote: str) -> None:
@@ -113,6 +129,40 @@ class Transport(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+@runtime_checkable
+class Background(Protocol):
+    """A process started with :meth:`Transport.start`.
+
+    Attributes:
+        argv: The command as started.
+    """
+
+    argv: list[str]
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        ...
+
+    def stop(self, grace: float = 5.0) -> CommandResult:
+        """SIGTERM its process group, SIGKILL after ``grace`` seconds; return what it printed."""
+        ...
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env(env: dict[str, str] | None) -> dict[str, str]:
+    """Validate environment variable names (a name is never quoted, so it must be a plain identifier).
+
+    Raises:
+        ValueError: A name that is not ``[A-Za-z_][A-Za-z0-9_]*``.
+    """
+    for key in env or {}:
+        if not ENV_NAME.fullmatch(key):
+            raise ValueError(f"invalid environment variable name {key!r}")
+    return {k: str(v) for k, v in (env or {}).items()}
+
+
 class LocalTransport:
     """Run on this host with :mod:`subprocess`; "remote" paths are ordinary local paths.
 
@@ -137,6 +187,8 @@ class LocalTransport:
         timeout: float | None = None,
         on_stderr_line: LineCallback | None = None,
         check: bool = True,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> CommandResult:
         """Run ``argv`` (a list, no shell), streaming stderr lines while it runs.
 
@@ -146,19 +198,51 @@ class LocalTransport:
         """
         argv = [str(a) for a in argv]
         start = time.monotonic()
+        proc = self._popen(argv, env, cwd)
         try:
-            proc = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-            )
-        except OSError as exc:
-            raise DeviceError(
-                f"cannot run {argv[0]!r} on {self.name}: {exc.strerror}", "check it is installed and on PATH"
-            ) from exc
-        out, err = _collect(proc, timeout, on_stderr_line, argv)
+            out, err = _collect(proc, timeout, on_stderr_line, argv)
+        except BaseException:  # Ctrl-C included: the whole group goes, nothing keeps running
+            _kill(proc)
+            raise
         result = CommandResult(argv, proc.returncode, out, err, time.monotonic() - start)
         if check and not result.ok:
             raise RemoteCommandError(result)
         return result
+
+    def start(
+        self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> LocalProcess:
+        """Start ``argv`` in its own session; its output is collected until :meth:`LocalProcess.stop`."""
+        argv = [str(a) for a in argv]
+        return LocalProcess(argv, self._popen(argv, env, cwd))
+
+    def which(self, program: str) -> str | None:
+        """Look ``program`` up on PATH."""
+        return shutil.which(program)
+
+    def monotonic(self) -> float:
+        """This host's monotonic clock."""
+        return time.monotonic()
+
+    def _popen(self, argv: list[str], env: dict[str, str] | None, cwd: str | None) -> subprocess.Popen:
+        full_env = {**os.environ, **check_env(env)} if env else None
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+                env=full_env,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            what = f"folder {cwd!r}" if cwd and not Path(cwd).is_dir() else repr(argv[0])
+            raise DeviceError(
+                f"cannot run {argv[0]!r} on {self.name} ({what}: {exc.strerror})",
+                "check it is installed and on PATH",
+            ) from exc
 
     def put(self, local: str | Path, remote: str) -> None:
         """Copy a file (atomically: temp name, then rename)."""
@@ -197,6 +281,57 @@ class LocalTransport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LocalProcess:
+    """A background process on this host (see :meth:`LocalTransport.start`)."""
+
+    def __init__(self, argv: list[str], proc: subprocess.Popen) -> None:
+        self.argv = argv
+        self._proc = proc
+        self._start = time.monotonic()
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [
+            threading.Thread(target=_pump, args=(proc.stdout, self._out, None), daemon=True),
+            threading.Thread(target=_pump, args=(proc.stderr, self._err, None), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def alive(self) -> bool:
+        """True while it runs."""
+        return self._proc.poll() is None
+
+    def stop(self, grace: float = 5.0) -> CommandResult:
+        """Terminate the process group (then kill it after ``grace`` s) and return its output."""
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self._proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _kill(self._proc)
+        _reap_group(self._proc.pid)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return CommandResult(
+            self.argv,
+            self._proc.returncode,
+            "".join(self._out),
+            "".join(self._err),
+            time.monotonic() - self._start,
+        )
+
+
+def _reap_group(pgid: int) -> None:
+    # Children that outlived the leader (e.g. a sampler's tegrastats) still belong to the group.
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _collect(
@@ -240,7 +375,7 @@ def _pump(stream: IO[str], sink: list[str], on_line: LineCallback | None) -> Non
 def _kill(proc: subprocess.Popen) -> None:
     # The whole process group: a runner may have spawned threads/children that hold the pipes open.
     try:
-        os.killpg(proc.pid, 9)
+        os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         proc.kill()
     proc.wait()
