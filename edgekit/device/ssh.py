@@ -28,6 +28,7 @@ import base64
 import codecs
 import contextlib
 import hashlib
+import logging
 import posixpath
 import shlex
 import socket
@@ -60,6 +61,8 @@ def _paramiko() -> Any:
         raise MissingExtraError(
             "the SSH agent needs paramiko, which is not installed", "pip install 'edgekit[ssh]'"
         ) from exc
+    # Every paramiko failure becomes one edgekit error with a hint; its own tracebacks would be noise.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     return paramiko
 
 

@@ -261,3 +261,30 @@ def test_sshd_killed_mid_run_is_one_clear_error_and_a_retry_works(tmp_path):
             assert t.run(["echo", "back"]).stdout == "back\n"
     finally:
         srv.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "full"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root; cannot simulate a full disk here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_remote_disk_is_one_clear_error_and_leaves_no_partial_file(server, small_disk, tmp_path):
+    big = tmp_path / "model.bin"
+    big.write_bytes(b"\0" * 512 * 1024)
+    with server.transport(workdir=str(small_disk)) as t:
+        work = t.mkdtemp()
+        with pytest.raises(DeviceError, match="cannot write") as info:
+            t.put(big, f"{work}/model.bin")
+        assert "df -h" in info.value.hint
+        assert t.run(["ls", "-A", work]).stdout == ""  # no model.bin, no model.bin.part
+        small = tmp_path / "small.bin"
+        small.write_bytes(b"x" * 1000)
+        t.put(small, f"{work}/small.bin")  # the retry with room works
+        assert t.sha256(f"{work}/small.bin") == sha256_file(small)
+        t.remove(work)
