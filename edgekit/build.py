@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from edgekit.errors import ConfigError
 
@@ -108,57 +105,3 @@ def _quantize(be, src: Path, dst: Path, cs, method: str, det):
         quantized_nodes=result.quantized_nodes,
     )
     return dst, quantizer
-
-
-def bench_artifact(
-    target_name: str,
-    artifact_dir: Path,
-    *,
-    device: str | None = None,
-    iterations: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Measure an artifact on a target: latency distribution, FPS, power (or why it was not measured)."""
-    from edgekit.backends.base import Artifact
-    from edgekit.config import load_target
-    from edgekit.device.agent import Agent
-    from edgekit.device.power import NullSampler
-    from edgekit.report.record import latency_stats
-    from edgekit.stages.bench import check_target_ready
-
-    target = load_target(target_name)
-    artifact = Artifact.load(artifact_dir)
-    if artifact.backend != target.backend:
-        raise ConfigError(
-            f"artifact {artifact_dir} was built for backend {artifact.backend}, target '{target.name}' "
-            f"runs {target.backend}",
-            f"build it with `edgekit build --backend {target.backend} ...`, or bench it on a target "
-            f"that runs {artifact.backend}",
-        )
-    _, transport_factory = check_target_ready(target, device)
-    rt = target.runtime
-    shape = artifact.meta["input"]["shape"]
-    x = np.random.default_rng(0).random([int(d) for d in shape], dtype=np.float32)
-    res = Agent(transport_factory(), sampler=NullSampler()).bench(
-        artifact_dir,
-        bench_input=x,
-        warmup=rt.warmup,
-        min_warmup_s=rt.min_warmup_s,
-        iterations=iterations or rt.iterations,
-        min_seconds=rt.min_seconds if iterations is None else 0.0,
-        threads=rt.threads,
-        cpus=rt.cpu_affinity,
-        progress=progress,
-    )
-    return {
-        "n": len(res.latencies_ms),
-        "latency_ms": latency_stats(res.latencies_ms),
-        "fps": res.fps,
-        "first_ms": res.first_ms,
-        "power_w": res.power_w,
-        "energy_mj_per_inference": res.energy_mj,
-        "power_note": res.power_note,
-        "runtime": res.runtime,
-        "runtime_version": res.runtime_version,
-        "device": res.device,
-    }

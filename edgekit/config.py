@@ -81,10 +81,23 @@ class RuntimeOptions(_Strict):
 
 
 class PowerSpec(_Strict):
-    """Which power sensor the agent samples."""
+    """Which power sensor the agent samples (see :data:`edgekit.device.power.SAMPLERS`).
+
+    Attributes:
+        sensor: ``none``, ``tegrastats``, ``ina3221``, ``rpi`` (Pi 5 PMIC) or ``meter`` (external).
+        interval_ms: Sampling period.
+        rails: Rails summed into the total (``None`` = the board's rule: VDD_IN, POM_5V_IN...).
+        idle_s: Idle baseline before the timed window, same power mode (0 = none).
+        meter_command: For ``meter``: a host program printing one reading in watts per line.
+        scope: What the watts cover, for a meter (rails of on-board sensors are named by the board).
+    """
 
     sensor: Literal["none", "tegrastats", "ina3221", "rpi", "meter"] = "none"
     interval_ms: int = Field(100, ge=10)
+    rails: list[str] | None = None
+    idle_s: float = Field(10.0, ge=0)
+    meter_command: list[str] | None = None
+    scope: str | None = None
 
 
 class PreprocessOptions(_Strict):

@@ -228,7 +228,8 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
         elif plan.backend_cls.int8_source == "qdq":
             source = quantize_stage(ctx, plan, qreq, fp32, cs, val)
     artifact = build_stage(ctx, plan, source, reference=fp32, cs=cs, qreq=qreq, val=val, torchscript=ts)
-    bench_and_eval(ctx, artifact, val, plan.transport_factory())
+    with plan.transport_factory() as transport:
+        bench_and_eval(ctx, artifact, val, transport)
 
 
 def _write_outputs(ctx: RunContext) -> None:

@@ -138,7 +138,10 @@ def _add_export(sub: argparse._SubParsersAction, fmt: type) -> None:
     p.add_argument("--method", help="mnn: EMA|KL; ncnn: kl|aciq; tensorrt: minmax|entropy|percentile")
     p.add_argument("--trt-version", default=None, help="TensorRT version for the cache header (default 8502)")
     p.add_argument(
-        "--algo", default=None, help="TensorRT calibrator in the header (default EntropyCalibration2)"
+        "--algo",
+        default=None,
+        help="TensorRT calibrator in the header; follows --method (minmax: MinMaxCalibration, "
+        "entropy: EntropyCalibration2; without either: entropy, the calibrator trtexec --calib uses)",
     )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _root(p).set_defaults(func=cmd_export)
@@ -316,7 +319,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     kw: dict = {"limit": args.limit, "overwrite": args.force}
     kw.update(_format_options(args))
     files = cs.export(args.format, args.out, **kw)
-    _console().print(f"exported {cs.name} v{cs.version} for {args.format}: {len(files)} files in {args.out}")
+    con = _console()
+    con.print(f"exported {cs.name} v{cs.version} for {args.format}: {len(files)} files in {args.out}")
+    if kw.get("algo") not in (None, "EntropyCalibration2"):
+        # trtexec's own calibrator is an IInt8EntropyCalibrator2; TensorRT does not reuse a cache made
+        # for another calibrator, so this one is for a builder that uses the named calibrator.
+        con.print(
+            f"note: the header names {kw['algo']}; trtexec --calib calibrates with EntropyCalibration2 "
+            "and will not reuse it (build with a matching IInt8 calibrator, or use --method entropy)"
+        )
     return 0
 
 
@@ -328,13 +339,8 @@ def _format_options(args: argparse.Namespace) -> dict:
         raise ConfigError("--trt-version/--algo only apply to --format tensorrt", "drop them")
     kw: dict = {}
     if fmt == "tensorrt":
-        kw = {
-            "onnx": args.onnx,
-            "version": args.trt_version or "8502",
-            "algo": args.algo or "EntropyCalibration2",
-        }
-        if args.method:
-            kw["method"] = args.method
+        method, algo = _trt_method_and_algo(args.method, args.algo)
+        kw = {"onnx": args.onnx, "version": args.trt_version or "8502", "method": method, "algo": algo}
     elif fmt == "mnn" and args.method:
         kw["feature_method"] = args.method
     elif fmt == "ncnn" and args.method:
@@ -342,3 +348,15 @@ def _format_options(args: argparse.Namespace) -> dict:
     elif args.method:
         raise ConfigError(f"--method does not apply to --format {fmt}", "drop --method")
     return kw
+
+
+def _trt_method_and_algo(method: str | None, algo: str | None) -> tuple[str, str]:
+    """The calibration method and the header calibrator that names it (each one follows the other).
+
+    Neither given: entropy / EntropyCalibration2, the calibrator ``trtexec --calib`` builds with.
+    """
+    from edgekit.calib.trt_cache import DEFAULT_ALGO, calibrator_for, method_for
+
+    if method is None:
+        method = method_for(algo or DEFAULT_ALGO)
+    return method, calibrator_for(method, algo)

@@ -21,8 +21,20 @@ from edgekit.fsutil import atomic_write_text
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 DEFAULT_VERSION = "8502"  # JetPack 5.1 ships TensorRT 8.5.2
-DEFAULT_ALGO = "EntropyCalibration2"
+DEFAULT_ALGO = "EntropyCalibration2"  # TensorRT's recommended calibrator, and the one trtexec --calib uses
 INT8_MAX = 127.0
+
+#: edgekit calibration method -> the TensorRT calibrator whose algorithm makes that kind of scale. The
+#: header must name the calibrator that made the scales: TensorRT only reuses a cache written for its own
+#: calibrator's algorithm. ``percentile`` has no TensorRT calibrator and is refused (see
+#: :func:`calibrator_for`).
+METHOD_ALGOS = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibration2"}
+#: Header algorithms that may label each method's scales (the older entropy calibrator is the same family).
+_COMPATIBLE = {"minmax": ("MinMaxCalibration",), "entropy": ("EntropyCalibration2", "EntropyCalibration")}
+_NO_TRT_CALIBRATOR = {
+    "percentile": "TensorRT has no percentile calibrator (LegacyCalibration's quantile search is another "
+    "algorithm, and labelling percentile scales with it would misstate how they were made)",
+}
 
 
 def version_tag(version: str | int) -> str:
@@ -42,6 +54,70 @@ def version_tag(version: str | int) -> str:
     major, minor, patch = map(int, m.groups())
     # TensorRT < 10 encodes M*1000 + m*100 + p (8502); 10+ encodes M*10000 + m*100 + p (100300).
     return str(major * (10000 if major >= 10 else 1000) + minor * 100 + patch)
+
+
+def calibrator_for(method: str, algo: str | None = None) -> str:
+    """The calibrator name for a cache whose scales edgekit's ``method`` made.
+
+    ``minmax`` -> ``MinMaxCalibration``, ``entropy`` -> ``EntropyCalibration2``. An explicit ``algo``
+    must agree with the method (``EntropyCalibration`` is also accepted for ``entropy``).
+
+    Args:
+        method: edgekit calibration method (minmax, entropy, percentile).
+        algo: Header algorithm the caller asked for, or None for the method's own.
+
+    Returns:
+        The algorithm to write in the header.
+
+    Raises:
+        ConfigError: ``method`` has no TensorRT calibrator (percentile), is unknown, or contradicts ``algo``.
+
+    Example:
+        >>> calibrator_for("minmax")
+        'MinMaxCalibration'
+    """
+    if method in _NO_TRT_CALIBRATOR:
+        raise ConfigError(
+            f"calibration method {method!r} cannot be exported as a TensorRT calibration cache: "
+            f"{_NO_TRT_CALIBRATOR[method]}",
+            f"export with --method {' or '.join(METHOD_ALGOS)}, or ship a TensorRT-form QDQ model "
+            "(edgekit.quantize.trt_form.quantize_trt_qdq), which carries any method's scales itself",
+        )
+    if method not in METHOD_ALGOS:
+        raise ConfigError(f"unknown calibration method {method!r}", f"use one of {', '.join(METHOD_ALGOS)}")
+    if algo is None:
+        return METHOD_ALGOS[method]
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown TensorRT calibrator {algo!r}", f"use one of {', '.join(ALGORITHMS)}")
+    if algo not in _COMPATIBLE[method]:
+        raise ConfigError(
+            f"--algo {algo} contradicts --method {method}: the scales come from {method}, whose TensorRT "
+            f"calibrator is {METHOD_ALGOS[method]}",
+            f"drop --algo (the header follows the method) or pass --method {method_for(algo)}"
+            if algo in _METHOD_OF
+            else "drop --algo (the header follows the method)",
+        )
+    return algo
+
+
+#: Header algorithm -> the edgekit method whose scales it names (LegacyCalibration has none).
+_METHOD_OF = {algo: method for method, algos in _COMPATIBLE.items() for algo in algos}
+
+
+def method_for(algo: str) -> str:
+    """The edgekit method that makes the scales a header ``algo`` names (inverse of :func:`calibrator_for`).
+
+    Raises:
+        ConfigError: ``algo`` is unknown or no edgekit method computes its scales (LegacyCalibration).
+    """
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown TensorRT calibrator {algo!r}", f"use one of {', '.join(ALGORITHMS)}")
+    if algo not in _METHOD_OF:
+        raise ConfigError(
+            f"edgekit has no calibration method that makes {algo} scales",
+            f"use --algo {' or '.join(sorted(_METHOD_OF))}, or --method {' or '.join(METHOD_ALGOS)}",
+        )
+    return _METHOD_OF[algo]
 
 
 def scale_from_range(lo: float, hi: float) -> float:

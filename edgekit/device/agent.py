@@ -6,9 +6,11 @@ Works over any :class:`~edgekit.device.transport.Transport`: the same steps run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,22 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.base import Artifact
-from edgekit.device.power import NOT_MEASURED, NullSampler, PowerSampler, energy_per_inference
+from edgekit.device.power import (
+    NOT_MEASURED,
+    NullSampler,
+    PowerSampler,
+    SamplerSession,
+    coverage_gap,
+    energy_per_inference,
+    idle_power,
+)
 from edgekit.device.transport import CommandResult, Transport
 from edgekit.errors import DeviceError
 from edgekit.fsutil import sha256_file
 from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
-SHARED_RUNNER_FILES = ("detcore.py", "runcore.py")
+SHARED_RUNNER_FILES = ("detcore.py", "runcore.py", "powercore.py")
 
 # Prints {zone type: degrees C} for every thermal zone, or {} (stdlib only: runs on the device).
 _THERMAL_SNIPPET = """
@@ -63,6 +73,13 @@ class BenchResult:
         thermal_before: ``{zone: C}`` before the run, ``None`` if the device has no thermal zones.
         thermal_after: Same after the run.
         raw: The runner's JSON line, parsed.
+        idle_w: Idle power before the timed window, same power mode (``None`` = not taken).
+        power_samples: Power samples inside the timed window.
+        power_facts: Sensor, interval, clock, rail scope and clock offset (meter) of the trace.
+        state_before: Device state before the run (board, L4T, power mode, clocks, temperatures).
+        state_after: The same after the run.
+        throttling: Signs of throttling (empty = none seen).
+        guard: The correctness guard: the device output's sha256 and its cosines to the host's.
     """
 
     runtime: str
@@ -83,20 +100,35 @@ class BenchResult:
     thermal_before: dict[str, float] | None = None
     thermal_after: dict[str, float] | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    idle_w: float | None = None
+    power_samples: int | None = None
+    power_facts: dict[str, Any] = field(default_factory=dict)
+    state_before: dict[str, Any] = field(default_factory=dict)
+    state_after: dict[str, Any] = field(default_factory=dict)
+    throttling: list[str] = field(default_factory=list)
+    guard: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-iteration lists, no detections, no raw line)."""
-        skip = {"latencies_ms", "warmup_ms", "detections", "raw"}
+        skip = {"latencies_ms", "warmup_ms", "detections", "raw", "state_before", "state_after"}
         out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["eval_images"] = None if self.detections is None else len(self.detections)
         return out
 
 
 class Agent:
-    """Runs artifacts on a device through a transport.
+    """Runs artifacts on a device through a transport, with power sampled on the device.
+
+    The protocol of one :meth:`bench` (research/device-benchmarking.md §5.2-5.4): device state first
+    (board, L4T, power mode, clocks, governors, temperatures); the power sampler starts and an idle
+    baseline is taken in the same power mode; the runner warms up until latency settles, runs the
+    timed loop (≥ N iterations and ≥ T seconds) and the eval set; the state is read again; throttling
+    is flagged (clock drop, temperature rise, latency drift first vs last 10 %). With a host
+    reference output, the device's output on the timing input must match it before any speed counts.
 
     Args:
-        transport: Where to run (:class:`~edgekit.device.transport.LocalTransport`, SSH later).
+        transport: Where to run (:class:`~edgekit.device.transport.LocalTransport`,
+            :class:`~edgekit.device.ssh.SSHTransport`).
         sampler: Power sampler; ``None`` = :class:`~edgekit.device.power.NullSampler` (not measured).
         python: Interpreter on the device; ``None`` = the transport's (the venv's on ``local``).
 
@@ -128,6 +160,8 @@ class Agent:
         timeout: float | None = None,
         progress: bool = True,
         cpus: list[int] | None = None,
+        idle_s: float = 0.0,
+        guard: Guard | None = None,
     ) -> BenchResult:
         """Push the artifact and runner, time it, collect eval detections, clean up.
 
@@ -136,7 +170,7 @@ class Agent:
             bench_input: The timing input, in the artifact's input shape.
             eval_inputs: ``(N, C, H, W)`` stack of preprocessed eval images, or ``None``.
             warmup: Minimum warm-up iterations.
-            min_warmup_s: Minimum warm-up seconds.
+            min_warmup_s: Minimum warm-up seconds (then on until latency settles, ≤ 5x as long).
             iterations: Minimum timed iterations.
             min_seconds: Minimum timed seconds.
             threads: Intra-op threads; ``None`` = the artifact's ``runtime.threads``.
@@ -144,10 +178,13 @@ class Agent:
             timeout: Seconds before the run is killed (``None`` = no limit).
             progress: Draw a progress bar from the runner's ``@progress`` lines.
             cpus: Cores to pin the runner to on the device (``None`` = no pinning).
+            idle_s: Idle baseline before the timed window (only when the sampler measures).
+            guard: The host's reference output on ``bench_input`` and its tolerance.
 
         Raises:
             ModelError: The artifact is missing or tampered with.
-            DeviceError: Upload checksum mismatch, timeout, or unreadable runner output.
+            DeviceError: Upload checksum mismatch, timeout, unreadable runner output, or device outputs
+                that fail the correctness guard.
             RemoteCommandError: The runner exited non-zero (message shows its stderr tail).
         """
         artifact = Artifact.load(artifact_dir)
@@ -157,14 +194,33 @@ class Agent:
                 argv = self._stage(artifact, work, Path(host_tmp), bench_input, eval_inputs)
                 argv += _runner_flags(warmup, min_warmup_s, iterations, min_seconds, threads, conf)
                 argv += ["--cpus", ",".join(map(str, cpus))] if cpus else []
-                before = self.thermal()
-                result, samples = self._run(argv, timeout, progress)
-                after = self.thermal()
+                argv += ["--output-out", posixpath.join(work, "guard.npy")]
+                before = self.state(work)
+                deadline = (timeout or 4 * 3600.0) + idle_s + 60
+                self.sampler.start(SamplerSession(self.transport, work, self.python, deadline))
+                try:
+                    idle = self._idle(idle_s)
+                    result = self._run(argv, timeout, progress)
+                finally:
+                    samples = self.sampler.stop()
+                after = self.state(work)
                 raw = parse_runner_output(result)
                 dets = self._fetch_eval(raw, work, Path(host_tmp))
+                guard_record = self._check_guard(guard, work, Path(host_tmp))
         finally:
             self.transport.remove(work)
-        return self._result(raw, dets, samples, before, after)
+        res = self._result(raw, dets, samples, before, after, idle)
+        res.guard = guard_record
+        return res
+
+    def state(self, work: str) -> dict[str, Any]:
+        """The device's state (board, L4T, power mode, clocks, governors, temperatures, throttling)."""
+        script = posixpath.join(work, "powercore.py")
+        res = self.transport.run([self.python, script, "state"], timeout=60, check=False)
+        try:
+            return dict(json.loads(res.stdout.strip() or "{}"))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return {"error": res.tail(3) or "no output"}
 
     def thermal(self) -> dict[str, float] | None:
         """Read every thermal zone on the device (``None`` when it has none)."""
@@ -183,7 +239,8 @@ class Agent:
         for rel in artifact.all_files():
             self._push(artifact.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
         runner = RUNNERS_DIR / artifact.runner
-        for name in (artifact.runner, *SHARED_RUNNER_FILES):
+        names = dict.fromkeys((artifact.runner, *SHARED_RUNNER_FILES, *getattr(self.sampler, "files", ())))
+        for name in names:
             self._push(RUNNERS_DIR / name, posixpath.join(work, name))
         argv = [self.python, posixpath.join(work, runner.name), "--artifact", remote_art]
         argv += ["--inputs", self._push_array(x, "input.npy", work, host_tmp)]
@@ -209,14 +266,16 @@ class Agent:
         self._push(local, remote)
         return remote
 
-    def _run(self, argv: list[str], timeout: float | None, progress: bool) -> tuple[CommandResult, list]:
+    def _idle(self, idle_s: float) -> tuple[float, float] | None:
+        if not getattr(self.sampler, "measures", False) or idle_s <= 0:
+            return None
+        t0 = self.transport.monotonic()
+        time.sleep(idle_s)
+        return t0, self.transport.monotonic()
+
+    def _run(self, argv: list[str], timeout: float | None, progress: bool) -> CommandResult:
         with RunnerProgress(enabled=progress) as bar:
-            self.sampler.start()
-            try:
-                result = self.transport.run(argv, timeout=timeout, on_stderr_line=bar.feed)
-            finally:
-                samples = self.sampler.stop()
-        return result, samples
+            return self.transport.run(argv, timeout=timeout, on_stderr_line=bar.feed)
 
     def _fetch_eval(self, raw: dict[str, Any], work: str, host_tmp: Path) -> list[np.ndarray] | None:
         if not raw.get("eval"):
@@ -226,7 +285,18 @@ class Agent:
         with np.load(local) as npz:
             return [npz[f"dets_{i}"] for i in range(raw["eval"]["images"])]
 
-    def _result(self, raw: dict, dets: list | None, samples: list, before: Any, after: Any) -> BenchResult:
+    def _check_guard(self, guard: Guard | None, work: str, host_tmp: Path) -> dict[str, Any]:
+        local = host_tmp / "guard.npy"
+        self.transport.get(posixpath.join(work, "guard.npy"), local)
+        got = np.load(local)
+        record: dict[str, Any] = {"output_sha256": hashlib.sha256(got.tobytes()).hexdigest()}
+        if guard is None:
+            return {**record, "checked": False, "reason": "no host reference output for this artifact"}
+        return {**record, **guard.check(got)}
+
+    def _result(
+        self, raw: dict, dets: list | None, samples: list, before: dict, after: dict, idle: tuple | None
+    ) -> BenchResult:
         lat = [float(v) for v in raw["latencies_ms"]]
         res = BenchResult(
             runtime=raw["runtime"],
@@ -240,16 +310,95 @@ class Agent:
             stats=latency_stats(lat),
             detections=dets,
             device=dict(raw.get("device") or {}),
-            thermal_before=before,
-            thermal_after=after,
+            thermal_before=before.get("thermal") or None,
+            thermal_after=after.get("thermal") or None,
             raw=raw,
+            state_before=before,
+            state_after=after,
         )
-        window = raw.get("window") or {}
-        energy = energy_per_inference(samples, window.get("t0", 0.0), window.get("t1", 0.0), len(lat))
-        if energy is not None:
-            res.power_w, res.energy_mj = energy.mean_power_w, energy.mj_per_inference
-            res.power_note = f"{self.sampler.name}: {self.sampler.rails}"
+        res.throttling = _throttle_flags(before, after, lat)
+        self._energy(res, samples, raw.get("window") or {}, idle)
         return res
+
+    def _energy(self, res: BenchResult, samples: list, window: dict, idle: tuple | None) -> None:
+        sampler = self.sampler
+        res.power_facts = dict(getattr(sampler, "facts", {}) or {})
+        if not getattr(sampler, "measures", False):
+            res.power_note = getattr(sampler, "note", "") or NOT_MEASURED
+            return
+        if not samples:
+            res.power_note = getattr(sampler, "note", "") or "not measured: no power samples were recorded"
+            return
+        t0, t1 = float(window.get("t0", 0.0)), float(window.get("t1", 0.0))
+        gap = coverage_gap(samples, t0, t1)
+        if gap:
+            res.power_note = f"not measured: {gap}"
+            return
+        idle_w = idle_power(samples, *idle) if idle else None
+        energy = energy_per_inference(samples, t0, t1, len(res.latencies_ms), idle_w=idle_w)
+        res.power_w, res.energy_mj = energy.mean_power_w, energy.mj_per_inference
+        res.energy_dynamic_mj, res.idle_w = energy.dynamic_mj_per_inference, idle_w
+        res.power_samples = energy.samples_in_window
+        res.power_note = f"{sampler.name}: {sampler.rails}"
+
+
+@dataclass
+class Guard:
+    """The host's reference output on the timing input, and how close the device's must be.
+
+    Attributes:
+        reference: The host's output (float, batch dim kept).
+        source: What produced it (``"onnxruntime 1.23 on the host, same artifact"``).
+        min_cosine: Lowest cosine of the whole output.
+        min_part_cosine: Lowest cosine of the box and of the score columns.
+        head: Detector head (``yolov5`` / ``yolov8``), to compare boxes and scores on their own.
+    """
+
+    reference: np.ndarray
+    source: str
+    min_cosine: float
+    min_part_cosine: float
+    head: str | None = None
+
+    def check(self, got: np.ndarray) -> dict[str, Any]:
+        """Compare; return the record, or raise when the device's output is not the model's.
+
+        Raises:
+            DeviceError: Shapes differ or a cosine is under its limit (no speed is reported then).
+        """
+        from edgekit.backends.parity import compare
+
+        if tuple(got.shape) != tuple(self.reference.shape):
+            raise DeviceError(
+                f"the device's output has shape {list(got.shape)}, "
+                f"the host's reference {list(self.reference.shape)}",
+                "the artifact or runtime on the device is not the one built; rebuild and retry",
+            )
+        figures = compare(self.reference, got, self.head)
+        low = {k: v for k, v in figures.items() if k.endswith("cosine") and v < self._limit(k)}
+        record = {"checked": True, "reference": self.source, **{k: round(v, 6) for k, v in figures.items()}}
+        if low:
+            worst = ", ".join(f"{k} {v:.4f} < {self._limit(k)}" for k, v in low.items())
+            raise DeviceError(
+                "correctness guard failed: on the fixed input the device's output differs from "
+                f"{self.source} "
+                f"({worst}); no speed is reported for a model that computes something else",
+                "check the runtime version on the device; rebuild the artifact (on the device if it "
+                "builds there)",
+            )
+        return record
+
+    def _limit(self, key: str) -> float:
+        return self.min_cosine if key == "cosine" else self.min_part_cosine
+
+
+def _throttle_flags(before: dict, after: dict, latencies: list[float]) -> list[str]:
+    from edgekit.runners import powercore
+
+    try:
+        return list(powercore.throttle_flags(before, after, latencies))
+    except Exception as exc:  # noqa: BLE001 - a state the parser does not know must not lose the run
+        return [f"throttling not checked: {type(exc).__name__}: {exc}"]
 
 
 def _runner_flags(

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -170,6 +171,15 @@ def parse_args(argv: list[str] | None = None, description: str = "Time an artifa
     p.add_argument("--eval-inputs", help=".npy stack (N, C, H, W) of preprocessed float eval images")
     p.add_argument("--eval-out", help=".npz to write per-image candidate rows to (keys dets_<i>)")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold for eval candidates")
+    p.add_argument(
+        "--output-out", help=".npy to write the float output on the timing input to (correctness guard)"
+    )
+    p.add_argument(
+        "--max-warmup-s",
+        type=float,
+        default=None,
+        help="warm up past the minimum until latency settles, at most this long (default 5x --min-warmup-s)",
+    )
     return p.parse_args(argv)
 
 
@@ -270,6 +280,32 @@ def timed_run(run, n_min: int, seconds_min: float, phase: str) -> tuple[list[flo
     return lat, clock() - start
 
 
+SETTLE_WINDOW = 20
+SETTLE_CHANGE = 0.02
+
+
+def settle(run, lat: list[float], max_seconds: float) -> tuple[list[float], bool]:
+    """Keep running until the median of the last 20 latencies moves < 2 % between two windows.
+
+    Returns the extra latencies and whether latency settled before ``max_seconds`` (research §5.2).
+    """
+    extra: list[float] = []
+    clock = time.perf_counter
+    start = clock()
+    while True:
+        window = (lat + extra)[-2 * SETTLE_WINDOW :]
+        if len(window) == 2 * SETTLE_WINDOW:
+            before = statistics.median(window[:SETTLE_WINDOW])
+            now = statistics.median(window[SETTLE_WINDOW:])
+            if before > 0 and abs(now - before) / before < SETTLE_CHANGE:
+                return extra, True
+        if clock() - start >= max_seconds:
+            return extra, False
+        t = clock()
+        run()
+        extra.append((clock() - t) * 1e3)
+
+
 def run_eval(runtime, meta: dict, path: str, out: str, conf: float) -> int:
     """Run every eval tensor; save per-image candidate rows (K, 6) as ``dets_<i>`` in ``out``."""
     import detcore
@@ -286,6 +322,13 @@ def run_eval(runtime, meta: dict, path: str, out: str, conf: float) -> int:
     np.savez(tmp, **dets)
     Path(tmp).replace(out)
     return len(stack)
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` whole (temp file, then rename)."""
+    tmp = path + ".tmp.npy"
+    np.save(tmp, np.ascontiguousarray(array))
+    Path(tmp).replace(path)
 
 
 def run(runtime_cls, runner: str, argv: list[str] | None = None) -> int:
@@ -307,9 +350,14 @@ def run(runtime_cls, runner: str, argv: list[str] | None = None) -> int:
         runtime.infer(x)
 
     t = time.perf_counter()
-    once()
+    first = runtime.infer(x)
     first_ms = (time.perf_counter() - t) * 1e3
+    if args.output_out:
+        save_npy(args.output_out, to_float_output(first, meta))
     warmup_ms, _ = timed_run(once, args.warmup, args.min_warmup_s, "warmup")
+    limit = args.max_warmup_s if args.max_warmup_s is not None else 5 * args.min_warmup_s
+    more, settled = settle(once, warmup_ms, limit)
+    warmup_ms += more
     window_t0 = time.monotonic()
     latencies, wall = timed_run(once, args.iterations, args.min_seconds, "timed")
     window_t1 = time.monotonic()
@@ -324,6 +372,7 @@ def run(runtime_cls, runner: str, argv: list[str] | None = None) -> int:
         "threads": int(runtime.threads or 0),
         "first_ms": round(first_ms, 4),
         "warmup_ms": [round(v, 4) for v in warmup_ms],
+        "warmup_settled": settled,
         "latencies_ms": [round(v, 4) for v in latencies],
         "wall_s": wall,
         "window": {"clock": "monotonic", "t0": window_t0, "t1": window_t1},

@@ -4,35 +4,79 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from edgekit.config import Target
-from edgekit.errors import ConfigError, EdgekitError
+from edgekit.errors import ConfigError
 from edgekit.report.record import latency_stats
 from edgekit.stages.context import RunContext, add_node, eval_tensors, stage
+
+if TYPE_CHECKING:
+    from edgekit.device.agent import Guard
+
+
+def host_guard(artifact_dir: Path, x: np.ndarray) -> Guard | None:
+    """The host's output for ``x`` from the same artifact, for the device's correctness guard.
+
+    ``None`` when this host cannot run the artifact's backend (the record then says the guard was not
+    checked and why).
+    """
+    from edgekit.backends.base import Artifact
+    from edgekit.device.agent import Guard
+    from edgekit.registry import get_backend
+
+    artifact = Artifact.load(artifact_dir)
+    backend = get_backend(artifact.backend)
+    try:
+        reference = np.asarray(backend.infer(artifact, x)[0], dtype=np.float32)
+    except Exception:  # noqa: BLE001 - runtime missing or unable here: the guard is skipped and says so
+        return None
+    tol = backend.parity.get(artifact.precision) or backend.parity["fp32"]
+    tools = ", ".join(f"{k} {v}" for k, v in (artifact.meta.get("tools") or {}).items())
+    return Guard(
+        reference,
+        f"the host's {artifact.backend} run of the same artifact ({tools or 'host runtime'})",
+        min_cosine=tol.min_cosine,
+        min_part_cosine=tol.min_part_cosine,
+        head=artifact.meta["output"].get("head"),
+    )
+
+
+def run_on_device(
+    target: Target, transport, artifact_dir: Path, x, eval_x, *, progress: bool, iterations=None
+):
+    """Bench ``artifact_dir`` on the target's device with its sampler, idle baseline and guard."""
+    from edgekit.device.agent import Agent
+    from edgekit.device.power import sampler_for
+
+    rt = target.runtime
+    sampler = sampler_for(target.power)
+    idle_s = target.power.idle_s if target.connection.type == "ssh" else min(target.power.idle_s, 2.0)
+    return Agent(transport, sampler=sampler).bench(
+        artifact_dir,
+        bench_input=x,
+        eval_inputs=eval_x,
+        warmup=rt.warmup,
+        min_warmup_s=rt.min_warmup_s,
+        iterations=iterations or rt.iterations,
+        min_seconds=rt.min_seconds if iterations is None else 0.0,
+        threads=rt.threads,
+        cpus=rt.cpu_affinity,
+        progress=progress,
+        idle_s=idle_s,
+        guard=host_guard(artifact_dir, x),
+    )
 
 
 def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
     """Run the artifact on the device: timing loop + eval set; add the ``eval`` and ``bench`` nodes."""
-    from edgekit.device.agent import Agent
-    from edgekit.device.power import NullSampler
     from edgekit.models.train import map_from_candidates
 
-    rt = ctx.target.runtime
     with stage(ctx, "bench") as fields:
         inputs = eval_tensors(val)
-        result = Agent(transport, sampler=NullSampler()).bench(
-            artifact_dir,
-            bench_input=inputs[:1],
-            eval_inputs=inputs,
-            warmup=rt.warmup,
-            min_warmup_s=rt.min_warmup_s,
-            iterations=rt.iterations,
-            min_seconds=rt.min_seconds,
-            threads=rt.threads,
-            cpus=rt.cpu_affinity,
-            progress=ctx.progress,
-        )
+        result = run_on_device(ctx.target, transport, artifact_dir, inputs[:1], inputs, progress=ctx.progress)
         scores = map_from_candidates(val, result.detections)
     dep = ctx.deployed_stats
     add_node(
@@ -44,6 +88,21 @@ def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
         metrics={**dep, "size_bytes": ctx.artifact_bytes, **scores},
         tools={result.runtime: result.runtime_version},
     )
+    add_bench_node(ctx, result, transport, fields, scores)
+
+
+def bench_only(ctx: RunContext, artifact_dir: Path, x: np.ndarray, transport, iterations: int | None) -> None:
+    """Time the artifact on the device without an eval set; add the ``bench`` node."""
+    with stage(ctx, "bench") as fields:
+        result = run_on_device(
+            ctx.target, transport, artifact_dir, x, None, progress=ctx.progress, iterations=iterations
+        )
+    add_bench_node(ctx, result, transport, fields, {})
+
+
+def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dict) -> None:
+    """The ``bench`` node: latency distribution, FPS, power and energy (or why not), device state."""
+    rt = ctx.target.runtime
     metrics = {
         "latency_ms": {k: round(v, 4) for k, v in latency_stats(result.latencies_ms).items()},
         "fps": round(result.fps, 2),
@@ -51,10 +110,7 @@ def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
         **scores,
         "size_bytes": ctx.artifact_bytes,
     }
-    if result.power_w is not None:
-        metrics["power_w"] = result.power_w
-    if result.energy_mj is not None:
-        metrics["energy_mj_per_inference"] = result.energy_mj
+    metrics.update(power_metrics(result))
     add_node(
         ctx,
         "bench",
@@ -64,21 +120,64 @@ def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
             "min_seconds": rt.min_seconds,
             "threads": result.threads,
             "device": transport.name,
+            "power": ctx.target.power.model_dump(mode="json"),
+            "device_state": device_identity(result.state_before),
         },
         dict(fields),
         label=f"{len(result.latencies_ms)} timed runs on {transport.name}",
         metrics=metrics,
         tools={result.runtime: result.runtime_version},
-        extra={
-            "latencies_ms": [round(x, 4) for x in result.latencies_ms],
-            "device": result.device,
-            "pinned": result.raw.get("pinned"),
-            "governor_expected": rt.governor,
-            "power_note": result.power_note,
-            "thermal_before": result.thermal_before,
-            "thermal_after": result.thermal_after,
-        },
+        extra=bench_extra(result, rt),
     )
+
+
+def power_metrics(result) -> dict[str, Any]:
+    """Power figures of a bench result: measured values, or ``None`` when not measured (never 0)."""
+    figures = {
+        "power_w": result.power_w,
+        "idle_w": result.idle_w,
+        "energy_mj_per_inference": result.energy_mj,
+        "energy_dynamic_mj_per_inference": result.energy_dynamic_mj,
+    }
+    return {k: v for k, v in figures.items() if v is not None}  # not measured = left out (the note says why)
+
+
+def bench_extra(result, rt) -> dict[str, Any]:
+    """What a bench node keeps besides its metrics: raw latencies, device facts, power, state, guard."""
+    return {
+        "latencies_ms": [round(x, 4) for x in result.latencies_ms],
+        "window": result.raw.get("window"),
+        "device": result.device,
+        "pinned": result.raw.get("pinned"),
+        "governor_expected": rt.governor,
+        "power_mode_expected": rt.power_mode,
+        "power_note": result.power_note,
+        "power_facts": result.power_facts,
+        "power_samples_in_window": result.power_samples,
+        "thermal_before": result.thermal_before,
+        "thermal_after": result.thermal_after,
+        "state_before": result.state_before,
+        "state_after": result.state_after,
+        "throttling": result.throttling,
+        "warmup_settled": result.raw.get("warmup_settled"),
+        "guard": result.guard,
+    }
+
+
+def device_identity(state: dict[str, Any]) -> dict[str, Any]:
+    """The device facts that make a different measurement: board, L4T, power mode, governors, max clocks.
+
+    They go into the bench node's config, so the same artifact measured in another power mode or on
+    another board is a different node id.
+    """
+    cpus = state.get("cpus") or {}
+    return {
+        "model": state.get("model"),
+        "l4t": state.get("l4t"),
+        "nvpmodel": (state.get("nvpmodel") or {}).get("name"),
+        "governors": sorted({c.get("governor") for c in cpus.values() if c.get("governor")}),
+        "max_khz": sorted({c.get("max_khz") for c in cpus.values() if c.get("max_khz")}),
+    }
 
 
 def check_target_ready(target: Target, device: str | None) -> tuple[type, Callable[[], Any]]:
@@ -96,12 +195,15 @@ def check_target_ready(target: Target, device: str | None) -> tuple[type, Callab
             f"target '{target.name}': backend {target.backend} cannot build {target.precision}",
             f"use one of {', '.join(backend_cls.precisions)} in {target.source}",
         )
+    from edgekit.device.power import sampler_for
+
+    sampler_for(target.power)  # an unknown sensor or a meter without its command fails here, before work
     if device == "local" or target.connection.type == "local":
         from edgekit.device.transport import LocalTransport
 
         return backend_cls, LocalTransport
-    raise EdgekitError(
-        f"target '{target.name}' is reached over SSH, and the SSH agent is not built yet in this version",
-        "run the target's artifact on this host with --device local "
-        f"(make deploy TARGET={target.name} DEVICE=local)",
-    )
+    from edgekit.device.ssh import SSHTransport, _paramiko
+
+    _paramiko()  # missing extra: one clear error now, not after the build
+    conn = target.connection
+    return backend_cls, lambda: SSHTransport.from_connection(conn)

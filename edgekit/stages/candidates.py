@@ -15,11 +15,18 @@ from edgekit.stages.context import RunContext, eval_tensors
 
 def measure(ctx: RunContext, transport_factory, artifact_dir: Path, val) -> dict[str, Any]:
     """Score a built candidate: mAP from the device's outputs on ``val`` and a short latency p50."""
-    from edgekit.device.agent import Agent
     from edgekit.models.train import map_from_candidates
 
     inputs = eval_tensors(val)
-    result = Agent(transport_factory()).bench(
+    with transport_factory() as transport:
+        result = _bench(transport, artifact_dir, inputs, ctx)
+    return {**map_from_candidates(val, result.detections), "latency_ms_p50": result.stats["p50"]}
+
+
+def _bench(transport, artifact_dir: Path, inputs, ctx: RunContext):
+    from edgekit.device.agent import Agent
+
+    return Agent(transport).bench(
         artifact_dir,
         bench_input=inputs[:1],
         eval_inputs=inputs,
@@ -30,4 +37,3 @@ def measure(ctx: RunContext, transport_factory, artifact_dir: Path, val) -> dict
         threads=ctx.target.runtime.threads,
         progress=False,
     )
-    return {**map_from_candidates(val, result.detections), "latency_ms_p50": result.stats["p50"]}

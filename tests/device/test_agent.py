@@ -83,8 +83,9 @@ class ConstantSampler:
 
     name = "constant"
     rails = "test rail"
+    measures = True
 
-    def start(self) -> None:
+    def start(self, session=None) -> None:
         self.t0 = time.monotonic()
 
     def stop(self) -> list[tuple[float, float]]:

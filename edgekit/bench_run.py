@@ -1,0 +1,138 @@
+"""``edgekit bench``: measure a built artifact on a target's device and write a run folder.
+
+The folder is the same as a deploy's (``record.json`` — the truth —, ``summary.json``, ``report.md``
+and ``report.html``), with an ``artifact`` node instead of the compress/quantize chain, then the
+``eval`` node (mAP from the device's own outputs, when ``--data`` gives an eval set) and the ``bench``
+node. The folder appears whole or not at all: it is written under a temporary name and renamed when
+the measurement succeeded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import ConfigError
+
+
+def bench_run(
+    target_name: str,
+    artifact_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    device: str | None = None,
+    iterations: int | None = None,
+    out: str | Path = "runs",
+    run_id: str | None = None,
+    command: list[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Bench ``artifact_dir`` on ``target_name``'s device; return the run folder.
+
+    Args:
+        target_name: Target name or YAML path.
+        artifact_dir: A built artifact folder; its backend must be the target's.
+        data: A YOLO dataset folder whose ``val`` split is the eval set (``None`` = timing only).
+        device: ``"local"`` runs on this host whatever the target's connection says.
+        iterations: Override the target's timed iterations (and drop its minimum seconds).
+        out: Parent folder of the run folder.
+        run_id: Run folder name (default ``<time>-<target>-bench``).
+        command: The command line, for the record.
+        progress: Progress bars.
+
+    Raises:
+        ConfigError: The artifact's backend is not the target's (both are named), or bad options.
+        DeviceError: Anything the device did wrong (nothing is written then).
+    """
+    from edgekit.backends.base import Artifact
+    from edgekit.config import load_target
+    from edgekit.fsutil import atomic_dir
+    from edgekit.report.record import RunRecord
+    from edgekit.stages.bench import check_target_ready
+    from edgekit.stages.context import RunContext
+
+    target = load_target(target_name)
+    artifact = Artifact.load(artifact_dir)
+    refuse_foreign_artifact(artifact, target, artifact_dir)
+    _, transport_factory = check_target_ready(target, device)
+    val = _eval_split(data, artifact) if data else None
+    run_dir = Path(out) / (run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{target.name}-bench")
+    if run_dir.exists():
+        raise ConfigError(f"run folder {run_dir} already exists", "choose another --run-id or remove it")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(run_dir) as work:
+        record = RunRecord.new(run_dir.name, command or [], target.model_dump(mode="json"), {"name": "bench"})
+        ctx = RunContext(target, work, record, artifact.preprocess, progress)
+        _artifact_node(ctx, artifact)
+        with transport_factory() as transport:
+            _measure(ctx, artifact, val, transport, iterations)
+        record.status = "ok"
+        _write(ctx)
+    return run_dir
+
+
+def refuse_foreign_artifact(artifact, target, artifact_dir) -> None:  # noqa: ANN001
+    """A target runs its own backend's artifacts: never swap the backend to fit.
+
+    Raises:
+        ConfigError: Naming both backends and what to do.
+    """
+    if artifact.backend != target.backend:
+        raise ConfigError(
+            f"artifact {artifact_dir} was built for backend {artifact.backend}, target '{target.name}' "
+            f"runs {target.backend}",
+            f"build it with `edgekit build --backend {target.backend} ...`, or bench it on a target "
+            f"that runs {artifact.backend}",
+        )
+
+
+def _eval_split(data: str | Path, artifact):  # noqa: ANN001, ANN202
+    from edgekit.data.dataset import YoloDataset
+    from edgekit.models.train import InMemorySplit
+
+    root = Path(data)
+    if not (root / "data.yaml").is_file() and not (root / "images" / "val").is_dir():
+        raise ConfigError(
+            f"--data {root} is not a YOLO dataset folder (no data.yaml or images/val)",
+            "give the dataset folder the model was trained on; its val split is the eval set",
+        )
+    return InMemorySplit(YoloDataset(root, "val"), artifact.preprocess)
+
+
+def _artifact_node(ctx, artifact) -> None:  # noqa: ANN001
+    from edgekit.stages.context import add_node
+
+    size = sum((artifact.dir / rel).stat().st_size for rel in artifact.all_files())
+    ctx.artifact_bytes = size
+    ctx.head = artifact.meta["output"].get("head")
+    add_node(
+        ctx,
+        "artifact",
+        {"backend": artifact.backend, "precision": artifact.precision, "sha256": artifact.meta["sha256"]},
+        {},
+        label=f"{artifact.backend} {artifact.precision} artifact {artifact.dir.name}",
+        metrics={"size_bytes": size},
+    )
+
+
+def _measure(ctx, artifact, val, transport, iterations) -> None:  # noqa: ANN001
+    from edgekit.stages.bench import bench_and_eval, bench_only
+
+    if val is not None:
+        bench_and_eval(ctx, artifact.dir, val, transport)
+        return
+    shape = [int(d) for d in artifact.meta["input"]["shape"]]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    bench_only(ctx, artifact.dir, x, transport, iterations)
+
+
+def _write(ctx) -> None:  # noqa: ANN001
+    from edgekit.report.render import render_run
+    from edgekit.report.summary import build_summary, write_summary
+
+    ctx.record.summary = build_summary(ctx.record)
+    ctx.save()
+    write_summary(ctx.record, ctx.run_dir)
+    render_run(ctx.run_dir)
