@@ -267,7 +267,8 @@ def test_sshd_killed_mid_run_is_one_clear_error_and_a_retry_works(tmp_path):
 def small_disk(tmp_path):
     mount = tmp_path / "full"
     mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True)
+    argv = ["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)]
+    res = subprocess.run(argv, capture_output=True)
     if res.returncode != 0:
         pytest.skip("mounting a small tmpfs needs root; cannot simulate a full disk here")
     yield mount
