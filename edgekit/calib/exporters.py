@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.calib.trt_cache import DEFAULT_ALGO, DEFAULT_VERSION, scale_from_range, write_trt_cache
+from edgekit.calib.trt_cache import DEFAULT_VERSION, calibrator_for, scale_from_range, write_trt_cache
 from edgekit.data.preprocess import letterbox, load_image, to_tensor
 from edgekit.errors import CalibrationError, ConfigError, ModelError
 from edgekit.fsutil import atomic_dir, atomic_write_json, atomic_write_text
@@ -205,8 +205,9 @@ def _tensorrt(
     onnx: str | Path | None = None,
     method: str = "minmax",
     version: str | int = DEFAULT_VERSION,
-    algo: str = DEFAULT_ALGO,
+    algo: str | None = None,
 ) -> dict:
+    algo = calibrator_for(method, algo)  # the header names the calibrator that made these scales
     if onnx is None:
         raise ConfigError(
             "the tensorrt export needs the fp32 ONNX model", "pass --onnx MODEL.onnx (onnx=...)"
@@ -218,7 +219,10 @@ def _tensorrt(
     write_trt_cache(scales, ctx.tmp / "calibration.cache", version, algo)
     table = {n: {"min": lo, "max": hi, "scale": scales[n]} for n, (lo, hi) in ranges.items()}
     atomic_write_json(ctx.tmp / "ranges.json", table)
-    return {"files": ["calibration.cache", "ranges.json"], "options": {"method": method, "onnx": str(onnx)}}
+    return {
+        "files": ["calibration.cache", "ranges.json"],
+        "options": {"method": method, "algo": algo, "onnx": str(onnx)},
+    }
 
 
 def _tflite(ctx: _Ctx) -> dict:
