@@ -84,11 +84,10 @@ def _method(be, method: str, cs, onnx_path: Path) -> str:
 
 
 def _quantize(be, src: Path, dst: Path, cs, method: str, det):
-    from edgekit.quantize import quantize_int8
     from edgekit.runners.runcore import cpu_features
 
     form = be.qdq_form(cpu_features(), "this host (edgekit build)")
-    result = quantize_int8(
+    result = form.quantizer(
         src,
         dst,
         lambda: cs.arrays(spec=det.preprocess),

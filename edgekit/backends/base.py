@@ -234,11 +234,15 @@ class Backend:
         runner: File name of the device-side runner in ``edgekit/runners/``.
         suffix: Suffix of the main model file (``.onnx``, ``.engine``, ``.mnn``...).
 
-    Device builds (the documented hook for ``build_location = "device"``): on the host ``build()``
-    will only stage ``model.onnx`` with an ``artifact.json`` whose ``build_location`` is ``"device"``;
-    the agent pushes it, runs the runner's build mode on the board, fetches the engine and completes
-    the sidecar (hashes included). Not built yet: such a backend's ``build()`` raises a clear
-    :class:`EdgekitError` for now.
+    Device builds (``build_location = "device"``): on the host, :meth:`build` runs ``_build`` as a
+    *staging* step: it writes what the device needs (e.g. ``model.onnx`` in the runtime's QDQ form)
+    under the ``source`` role, with no ``model`` file yet, and ``output.meta["device_build"] =
+    {"state": "staged", "model_file": ...}``. The post-build check then runs on the host against the
+    staged files through ``_load_check``/``_infer`` (for TensorRT: the staged QDQ ONNX in ONNX
+    Runtime, which checks the QDQ form's accuracy). :meth:`edgekit.device.agent.Agent.build_on_device`
+    pushes the staged artifact, runs the runner's ``--build`` mode on the board, fetches the result,
+    completes the sidecar (``model`` file, hashes, the device's tool versions, ``state: built``) and
+    runs the runner's ``--check`` mode there: the load check of a device build happens on the device.
 
     Example:
         >>> from edgekit.registry import get_backend
@@ -313,12 +317,6 @@ class Backend:
         options = self._resolve_io(options, model)
         raise_for_problems(self.name, self._problems(onnx_path, model, options))
         options = self._with_calibration(options, calib)
-        if self.build_location == "device":
-            raise EdgekitError(
-                f"backend '{self.name}' builds on the device; device builds are not built yet in this "
-                "version of edgekit",
-                "use target 'local' (or --device local) with backend 'onnxruntime'",
-            )
         reference = Path(reference) if reference else None if is_qdq(model) else onnx_path
         with atomic_dir(out_dir) as work:
             ts = Path(torchscript) if torchscript and self.accepts_torchscript else None
@@ -462,8 +460,9 @@ class Backend:
         return meta
 
     def _write_sidecar(self, work: Path, meta: dict[str, Any]) -> None:
-        if "model" not in meta["files"]:
-            raise BuildError(f"backend '{self.name}' produced no 'model' file", "this is a backend bug")
+        role = "source" if self.build_location == "device" else "model"
+        if role not in meta["files"]:
+            raise BuildError(f"backend '{self.name}' produced no '{role}' file", "this is a backend bug")
         for rel in meta["files"].values():
             path = work / rel
             if not path.is_file() or path.stat().st_size == 0:

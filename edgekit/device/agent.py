@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.artifact import ARTIFACT_JSON
 from edgekit.backends.base import Artifact
 from edgekit.device.power import (
     NOT_MEASURED,
@@ -28,12 +30,16 @@ from edgekit.device.power import (
     idle_power,
 )
 from edgekit.device.transport import CommandResult, Transport
-from edgekit.errors import DeviceError
-from edgekit.fsutil import sha256_file
+from edgekit.errors import ConfigError, DeviceError, RemoteCommandError
+from edgekit.fsutil import atomic_dir, atomic_write_json, sha256_file
 from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
 SHARED_RUNNER_FILES = ("detcore.py", "runcore.py", "powercore.py")
+RUNNER_DEPS = {"trt_run.py": ("trtcore.py",)}
+"""Extra runner-side modules a runner imports (pushed beside it)."""
+MISSING_RUNTIME_EXIT = 3
+"""A runner's exit code for "the runtime is not installed on this device"."""
 
 # Prints {zone type: degrees C} for every thermal zone, or {} (stdlib only: runs on the device).
 _THERMAL_SNIPPET = """
@@ -239,15 +245,18 @@ class Agent:
         for rel in artifact.all_files():
             self._push(artifact.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
         runner = RUNNERS_DIR / artifact.runner
-        names = dict.fromkeys((artifact.runner, *SHARED_RUNNER_FILES, *getattr(self.sampler, "files", ())))
-        for name in names:
-            self._push(RUNNERS_DIR / name, posixpath.join(work, name))
+        self._push_runner(artifact.runner, work, getattr(self.sampler, "files", ()))
         argv = [self.python, posixpath.join(work, runner.name), "--artifact", remote_art]
         argv += ["--inputs", self._push_array(x, "input.npy", work, host_tmp)]
         if eval_x is not None:
             argv += ["--eval-inputs", self._push_array(eval_x, "eval.npy", work, host_tmp)]
             argv += ["--eval-out", posixpath.join(work, "eval.npz")]
         return argv
+
+    def _push_runner(self, runner: str, work: str, extra: tuple[str, ...] = ()) -> None:
+        names = dict.fromkeys((runner, *RUNNER_DEPS.get(runner, ()), *SHARED_RUNNER_FILES, *extra))
+        for name in names:
+            self._push(RUNNERS_DIR / name, posixpath.join(work, name))
 
     def _push(self, local: Path, remote: str) -> None:
         if not local.is_file():
@@ -275,7 +284,67 @@ class Agent:
 
     def _run(self, argv: list[str], timeout: float | None, progress: bool) -> CommandResult:
         with RunnerProgress(enabled=progress) as bar:
-            return self.transport.run(argv, timeout=timeout, on_stderr_line=bar.feed)
+            try:
+                return self.transport.run(argv, timeout=timeout, on_stderr_line=bar.feed)
+            except RemoteCommandError as exc:
+                if exc.result.exit_code == MISSING_RUNTIME_EXIT:
+                    raise DeviceError(
+                        f"the runtime is not installed on {self.transport.name}: {exc.result.tail(1)}",
+                        "install it on the device as the message says; nothing was measured",
+                    ) from exc
+                raise
+
+    # -- device builds -------------------------------------------------------------------------------
+    def build_on_device(
+        self,
+        staged_dir: str | Path,
+        out_dir: str | Path,
+        *,
+        timeout: float | None = None,
+        progress: bool = True,
+    ) -> Artifact:
+        """Build a staged artifact on the device; write the completed artifact to ``out_dir``.
+
+        Pushes the staged files and the runner, runs the runner's ``--build`` mode there, fetches the
+        result, completes ``artifact.json`` (``model`` file, its sha256, the device's tool version,
+        ``device_build.state = "built"``), then runs the runner's ``--check`` mode on the device with the
+        completed artifact. ``out_dir`` appears only when all of that succeeded.
+
+        Raises:
+            ConfigError: The artifact is not a staged device build.
+            DeviceError: The runtime is missing on the device, or the build or the check failed there.
+        """
+        staged = Artifact.load(staged_dir)
+        info = dict(staged.meta.get("device_build") or {})
+        if info.get("state") != "staged":
+            raise ConfigError(
+                f"{staged_dir} is not a staged device build (device_build.state is {info.get('state')!r})",
+                "stage it with the backend's build() (edgekit build / deploy) first",
+            )
+        work = self.transport.mkdtemp()
+        try:
+            remote_art = posixpath.join(work, "artifact")
+            for rel in staged.all_files():
+                self._push(staged.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
+            self._push_runner(staged.runner, work)
+            runner = posixpath.join(work, staged.runner)
+            engine = posixpath.join(remote_art, info["model_file"])
+            argv = [self.python, runner, "--artifact", remote_art, "--build", "--engine-out", engine]
+            built = parse_json_line(self._run(argv, timeout, progress))
+            with atomic_dir(out_dir) as final:
+                for rel in staged.all_files():
+                    (final / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(staged.dir / rel, final / rel)
+                self.transport.get(engine, final / info["model_file"])
+                meta = _completed_meta(staged.meta, info, built, final, self.transport.name)
+                atomic_write_json(final / ARTIFACT_JSON, meta)
+                self._push(final / ARTIFACT_JSON, posixpath.join(remote_art, ARTIFACT_JSON))
+                check = [self.python, runner, "--artifact", remote_art, "--check"]
+                meta["device_build"]["check"] = parse_json_line(self._run(check, timeout, False))
+                atomic_write_json(final / ARTIFACT_JSON, meta)
+        finally:
+            self.transport.remove(work)
+        return Artifact.load(out_dir)
 
     def _fetch_eval(self, raw: dict[str, Any], work: str, host_tmp: Path) -> list[np.ndarray] | None:
         if not raw.get("eval"):
@@ -399,6 +468,47 @@ def _throttle_flags(before: dict, after: dict, latencies: list[float]) -> list[s
         return list(powercore.throttle_flags(before, after, latencies))
     except Exception as exc:  # noqa: BLE001 - a state the parser does not know must not lose the run
         return [f"throttling not checked: {type(exc).__name__}: {exc}"]
+
+
+def _completed_meta(meta: dict, info: dict, built: dict, final: Path, where: str) -> dict[str, Any]:
+    model_file = info["model_file"]
+    out = json.loads(json.dumps(meta))
+    out["files"]["model"] = model_file
+    out["sha256"][model_file] = sha256_file(final / model_file)
+    version = built.get("tensorrt_version") or built.get("runtime_version") or "unknown"
+    out["tools"] = {**out.get("tools", {}), out["backend"]: version}
+    out["device_build"] = {
+        **info,
+        "state": "built",
+        "on": where,
+        "version": version,
+        "seconds": built.get("seconds"),
+        "argv": built.get("argv"),
+        "warnings": built.get("warnings"),
+        "device": built.get("device"),
+    }
+    return out
+
+
+def parse_json_line(result: CommandResult) -> dict[str, Any]:
+    """The one JSON line a runner mode prints on stdout.
+
+    Raises:
+        DeviceError: Not exactly one JSON object line.
+    """
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    try:
+        if len(lines) != 1:
+            raise ValueError(f"expected one JSON line, got {len(lines)}")
+        value = json.loads(lines[0])
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise DeviceError(
+            f"cannot read the runner's result ({exc}); stdout ends with: {result.stdout[-300:] or '(empty)'}",
+            "the runner and edgekit versions may differ; run the runner by hand on the device",
+        ) from exc
+    return value
 
 
 def _runner_flags(

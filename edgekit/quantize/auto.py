@@ -57,6 +57,7 @@ class _Search:
     progress: bool
     candidates: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, QuantResult] = field(default_factory=dict)
+    quantizer: Callable[..., QuantResult] = quantize_int8
 
     def try_variant(
         self, method: str, keep_float: list[str], reduce_range: bool
@@ -64,7 +65,7 @@ class _Search:
         """Quantize one variant, evaluate it, record and return the candidate."""
         name = f"int8-{method}" + ("-w7" if reduce_range else "")
         name += f"-float{len(keep_float)}" if keep_float else ""
-        result = quantize_int8(
+        result = self.quantizer(
             self.fp32_onnx,
             self.workdir / f"{name}.onnx",
             self.source,
@@ -126,6 +127,7 @@ def auto_calibrate(
     max_float_layers: int = 4,
     workdir: str | Path,
     progress: bool = True,
+    quantizer: Callable[..., QuantResult] = quantize_int8,
 ) -> AutoResult:
     """Search calibration methods and float fallbacks for an INT8 model within ``max_drop``.
 
@@ -137,6 +139,7 @@ def auto_calibrate(
         max_drop: Allowed drop in mAP50-95 *points* (1.0 = 0.010 absolute).
         baseline_map50_95: mAP50-95 of the FP32 reference (0..1).
         methods: Calibration methods to try.
+        quantizer: The QDQ writer of the target's layout (:attr:`QdqForm.quantizer`).
         weight_ranges: ``reduce_range`` settings to try with each method: ``(False,)`` or ``(True,)``
             where the device's form is settled, ``(True, False)`` where both may win (a CPU without
             VNNI: 7-bit weights avoid saturation, 8-bit ones have twice the levels).
@@ -159,6 +162,7 @@ def auto_calibrate(
     workdir.mkdir(parents=True, exist_ok=True)
     source = calibration_source(calibration)
     search = _Search(Path(fp32_onnx), source, evaluate, baseline_map50_95, max_drop, workdir, progress)
+    search.quantizer = quantizer
     if not weight_ranges:
         raise ConfigError("auto_calibrate needs at least one weight range", "e.g. weight_ranges=(False,)")
     results = [search.try_variant(m, [], rr)[1] for m in methods for rr in dict.fromkeys(weight_ranges)]

@@ -11,6 +11,7 @@ state for a board that is not at hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,12 +30,29 @@ class QdqForm:
         reason: Why, in words the report shows ("7-bit weights: the device's CPU lacks VNNI ...").
         int8_dot: The device's INT8 dot-product instruction (``vnni``, ``vpmaddubsw``, ``sdot``...).
         cpu_source: Where the CPU facts came from (``this host``, a target YAML, ``not stated``).
+        layout: Which QDQ writer: ``onnxruntime`` (unsigned asymmetric activations, ONNX Runtime's
+            CPU defaults) or ``tensorrt`` (signed symmetric INT8, TensorRT's explicit quantization).
     """
 
     reduce_range: bool = False
     reason: str = "8-bit weights"
     int8_dot: str = "unknown"
     cpu_source: str = "not stated"
+    layout: str = "onnxruntime"
+
+    @property
+    def quantizer(self) -> Callable[..., Any]:
+        """The function that writes this layout.
+
+        Signature ``(fp32, out, calibration, *, method, reduce_range, keep_float, progress) -> QuantResult``.
+        """
+        if self.layout == "tensorrt":
+            from edgekit.quantize.trt_form import quantize_trt_qdq
+
+            return quantize_trt_qdq
+        from edgekit.quantize.ptq import quantize_int8
+
+        return quantize_int8
 
     @property
     def weight_bits(self) -> int:
@@ -84,6 +102,12 @@ def ort_qdq_form(cpu: dict[str, Any] | None, source: str = "not stated") -> QdqF
         f"({dot}) saturate with full-range weights"
     )
     return QdqForm(True, reason, dot, source)
+
+
+def tensorrt_qdq_form(source: str = "TensorRT on the device's GPU") -> QdqForm:
+    """TensorRT's explicit-quantization layout (the GPU's INT8 kernels need no weight-range cut)."""
+    reason = "8-bit weights, TensorRT explicit quantization (signed INT8, symmetric, per-channel weights)"
+    return QdqForm(False, reason, "tensorrt", source, layout="tensorrt")
 
 
 def host_qdq_form() -> QdqForm:

@@ -49,9 +49,12 @@ def build_stage(
         else:
             quantizer = backend.quantizer_options(method=method) if own else ctx.quantizer
             options = _options(ctx, quantizer)
+            where = ctx.run_dir / "staged" if backend.build_location == "device" else out
             artifact = backend.build(
-                onnx_path, options, out, calib=cs, reference=reference, torchscript=torchscript
+                onnx_path, options, where, calib=cs, reference=reference, torchscript=torchscript
             )
+            if backend.build_location == "device":
+                artifact = build_on_device(ctx, plan, where, out)
     ctx.artifact_bytes = int(sum((out / f).stat().st_size for f in artifact.files.values()))
     quant = artifact.meta.get("quantization") or {}
     how = f" ({quant['method']}, {backend.name}'s own quantizer)" if own else ""
@@ -60,14 +63,37 @@ def build_stage(
         "build",
         {"backend": backend.name, "precision": ctx.target.precision, "method": quant.get("method")},
         fields,
-        label=f"{backend.name} {ctx.target.precision} artifact{how}, checked against FP32",
+        label=_label(backend, ctx.target.precision, how, artifact.meta.get("device_build")),
         metrics={**ctx.deployed_stats, "size_bytes": ctx.artifact_bytes},
         inputs={"calibration": cs.sha256} if own else {},
         outputs={f"artifact/{k}": v for k, v in artifact.meta.get("sha256", {}).items()},
         tools=artifact.meta.get("tools", {}),
-        extra={"parity": artifact.meta.get("parity"), "quantization": quant or None, **extra},
+        extra={
+            "parity": artifact.meta.get("parity"),
+            "quantization": quant or None,
+            "device_build": artifact.meta.get("device_build"),
+            **extra,
+        },
     )
     return out
+
+
+def _label(backend, precision: str, how: str, device_build: dict | None) -> str:
+    if device_build:
+        on, version = device_build.get("on"), device_build.get("version")
+        return (
+            f"{backend.name} {precision} engine built on {on} ({backend.name} {version}); "
+            "the staged ONNX checked against FP32 on the host"
+        )
+    return f"{backend.name} {precision} artifact{how}, checked against FP32"
+
+
+def build_on_device(ctx: RunContext, plan, staged: Path, out: Path) -> Artifact:
+    """Push a staged build to the target's device, build it there, fetch the completed artifact."""
+    from edgekit.device.agent import Agent
+
+    with plan.transport_factory() as transport:
+        return Agent(transport).build_on_device(staged, out, progress=ctx.progress)
 
 
 def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: Path):

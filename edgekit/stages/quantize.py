@@ -44,8 +44,6 @@ def device_qdq_form(ctx: RunContext, backend):
 
 def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path, cs, val) -> Path:
     """Quantize ``onnx_path`` to INT8 QDQ from ``cs``; add the ``quantize`` node; return the QDQ path."""
-    from edgekit.quantize import quantize_int8
-
     backend = plan.backend_cls()
     out = ctx.run_dir / "model_int8.onnx"
     form = device_qdq_form(ctx, backend)
@@ -56,7 +54,7 @@ def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path
         if method == "auto":
             result, extra = _auto(ctx, plan, onnx_path, arrays, qreq.max_drop, val, out, form)
         else:
-            result = quantize_int8(
+            result = form.quantizer(
                 onnx_path,
                 out,
                 arrays,
@@ -86,7 +84,7 @@ def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path
             "qdq_form": form.to_dict(),
         },
         fields,
-        label=f"INT8 PTQ ({result.method}, QDQ, per-channel {weights}; "
+        label=f"INT8 PTQ ({result.method}, {_layout_label(form)}, per-channel {weights}; "
         f"{_float_label(result.excluded_nodes)})",
         metrics={**ctx.deployed_stats, "size_bytes": int(result.size_bytes)},
         inputs={"calibration": cs.sha256},
@@ -103,6 +101,10 @@ def _weights_label(reduce_range: bool, form) -> str:
         return form.reason
     bits = 7 if reduce_range else 8
     return f"{bits}-bit weights: measured best on the device by --calibrator auto ({form.int8_dot})"
+
+
+def _layout_label(form) -> str:
+    return "TensorRT-form QDQ" if form.layout == "tensorrt" else "QDQ"
 
 
 def _float_label(excluded: list[str]) -> str:
@@ -130,6 +132,7 @@ def _auto(ctx: RunContext, plan, onnx_path: Path, arrays, max_drop: float, val, 
             max_drop=max_drop,
             baseline_map50_95=base,
             weight_ranges=form.auto_weight_ranges(),
+            quantizer=form.quantizer,
             workdir=Path(tmp),
             progress=ctx.progress,
         )
@@ -158,7 +161,15 @@ def _qdq_evaluator(ctx: RunContext, plan, val, workdir: Path, fp32: Path):
             head=ctx.head,
             num_classes=len(ctx.class_names),
         )
-        plan.backend_cls().build(qdq_path, options, out, reference=fp32)
+        backend = plan.backend_cls()
+        if backend.build_location == "device":
+            from edgekit.stages.build import build_on_device
+
+            staged = workdir / f"staged-{counter['n']}"
+            backend.build(qdq_path, options, staged, reference=fp32)
+            build_on_device(ctx, plan, staged, out)
+        else:
+            backend.build(qdq_path, options, out, reference=fp32)
         return measure(ctx, plan.transport_factory, out, val)
 
     return evaluate

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 BIN = Path(__file__).resolve().parent / "bin"
-TOOLS = ("tegrastats", "nvpmodel", "vcgencmd")
+TOOLS = ("tegrastats", "nvpmodel", "vcgencmd", "trtexec")
+#: ``trtexec`` is a test double (ONNX Runtime behind trtexec's CLI): no TensorRT exists on this host.
 HWMON = "sys/bus/i2c/drivers/ina3221/7-0040/hwmon/hwmon3"
 #: (channel, label, bus mV, share of VDD_IN); channel 7 is the driver's "sum of shunt voltages".
 CHANNELS = ((1, "VDD_IN", 5000, 1.0), (2, "VDD_CPU_GPU_CV", 5000, 0.3), (3, "VDD_SOC", 5000, 0.25))
