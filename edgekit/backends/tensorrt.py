@@ -111,7 +111,7 @@ class TensorRTBackend(Backend):
                         f"the QDQ ONNX is not in TensorRT's form ({len(violations)} violation(s)): "
                         + "; ".join(violations[:3])
                         + more,
-                        "quantize the FP32 model with the tensorrt layout (edgekit deploy does it; in Python: "
+                        "quantize the FP32 model with the tensorrt layout (edgekit deploy does; in Python: "
                         "edgekit.quantize.trt_form.quantize_trt_qdq), not with ONNX Runtime's defaults",
                     )
                 )
