@@ -1,6 +1,7 @@
 # edgekit front door. `make deploy TARGET=local` and `make test` work on a fresh machine:
 # the Makefile creates .venv itself (torch pinned to the CPU build first) and installs the system
-# packages the tests use (Debian chromium for the report test, openssh-server for SSH tests, qemu-user
+# packages the tests use (Debian chromium for the report test, openssh-server + iproute2 for the SSH
+# agent's tests against a real sshd, on loopback and in a network namespace as a board, qemu-user
 # to run ONNX Runtime's AVX2 kernels on an emulated AVX2-only CPU whatever CPU runs the tests).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -29,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	# torch first and pinned: anything unpinned would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/pip install -q -e '.[dev,mnn,ncnn]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install -q -e '.[dev,mnn,ncnn,ssh]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') and not torch.cuda.is_available() else 'torch is not the pinned CPU build: ' + torch.__version__)"
 	touch $(STAMP)
 
@@ -40,6 +41,7 @@ system-deps:
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v qemu-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-user"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["deploy_time.py", "quantization.py", "runtimes.py", "compression.py"]
+SCRIPTS = ["deploy_time.py", "quantization.py", "runtimes.py", "compression.py", "device.py"]
 
 
 def main() -> int:

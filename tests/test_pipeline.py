@@ -118,11 +118,22 @@ def test_dry_run_plan_lists_the_stages(tmp_path, shapes_root):
     assert not (tmp_path / "runs").exists()  # planning writes nothing
 
 
-def test_board_target_without_its_backend_says_so(tmp_path, shapes_root):
-    from edgekit.errors import EdgekitError
+def test_jetson_here_quantizes_in_tensorrts_form_stages_and_stops_at_the_missing_tensorrt(
+    tmp_path, shapes_root, trained
+):
+    """No GPU, no TensorRT here: the host side runs, the device build says what to install, no number."""
+    from edgekit.errors import DeviceError
 
-    with pytest.raises(EdgekitError, match="not built yet"):
-        make_plan(_request(tmp_path, shapes_root, target="jetson"))
+    with pytest.raises(DeviceError, match="sudo apt install tensorrt"):
+        deploy(_request(tmp_path, shapes_root, target="jetson", device="local", recipe="none", run_id="j"))
+    record = json.loads((tmp_path / "runs" / "j" / "record.json").read_text())
+    assert record["status"] == "failed" and record["failed_stage"] == "build"
+    quant = next(n for n in record["nodes"] if n["stage"] == "quantize")
+    assert "TensorRT-form QDQ" in quant["label"] and quant["config"]["qdq_form"]["layout"] == "tensorrt"
+    assert not any(n["stage"] in ("bench", "eval") for n in record["nodes"])  # nothing measured
+    staged = json.loads((tmp_path / "runs" / "j" / "staged" / "artifact.json").read_text())
+    assert staged["device_build"]["state"] == "staged" and staged["parity"]["checked"]
+    assert not (tmp_path / "runs" / "j" / "artifact").exists()
 
 
 def test_plan_refuses_a_calibrator_the_backend_lacks_and_qat_on_a_self_quantizer(tmp_path, shapes_root):

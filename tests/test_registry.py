@@ -7,6 +7,12 @@ from edgekit.errors import ConfigError, EdgekitError, MissingExtraError
 from edgekit.registry import BACKENDS, MISSING_EXTRA, NOT_BUILT, READY, Registry, get_backend
 
 
+def test_tensorrt_is_a_device_build_backend():
+    backend = get_backend("tensorrt")
+    assert (backend.build_location, backend.int8_source, backend.runner) == ("device", "qdq", "trt_run.py")
+    assert backend.qdq_form(None).layout == "tensorrt"
+
+
 def test_known_backend_resolves_lazily():
     assert BACKENDS.get("onnxruntime") is OnnxRuntimeBackend
     backend = get_backend("onnxruntime")
@@ -21,7 +27,7 @@ def test_unknown_backend_lists_the_known_ones():
         assert name in info.value.message and name in info.value.hint
 
 
-@pytest.mark.parametrize("name", ["tensorrt", "tflm"])
+@pytest.mark.parametrize("name", ["tflm"])
 def test_unbuilt_backend_says_not_built_yet(name):
     with pytest.raises(EdgekitError) as info:
         BACKENDS.get(name)
@@ -35,6 +41,7 @@ def test_available_reports_status_and_extra():
     assert rows["onnxruntime"] == (READY, None)
     assert rows["mnn"] == (READY, "mnn") and rows["ncnn"] == (READY, "ncnn")
     assert rows["tflm"] == (NOT_BUILT, "tflite")
+    assert rows["tensorrt"] == (READY, None)  # staged on the host; TensorRT itself lives on the Jetson
     assert set(rows) == set(BACKENDS.names())
 
 

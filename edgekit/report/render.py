@@ -175,6 +175,51 @@ def _latency_detail(record: RunRecord) -> list[Block]:
     ]
 
 
+def _energy(m: dict[str, Any]) -> str:
+    if "energy_mj_per_inference" not in m:
+        return NOT_MEASURED
+    dynamic = m.get("energy_dynamic_mj_per_inference")
+    above = _num(dynamic, 3) if dynamic is not None else NOT_MEASURED
+    return f"{_num(m['energy_mj_per_inference'], 3)} / {above}"
+
+
+def _on_device(record: RunRecord) -> list[Block]:
+    """Power (or why not), the correctness guard, throttling and the device's state around the run."""
+    bench = record.node("bench")
+    if bench is None:
+        return []
+    extra, m = bench.extra, bench.metrics
+    rows = [
+        ["power", extra.get("power_note") or NOT_MEASURED],
+        ["mean power in the timed window (W)", _num(m.get("power_w"), 3) if "power_w" in m else NOT_MEASURED],
+        ["idle power, same mode (W)", _num(m.get("idle_w"), 3) if "idle_w" in m else NOT_MEASURED],
+        ["energy per inference, total / above idle (mJ)", _energy(m)],
+        ["power samples in the window", _cell(extra.get("power_samples_in_window"))],
+    ]
+    guard = extra.get("guard") or {}
+    if guard:
+        verdict = (
+            f"passed: cosine {guard.get('cosine', 0):.5f} to {guard.get('reference')}"
+            if guard.get("checked")
+            else f"not checked ({guard.get('reason')})"
+        )
+        rows.append(["correctness guard (fixed input)", verdict])
+    before, after = extra.get("state_before") or {}, extra.get("state_after") or {}
+    for key, label in (("model", "board"), ("l4t", "L4T"), ("nvpmodel", "power mode")):
+        if before.get(key):
+            value = before[key]["name"] if isinstance(before[key], dict) else before[key]
+            rows.append([label, str(value)])
+    if before.get("thermal") or after.get("thermal"):
+        hottest = lambda state: max((state.get("thermal") or {}).values(), default=None)  # noqa: E731
+        rows.append(
+            ["hottest zone before / after (°C)", f"{_num(hottest(before), 1)} / {_num(hottest(after), 1)}"]
+        )
+    blocks: list[Block] = [Heading("On the device", 3), Table(["", "value"], rows)]
+    flags = list(extra.get("throttling") or []) + list(extra.get("warnings") or [])
+    blocks += [Paragraph(flag, label="Warning:", tone="bad") for flag in flags]
+    return blocks
+
+
 def _plots(plots: dict[str, Path]) -> list[Block]:
     blocks: list[Block] = []
     for name, title in PLOT_TITLES.items():
@@ -261,6 +306,7 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
         _status_blocks(record),
         _headline(record, summary),
         _latency_detail(record),
+        _on_device(record),
         _calibration(summary),
         _stages(record),
         _plots(plots),

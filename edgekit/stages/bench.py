@@ -161,7 +161,25 @@ def bench_extra(result, rt) -> dict[str, Any]:
         "throttling": result.throttling,
         "warmup_settled": result.raw.get("warmup_settled"),
         "guard": result.guard,
+        "warnings": state_warnings(result.state_before, rt),
     }
+
+
+def state_warnings(state: dict[str, Any], rt) -> list[str]:
+    """The device is not in the state the target asks for (power mode, governor): say so, measure anyway."""
+    out = []
+    mode = (state.get("nvpmodel") or {}).get("name")
+    if rt.power_mode and mode and mode != rt.power_mode:
+        out.append(
+            f"the board runs power mode {mode}, the target asks for {rt.power_mode} (sudo nvpmodel -m <id>)"
+        )
+    governors = {c.get("governor") for c in (state.get("cpus") or {}).values() if c.get("governor")}
+    if rt.governor and governors and governors != {rt.governor}:
+        found = ", ".join(sorted(governors))
+        out.append(
+            f"CPU governor is {found}, the target asks for {rt.governor} (cpufreq-set -g {rt.governor})"
+        )
+    return out
 
 
 def device_identity(state: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ for keys under /tmp.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -170,15 +171,17 @@ class SshServer:
 
     def kill_all_sessions(self) -> None:
         """SIGKILL sshd and every session process it started (sshd 'killed mid-run')."""
-        if self.proc is not None:
-            subprocess.run(["pkill", "-KILL", "-f", f"sshd.*{self.folder}"], capture_output=True)
-            pid = self.proc.pid
-            subprocess.run(["pkill", "-KILL", "-P", str(pid)], capture_output=True)
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-        # session children of sshd: "sshd: user@notty" processes
-        subprocess.run(["pkill", "-KILL", "-f", "sshd: .*@notty"], capture_output=True)
+        if self.proc is None:
+            return
+        # this server's per-connection processes ("sshd: user@notty") are its children (or, in a
+        # namespace, the children of the sshd that `ip netns exec` became)
+        children = _children(self.proc.pid)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
 
     def _make_netns(self) -> None:
         ns, veth, dev = self.netns, self.veth, f"{self.veth}d"
@@ -198,8 +201,18 @@ class SshServer:
 
     def processes(self, pattern: str) -> list[str]:
         """Command lines of processes matching ``pattern`` (to check nothing was left running)."""
-        res = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True)
-        return [ln for ln in res.stdout.splitlines() if "pgrep" not in ln]
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                raw = (proc / "cmdline").read_bytes()
+                cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if pattern in cmdline:
+                found.append(f"{proc.name} {cmdline}")
+        return found
 
     def close(self) -> None:
         """Stop sshd and remove the namespace."""
@@ -225,6 +238,22 @@ class SshServer:
             **kw,
         }
         return SSHTransport(self.host, self.user, **opts)
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")), None)
+        if ppid == str(pid):
+            out.append(int(proc.name))
+    return out
 
 
 def _ip(*args: str) -> None:
