@@ -232,6 +232,8 @@ class Backend:
         parity: Tolerance per precision of the post-build check against FP32.
         extra: Pip extra that installs the runtime (``None`` = ships with edgekit).
         runner: File name of the device-side runner in ``edgekit/runners/``.
+        runner_files: Other runner-side modules it imports (pushed beside it; ``runcore.py`` and
+            ``detcore.py`` always are).
         suffix: Suffix of the main model file (``.onnx``, ``.engine``, ``.mnn``...).
 
     Device builds (``build_location = "device"``): on the host, :meth:`build` runs ``_build`` as a
@@ -261,6 +263,7 @@ class Backend:
     parity: ClassVar[dict[str, Parity]] = PARITY
     extra: ClassVar[str | None] = None
     runner: ClassVar[str] = ""
+    runner_files: ClassVar[tuple[str, ...]] = ()
     suffix: ClassVar[str] = ""
 
     # -- public template -------------------------------------------------------------------------
@@ -453,6 +456,7 @@ class Backend:
             "tools": self._tools(),
             "runtime": {"threads": options.threads},
             "runner": self.runner,
+            "runner_files": list(self.runner_files),
         }
         runtime = {**meta["runtime"], **output.meta.get("runtime", {})}  # merged: the backend adds keys
         meta.update(output.meta)

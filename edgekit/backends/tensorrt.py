@@ -77,6 +77,7 @@ class TensorRTBackend(Backend):
     methods = ("entropy", "minmax", "percentile")
     extra = None
     runner = "trt_run.py"
+    runner_files = ("trtcore.py",)
     suffix = ".engine"
 
     def qdq_form(self, cpu: dict | None, source: str = "not stated") -> QdqForm:

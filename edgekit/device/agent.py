@@ -36,8 +36,6 @@ from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
 SHARED_RUNNER_FILES = ("detcore.py", "runcore.py", "powercore.py")
-RUNNER_DEPS = {"trt_run.py": ("trtcore.py",)}
-"""Extra runner-side modules a runner imports (pushed beside it)."""
 MISSING_RUNTIME_EXIT = 3
 """A runner's exit code for "the runtime is not installed on this device"."""
 
@@ -245,7 +243,8 @@ class Agent:
         for rel in artifact.all_files():
             self._push(artifact.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
         runner = RUNNERS_DIR / artifact.runner
-        self._push_runner(artifact.runner, work, getattr(self.sampler, "files", ()))
+        extra = (*artifact.meta.get("runner_files", ()), *getattr(self.sampler, "files", ()))
+        self._push_runner(artifact.runner, work, extra)
         argv = [self.python, posixpath.join(work, runner.name), "--artifact", remote_art]
         argv += ["--inputs", self._push_array(x, "input.npy", work, host_tmp)]
         if eval_x is not None:
@@ -254,7 +253,7 @@ class Agent:
         return argv
 
     def _push_runner(self, runner: str, work: str, extra: tuple[str, ...] = ()) -> None:
-        names = dict.fromkeys((runner, *RUNNER_DEPS.get(runner, ()), *SHARED_RUNNER_FILES, *extra))
+        names = dict.fromkeys((runner, *SHARED_RUNNER_FILES, *extra))
         for name in names:
             self._push(RUNNERS_DIR / name, posixpath.join(work, name))
 
@@ -326,7 +325,7 @@ class Agent:
             remote_art = posixpath.join(work, "artifact")
             for rel in staged.all_files():
                 self._push(staged.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
-            self._push_runner(staged.runner, work)
+            self._push_runner(staged.runner, work, tuple(staged.meta.get("runner_files", ())))
             runner = posixpath.join(work, staged.runner)
             engine = posixpath.join(remote_art, info["model_file"])
             argv = [self.python, runner, "--artifact", remote_art, "--build", "--engine-out", engine]

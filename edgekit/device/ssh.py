@@ -164,7 +164,7 @@ class SSHTransport:
 
     def _connect_with_retries(self) -> Any:
         paramiko = _paramiko()
-        self._check_files()
+        self.check_files()
         delay, last = 0.5, None
         for attempt in range(1, self.retries + 1):
             try:
@@ -184,7 +184,12 @@ class SSHTransport:
             "and that sshd runs on it (`ssh -p PORT USER@HOST true` from this host)",
         ) from last
 
-    def _check_files(self) -> None:
+    def check_files(self) -> None:
+        """The key file and known_hosts exist (checked when a deploy is planned, before any work).
+
+        Raises:
+            ConfigError: Naming the missing file and what to do.
+        """
         if self.key_file and not Path(self.key_file).is_file():
             raise ConfigError(
                 f"SSH key file {self.key_file} does not exist",

@@ -168,6 +168,7 @@ class LocalTransport:
 
     Args:
         root: Folder under which :meth:`mkdtemp` creates work folders (default: the system temp dir).
+        env: Variables every command gets on top of this process's environment (the "device's" own).
 
     Example:
         >>> with LocalTransport() as t:
@@ -178,8 +179,9 @@ class LocalTransport:
     name = "local"
     default_python = sys.executable
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, env: dict[str, str] | None = None) -> None:
         self.root = str(root) if root is not None else None
+        self.env = check_env(env)
 
     def run(
         self,
@@ -225,7 +227,8 @@ class LocalTransport:
         return time.monotonic()
 
     def _popen(self, argv: list[str], env: dict[str, str] | None, cwd: str | None) -> subprocess.Popen:
-        full_env = {**os.environ, **check_env(env)} if env else None
+        extra = {**self.env, **check_env(env)}
+        full_env = {**os.environ, **extra} if extra else None
         try:
             return subprocess.Popen(
                 argv,

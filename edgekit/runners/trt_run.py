@@ -169,19 +169,30 @@ def check(args, meta: dict) -> dict:
     }
 
 
+def split_warmup(start_ms: list[float], n_min: int, seconds_min: float) -> int:
+    """Index of the first timed query: after at least ``n_min`` queries and ``seconds_min`` seconds."""
+    k = min(n_min, len(start_ms))
+    while k < len(start_ms) and start_ms[k] - start_ms[0] < seconds_min * 1e3:
+        k += 1
+    return k
+
+
 def timed(exe: str, engine: str, args, tmp: str) -> dict:
-    """The timed trtexec run: per-query latencies, wall time and the window on this clock."""
+    """One trtexec run (no trtexec warm-up): its first queries are the warm-up, the rest the timed loop.
+
+    Per-query times come from ``--exportTimes`` (relative to trtexec's start of inference); the window is
+    put on this process's monotonic clock at the arrival of trtexec's "Starting inference" line.
+    """
     times = str(Path(tmp) / "times.json")
-    warmup_ms = int(max(args.min_warmup_s, 0.2) * 1000)
     major, minor = version_parts(probe_version(exe))
     argv = trtcore.time_argv(
         exe,
         engine,
         version_major=major,
         version_minor=minor,
-        warmup_ms=warmup_ms,
-        duration_s=max(1, math.ceil(args.min_seconds)),
-        iterations=args.iterations,
+        warmup_ms=0,
+        duration_s=max(1, math.ceil(args.min_warmup_s + args.min_seconds)),
+        iterations=args.warmup + args.iterations,
         export_times=times,
         avg_runs=10,
         percentiles=(50, 90, 95, 99),
@@ -192,20 +203,25 @@ def timed(exe: str, engine: str, args, tmp: str) -> dict:
     parsed = trtcore.parse_trtexec(text)
     with open(times) as fh:
         per_query = trtcore.parse_export_times(fh.read())
-    lat = per_query["latency_ms"]
-    wall = parsed.get("total_host_walltime_s") or sum(lat) / 1e3
-    t0 = marks.get("start", time.monotonic() - wall) + warmup_ms / 1e3
+    start, lat = per_query["start_ms"], per_query["latency_ms"]
+    k = split_warmup(start, args.warmup, args.min_warmup_s)
+    if k >= len(lat):
+        raise runcore.RunnerError(f"trtexec ran {len(lat)} queries, all of them inside the warm-up")
+    first, last = start[k], start[-1] + lat[-1]
+    anchor = marks.get("start", time.monotonic() - last / 1e3)
+    window = {
+        "clock": "monotonic",
+        "t0": anchor + first / 1e3,
+        "t1": anchor + last / 1e3,
+        "anchor": "trtexec's 'Starting inference' line, plus --exportTimes offsets",
+    }
     return {
-        "latencies": lat,
-        "wall": wall,
-        "window": {
-            "clock": "monotonic",
-            "t0": t0,
-            "t1": t0 + wall,
-            "anchor": "trtexec 'Starting inference' line + warm-up",
-        },
+        "warmup": lat[:k],
+        "latencies": lat[k:],
+        "wall": (last - first) / 1e3,
+        "window": window,
         "trtexec": parsed,
-        "per_query": per_query,
+        "drift": trtcore.drift(start[k:], lat[k:]),
     }
 
 
@@ -265,7 +281,7 @@ def measure(args, meta: dict) -> dict:
         "runtime_version": parsed.get("version") or run_["trtexec"].get("version") or "unknown",
         "threads": 0,
         "first_ms": round(first_ms, 4),
-        "warmup_ms": [],
+        "warmup_ms": [round(v, 4) for v in run_["warmup"]],
         "warmup_settled": None,
         "latencies_ms": [round(v, 4) for v in run_["latencies"]],
         "wall_s": run_["wall"],
@@ -277,6 +293,7 @@ def measure(args, meta: dict) -> dict:
             "throughput_qps": run_["trtexec"].get("throughput_qps"),
             "gpu_compute_cov_percent": run_["trtexec"].get("gpu_compute_cov_percent"),
             "warnings": run_["trtexec"].get("warnings"),
+            "drift": run_["drift"],
         },
         "device": runcore.device_facts(),
     }

@@ -224,4 +224,5 @@ def check_target_ready(target: Target, device: str | None) -> tuple[type, Callab
 
     _paramiko()  # missing extra: one clear error now, not after the build
     conn = target.connection
+    SSHTransport.from_connection(conn).check_files()  # key and known_hosts exist: before any work
     return backend_cls, lambda: SSHTransport.from_connection(conn)

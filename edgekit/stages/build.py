@@ -61,7 +61,12 @@ def build_stage(
     add_node(
         ctx,
         "build",
-        {"backend": backend.name, "precision": ctx.target.precision, "method": quant.get("method")},
+        {
+            "backend": backend.name,
+            "precision": ctx.target.precision,
+            "method": quant.get("method"),
+            **_device_config(artifact.meta.get("device_build")),
+        },
         fields,
         label=_label(backend, ctx.target.precision, how, artifact.meta.get("device_build")),
         metrics={**ctx.deployed_stats, "size_bytes": ctx.artifact_bytes},
@@ -76,6 +81,15 @@ def build_stage(
         },
     )
     return out
+
+
+def _device_config(device_build: dict | None) -> dict:
+    """A device build's board and runtime version: another board or TensorRT is another node."""
+    if not device_build:
+        return {}
+    device = device_build.get("device") or {}
+    return {"built_on": device_build.get("on"), "runtime_version": device_build.get("version"),
+            "device_machine": device.get("machine"), "device_platform": device.get("platform")}  # fmt: skip
 
 
 def _label(backend, precision: str, how: str, device_build: dict | None) -> str:

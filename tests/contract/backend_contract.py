@@ -9,6 +9,7 @@ Hooks a subclass sets or overrides:
                      (a QDQ ONNX for int8 of a ``qdq`` backend); default: the FP32 file itself
     unsupported_onnx a model with an op this backend cannot run, and that op's type
     skip_reason      why the backend cannot run here (None = it can)
+    device_transport the "device" the runner and a device build run on (default: this host, as it is)
 
 Fixtures every backend gets: the tiny detector, a tiny calibration set (``calib``: 16 seeded images
 imported with ``edgekit.calib``; a self-quantizing backend's INT8 is built from it), and eval inputs
@@ -140,6 +141,9 @@ class BackendContract:
     def options(self, precision: str) -> dict:
         return {"precision": precision, "threads": 1, "head": "yolov5", "num_classes": NUM_CLASSES}
 
+    def device_transport(self, work: Path) -> LocalTransport:
+        return LocalTransport(root=work)
+
     @staticmethod
     def in_layout(artifact: Artifact, nchw: np.ndarray) -> np.ndarray:
         """The NCHW stack in the artifact's input layout."""
@@ -185,12 +189,17 @@ class BackendContract:
     def artifact(cls, backend, fp32_onnx, work, precision, calib) -> Artifact:
         src = cls().prepare_onnx(fp32_onnx, precision, work)
         out = work / f"art_{precision}"
-        return backend.build(src, cls().options(precision), out, calib=calib, reference=fp32_onnx)
+        if backend.build_location == "host":
+            return backend.build(src, cls().options(precision), out, calib=calib, reference=fp32_onnx)
+        staged = backend.build(
+            src, cls().options(precision), work / f"staged_{precision}", calib=calib, reference=fp32_onnx
+        )
+        return Agent(cls().device_transport(work)).build_on_device(staged.dir, out, progress=False)
 
     @pytest.fixture(scope="class")
     @classmethod
     def bench(cls, artifact, eval_inputs, work):
-        agent = Agent(LocalTransport(root=work))
+        agent = Agent(cls().device_transport(work))
         inputs = cls.in_layout(artifact, eval_inputs)
         return agent.bench(
             artifact.dir,
