@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-
 import numpy as np
 import pytest
 import yaml
@@ -18,7 +17,6 @@ from edgekit.device.power import (
     DeviceSampler,
     MeterSampler,
     NullSampler,
-    SamplerSession,
     sampler_for,
 )
 from edgekit.device.transport import LocalTransport
@@ -87,7 +85,7 @@ def test_edgekit_bench_cli_writes_a_run_folder_and_refuses_a_foreign_artifact(ar
     assert summary["run_dir"] == str(tmp_path / "b") and summary["power_w"] is None
     for name in ("record.json", "summary.json", "report.md", "report.html"):
         assert (tmp_path / "b" / name).is_file()
-    res = subprocess.run([*cmd, "--target", "rpi4", "--device", "local", "--out", str(tmp_path), "--run-id", "c"],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    foreign = [*cmd, "--target", "rpi4", "--device", "local", "--out", str(tmp_path), "--run-id", "c"]
+    res = subprocess.run(foreign, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "built for backend onnxruntime" in res.stderr and "ncnn" in res.stderr
     assert not (tmp_path / "c").exists()
