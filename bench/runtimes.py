@@ -54,7 +54,7 @@ def build(backend: str, precision: str, fp32: Path, ts: Path, cs, work: Path, me
     # a dict: the backend parses "quantizer" into its own options model
     options = {"precision": precision, "preprocess": SPEC, "num_classes": 6, "quantizer": quantizer}
     out = work / f"{backend}-{precision}-{method or ''}"
-    return be.build(src, options, out, calib=cs, reference=fp32, torchscript=ts)
+    return be.build(src, options, out, calib=cs, reference=fp32, torch_program=ts)
 
 
 def runner_stats(

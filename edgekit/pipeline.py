@@ -216,7 +216,7 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
     model = ms.model_stage(ctx, req, train_root)
     model = ms.reference_stage(ctx, req, model, val)
     model = ms.compress_stage(ctx, plan.recipe, model, train_root, val)
-    fp32, ts = ms.export_stage(ctx, req, model, val, torchscript=plan.backend_cls.accepts_torchscript)
+    fp32, ts = ms.export_stage(ctx, req, model, val, program=plan.backend_cls.torch_program)
     source, cs, qreq = fp32, None, quantize_request(req, plan.recipe)
     if target.precision == "int8":
         with stage(ctx, "calibration"):  # a missing or tampered set stops the run here, recorded
@@ -227,7 +227,7 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
             source = qat_stage(ctx, plan, model)
         elif plan.backend_cls.int8_source == "qdq":
             source = quantize_stage(ctx, plan, qreq, fp32, cs, val)
-    artifact = build_stage(ctx, plan, source, reference=fp32, cs=cs, qreq=qreq, val=val, torchscript=ts)
+    artifact = build_stage(ctx, plan, source, reference=fp32, cs=cs, qreq=qreq, val=val, torch_program=ts)
     with plan.transport_factory() as transport:
         bench_and_eval(ctx, artifact, val, transport)
 

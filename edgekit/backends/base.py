@@ -164,13 +164,14 @@ class BuildSource:
         onnx: The FP32 ONNX (or, for ``int8_source = "qdq"`` at int8, the QDQ ONNX).
         calib: The loaded :class:`~edgekit.calib.CalibrationSet`, or ``None``; feed a quantizer with
             ``calib.arrays(spec=options.preprocess)`` (the model's preprocessing, not the set's).
-        torchscript: A TorchScript trace of the same model when edgekit holds the torch model (for
-            backends with ``accepts_torchscript``; pnnx converts it more faithfully than the ONNX).
+        torch_program: The torch model in the form the backend's ``torch_program`` names, when edgekit
+            holds the torch model: a TorchScript trace (pnnx converts it more faithfully than the ONNX),
+            or a ``torch.export`` program of the raw head (TFLite's PT2E quantizer).
     """
 
     onnx: Path
     calib: Any = None
-    torchscript: Path | None = None
+    torch_program: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,9 @@ class Backend:
             backend's own quantizer run in ``_build`` on the FP32 ONNX with the calibration set (MNN,
             ncnn, TFLite Micro). The pipeline and ``edgekit build`` branch on this attribute only.
         quantizer_options: The backend's :class:`QuantizerOptions` subclass.
-        accepts_torchscript: ``_build`` prefers a TorchScript trace when one is given (pnnx).
+        torch_program: The torch form ``_build`` takes when edgekit holds the torch model:
+            ``"torchscript"`` (a trace, for pnnx), ``"export-raw"`` (a ``torch.export`` program returning
+            the raw prediction maps, decoded by the runner), or ``None`` (the ONNX only).
         methods: Calibration methods ``--calibrator auto`` tries, best guess first.
         min_calibration_images: Fewest images the backend's quantizer accepts.
         parity: Tolerance per precision of the post-build check against FP32.
@@ -257,7 +260,7 @@ class Backend:
     build_location: ClassVar[Literal["host", "device"]] = "host"
     int8_source: ClassVar[Literal["qdq", "calibration"]] = "qdq"
     quantizer_options: ClassVar[type[QuantizerOptions]] = QuantizerOptions
-    accepts_torchscript: ClassVar[bool] = False
+    torch_program: ClassVar[str | None] = None
     methods: ClassVar[tuple[str, ...]] = ()
     min_calibration_images: ClassVar[int] = 1
     parity: ClassVar[dict[str, Parity]] = PARITY
@@ -289,7 +292,7 @@ class Backend:
         *,
         calib: Any = None,
         reference: str | Path | None = None,
-        torchscript: str | Path | None = None,
+        torch_program: str | Path | None = None,
     ) -> Artifact:
         """Build an artifact folder at ``out_dir``; on any failure no ``out_dir`` is left behind.
 
@@ -304,7 +307,7 @@ class Backend:
             calib: The loaded :class:`~edgekit.calib.CalibrationSet`; required for an INT8 build of a
                 backend that quantizes itself, and the source of the parity check's inputs.
             reference: FP32 ONNX to check against (default: ``onnx_path`` unless it is a QDQ model).
-            torchscript: A TorchScript trace of the same model, used by backends that accept one.
+            torch_program: The same model in the backend's ``torch_program`` form, if it takes one.
 
         Raises:
             ConfigError: Unsupported precision or invalid options.
@@ -322,7 +325,7 @@ class Backend:
         options = self._with_calibration(options, calib)
         reference = Path(reference) if reference else None if is_qdq(model) else onnx_path
         with atomic_dir(out_dir) as work:
-            ts = Path(torchscript) if torchscript and self.accepts_torchscript else None
+            ts = Path(torch_program) if torch_program and self.torch_program else None
             output = self._build(BuildSource(onnx_path, calib, ts), options, work)
             meta = self._sidecar(model, options, output)
             self._write_sidecar(work, meta)

@@ -11,7 +11,7 @@
   NaN, so the sidecar's ``runtime`` block says which flags to set.
 
 pnnx prefers a TorchScript trace (its ONNX path lost a DFL head's ReduceSum axes); ``build`` takes one
-with ``torchscript=`` and the sidecar records which path was used. ncnn renames the blobs ``in0`` /
+with ``torch_program=`` and the sidecar records which path was used. ncnn renames the blobs ``in0`` /
 ``out0`` and drops the batch dim; the sidecar's ``ncnn`` block names the blobs the runner reads.
 """
 
@@ -94,7 +94,7 @@ class NcnnBackend(Backend):
     Example:
         >>> backend = NcnnBackend()
         >>> art = backend.build("det.onnx", {"precision": "int8", "quantizer": {"method": "kl"}},
-        ...                     "out/ncnn", calib=cs, torchscript="det.pt")  # doctest: +SKIP
+        ...                     "out/ncnn", calib=cs, torch_program="det.pt")  # doctest: +SKIP
         >>> art.meta["ncnn"]["pnnx_source"], art.meta["runtime"]["use_int8_inference"]  # doctest: +SKIP
         ('torchscript', True)
     """
@@ -104,7 +104,7 @@ class NcnnBackend(Backend):
     build_location = "host"
     int8_source = "calibration"
     quantizer_options = NcnnQuantizer
-    accepts_torchscript = True
+    torch_program = "torchscript"
     methods = (DEFAULT_METHOD, *(m for m in ("kl", "aciq") if m != DEFAULT_METHOD))
     min_calibration_images = min(MIN_IMAGES.values())
     extra = "ncnn"
@@ -115,12 +115,12 @@ class NcnnBackend(Backend):
         return input_problems(model, options) + op_problems(model)
 
     def _build(self, source: BuildSource, options: BuildOptions, work_dir: Path) -> BuildOutput:
-        pnnx_source = "torchscript" if source.torchscript else "onnx"
+        pnnx_source = "torchscript" if source.torch_program else "onnx"
         shape = options.preprocess.input_shape()
         files = dict(FILES)
         with tempfile.TemporaryDirectory(prefix=".pnnx.", dir=work_dir) as tmp:
             converted = convert_with_pnnx(
-                source.torchscript or source.onnx, shape, tmp, fp16=options.precision == "fp16"
+                source.torch_program or source.onnx, shape, tmp, fp16=options.precision == "fp16"
             )
             param, bin_, int8 = converted.param, converted.bin, None
             if options.precision == "int8":
@@ -332,7 +332,7 @@ def op_problems(model: Any) -> list[Problem]:
             Problem(
                 "warning",
                 "pnnx's ONNX path was measured to drop a ReduceSum's axes (DFL heads) silently",
-                "build from a TorchScript trace (build(..., torchscript=...)); the FP32 parity check "
+                "build from a TorchScript trace (build(..., torch_program=...)); the FP32 parity check "
                 "fails a wrong conversion either way",
             )
         )

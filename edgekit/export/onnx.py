@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BuildError, ModelError
-from edgekit.fsutil import atomic_write_bytes
+from edgekit.fsutil import atomic_write_bytes, atomic_write_json
 
 REEXPORT_HINT = "re-export the model with `edgekit export` (or edgekit.export.export_onnx)"
 
@@ -317,3 +317,65 @@ def model_macs_params(model: Any, input_shape: Sequence[int]) -> dict[str, int]:
     finally:
         model.train(was_training)
     return {"macs": int(macs), "params": int(params)}
+
+
+RAW_DECODE_SUFFIX = ".decode.json"
+"""Beside a raw-head program: how the runner turns its maps into ``yolov5`` rows."""
+
+
+def raw_decode_spec(model: Any) -> dict[str, Any]:
+    """How a two-scale detector's raw maps decode (strides, box priors, classes), for the runner.
+
+    Raises:
+        ModelError: The model has no raw prediction maps (``raw()`` and per-scale decoders).
+    """
+    decoders = [getattr(model, name, None) for name in ("decode8", "decode16")]
+    if not callable(getattr(model, "raw", None)) or any(d is None for d in decoders):
+        raise ModelError(
+            f"{type(model).__name__} has no raw prediction maps (raw() and decode8/decode16)",
+            "this target needs a detector whose decode can run outside the model (the built-in ones do)",
+        )
+    return {
+        "kind": "yolo-raw",
+        "head": "yolov5",
+        "maps": [{"stride": int(d.stride), "prior": float(d.prior)} for d in decoders],
+    }
+
+
+def export_raw_program(model: Any, input_shape: Sequence[int], path: str | Path) -> Path:
+    """``torch.export`` a program returning the raw prediction maps; write it and its decode spec.
+
+    Full-integer converters cannot keep a decode head (its boxes in pixels and probabilities would share
+    one int8 scale, and its grid math stays float): the device computes the maps, the runner decodes.
+
+    Raises:
+        ModelError: No raw maps. BuildError: ``torch.export`` rejected the model.
+    """
+    import torch
+
+    spec = raw_decode_spec(model)
+
+    class RawHead(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return tuple(self.inner.raw(x))
+
+    was_training = model.training
+    model.eval()
+    dummy = torch.zeros(tuple(int(d) for d in input_shape), dtype=torch.float32)
+    path = Path(path)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(RawHead(model).eval(), (dummy,))
+        tmp = path.with_name(path.name + ".tmp")
+        torch.export.save(program, str(tmp))
+        tmp.replace(path)
+    except Exception as exc:  # torch.export raises many unrelated types
+        raise BuildError(f"torch.export failed: {exc}", "make raw() exportable, or give an ONNX") from exc
+    finally:
+        model.train(was_training)
+    atomic_write_json(path.with_name(path.stem + RAW_DECODE_SUFFIX), spec)
+    return path

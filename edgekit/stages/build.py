@@ -33,7 +33,15 @@ def _options(ctx: RunContext, quantizer: Any) -> BuildOptions:
 
 
 def build_stage(
-    ctx: RunContext, plan, onnx_path: Path, *, reference: Path, cs, qreq, val, torchscript: Path | None = None
+    ctx: RunContext,
+    plan,
+    onnx_path: Path,
+    *,
+    reference: Path,
+    cs,
+    qreq,
+    val,
+    torch_program: Path | None = None,
 ) -> Path:
     """Build the target's artifact into ``run_dir/artifact``; add the ``build`` node."""
     backend = plan.backend_cls()
@@ -44,14 +52,14 @@ def build_stage(
     with stage(ctx, "build") as fields:
         if method == "auto":
             artifact, extra = _auto(
-                ctx, plan, (onnx_path, reference, torchscript), cs, qreq.max_drop, val, out
+                ctx, plan, (onnx_path, reference, torch_program), cs, qreq.max_drop, val, out
             )
         else:
             quantizer = backend.quantizer_options(method=method) if own else ctx.quantizer
             options = _options(ctx, quantizer)
             where = ctx.run_dir / "staged" if backend.build_location == "device" else out
             artifact = backend.build(
-                onnx_path, options, where, calib=cs, reference=reference, torchscript=torchscript
+                onnx_path, options, where, calib=cs, reference=reference, torch_program=torch_program
             )
             if backend.build_location == "device":
                 artifact = build_on_device(ctx, plan, where, out)
@@ -112,7 +120,7 @@ def build_on_device(ctx: RunContext, plan, staged: Path, out: Path) -> Artifact:
 
 def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: Path):
     """Build every method of the backend's quantizer, measure each on the target, ship the best."""
-    onnx_path, reference, torchscript = sources
+    onnx_path, reference, torch_program = sources
     backend = plan.backend_cls()
     base = ctx.record.node("reference").metric("map50_95")
     candidates: list[dict[str, Any]] = []
@@ -122,7 +130,7 @@ def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: 
             try:
                 options = _options(ctx, backend.quantizer_options(method=method))
                 art = backend.build(
-                    onnx_path, options, folder, calib=cs, reference=reference, torchscript=torchscript
+                    onnx_path, options, folder, calib=cs, reference=reference, torch_program=torch_program
                 )
             except (BuildError, CalibrationError) as exc:
                 candidates.append({"name": f"int8-{method}", "method": method, "error": exc.message})

@@ -158,13 +158,21 @@ def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
     return model
 
 
-def export_stage(ctx: RunContext, req, model, val, torchscript: bool = False) -> tuple[Path, Path | None]:
+def export_stage(ctx: RunContext, req, model, val, program: str | None = None) -> tuple[Path, Path | None]:
     """Torch → ONNX (opset 17) with an FP32 parity check against ONNX Runtime; ONNX inputs are copied.
 
-    With ``torchscript`` (the backend converts a trace more faithfully, e.g. pnnx) a torch model is
-    also traced to ``model_fp32.pt``. Returns ``(onnx, torchscript or None)``.
+    With ``program`` (the backend's ``torch_program``) a torch model is also written in that form:
+    ``torchscript`` → ``model_fp32.pt`` (pnnx converts a trace more faithfully), ``export-raw`` →
+    ``model_raw.pt2`` (a ``torch.export`` program of the raw prediction maps, with its decode beside it).
+    Returns ``(onnx, torch program or None)``.
     """
-    from edgekit.export.onnx import check_parity, export_onnx, export_torchscript, onnx_info
+    from edgekit.export.onnx import (
+        check_parity,
+        export_onnx,
+        export_raw_program,
+        export_torchscript,
+        onnx_info,
+    )
 
     path = ctx.run_dir / "model_fp32.onnx"
     ts_path = None
@@ -178,8 +186,10 @@ def export_stage(ctx: RunContext, req, model, val, torchscript: bool = False) ->
             parity = check_parity(
                 model, path, [val.tensor(i) for i in range(min(4, len(val)))], atol=PARITY_ATOL, rtol=0.0
             )
-            if torchscript:
+            if program == "torchscript":
                 ts_path = export_torchscript(model, ctx.spec.input_shape(), ctx.run_dir / "model_fp32.pt")
+            elif program == "export-raw":
+                ts_path = export_raw_program(model, ctx.spec.input_shape(), ctx.run_dir / "model_raw.pt2")
         info = onnx_info(path)
     outputs = {p.name: sha256_file(p) for p in (path, ts_path) if p is not None}
     metrics = {**ctx.deployed_stats, "size_bytes": int(info["size_bytes"])}
@@ -189,7 +199,10 @@ def export_stage(ctx: RunContext, req, model, val, torchscript: bool = False) ->
         {"opset": info.get("opset"), "parity_atol": PARITY_ATOL},
         fields,
         label="ONNX export (FP32 parity checked with ONNX Runtime)"
-        + (" + TorchScript trace" if ts_path else ""),
+        + {"torchscript": " + TorchScript trace", "export-raw": " + torch.export raw-head program"}.get(
+            program or "", ""
+        )
+        * bool(ts_path),
         metrics=metrics,
         outputs=outputs,
         extra={"parity": parity, "ops": info.get("ops")},

@@ -204,7 +204,7 @@ class TestNcnnContract(BackendContract):
         onnx_path, pt = tiny_detector_with_trace(work / "traced.onnx", work / "traced.pt")
         options = self.options("fp32")
         from_onnx = backend.build(onnx_path, options, work / "from_onnx")
-        from_ts = backend.build(onnx_path, options, work / "from_ts", torchscript=pt)
+        from_ts = backend.build(onnx_path, options, work / "from_ts", torch_program=pt)
         assert (from_onnx.meta["ncnn"]["pnnx_source"], from_ts.meta["ncnn"]["pnnx_source"]) == (
             "onnx",
             "torchscript",

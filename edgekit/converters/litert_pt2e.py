@@ -1,0 +1,359 @@
+r"""Float ``torch.export`` program -> full-integer INT8 ``.tflite`` for TFLite Micro (litert-torch PT2E).
+
+Run by the converter venv's python (``.venv-tflite``), never imported by edgekit: litert-torch pins its
+own jax/transformers/ai-edge-litert, so the main env talks to it through a subprocess, a ``.pt2`` file
+(``torch.export.save``), a calibration ``.npy`` and a JSON report. Imports only torch, litert_torch,
+torchao, numpy and the stdlib.
+
+Quantization: PT2E with litert's symmetric config (int8 weights, symmetric, per-channel with
+``--per-channel``; int8 per-tensor affine activations from a HistogramObserver), int8 input and output.
+
+Exit codes: 0 ok; 2 bad input, a model litert cannot lower, or a result that is not full-integer
+(one line ``litert_pt2e: error: ...`` on stderr, the report still written with ``"ok": false``).
+
+Example:
+    .venv-tflite/bin/python edgekit/converters/litert_pt2e.py --program det.pt2 --calib calib.npy \\
+        --out det_int8.tflite --layout NHWC --per-channel --report det_int8.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+PROG = "litert_pt2e"
+FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
+SAME_SCALE_HINT = (
+    " (hint: an in-graph decode that reshapes or concatenates sigmoid scores with pixel boxes cannot"
+    " share one int8 scale; export only the raw head maps and decode on the host)"
+)
+
+
+class ConvertError(Exception):
+    """A failure the caller can act on; printed as one ``litert_pt2e: error:`` line, exit 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line (argparse itself exits 2 with ``litert_pt2e: error:`` on bad usage)."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--program", required=True, type=Path, help="torch.export.save'd float program (.pt2)")
+    p.add_argument("--calib", required=True, type=Path, help="(N,3,H,W) float32 calibration stack (.npy)")
+    p.add_argument("--out", required=True, type=Path, help="output .tflite (written atomically)")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW", help="layout of the tflite input")
+    p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (else per-tensor)")
+    p.add_argument("--report", type=Path, help="write a JSON report here")
+    p.add_argument(
+        "--allow-float",
+        action="store_true",
+        help="accept float tensors, QUANTIZE/DEQUANTIZE or Flex ops inside the graph (report them, exit 0)",
+    )
+    return p.parse_args(argv)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_program(path: Path):
+    """Load the ExportedProgram and return it with its single input's NCHW shape."""
+    import torch
+
+    if not path.is_file():
+        raise ConvertError(f"program not found: {path}")
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001 - any load failure is a bad input file
+        raise ConvertError(f"cannot load {path} with torch.export.load: {first_line(e)}") from e
+    inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    if len(inputs) != 1:
+        raise ConvertError(f"expected a program with one tensor input, got {len(inputs)}")
+    node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == inputs[0].arg.name)
+    val = node.meta["val"]
+    shape = tuple(int(d) for d in val.shape)
+    if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or not val.dtype.is_floating_point:
+        raise ConvertError(f"expected a float (1,3,H,W) input, got {val.dtype} {list(shape)}")
+    return ep, shape
+
+
+def rank4_outputs(ep) -> list[int]:
+    """Indices of the program's 4-D outputs (raw maps), which ``--layout NHWC`` also makes channel-last."""
+    out = next(n for n in ep.graph.nodes if n.op == "output").args[0]
+    vals = [n.meta.get("val") for n in out]
+    return [i for i, v in enumerate(vals) if getattr(v, "ndim", 0) == 4]
+
+
+def load_calibration(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Load and check the ``(N,3,H,W)`` calibration stack against the program's input shape."""
+    if not path.is_file():
+        raise ConvertError(f"calibration file not found: {path}")
+    try:
+        calib = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise ConvertError(f"cannot read {path} as .npy: {first_line(e)}") from e
+    if calib.ndim != 4 or tuple(calib.shape[1:]) != shape[1:]:
+        want = ",".join(map(str, shape[1:]))
+        raise ConvertError(f"calibration stack has shape {list(calib.shape)}, expected (N,{want})")
+    if calib.shape[0] == 0:
+        raise ConvertError("calibration stack is empty (N=0)")
+    if not np.issubdtype(calib.dtype, np.floating):
+        raise ConvertError(f"calibration stack must be float32, got {calib.dtype}")
+    if not np.isfinite(calib).all():
+        raise ConvertError("calibration stack has NaN or infinite values")
+    return np.ascontiguousarray(calib, dtype=np.float32)
+
+
+def float_scalar_operands(graph) -> int:
+    """Turn int scalar operands of float arithmetic (``p * 2``) into floats; return how many changed.
+
+    PT2E's prepare turns such scalars into int64 tensor constants and the litert quantizer then
+    puts a HistogramObserver on them, which fails with ``"histogram_cpu" not implemented for 'Long'``.
+    """
+    import torch
+
+    ops = {
+        getattr(getattr(torch.ops.aten, name), kind)
+        for name in ("add", "sub", "mul", "div", "rsub")
+        for kind in ("Tensor", "Scalar")
+    }
+    changed = 0
+    for node in graph.graph.nodes:
+        val = node.args[0].meta.get("val") if node.args and isinstance(node.args[0], torch.fx.Node) else None
+        if node.op != "call_function" or node.target not in ops or val is None or not val.is_floating_point():
+            continue
+        changed += sum(type(a) is int for a in node.args)
+        node.args = tuple(float(a) if type(a) is int else a for a in node.args)
+    graph.recompile()
+    return changed
+
+
+def calibrate(graph, quantizer, calib: np.ndarray):
+    """PT2E prepare plus one forward per calibration sample."""
+    import torch
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    try:
+        prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for x in calib:
+                prepared(torch.from_numpy(np.ascontiguousarray(x[None])))
+        return quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    except Exception as e:  # noqa: BLE001 - torchao raises many types for unquantizable graphs
+        raise ConvertError(f"PT2E quantization failed: {type(e).__name__}: {first_line(e)}") from e
+
+
+def quantize(ep, calib: np.ndarray, layout: str, per_channel: bool):
+    """Quantize with PT2E; return the quantized module, sample args, quantizer and graph rewrites."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize import pt2e_quantizer
+
+    module = ep.module()
+    if layout == "NHWC":
+        module = litert_torch.to_channel_last_io(module, args=[0], outputs=rank4_outputs(ep))
+        calib = calib.transpose(0, 2, 3, 1)
+    sample = (torch.from_numpy(np.ascontiguousarray(calib[:1])),)
+    graph = torch.export.export(module, sample).module()
+    rewrites = float_scalar_operands(graph)
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel)
+    )
+    return calibrate(graph, quantizer, calib), sample, quantizer, rewrites
+
+
+def lower(qmodel, sample, quantizer) -> bytes:
+    """Lower the quantized module to a .tflite flatbuffer with litert-torch."""
+    import litert_torch
+    from litert_torch.quantize import quant_config
+
+    try:
+        cfg = quant_config.QuantConfig(pt2e_quantizer=quantizer)
+        return litert_torch.convert(qmodel, sample, quant_config=cfg).model_content()
+    except Exception as e:  # noqa: BLE001 - litert raises many types for unlowerable ops
+        msg = f"litert-torch could not lower the model: {type(e).__name__}: {first_line(e)}"
+        if "same scale constraint" in str(e):
+            msg += SAME_SCALE_HINT
+        raise ConvertError(msg) from e
+
+
+def schema():
+    """The TFLite flatbuffer schema module (ai-edge-litert's, else tflite-micro's)."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
+    return schema_py_generated
+
+
+def enum_names(cls) -> dict[int, str]:
+    """Reverse map of a flatbuffer enum class."""
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def decode(raw) -> str:
+    """Flatbuffer strings come back as bytes."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw or "")
+
+
+def tensor_info(t, type_names: dict[int, str]) -> dict:
+    """Shape, dtype and quantization of one tensor."""
+    q = t.quantization
+    scales = [] if q is None or q.scale is None else [float(s) for s in q.scale]
+    zps = [] if q is None or q.zeroPoint is None else [int(z) for z in q.zeroPoint]
+    return {
+        "name": decode(t.name),
+        "shape": [int(d) for d in (t.shape if t.shape is not None else [])],
+        "dtype": type_names[t.type],
+        "scale": scales[0] if len(scales) == 1 else scales,
+        "zero_point": zps[0] if len(zps) == 1 else zps,
+    }
+
+
+def op_name(code, op_names: dict[int, str]) -> str:
+    """Builtin name of an operator code (``FLEX:<op>`` or ``CUSTOM:<name>`` for custom ops)."""
+    builtin = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
+    if builtin == "CUSTOM":
+        custom = decode(code.customCode)
+        return f"FLEX:{custom[4:]}" if custom.startswith("Flex") else f"CUSTOM:{custom}"
+    return builtin
+
+
+def is_constant(model, tensor) -> bool:
+    """Whether a tensor's values are stored in the flatbuffer (weights, grids) rather than computed."""
+    return tensor.buffer > 0 and model.buffers[tensor.buffer].data is not None
+
+
+def inspect_flatbuffer(data: bytes) -> dict:
+    """Op counts, I/O details, float tensors and Q/DQ ops, read from the flatbuffer itself."""
+    sch = schema()
+    model = sch.ModelT.InitFromPackedBuf(data, 0)
+    type_names, op_names = enum_names(sch.TensorType), enum_names(sch.BuiltinOperator)
+    sub = model.subgraphs[0]
+    names = [op_name(c, op_names) for c in model.operatorCodes]
+    ops = [names[op.opcodeIndex] for op in sub.operators]
+    io = set(sub.inputs) | set(sub.outputs)
+    info = [tensor_info(t, type_names) for t in sub.tensors]
+    qdq = [
+        {"op": name, "in": info[op.inputs[0]]["dtype"], "out": info[op.outputs[0]]["dtype"]}
+        for name, op in zip(ops, sub.operators, strict=True)
+        if name in ("QUANTIZE", "DEQUANTIZE")
+    ]
+    return {
+        "subgraphs": len(model.subgraphs),
+        "ops": dict(sorted(Counter(ops).items())),
+        "op_sequence": ops,
+        "inputs": [info[i] for i in sub.inputs],
+        "outputs": [info[i] for i in sub.outputs],
+        "float_tensors": [
+            {**info[i], "const": is_constant(model, sub.tensors[i])}
+            for i in range(len(info))
+            if i not in io and info[i]["dtype"] in FLOAT_TYPES
+        ],
+        "quantize_dequantize": qdq,
+        "flex_or_custom_ops": sorted({o for o in ops if o.startswith(("FLEX:", "CUSTOM:"))}),
+    }
+
+
+def problems(graph: dict) -> list[str]:
+    """Why the model is not a full-integer TFLM model (empty when it is)."""
+    io = graph["inputs"] + graph["outputs"]
+    found = [f"I/O tensor {t['name']!r} is {t['dtype']}" for t in io if t["dtype"] != "INT8"]
+    if graph["float_tensors"]:
+        found.append(f"{len(graph['float_tensors'])} float tensors inside the graph")
+    float_qdq = [q for q in graph["quantize_dequantize"] if q["in"] in FLOAT_TYPES or q["out"] in FLOAT_TYPES]
+    if float_qdq:
+        found.append(f"{len(float_qdq)} QUANTIZE/DEQUANTIZE ops to or from float")
+    if graph["flex_or_custom_ops"]:
+        found.append(f"Flex/custom ops {graph['flex_or_custom_ops']}")
+    if graph["subgraphs"] != 1:
+        found.append(f"{graph['subgraphs']} subgraphs")
+    return found
+
+
+def versions() -> dict:
+    """Versions of the packages that shaped the result."""
+    out = {"python": sys.version.split()[0]}
+    for dist in ("torch", "litert-torch", "torchao", "ai-edge-litert", "litert-converter", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def first_line(e: BaseException) -> str:
+    """First non-empty line of an exception message, trimmed for a one-line error."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def convert(args: argparse.Namespace, report: dict) -> None:
+    """The whole conversion; fills ``report`` as it goes and raises :class:`ConvertError`."""
+    clock = time.perf_counter()
+    ep, shape = load_program(args.program)
+    calib = load_calibration(args.calib, shape)
+    report["calibration"] = {"samples": len(calib), "min": float(calib.min()), "max": float(calib.max())}
+    report["seconds"]["load"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
+    qmodel, sample, quantizer, rewrites = quantize(ep, calib, args.layout, args.per_channel)
+    report["int_scalars_made_float"] = rewrites
+    report["seconds"]["quantize"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
+    data = lower(qmodel, sample, quantizer)
+    report["seconds"]["lower"] = round(time.perf_counter() - clock, 3)
+    graph = inspect_flatbuffer(data)
+    report.update(graph, bytes=len(data), problems=problems(graph))
+    if report["problems"] and not args.allow_float:
+        raise ConvertError("not a full-integer model: " + "; ".join(report["problems"]) + " (see the report)")
+    atomic_write(args.out, data)
+    report["ok"], report["tflite"] = True, str(args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    report: dict = {
+        "ok": False,
+        "program": str(args.program),
+        "layout": args.layout,
+        "per_channel": args.per_channel,
+        "seconds": {},
+        "versions": versions(),
+    }
+    code = 0
+    try:
+        convert(args, report)
+    except ConvertError as e:
+        report["error"] = str(e)
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        code = 2
+    report["seconds"]["total"] = round(time.perf_counter() - start, 3)
+    if args.report:
+        atomic_write(args.report, (json.dumps(report, indent=2) + "\n").encode())
+    if code == 0:
+        sys.stdout.write(
+            f"{PROG}: wrote {args.out} ({report['bytes']} B, {sum(report['ops'].values())} ops)\n"
+        )
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
