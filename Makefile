@@ -8,6 +8,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgekit-installed
+# The TFLite converter (litert-torch PT2E) pins jax, torchao and its own TFLite stack: an environment of
+# its own, called through a subprocess (edgekit/converters/litert_pt2e.py), never mixed into .venv.
+TFLITE_VENV  := .venv-tflite
+TFLITE_STAMP := $(TFLITE_VENV)/.edgekit-installed
 
 TARGET ?= local
 RECIPE ?= default
@@ -16,7 +20,7 @@ DEVICE ?=
 CALIB  ?=
 ARGS   ?=
 
-.PHONY: help venv system-deps deploy test test-fast bench lint format calib-list report clean distclean
+.PHONY: help venv tflite-env system-deps deploy test test-fast bench lint format calib-list report clean distclean
 
 help:
 	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local] [CALIB=name]"
@@ -30,11 +34,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	# torch first and pinned: anything unpinned would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/pip install -q -e '.[dev,mnn,ncnn,ssh]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install -q -e '.[dev,mnn,ncnn,ssh,tflite]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') and not torch.cuda.is_available() else 'torch is not the pinned CPU build: ' + torch.__version__)"
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(TFLITE_STAMP): tools/tflite/requirements.txt tools/tflite/constraints.txt
+	$(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(TFLITE_VENV)/bin/pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(TFLITE_VENV)/bin/pip install -q -r tools/tflite/requirements.txt -c tools/tflite/constraints.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(TFLITE_VENV)/bin/python -c "import torch, litert_torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') and not torch.cuda.is_available() else 'torch is not the pinned CPU build: ' + torch.__version__)"
+	touch $(TFLITE_STAMP)
+
+tflite-env: $(TFLITE_STAMP)
 
 system-deps:
 	@missing=""; \
@@ -42,20 +56,21 @@ system-deps:
 	command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v qemu-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-user"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v arm-none-eabi-gcc >/dev/null 2>&1 || missing="$$missing gcc-arm-none-eabi"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
 	    echo "not root: cannot install$$missing (tests that need them will skip and say why)"; \
 	  fi; \
 	fi
 
-deploy: $(STAMP)
+deploy: $(STAMP) $(if $(or $(findstring tflm,$(TARGET)),$(findstring stm32,$(TARGET))),$(TFLITE_STAMP))
 	$(BIN)/edgekit deploy --target $(TARGET) --recipe $(RECIPE) --model $(MODEL) \
 	  $(if $(DEVICE),--device $(DEVICE)) $(if $(CALIB),--calib $(CALIB)) $(ARGS)
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(TFLITE_STAMP) system-deps
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)
@@ -82,4 +97,4 @@ clean:
 	rm -rf runs .pytest_cache .ruff_cache bench/results
 
 distclean: clean
-	rm -rf $(VENV) .cache *.egg-info
+	rm -rf $(VENV) $(TFLITE_VENV) .cache *.egg-info

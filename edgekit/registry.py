@@ -164,7 +164,7 @@ BACKENDS: Registry[Any] = Registry(
         "tflm": "edgekit.backends.tflm:TflmBackend",
     },
     extras={"mnn": "mnn", "ncnn": "ncnn", "tflm": "tflite"},
-    runtimes={"onnxruntime": "onnxruntime", "mnn": "MNN", "ncnn": "ncnn", "tflm": "ai_edge_litert"},
+    runtimes={"onnxruntime": "onnxruntime", "mnn": "MNN", "ncnn": "ncnn", "tflm": "tflite_micro"},
     hint="this version builds 'onnxruntime', 'mnn', 'ncnn' and 'tensorrt' (on the Jetson): use --target "
     "local (onnxruntime), rk3588-mnn, rpi4-ncnn or jetson, or a target YAML with one of those backends",
 )

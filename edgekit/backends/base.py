@@ -98,6 +98,15 @@ class UnparsedQuantizer(QuantizerOptions):
     model_config = ConfigDict(extra="allow")
 
 
+class MemoryLimits(BaseModel):
+    """A board's hard budget (MCUs): what the artifact may take of its flash and RAM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flash_kb: int | None = Field(None, ge=1)
+    ram_kb: int | None = Field(None, ge=1)
+
+
 class BuildOptions(BaseModel):
     """What to build: precision, runtime options, the detector's I/O conventions and how INT8 is made.
 
@@ -113,6 +122,8 @@ class BuildOptions(BaseModel):
             or by the caller for a QDQ made elsewhere).
         quantizer: The backend's own :class:`QuantizerOptions` subclass (a dict is parsed by the
             backend: :meth:`Backend.validate_options`).
+        limits: The board's flash and RAM budget (a backend that can size its artifact checks it
+            before anything is written).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -125,6 +136,7 @@ class BuildOptions(BaseModel):
     preprocess: PreprocessSpec | None = None
     calibration: CalibrationRef | None = None
     quantizer: SerializeAsAny[QuantizerOptions] | None = None
+    limits: MemoryLimits | None = None
 
     @field_validator("quantizer", mode="before")
     @classmethod

@@ -77,3 +77,30 @@ def nms(dets: np.ndarray, iou: float = 0.5, max_det: int = 100) -> np.ndarray:
         rest = order[1:]
         order = rest[_iou_one_to_many(boxes[i], boxes[rest]) <= iou]
     return dets[keep]
+
+
+def decode_raw(maps: list[np.ndarray], spec: dict, layout: str = "NCHW") -> np.ndarray:
+    """Decode raw two-scale maps into ``yolov5`` rows ``[1, N, 5 + nc]`` (what the in-graph decode gives).
+
+    For a device that computes only the prediction convs (an int8 MCU model cannot keep the decode's
+    pixel boxes and probabilities in one int8 scale): per map of stride ``s`` and box prior ``p``,
+    ``xy = (grid + 2 sigmoid(t) - 0.5) s`` and ``wh = (2 sigmoid(t))^2 p``; scores are ``sigmoid``.
+
+    Args:
+        maps: One float map per scale, ``[1, 5 + nc, H, W]`` (NCHW) or ``[1, H, W, 5 + nc]`` (NHWC).
+        spec: ``{"maps": [{"stride", "prior"}, ...]}`` in the same order as ``maps``.
+        layout: Layout of the maps.
+    """
+    out = []
+    for raw, scale in zip(maps, spec["maps"], strict=True):
+        r = np.asarray(raw, dtype=np.float32)
+        if layout == "NCHW":
+            r = r.transpose(0, 2, 3, 1)
+        _, h, w, c = r.shape
+        p = 1.0 / (1.0 + np.exp(-r.reshape(h * w, c)))
+        gy, gx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+        grid = np.stack([gx.ravel(), gy.ravel()], -1)
+        xy = (grid + p[:, :2] * 2 - 0.5) * float(scale["stride"])
+        wh = (p[:, 2:4] * 2) ** 2 * float(scale["prior"])
+        out.append(np.concatenate([xy, wh, p[:, 4:]], -1))
+    return np.concatenate(out, 0)[None].astype(np.float32)
