@@ -297,7 +297,7 @@ def measure_arena(model: Path) -> dict[str, Any]:
     is captured) and a bisection of ``arena_size`` (allocate + invoke). Both are 64-bit host numbers; the
     firmware gets the larger plus :data:`ARENA_MARGIN`, rounded up to 16 bytes.
     """
-    runtime = require_module("backend", "tflm", "tflite_micro.runtime", "tflite")
+    runtime = require_module("backend", "tflm", "tflite_micro", "tflite").runtime
     recorded = _recorded_arena(runtime, model)
     bisected = _bisect_arena(runtime, model, hi=max(recorded or 0, 4096) * 2)
     host = max(v for v in (recorded, bisected) if v)

@@ -370,7 +370,7 @@ def export_raw_program(model: Any, input_shape: Sequence[int], path: str | Path)
     try:
         with torch.no_grad():
             program = torch.export.export(RawHead(model).eval(), (dummy,))
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(path.stem + ".tmp.pt2")
         torch.export.save(program, str(tmp))
         tmp.replace(path)
     except Exception as exc:  # torch.export raises many unrelated types

@@ -10,6 +10,8 @@ Hooks a subclass sets or overrides:
     unsupported_onnx a model with an op this backend cannot run, and that op's type
     skip_reason      why the backend cannot run here (None = it can)
     device_transport the "device" the runner and a device build run on (default: this host, as it is)
+    program          the torch form for a backend with ``torch_program`` (default: none; its fixture
+                     ``fp32_onnx`` must then be the same model's ONNX)
 
 Fixtures every backend gets: the tiny detector, a tiny calibration set (``calib``: 16 seeded images
 imported with ``edgekit.calib``; a self-quantizing backend's INT8 is built from it), and eval inputs
@@ -144,6 +146,9 @@ class BackendContract:
     def device_transport(self, work: Path) -> LocalTransport:
         return LocalTransport(root=work)
 
+    def program(self, work: Path) -> Path | None:
+        return None
+
     @staticmethod
     def in_layout(artifact: Artifact, nchw: np.ndarray) -> np.ndarray:
         """The NCHW stack in the artifact's input layout."""
@@ -190,7 +195,10 @@ class BackendContract:
         src = cls().prepare_onnx(fp32_onnx, precision, work)
         out = work / f"art_{precision}"
         if backend.build_location == "host":
-            return backend.build(src, cls().options(precision), out, calib=calib, reference=fp32_onnx)
+            program = cls().program(work)
+            return backend.build(
+                src, cls().options(precision), out, calib=calib, reference=fp32_onnx, torch_program=program
+            )
         staged = backend.build(
             src, cls().options(precision), work / f"staged_{precision}", calib=calib, reference=fp32_onnx
         )
@@ -252,27 +260,28 @@ class BackendContract:
             np.testing.assert_allclose(got[:, :4], expected[:, :4], rtol=0, atol=tol["boxes"])
             np.testing.assert_allclose(got[:, 4], expected[:, 4], rtol=0, atol=tol["scores"])
 
-    def test_build_checked_the_artifact_against_fp32(self, artifact, precision):
+    def test_build_checked_the_artifact_against_fp32(self, artifact, precision, fp32_onnx, eval_inputs):
         parity = artifact.meta["parity"]
-        assert parity["checked"] and parity["outputs"][0]["shape"] == [
-            1,
-            (INPUT_SIZE // 4) ** 2,
-            5 + NUM_CLASSES,
-        ]
+        expected = list(ort_fp32_outputs(fp32_onnx, eval_inputs[:1])[0].shape)
+        assert parity["checked"] and parity["outputs"][0]["shape"] == expected
         tol = BACKENDS.get(self.backend_name).parity[precision]
         assert parity["outputs"][0]["cosine"] >= tol.min_cosine
         if precision == "int8":
             assert artifact.meta["calibration"]["sha256"] and artifact.meta["quantization"]["method"]
 
     def test_divergent_outputs_fail_the_build_and_leave_nothing(
-        self, backend, fp32_onnx, work, calib, monkeypatch
+        self, backend, fp32_onnx, work, calib, eval_inputs, monkeypatch
     ):
         precision = self.precisions[0]
         src = self.prepare_onnx(fp32_onnx, precision, work)
-        monkeypatch.setattr(type(backend), "_infer", lambda self, art, x: [np.zeros((1, 64, 8), np.float32)])
+        shape = ort_fp32_outputs(fp32_onnx, eval_inputs[:1])[0].shape
+        monkeypatch.setattr(type(backend), "_infer", lambda self, art, x: [np.zeros(shape, np.float32)])
         out = work / "out_divergent"
+        program = self.program(work)
         with pytest.raises(BuildError, match="diverges from FP32") as info:
-            backend.build(src, self.options(precision), out, calib=calib, reference=fp32_onnx)
+            backend.build(
+                src, self.options(precision), out, calib=calib, reference=fp32_onnx, torch_program=program
+            )
         assert "output 'output'" in info.value.message and info.value.hint
         assert not out.exists()
 
@@ -291,10 +300,10 @@ class BackendContract:
         src, op = self.unsupported_onnx(fp32_onnx, work)
         out = work / "out_unsupported"
         with pytest.raises(UnsupportedOpError, match=op) as info:
-            backend.build(src, self.options("fp32"), out)
+            backend.build(src, self.options(self.precisions[0]), out)
         assert op in info.value.ops and info.value.backend == self.backend_name
         assert not out.exists()
-        problems = backend.check(src, self.options("fp32"))
+        problems = backend.check(src, self.options(self.precisions[0]))
         assert any(op in p.ops and p.severity == "error" for p in problems)
 
     def test_tampered_model_is_refused(self, artifact, work, precision):
