@@ -102,9 +102,10 @@ def _eval_split(data: str | Path, artifact):  # noqa: ANN001, ANN202
 
 
 def _artifact_node(ctx, artifact) -> None:  # noqa: ANN001
+    from edgekit.stages.build import artifact_size
     from edgekit.stages.context import add_node
 
-    size = sum((artifact.dir / rel).stat().st_size for rel in artifact.all_files())
+    size = artifact_size(artifact)
     ctx.artifact_bytes = size
     ctx.head = artifact.meta["output"].get("head")
     add_node(

@@ -129,10 +129,11 @@ class CpuSpec(_Strict):
 
 
 class Limits(_Strict):
-    """Hard budgets of the board (MCUs)."""
+    """Hard budgets of the board (MCUs), and its core (the firmware bundle is compiled for it)."""
 
     flash_kb: int | None = Field(None, ge=1)
     ram_kb: int | None = Field(None, ge=1)
+    core: str | None = Field(None, description="e.g. cortex-m7: arm-none-eabi -mcpu for the bundle")
 
 
 class Target(_Strict):

@@ -99,12 +99,13 @@ class UnparsedQuantizer(QuantizerOptions):
 
 
 class MemoryLimits(BaseModel):
-    """A board's hard budget (MCUs): what the artifact may take of its flash and RAM."""
+    """A board's hard budget (MCUs): what the artifact may take of its flash and RAM, and its core."""
 
     model_config = ConfigDict(extra="forbid")
 
     flash_kb: int | None = Field(None, ge=1)
     ram_kb: int | None = Field(None, ge=1)
+    core: str | None = None
 
 
 class BuildOptions(BaseModel):

@@ -40,7 +40,13 @@ from edgekit.backends.base import (
     QuantizerOptions,
 )
 from edgekit.backends.onnxruntime import require_module, unknown_op_problems
-from edgekit.backends.tflm_bundle import RESOLVER_METHODS, BundleSpec, TensorInfo, write_bundle
+from edgekit.backends.tflm_bundle import (
+    RESOLVER_METHODS,
+    BundleSpec,
+    TensorInfo,
+    compile_model_data,
+    write_bundle,
+)
 from edgekit.errors import BudgetExceededError, BuildError, MissingExtraError, ModelError, UnsupportedOpError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -140,8 +146,10 @@ class TflmBackend(Backend):
             notes=_notes(arena, budget, decode),
         )
         bundle = write_bundle(spec, work_dir / "firmware")
+        compiled = _compile(work_dir / "firmware", options)
         files = {"model": MODEL_FILE, **{role: f"firmware/{name}" for role, name in bundle.items()}}
         meta = {
+            "payload_bytes": report["bytes"],  # the flashed model; firmware/ holds its C source
             "tflm": {
                 **io,
                 "decode": decode,
@@ -150,8 +158,9 @@ class TflmBackend(Backend):
                 "host_arena_bytes": arena["host_bytes"],
                 "arena": arena,
                 "budget": budget,
+                "compiled": compiled,
                 "converter": {"versions": report.get("versions"), "seconds": report.get("seconds")},
-            }
+            },
         }
         return BuildOutput(files=files, meta=meta)
 
@@ -416,6 +425,20 @@ def check_budget(budget: dict[str, Any], options: BuildOptions) -> None:
             "prune more (RECIPE=microyolo or progressive), use a smaller input_size (96 px needs ~1/3 of "
             "160 px's arena), or pick a board with more memory",
         )
+
+
+def _compile(folder: Path, options: BuildOptions) -> dict[str, Any]:
+    core = options.limits.core if options.limits else None
+    if not core:
+        return {"compiled": False, "reason": "the target names no MCU core (limits.core)"}
+    try:
+        return compile_model_data(folder, core)
+    except ValueError as exc:
+        from edgekit.errors import ConfigError
+
+        raise ConfigError(str(exc), "set limits.core in the target YAML to one of those") from exc
+    except RuntimeError as exc:
+        raise BuildError(f"arm-none-eabi-g++ rejected model_data.cc: {exc}", "this is a bundle bug") from exc
 
 
 def _notes(arena: dict[str, Any], budget: dict[str, Any], decode: dict[str, Any]) -> list[str]:

@@ -284,3 +284,44 @@ def write_bundle(spec: BundleSpec, folder: Path) -> dict[str, str]:
     for name, text in contents.items():
         (folder / name).write_text(text)
     return files
+
+
+#: arm-none-eabi flags per Cortex-M core (hard float where the core has an FPU).
+CORE_FLAGS: dict[str, list[str]] = {
+    "cortex-m0plus": ["-mcpu=cortex-m0plus", "-mthumb"],
+    "cortex-m3": ["-mcpu=cortex-m3", "-mthumb"],
+    "cortex-m4": ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"],
+    "cortex-m7": ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"],
+    "cortex-m33": ["-mcpu=cortex-m33", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"],
+    "cortex-m55": ["-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"],
+}
+
+
+def compile_model_data(folder: Path, core: str) -> dict[str, Any]:
+    """Compile ``model_data.cc`` for ``core`` with arm-none-eabi-g++; return ``arm-none-eabi-size``'s figures.
+
+    Returns ``{"compiled": False, "reason"}`` when the toolchain is not installed (nothing is assumed).
+
+    Raises:
+        ValueError: A core without known flags.
+        RuntimeError: The compiler rejected the file (its message).
+    """
+    import shutil
+    import subprocess
+
+    if core not in CORE_FLAGS:
+        raise ValueError(f"unknown core {core!r}; known: {', '.join(CORE_FLAGS)}")
+    gxx, size = shutil.which("arm-none-eabi-g++"), shutil.which("arm-none-eabi-size")
+    if gxx is None or size is None:
+        return {"compiled": False, "reason": "arm-none-eabi-g++ not installed (Debian gcc-arm-none-eabi)"}
+    obj = folder / "model_data.o"
+    argv = [gxx, *CORE_FLAGS[core], "-std=c++17", "-Os", "-c", str(folder / "model_data.cc"), "-o", str(obj)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr.strip()[-500:])
+    out = subprocess.run([size, str(obj)], capture_output=True, text=True, timeout=60, check=True).stdout
+    version = subprocess.run([gxx, "-dumpversion"], capture_output=True, text=True, timeout=60).stdout.strip()
+    obj.unlink()
+    text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+    return {"compiled": True, "core": core, "flags": CORE_FLAGS[core], "text": text, "data": data, "bss": bss,
+            "compiler": f"arm-none-eabi-g++ {version}"}  # fmt: skip

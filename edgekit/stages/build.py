@@ -66,7 +66,7 @@ def build_stage(
             )
             if backend.build_location == "device":
                 artifact = build_on_device(ctx, plan, where, out)
-    ctx.artifact_bytes = int(sum((out / f).stat().st_size for f in artifact.files.values()))
+    ctx.artifact_bytes = artifact_size(artifact)
     quant = artifact.meta.get("quantization") or {}
     how = f" ({quant['method']}, {backend.name}'s own quantizer)" if own else ""
     add_node(
@@ -92,6 +92,13 @@ def build_stage(
         },
     )
     return out
+
+
+def artifact_size(artifact: Artifact) -> int:
+    """Bytes the device holds: the backend's ``payload_bytes`` if set (an MCU's model, not its C source)."""
+    if artifact.meta.get("payload_bytes") is not None:
+        return int(artifact.meta["payload_bytes"])
+    return int(sum((artifact.dir / f).stat().st_size for f in artifact.files.values()))
 
 
 def _device_config(device_build: dict | None) -> dict:

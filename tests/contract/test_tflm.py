@@ -89,3 +89,32 @@ class TestTflmContract(BackendContract):
                 qdq, self.options("int8"), work / "out_qdq", calib=calib, torch_program=self.program(work)
             )
         assert not (work / "out_qdq").exists()
+
+    def test_over_budget_is_refused_before_anything_is_written(self, backend, fp32_onnx, work, calib):
+        from edgekit.errors import BudgetExceededError
+
+        options = {**self.options("int8"), "limits": {"flash_kb": 1024, "ram_kb": 4}}
+        out = work / "out_budget"
+        with pytest.raises(BudgetExceededError, match=r"RAM \d+ KB needed .* 4 KB available") as info:
+            backend.build(fp32_onnx, options, out, calib=calib, torch_program=self.program(work))
+        assert "prune" in info.value.hint and "input_size" in info.value.hint
+        assert not out.exists()
+
+    def test_the_bundle_compiles_for_the_boards_core(self, backend, fp32_onnx, work, calib):
+        import shutil
+
+        options = {**self.options("int8"), "limits": {"flash_kb": 2048, "ram_kb": 1024, "core": "cortex-m7"}}
+        art = backend.build(
+            fp32_onnx, options, work / "out_m7", calib=calib, torch_program=self.program(work)
+        )
+        compiled = art.meta["tflm"]["compiled"]
+        if shutil.which("arm-none-eabi-g++") is None:
+            assert not compiled["compiled"] and "gcc-arm-none-eabi" in compiled["reason"]
+            pytest.skip("arm-none-eabi-g++ not installed (make system-deps installs gcc-arm-none-eabi)")
+        model_bytes = (art.dir / art.files["model"]).stat().st_size
+        assert (
+            compiled["compiled"]
+            and compiled["text"] >= model_bytes
+            and compiled["data"] == compiled["bss"] == 0
+        )
+        assert art.meta["payload_bytes"] == model_bytes
