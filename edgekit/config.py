@@ -63,6 +63,20 @@ class SSHConnection(_Strict):
 Connection = Annotated[LocalConnection | SSHConnection, Field(discriminator="type")]
 
 
+class SerialLink(_Strict):
+    """An MCU on a serial port of the computer the agent reaches (its companion SBC, or this host).
+
+    Attributes:
+        port: Serial device (``/dev/ttyACM0``).
+        baud: Baud rate.
+        timeout: Seconds without an answer after which the board counts as hung.
+    """
+
+    port: str
+    baud: int = Field(921600, ge=9600)
+    timeout: float = Field(5.0, gt=0)
+
+
 class RuntimeOptions(_Strict):
     """How the benchmark runs on the device (device-benchmarking.md §5.2)."""
 
@@ -77,6 +91,9 @@ class RuntimeOptions(_Strict):
     )
     governor: str | None = Field(
         None, description="cpufreq governor the board should run (e.g. performance); checked and recorded"
+    )
+    serial: SerialLink | None = Field(
+        None, description="an MCU on a serial port: the agent runs mcu_serial_run.py there instead"
     )
 
 

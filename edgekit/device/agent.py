@@ -166,6 +166,8 @@ class Agent:
         cpus: list[int] | None = None,
         idle_s: float = 0.0,
         guard: Guard | None = None,
+        runner: str | None = None,
+        runner_args: list[str] | None = None,
     ) -> BenchResult:
         """Push the artifact and runner, time it, collect eval detections, clean up.
 
@@ -184,6 +186,8 @@ class Agent:
             cpus: Cores to pin the runner to on the device (``None`` = no pinning).
             idle_s: Idle baseline before the timed window (only when the sampler measures).
             guard: The host's reference output on ``bench_input`` and its tolerance.
+            runner: Another runner file for the same artifact (an MCU's ``mcu_serial_run.py``).
+            runner_args: Extra arguments for the runner (``--port /dev/ttyACM0``...).
 
         Raises:
             ModelError: The artifact is missing or tampered with.
@@ -195,7 +199,8 @@ class Agent:
         work = self.transport.mkdtemp()
         try:
             with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as host_tmp:
-                argv = self._stage(artifact, work, Path(host_tmp), bench_input, eval_inputs)
+                argv = self._stage(artifact, work, Path(host_tmp), bench_input, eval_inputs, runner)
+                argv += list(runner_args or [])
                 argv += _runner_flags(warmup, min_warmup_s, iterations, min_seconds, threads, conf)
                 argv += ["--cpus", ",".join(map(str, cpus))] if cpus else []
                 argv += ["--output-out", posixpath.join(work, "guard.npy")]
@@ -237,14 +242,20 @@ class Agent:
 
     # -- steps -------------------------------------------------------------------------------------
     def _stage(
-        self, artifact: Artifact, work: str, host_tmp: Path, x: np.ndarray, eval_x: np.ndarray | None
+        self,
+        artifact: Artifact,
+        work: str,
+        host_tmp: Path,
+        x: np.ndarray,
+        eval_x: np.ndarray | None,
+        runner_name: str | None = None,
     ) -> list[str]:
         remote_art = posixpath.join(work, "artifact")
         for rel in artifact.all_files():
             self._push(artifact.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
-        runner = RUNNERS_DIR / artifact.runner
-        extra = (*artifact.meta.get("runner_files", ()), *getattr(self.sampler, "files", ()))
-        self._push_runner(artifact.runner, work, extra)
+        runner = RUNNERS_DIR / (runner_name or artifact.runner)
+        extra = (artifact.runner, *artifact.meta.get("runner_files", ()), *getattr(self.sampler, "files", ()))
+        self._push_runner(runner.name, work, extra)
         argv = [self.python, posixpath.join(work, runner.name), "--artifact", remote_art]
         argv += ["--inputs", self._push_array(x, "input.npy", work, host_tmp)]
         if eval_x is not None:

@@ -340,7 +340,7 @@ def run(runtime_cls, runner: str, argv: list[str] | None = None) -> int:
     args = parse_args(argv, f"Time a {runtime_cls.name} artifact and dump eval detections.")
     if bool(args.eval_inputs) != bool(args.eval_out):
         raise RunnerError("--eval-inputs and --eval-out go together")
-    meta = load_artifact(args.artifact, runtime_cls.name)
+    meta = load_artifact(args.artifact, getattr(runtime_cls, "backend", runtime_cls.name))
     pinned = pin_cpus([int(c) for c in args.cpus.split(",")] if args.cpus else None)
     threads = args.threads if args.threads is not None else meta.get("runtime", {}).get("threads")
     runtime = runtime_cls(meta, args.artifact, threads)
@@ -380,6 +380,8 @@ def run(runtime_cls, runner: str, argv: list[str] | None = None) -> int:
         "pinned": pinned,
         "device": device_facts(),
     }
+    if hasattr(runtime, "report"):  # a runtime's own figures (e.g. an MCU's cycle counts)
+        result.update(runtime.report())
     print(json.dumps(result, separators=(",", ":")), flush=True)
     return 0
 

@@ -67,7 +67,16 @@ def run_on_device(
         progress=progress,
         idle_s=idle_s,
         guard=host_guard(artifact_dir, x),
+        **serial_runner(rt.serial),
     )
+
+
+def serial_runner(serial) -> dict[str, Any]:
+    """For an MCU on a serial port: the serial runner and its port arguments (else nothing)."""
+    if serial is None:
+        return {}
+    args = ["--port", serial.port, "--baud", str(serial.baud), "--timeout", str(serial.timeout)]
+    return {"runner": "mcu_serial_run.py", "runner_args": args}
 
 
 def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
@@ -162,7 +171,14 @@ def bench_extra(result, rt) -> dict[str, Any]:
         "warmup_settled": result.raw.get("warmup_settled"),
         "guard": result.guard,
         "warnings": state_warnings(result.state_before, rt),
+        "device_latency_ms": _device_latency(result.raw),
     }
+
+
+def _device_latency(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """An MCU's own per-inference time (cycles / core clock), beside the host's round trips."""
+    values = raw.get("device_latency_ms")
+    return {k: round(v, 4) for k, v in latency_stats(values).items()} if values else None
 
 
 def state_warnings(state: dict[str, Any], rt) -> list[str]:
