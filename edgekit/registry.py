@@ -165,7 +165,7 @@ BACKENDS: Registry[Any] = Registry(
     },
     extras={"mnn": "mnn", "ncnn": "ncnn", "tflm": "tflite"},
     runtimes={"onnxruntime": "onnxruntime", "mnn": "MNN", "ncnn": "ncnn", "tflm": "tflite_micro"},
-    hint="this version builds 'onnxruntime', 'mnn', 'ncnn' and 'tensorrt' (on the Jetson): use --target "
+    hint="this version builds onnxruntime, mnn, ncnn, tflm and tensorrt (on the Jetson): use --target "
     "local (onnxruntime), rk3588-mnn, rpi4-ncnn or jetson, or a target YAML with one of those backends",
 )
 """Every backend edgekit knows; TensorRT has no extra because it is built on the Jetson itself."""
