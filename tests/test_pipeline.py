@@ -211,3 +211,54 @@ def test_arm_targets_deploy_here_with_device_local(
 
 
 BACKENDS_METHODS = {"mnn": ("kl", "ema"), "ncnn": ("kl", "aciq")}
+
+
+def _mcu_target(tmp_path, base: str, **limits) -> str:
+    import yaml
+
+    from edgekit.config import load_target
+
+    spec = yaml.safe_load(open(load_target(base).source))
+    spec.update({"input_size": 160, "name": f"{base}-160"})
+    spec["runtime"].update({"iterations": 20, "min_seconds": 1.0})
+    spec["limits"] = {**spec["limits"], **limits}
+    path = tmp_path / f"{base}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_an_mcu_target_deploys_full_int8_with_its_firmware_bundle(tmp_path, shapes_root, trained):
+    """STM32H7 at 160 px with --device local: TFLM's own outputs give the mAP, the bundle is complete."""
+    target = _mcu_target(tmp_path, "stm32h7")
+    run = deploy(_request(tmp_path, shapes_root, target=target, device="local", recipe="none", run_id="mcu"))
+    record = json.loads((run / "record.json").read_text())
+    assert [n["stage"] for n in record["nodes"]] == [
+        "data",
+        "train",
+        "reference",
+        "export",
+        "build",
+        "eval",
+        "bench",
+    ]
+    art = json.loads((run / "artifact" / "artifact.json").read_text())
+    assert art["backend"] == "tflm" and art["tflm"]["input"]["dtype"] == "int8"
+    for role in ("model_data_cc", "model_data_h", "op_resolver", "model_settings", "bundle_readme"):
+        assert (run / "artifact" / art["files"][role]).is_file()
+    assert art["tflm"]["budget"]["ram_bytes"] <= 1024 * 1024 and (run / "model_raw.pt2").is_file()
+    ref, ev = record["nodes"][2]["metrics"], record["nodes"][5]["metrics"]
+    assert ref["map50_95"] - ev["map50_95"] < 0.02  # from the TFLM interpreter's own outputs
+    assert record["nodes"][4]["metrics"]["size_bytes"] == art["tflm"]["budget"]["model_bytes"]
+
+
+def test_an_mcu_too_small_for_the_model_stops_at_the_build_with_needed_and_available(
+    tmp_path, shapes_root, trained
+):
+    from edgekit.errors import BudgetExceededError
+
+    target = _mcu_target(tmp_path, "stm32f4")
+    with pytest.raises(BudgetExceededError, match=r"RAM \d+ KB needed .*192 KB available"):
+        deploy(_request(tmp_path, shapes_root, target=target, device="local", recipe="none", run_id="f4"))
+    record = json.loads((tmp_path / "runs" / "f4" / "record.json").read_text())
+    assert record["status"] == "failed" and record["failed_stage"] == "build"
+    assert not (tmp_path / "runs" / "f4" / "artifact").exists()
