@@ -209,10 +209,19 @@ def run_quantize_static(
     excluded: list[str],
     nodes_to_quantize: list[str] | None = None,
     reduce_range: bool = False,
+    *,
+    signed_activations: bool = False,
+    op_types: tuple[str, ...] = OP_TYPES_TO_QUANTIZE,
+    extra_options: dict[str, Any] | None = None,
 ) -> None:
-    """Call ``quantize_static`` with ranges from an ORT calibration cache (no calibration pass)."""
+    """Call ``quantize_static`` with ranges from an ORT calibration cache (no calibration pass).
+
+    The default is ONNX Runtime's CPU layout (unsigned asymmetric activations); ``signed_activations``
+    with ``extra_options`` gives other runtimes' layouts (TensorRT: :mod:`edgekit.quantize.trt_form`).
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    options = {"ActivationSymmetric": False, "WeightSymmetric": True, **(extra_options or {})}
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             str(prepared),
@@ -224,11 +233,11 @@ def run_quantize_static(
             per_channel=per_channel,
             reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            op_types_to_quantize=list(OP_TYPES_TO_QUANTIZE),
+            activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
+            op_types_to_quantize=list(op_types),
             nodes_to_exclude=list(excluded),
             nodes_to_quantize=list(nodes_to_quantize or []),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options=options,
         )
 
 

@@ -23,8 +23,6 @@ it. The next conv quantizes the ReLU's output, which is where TensorRT wants the
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import tempfile
 import time
@@ -39,10 +37,9 @@ from edgekit.quantize.calibrators import (
     Calibration,
     calibration_cache,
     check_method,
-    ort_method,
     prepare_model,
 )
-from edgekit.quantize.ptq import QuantResult, resolve_keep_float, summarize
+from edgekit.quantize.ptq import QuantResult, resolve_keep_float, run_quantize_static, summarize
 
 __all__ = ["TRT_OP_TYPES", "check_trt_qdq", "quantize_trt_qdq", "trt_form_note"]
 
@@ -139,30 +136,24 @@ def _quantize_static_trt(
     prepared: Path, out: Path, cache: Path, method: str, excluded: list[str], reduce_range: bool
 ) -> None:
     """``quantize_static`` with signed symmetric activations, float weights + Q/DQ pairs, float bias."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
     options = {
         "ActivationSymmetric": True,
         "WeightSymmetric": True,
         "AddQDQPairToWeight": True,  # float weight -> Q -> DQ, the form every TensorRT 8.x parser takes
         "QuantizeBias": False,  # no INT32 DequantizeLinear: TensorRT adds the float bias itself
     }
-    with contextlib.redirect_stdout(io.StringIO()):
-        quantize_static(
-            str(prepared),
-            str(out),
-            calibration_data_reader=None,
-            calibration_cache_path=str(cache),
-            calibrate_method=ort_method(method),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=reduce_range,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QInt8,
-            op_types_to_quantize=list(TRT_OP_TYPES),
-            nodes_to_exclude=list(excluded),
-            extra_options=options,
-        )
+    run_quantize_static(
+        prepared,
+        out,
+        cache,
+        method,
+        True,
+        excluded,
+        reduce_range=reduce_range,
+        signed_activations=True,
+        op_types=TRT_OP_TYPES,
+        extra_options=options,
+    )
 
 
 def _require_trt_form(path: Path) -> None:
