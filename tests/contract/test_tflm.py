@@ -16,6 +16,7 @@ import pytest
 
 from edgekit.backends.tflm import converter_python
 from edgekit.errors import MissingExtraError
+from tests.backends.test_tflm_bundle import SKIP_NO_ARM
 from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, BackendContract
 
 
@@ -110,7 +111,7 @@ class TestTflmContract(BackendContract):
         compiled = art.meta["tflm"]["compiled"]
         if shutil.which("arm-none-eabi-g++") is None:
             assert not compiled["compiled"] and "gcc-arm-none-eabi" in compiled["reason"]
-            pytest.skip("arm-none-eabi-g++ not installed (make system-deps installs gcc-arm-none-eabi)")
+            pytest.skip(reason=SKIP_NO_ARM)
         model_bytes = (art.dir / art.files["model"]).stat().st_size
         assert (
             compiled["compiled"]

@@ -17,6 +17,7 @@ pytest.importorskip("paramiko", reason="paramiko not installed (pip install 'edg
 pytestmark = pytest.mark.skipif(not sshd_available(), reason=SKIP_NO_SSHD)
 
 PY = sys.executable
+SKIP_NO_TMPFS = "mounting a small tmpfs needs root; a full remote disk cannot be simulated here"
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +271,7 @@ def small_disk(tmp_path):
     argv = ["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)]
     res = subprocess.run(argv, capture_output=True)
     if res.returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root; cannot simulate a full disk here")
+        pytest.skip(reason=SKIP_NO_TMPFS)
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 

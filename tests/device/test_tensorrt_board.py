@@ -79,7 +79,7 @@ def test_a_device_without_tensorrt_gives_one_error_naming_what_to_install(staged
 @pytest.fixture(scope="module")
 def jetson(tmp_path_factory):
     if not sshd_available():
-        pytest.skip(SKIP_NO_SSHD)
+        pytest.skip(reason=SKIP_NO_SSHD)
     pytest.importorskip("paramiko", reason="paramiko not installed (pip install 'edgekit[ssh]')")
     folder = tmp_path_factory.mktemp("jetson")
     env = make_fakeboard(folder, 8.0, 0.5)
