@@ -14,7 +14,7 @@ from edgekit.report.record import latency_stats
 from edgekit.stages.context import RunContext, add_node, eval_tensors, stage
 
 if TYPE_CHECKING:
-    from edgekit.device.agent import Guard
+    from edgekit.device.runner_io import Guard
 
 
 def host_guard(artifact_dir: Path, x: np.ndarray) -> Guard | None:
@@ -24,7 +24,7 @@ def host_guard(artifact_dir: Path, x: np.ndarray) -> Guard | None:
     checked and why).
     """
     from edgekit.backends.base import Artifact
-    from edgekit.device.agent import Guard
+    from edgekit.device.runner_io import Guard
     from edgekit.registry import get_backend
 
     artifact = Artifact.load(artifact_dir)

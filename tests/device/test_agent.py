@@ -9,8 +9,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgekit.backends.base import BuildOptions
-from edgekit.device.agent import Agent, parse_runner_output
+from edgekit.device.agent import Agent
 from edgekit.device.power import NOT_MEASURED, NullSampler, PowerSampler, energy_per_inference
+from edgekit.device.runner_io import parse_runner_output
 from edgekit.device.transport import CommandResult, LocalTransport
 from edgekit.errors import DeviceError, ModelError
 from edgekit.registry import get_backend
