@@ -40,19 +40,6 @@ SHARED_RUNNER_FILES = ("detcore.py", "runcore.py", "powercore.py")
 MISSING_RUNTIME_EXIT = 3
 """A runner's exit code for "the runtime is not installed on this device"."""
 
-# Prints {zone type: degrees C} for every thermal zone, or {} (stdlib only: runs on the device).
-_THERMAL_SNIPPET = """
-import glob, json, os
-out = {}
-for zone in sorted(glob.glob('/sys/class/thermal/thermal_zone*')):
-    try:
-        kind = open(os.path.join(zone, 'type')).read().strip() or os.path.basename(zone)
-        out[f"{kind}:{os.path.basename(zone)}"] = int(open(os.path.join(zone, 'temp')).read()) / 1000.0
-    except (OSError, ValueError):
-        pass
-print(json.dumps(out))
-"""
-
 
 @dataclass
 class BenchResult:
@@ -231,15 +218,6 @@ class Agent:
             return dict(json.loads(res.stdout.strip() or "{}"))
         except (json.JSONDecodeError, TypeError, ValueError):
             return {"error": res.tail(3) or "no output"}
-
-    def thermal(self) -> dict[str, float] | None:
-        """Read every thermal zone on the device (``None`` when it has none)."""
-        res = self.transport.run([self.python, "-c", _THERMAL_SNIPPET], timeout=30, check=False)
-        try:
-            zones = json.loads(res.stdout.strip() or "{}")
-        except json.JSONDecodeError:
-            return None
-        return zones or None
 
     # -- steps -------------------------------------------------------------------------------------
     def _stage(
