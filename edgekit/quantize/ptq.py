@@ -11,6 +11,7 @@ import contextlib
 import io
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,38 @@ def quantize_int8(
         >>> res = quantize_int8("model.onnx", "model.int8.onnx", arrays, method="entropy")  # doctest: +SKIP
         >>> res.quantized_nodes, res.scales_sha256[:8]  # doctest: +SKIP
     """
+
+    def write(prepared: Path, quantized: Path, cache: Path, excluded: list[str]) -> None:
+        run_quantize_static(
+            prepared, quantized, cache, method, per_channel, excluded, nodes_to_quantize, reduce_range
+        )
+
+    return calibrate_and_write(
+        fp32_onnx, out_path, calibration, write, method=method, percentile=percentile,
+        per_channel=per_channel, reduce_range=reduce_range, keep_float=keep_float,
+        input_name=input_name, progress=progress,
+    )  # fmt: skip
+
+
+def calibrate_and_write(
+    fp32_onnx: str | Path,
+    out_path: str | Path,
+    calibration: Calibration,
+    write: Callable[[Path, Path, Path, list[str]], None],
+    *,
+    method: str,
+    percentile: float,
+    per_channel: bool,
+    reduce_range: bool,
+    keep_float: str | list[str] | None,
+    input_name: str | None,
+    progress: bool,
+) -> QuantResult:
+    """The steps every QDQ layout shares: prepare, calibrate once, resolve float nodes, write, summarize.
+
+    ``write(prepared, quantized, cache, excluded)`` writes the layout's QDQ model (ONNX Runtime's here,
+    TensorRT's in :mod:`edgekit.quantize.trt_form`); the result replaces ``out_path`` only when it returns.
+    """
     check_method(method)
     start = time.perf_counter()
     out_path = Path(out_path)
@@ -186,9 +219,7 @@ def quantize_int8(
         )
         excluded = _excluded(prepared, keep_float)
         quantized = workdir / "quantized.onnx"
-        run_quantize_static(
-            prepared, quantized, cache, method, per_channel, excluded, nodes_to_quantize, reduce_range
-        )
+        write(prepared, quantized, cache, excluded)
         quantized.replace(out_path)
     seconds = time.perf_counter() - start
     return summarize(out_path, method, percentile, per_channel, excluded, count, seconds, reduce_range)

@@ -24,8 +24,6 @@ it. The next conv quantizes the ReLU's output, which is where TensorRT wants the
 from __future__ import annotations
 
 import math
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,11 +33,8 @@ import numpy as np
 from edgekit.errors import BuildError, ModelError
 from edgekit.quantize.calibrators import (
     Calibration,
-    calibration_cache,
-    check_method,
-    prepare_model,
 )
-from edgekit.quantize.ptq import QuantResult, resolve_keep_float, run_quantize_static, summarize
+from edgekit.quantize.ptq import QuantResult, calibrate_and_write, run_quantize_static
 
 __all__ = ["TRT_OP_TYPES", "check_trt_qdq", "quantize_trt_qdq", "trt_form_note"]
 
@@ -107,29 +102,15 @@ def quantize_trt_qdq(
         >>> check_trt_qdq(res.path)  # doctest: +SKIP
         []
     """
-    check_method(method)
-    start = time.perf_counter()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as tmp:
-        workdir = Path(tmp)
-        prepared = prepare_model(Path(fp32_onnx), workdir)
-        cache, count = calibration_cache(
-            prepared, calibration, method, percentile, input_name, progress, workdir
-        )
-        excluded = _resolve_excluded(prepared, keep_float)
-        quantized = workdir / "quantized.onnx"
+
+    def write(prepared: Path, quantized: Path, cache: Path, excluded: list[str]) -> None:
         _quantize_static_trt(prepared, quantized, cache, method, excluded, reduce_range)
         _require_trt_form(quantized)
-        quantized.replace(out_path)
-    seconds = time.perf_counter() - start
-    return summarize(out_path, method, percentile, True, excluded, count, seconds, reduce_range)
 
-
-def _resolve_excluded(prepared: Path, keep_float: str | list[str] | None) -> list[str]:
-    import onnx
-
-    return resolve_keep_float(onnx.load(str(prepared)), keep_float)
+    return calibrate_and_write(
+        fp32_onnx, out_path, calibration, write, method=method, percentile=percentile, per_channel=True,
+        reduce_range=reduce_range, keep_float=keep_float, input_name=input_name, progress=progress,
+    )  # fmt: skip
 
 
 def _quantize_static_trt(
