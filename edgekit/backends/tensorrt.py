@@ -28,35 +28,24 @@ from edgekit.backends.base import (
     BuildOutput,
     BuildSource,
     Problem,
-    QuantizerOptions,
 )
-from edgekit.backends.onnxruntime import _copy_model, checker_problems, require_module, unknown_op_problems
+from edgekit.backends.onnxruntime import (
+    OrtQdq,
+    _copy_model,
+    checker_problems,
+    require_module,
+    unknown_op_problems,
+)
 from edgekit.quantize.form import QdqForm, tensorrt_qdq_form
 
 ENGINE_FILE = "model.engine"
 SOURCE_FILE = "model.onnx"
 
 
-class TrtQdq(QuantizerOptions):
-    """How the staged INT8 ONNX was quantized (recorded in ``artifact.json``).
-
-    Attributes:
-        method: Calibration method of the activation scales.
-        per_channel: Per-output-channel weight scales (always, for TensorRT).
-        weight_bits: 8 (TensorRT's INT8 kernels do not saturate; no 7-bit cut).
-        weight_range_reason: The form's reason, shown in the report.
-        keep_float: Nodes left in float (the detector's decode tail).
-        scales_sha256: Hash of the activation scales.
-        quantized_nodes: Nodes computing in INT8.
-    """
+class TrtQdq(OrtQdq):
+    """How the staged INT8 ONNX was quantized: ONNX Runtime's record, in TensorRT's layout (no QAT export)."""
 
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    per_channel: bool = True
-    weight_bits: Literal[7, 8] = 8
-    weight_range_reason: str = ""
-    keep_float: list[str] = []
-    scales_sha256: str | None = None
-    quantized_nodes: int | None = None
 
 
 class TensorRTBackend(Backend):
