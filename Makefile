@@ -20,12 +20,15 @@ DEVICE ?=
 CALIB  ?=
 ARGS   ?=
 
-.PHONY: help venv tflite-env system-deps deploy test test-fast bench lint format calib-list report clean distclean
+REF_SIZE ?= 160
+
+.PHONY: help reference venv tflite-env system-deps deploy test test-fast bench lint format calib-list report clean distclean
 
 help:
 	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local] [CALIB=name]"
 	@echo "make test          run the test suite (installs what it needs)"
 	@echo "make bench         long accuracy/speed runs, ratios side by side (bench/)"
+	@echo "make reference [REF_SIZE=160]  train the shipped reference detector to convergence (resumable)"
 	@echo "make calib-list    calibration sets;  make report RUN=runs/<id>   re-render a report"
 	@echo "make lint | format | clean | distclean"
 
@@ -90,6 +93,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format edgekit tests bench conftest.py
 	$(BIN)/ruff check --fix edgekit tests bench conftest.py
+
+# The converged reference that ships in edgekit/models/weights (long: tens of minutes on 2 cores; resumable).
+reference: $(STAMP)
+	$(BIN)/edgekit reference --input-size $(REF_SIZE)
 
 calib-list: $(STAMP)
 	$(BIN)/edgekit calib list

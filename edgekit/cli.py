@@ -398,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_optional(sub, "edgekit.predict_commands")
     _add_optional(sub, "edgekit.calib.commands")
+    _add_optional(sub, "edgekit.models.commands")
     _add_report(sub)
     _add_info(sub)
     return parser

@@ -127,7 +127,7 @@ def make_plan(request: DeployRequest) -> Plan:
     backend_cls, transport_factory = check_target_ready(target, request.device)
     if target.precision == "int8":
         _check_int8_plan(request, recipe, target, backend_cls)
-    _check_model_source(request, backend_cls)
+    _check_model_source(request, backend_cls, target.precision)
     return Plan(request, target, recipe, backend_cls, transport_factory)
 
 
@@ -158,7 +158,7 @@ def quantize_request(request: DeployRequest, recipe: Any):
     return QuantizeRequest(method=method, keep_float=getattr(quant, "keep_float", "auto"), max_drop=max_drop)
 
 
-def _check_model_source(request: DeployRequest, backend_cls: type) -> None:
+def _check_model_source(request: DeployRequest, backend_cls: type, precision: str) -> None:
     """Missing files, corrupt ONNX and ops the target cannot run fail here, before any work."""
     from edgekit.backends.base import raise_for_problems
     from edgekit.errors import ModelError
@@ -170,7 +170,7 @@ def _check_model_source(request: DeployRequest, backend_cls: type) -> None:
             )
     if request.model.endswith(".onnx"):
         backend = backend_cls()
-        raise_for_problems(backend.name, backend.check(request.model))
+        raise_for_problems(backend.name, backend.check(request.model, {"precision": precision}))
 
 
 def _run_id(request: DeployRequest, target: Target, recipe_name: str) -> str:

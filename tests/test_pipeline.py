@@ -251,6 +251,34 @@ def test_an_mcu_target_deploys_full_int8_with_its_firmware_bundle(tmp_path, shap
     assert record["nodes"][4]["metrics"]["size_bytes"] == art["tflm"]["budget"]["model_bytes"]
 
 
+def test_a_user_onnx_deploys_to_an_mcu_with_its_own_decode(tmp_path, shapes_root, trained):
+    """A YOLOv8-layout ONNX alone: cut at its prediction convs, its own tail decodes on the host."""
+    from edgekit.export.onnx import export_onnx
+    from tests.test_predict import YoloV8Layout
+
+    onnx_path = export_onnx(YoloV8Layout(trained.model), [1, 3, 160, 160], tmp_path / "user_v8.onnx")
+    target = _mcu_target(tmp_path, "stm32h7")
+    run = deploy(
+        _request(
+            tmp_path,
+            shapes_root,
+            model=str(onnx_path),
+            target=target,
+            device="local",
+            recipe="none",
+            run_id="mcu-onnx",
+        )
+    )
+    record = json.loads((run / "record.json").read_text())
+    art = json.loads((run / "artifact" / "artifact.json").read_text())
+    assert art["output"]["head"] == "yolov8" and art["tflm"]["decode"]["kind"] == "onnx-tail"
+    assert (run / "artifact" / art["files"]["decode_tail"]).is_file()
+    assert art["tflm"]["input"]["dtype"] == "int8" and "DEQUANTIZE" not in art["tflm"]["ops"]
+    ref = next(n for n in record["nodes"] if n["stage"] == "reference")["metrics"]
+    ev = next(n for n in record["nodes"] if n["stage"] == "eval")["metrics"]
+    assert ref["map50_95"] - ev["map50_95"] < 0.02  # from the TFLM interpreter's outputs + the ONNX's tail
+
+
 def test_an_mcu_too_small_for_the_model_stops_at_the_build_with_needed_and_available(
     tmp_path, shapes_root, trained
 ):

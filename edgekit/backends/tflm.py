@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,8 @@ from edgekit.errors import BudgetExceededError, BuildError, MissingExtraError, M
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONVERTER = Path(__file__).resolve().parents[1] / "converters" / "litert_pt2e.py"
 MODEL_FILE = "model.tflite"
+#: A user ONNX's own decode (its graph after the prediction convs), run by the runner with ONNX Runtime.
+TAIL_FILE = "decode_tail.onnx"
 #: Flash the TFLite Micro runtime itself takes besides the model: interpreter, allocator and the
 #: CMSIS-NN / reference kernels of a small CNN on Cortex-M7 at -Os. An estimate (not measured here:
 #: no TFLM sources are available from this project's registries), stated wherever it is used.
@@ -119,13 +122,20 @@ class TflmBackend(Backend):
     def _build(self, source: BuildSource, options: BuildOptions, work_dir: Path) -> BuildOutput:
         if source.torch_program is None:
             raise ModelError(
-                "TFLite Micro is built from the torch model's raw prediction maps; only an ONNX was given",
-                "deploy the built-in or your torch model (--model file.pt); an ONNX-only route "
-                "(onnx2tf) is not built yet",
+                "TFLite Micro is built from the model's raw prediction maps as a torch program; only an "
+                "ONNX file was given to build()",
+                "make the program first with edgekit.export.onnx_torch.raw_program_from_onnx(onnx, "
+                "'raw.pt2', head) (edgekit deploy does this for --model file.onnx)",
             )
         decode = json.loads(
             source.torch_program.with_name(source.torch_program.stem + ".decode.json").read_text()
         )
+        tail_files = {}
+        if decode.get("kind") == "onnx-tail":
+            # the ONNX's own decode, run by the runner on the dequantized maps (NCHW, as the ONNX has them)
+            shutil.copyfile(source.torch_program.with_name(decode["tail"]), work_dir / TAIL_FILE)
+            decode = {**decode, "tail": TAIL_FILE}
+            tail_files = {"decode_tail": TAIL_FILE}
         quant: TflmQuant = options.quantizer  # type: ignore[assignment]
         with tempfile.TemporaryDirectory(prefix="edgekit-tflm-") as tmp:
             calib = _calibration_stack(source.calib, options, quant, Path(tmp) / "calib.npy")
@@ -147,7 +157,11 @@ class TflmBackend(Backend):
         )
         bundle = write_bundle(spec, work_dir / "firmware")
         compiled = _compile(work_dir / "firmware", options)
-        files = {"model": MODEL_FILE, **{role: f"firmware/{name}" for role, name in bundle.items()}}
+        files = {
+            "model": MODEL_FILE,
+            **tail_files,
+            **{role: f"firmware/{name}" for role, name in bundle.items()},
+        }
         meta = {
             "payload_bytes": report["bytes"],  # the flashed model; firmware/ holds its C source
             "tflm": {
@@ -271,17 +285,31 @@ def _io_spec(report: dict[str, Any], decode: dict[str, Any], layout: str) -> dic
     outputs = []
     for index, o in enumerate(report["outputs"]):
         outputs.append({**_quant(o), "index": index, "layout": "NHWC" if layout == "NHWC" else "NCHW"})
-    ordered = []
+    ordered: list[dict[str, Any]] = []
+    used: list[dict[str, Any]] = []
     for scale in decode["maps"]:
         size = h // int(scale["stride"])
-        match = [o for o in outputs if (o["shape"][1] if o["layout"] == "NHWC" else o["shape"][2]) == size]
-        if len(match) != 1:
+        match = [
+            o
+            for o in outputs
+            if (o["shape"][1] if o["layout"] == "NHWC" else o["shape"][2]) == size
+            and scale.get("channels", _channels(o)) == _channels(o)
+            and not any(o is done for done in used)
+        ]
+        # without a channel count a size must match exactly one output; with one, the first unused match
+        ambiguous = len(match) > 1 and "channels" not in scale
+        if ambiguous or not match:
             raise BuildError(
                 f"cannot match the outputs {[o['shape'] for o in outputs]} to stride {scale['stride']}",
                 "the raw program's outputs must be one map per decode scale",
             )
+        used.append(match[0])
         ordered.append({**match[0], "stride": int(scale["stride"])})
     return {"input": {**_quant(inp), "layout": layout}, "outputs": ordered}
+
+
+def _channels(o: dict[str, Any]) -> int:
+    return int(o["shape"][3] if o["layout"] == "NHWC" else o["shape"][1])
 
 
 def _quant(t: dict[str, Any]) -> dict[str, Any]:
@@ -442,10 +470,19 @@ def _compile(folder: Path, options: BuildOptions) -> dict[str, Any]:
 
 
 def _notes(arena: dict[str, Any], budget: dict[str, Any], decode: dict[str, Any]) -> list[str]:
-    strides = ", ".join(f"stride {m['stride']} (box prior {m['prior']:g} px)" for m in decode["maps"])
-    return [
+    notes = [
         f"Arena: {arena['note']} (recorded {arena['recorded_bytes']}, bisected {arena['bisected_bytes']} B).",
         f"Flash ~{budget['flash_bytes']:,} B, RAM ~{budget['ram_bytes']:,} B: {budget['note']}.",
+    ]
+    if decode.get("kind") == "onnx-tail":
+        maps = ", ".join(f"{m['name']} (stride {m['stride']}, {m['channels']} ch)" for m in decode["maps"])
+        return notes + [
+            f"Outputs are the raw prediction maps {maps} of your ONNX, in NHWC; its decode is the rest of "
+            f"that ONNX, shipped beside the model as {decode['tail']} (ported to C by the application, or "
+            "run on the host that reads the board)."
+        ]
+    strides = ", ".join(f"stride {m['stride']} (box prior {m['prior']:g} px)" for m in decode["maps"])
+    return notes + [
         f"Outputs are the raw prediction maps at {strides}; decode each cell as detcore.decode_raw does: "
         "xy = (cell + 2 sigmoid(t) - 0.5) * stride, wh = (2 sigmoid(t))^2 * prior, scores = sigmoid.",
     ]

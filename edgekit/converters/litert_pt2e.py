@@ -144,6 +144,50 @@ def float_scalar_operands(graph) -> int:
     return changed
 
 
+def full_integer_quantizer(pt2e_quantizer):
+    """Litert's PT2EQuantizer, plus the global average pools its annotator misses in a re-exported graph.
+
+    litert finds ``adaptive_avg_pool2d`` by the module that produced it (source partitions); a program
+    that went through ``torch.export.save``/``load`` and the channel-last rewrite has lost that, so a
+    squeeze-and-excite block's pool stays float and leaves QUANTIZE/DEQUANTIZE islands around it. Here
+    such a pool (or a ``mean`` over the spatial axes) is annotated as litert annotates one it does find:
+    int8 in, and an output sharing its input's scale (TFLite's int8 MEAN/AVERAGE_POOL_2D take that).
+    """
+    import torch
+    from litert_torch.quantize import pt2e_quantizer_utils as utils
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    pools = {
+        torch.ops.aten.adaptive_avg_pool2d.default,
+        torch.ops.aten._adaptive_avg_pool2d.default,
+        torch.ops.aten.mean.dim,
+    }
+
+    class FullIntegerQuantizer(pt2e_quantizer.PT2EQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target not in pools:
+                    continue
+                ann = node.meta.get("quantization_annotation")
+                if ann is not None and ann._annotated:
+                    continue
+                src = node.args[0]
+                src_ann = src.meta.get("quantization_annotation")
+                if src_ann is not None and src_ann._annotated and src_ann.output_qspec is not None:
+                    in_spec = SharedQuantizationSpec(src)
+                else:
+                    in_spec = utils.get_input_act_qspec(self.global_config)
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={src: in_spec},
+                    output_qspec=SharedQuantizationSpec((src, node)),
+                    _annotated=True,
+                )
+            return model
+
+    return FullIntegerQuantizer()
+
+
 def calibrate(graph, quantizer, calib: np.ndarray):
     """PT2E prepare plus one forward per calibration sample."""
     import torch
@@ -172,7 +216,7 @@ def quantize(ep, calib: np.ndarray, layout: str, per_channel: bool):
     sample = (torch.from_numpy(np.ascontiguousarray(calib[:1])),)
     graph = torch.export.export(module, sample).module()
     rewrites = float_scalar_operands(graph)
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+    quantizer = full_integer_quantizer(pt2e_quantizer).set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel)
     )
     return calibrate(graph, quantizer, calib), sample, quantizer, rewrites

@@ -13,6 +13,7 @@ import yaml
 from edgekit.data.dataset import YoloDataset
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.fsutil import atomic_write_bytes, stable_hash
+from edgekit.models.converge import ConvergeConfig, converge, load_checkpoint
 from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
 from edgekit.models.train import InMemorySplit, TrainConfig, evaluate, train
 
@@ -35,8 +36,74 @@ class TrainedModel:
 
 
 def reference_train_config(epochs_scale: float = 1.0) -> TrainConfig:
-    """The schedule `edgekit deploy` trains the reference detector with (10 epochs, AdamW 3e-3)."""
+    """A single cosine schedule: 10 epochs × ``epochs_scale``, AdamW 3e-3.
+
+    The quick reference of tests and of ``--epochs-scale`` runs; the default deploy uses
+    :func:`converged_reference` instead.
+    """
     return TrainConfig(epochs=round(10.0 * epochs_scale, 4), lr=3e-3)
+
+
+def shipped_dir() -> Path:
+    """Folder of the checkpoints that ship with edgekit (``edgekit/models/weights``)."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def converged_key(root: Path, model_cfg: TinyYoloConfig, cfg: ConvergeConfig) -> str:
+    """Identity of a converged reference: hashes of the data generator, the architecture and the schedule."""
+    return stable_hash({"data": dataset_key(root), "model": model_cfg.to_dict(), "converge": cfg.to_dict()})
+
+
+def converged_reference(
+    root: Path,
+    input_size: int = 160,
+    cfg: ConvergeConfig | None = None,
+    progress: bool = True,
+    cache: Path | None = None,
+    shipped: Path | None = None,
+    log=None,
+) -> TrainedModel:
+    """The converged reference for ``root``: the shipped checkpoint, else the cached one, else trained here.
+
+    A dataset or schedule the shipped checkpoints were not made for has another key, so it is trained
+    (to the same plateau rule, resumable) and the log says why.
+
+    Example:
+        >>> trained = converged_reference(builtin_dataset(cache_dir()))  # doctest: +SKIP
+    """
+    import sys
+
+    log = log or (lambda msg: sys.stderr.write(msg + "\n"))
+    cfg = cfg or ConvergeConfig()
+    names = YoloDataset(root, "train").names
+    model_cfg = TinyYoloConfig(num_classes=len(names), input_size=input_size)
+    key = converged_key(root, model_cfg, cfg)
+    name = f"reference-{key}.pt"
+    for folder in (shipped or shipped_dir(), (cache or cache_dir()) / "models"):
+        if (folder / name).exists():
+            model, ckpt = load_checkpoint(folder / name)
+            return TrainedModel(model, folder / name, key, dict(ckpt["metrics"]), cached=True)
+    log(
+        f"no shipped reference for this dataset and schedule (key {key}, {input_size} px): training one to "
+        f"convergence ({cfg.cycle_epochs:g}-epoch cosine cycles until {cfg.patience} in a row gain < "
+        f"{cfg.min_gain * 100:g} points of mAP@0.5:0.95); this runs once and resumes if interrupted"
+    )
+    workdir = (cache or cache_dir()) / "models" / f"converge-{key}"
+    model, record = converge(root, model_cfg, cfg, workdir, progress=progress, log=log)
+    path = (cache or cache_dir()) / "models" / name
+    save_reference(path, model, record)
+    return TrainedModel(model, path, key, record, cached=False)
+
+
+def save_reference(path: Path, model: TinyYolo, record: dict) -> Path:
+    """Write a converged reference checkpoint (loadable with ``weights_only``) and its record beside it."""
+    import json
+
+    buf = io.BytesIO()
+    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "metrics": record}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    return path
 
 
 def dataset_key(root: Path) -> str:

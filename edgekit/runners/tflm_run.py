@@ -5,7 +5,8 @@ The interpreter runs the reference kernels an MCU's firmware runs; ``runcore.py`
 Never imports edgekit: copied to the device with ``runcore.py`` and ``detcore.py`` beside it. The model
 is full-integer: the float NCHW input the agent sends is put in the model's layout and quantized with its
 input scale and zero point, each raw prediction map is dequantized with its own scale, and the maps are
-decoded to ``yolov5`` rows with ``detcore.decode_raw`` (the decode does not fit in int8 on the device).
+decoded to ``yolov5`` rows with ``detcore.decode_raw`` (the decode does not fit in int8 on the device),
+or, for a user's ONNX, by that ONNX's own decode tail in ONNX Runtime (its output layout, untouched).
 On a host this runs the same interpreter the firmware's kernels are checked against; on an MCU board the
 serial runner takes its place.
 
@@ -59,6 +60,9 @@ class TflmRuntime:
             raise runcore.RunnerError(f"TFLite Micro cannot allocate the model: {exc}") from exc
         self.version = importlib.metadata.version("tflite-micro")
         self.threads = 1
+        self.tail = None
+        if self.tflm["decode"].get("kind") == "onnx-tail":
+            self.tail = _tail_session(Path(folder) / meta["files"]["decode_tail"])
 
     def to_input(self, x: np.ndarray) -> np.ndarray:
         """Float NCHW (what the agent sends) -> the model's int8 input."""
@@ -80,7 +84,29 @@ class TflmRuntime:
         for out in self.tflm["outputs"]:
             raw = self.interpreter.get_output(int(out["index"]))
             maps.append(dequantize(raw, out["scale"], out["zero_point"]))
-        return detcore.decode_raw(maps, self.tflm["decode"], layout=self.tflm["outputs"][0]["layout"])
+        layout = self.tflm["outputs"][0]["layout"]
+        if self.tail is not None:
+            # a user ONNX: its own decode (the graph after its prediction convs) on the NCHW maps
+            feeds = {
+                spec["name"]: np.ascontiguousarray(m.transpose(0, 3, 1, 2) if layout == "NHWC" else m)
+                for spec, m in zip(self.tflm["decode"]["maps"], maps, strict=True)
+            }
+            return self.tail.run(None, feeds)[0]
+        return detcore.decode_raw(maps, self.tflm["decode"], layout=layout)
+
+
+def _tail_session(path: Path):
+    """ONNX Runtime on the decode tail (one thread: it is the host's share, not the device's)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise runcore.RunnerError(
+            "this model's decode is its ONNX tail, which needs onnxruntime beside the runner: "
+            "pip install onnxruntime"
+        ) from exc
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 if __name__ == "__main__":

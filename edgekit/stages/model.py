@@ -50,8 +50,14 @@ def data_stage(ctx: RunContext, req) -> tuple[Path, Any]:
 
 def model_stage(ctx: RunContext, req, root: Path):
     """The model to deploy: the cached/trained reference detector, a user torch model, or a user ONNX file."""
-    from edgekit.models.zoo import reference_detector, reference_train_config
+    from edgekit.models.zoo import (
+        converged_reference,
+        reference_detector,
+        reference_train_config,
+        shipped_dir,
+    )
 
+    extra: dict[str, Any] = {}
     with stage(ctx, "model") as fields:
         if req.model.endswith(".onnx"):
             from edgekit.models.user import inspect_onnx
@@ -85,13 +91,30 @@ def model_stage(ctx: RunContext, req, root: Path):
             model = load_torch_model(req.model, req.weights)
             config, label = {"factory": req.model, "weights": req.weights}, f"user model {req.model}"
         else:
-            cfg = reference_train_config(ctx.epochs_scale)
-            trained = reference_detector(root, cfg, input_size=ctx.spec.input_size, progress=ctx.progress)
-            model, config = trained.model, {"train": cfg.to_dict(), "checkpoint_key": trained.key}
-            label = "reference detector (TinyYolo), " + ("loaded from cache" if trained.cached else "trained")
+            if ctx.epochs_scale == 1.0:
+                # the default: the converged reference (shipped, cached, or trained to the plateau rule)
+                trained = converged_reference(root, input_size=ctx.spec.input_size, progress=ctx.progress)
+                schedule = trained.metrics.get("schedule", {})
+                extra = {k: trained.metrics.get(k) for k in ("curve", "epochs", "stopped", "wall_s")}
+            else:
+                cfg = reference_train_config(ctx.epochs_scale)
+                trained = reference_detector(root, cfg, input_size=ctx.spec.input_size, progress=ctx.progress)
+                schedule = cfg.to_dict()
+            model, config = trained.model, {"train": schedule, "checkpoint_key": trained.key}
+            origin = "shipped" if trained.path.parent == shipped_dir() else "cached"
+            label = "reference detector (TinyYolo), " + (
+                f"loaded ({origin})" if trained.cached else "trained"
+            )
             fields["cached"] = trained.cached
             fields["outputs"] = {str(trained.path): sha256_file(trained.path)}
-    add_node(ctx, "train" if req.model == "builtin" else "model", config, fields, label=label)
+    add_node(
+        ctx,
+        "train" if req.model == "builtin" else "model",
+        config,
+        fields,
+        label=label,
+        **({"extra": extra} if extra else {}),
+    )
     return model
 
 
@@ -180,6 +203,11 @@ def export_stage(ctx: RunContext, req, model, val, program: str | None = None) -
         if hasattr(model, "head") and isinstance(getattr(model, "path", None), (str, Path)):
             shutil.copyfile(model.path, path)
             parity: dict[str, Any] = {"note": "user ONNX, not re-exported"}
+            if program == "export-raw":
+                from edgekit.export.onnx_torch import raw_program_from_onnx
+
+                # the graph up to its prediction convs as a torch program; its own decode stays ONNX
+                ts_path = raw_program_from_onnx(path, ctx.run_dir / "model_raw.pt2", model.head)
         else:
             model = float_view(model)
             export_onnx(model, ctx.spec.input_shape(), path)

@@ -98,6 +98,6 @@ def test_too_few_calibration_images_and_an_onnx_only_model_are_refused(inputs, t
     small = make_calibration_set(tmp_path / "small", count=4)
     with pytest.raises(CalibrationError, match="needs at least 8"):
         TflmBackend().build(fp32, OPTIONS, work / "out_small", calib=small, torch_program=program)
-    with pytest.raises(ModelError, match="raw prediction maps; only an ONNX was given"):
+    with pytest.raises(ModelError, match="only an ONNX file was given to build"):
         TflmBackend().build(fp32, OPTIONS, work / "out_onnx", calib=make_calibration_set(tmp_path / "c"))
     assert not (work / "out_small").exists() and not (work / "out_onnx").exists()

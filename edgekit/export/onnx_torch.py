@@ -1,0 +1,409 @@
+"""A float ONNX graph as a ``torch.nn.Module``, for converters that take a torch program (TFLite's PT2E).
+
+Only the backbone-and-neck ops a detector has before its prediction convs are covered (convolutions,
+activations, pooling, resize, elementwise arithmetic, concat/split/slice, reshapes with constant shapes);
+shape arithmetic (``Shape`` → ``Gather`` → ``Concat`` → ``Reshape``) is folded to constants first, using
+the static input shape. An op outside the list is a :class:`~edgekit.errors.ModelError` naming the op and
+its node. Weights become buffers, so ``torch.export`` sees them as constants and the module reproduces
+ONNX Runtime's FP32 output (checked by the caller).
+
+Why not onnx2torch: it imports torchvision, which moves torch off the pinned CPU build (see
+``../shared/research/toolchains-b.md`` §2c); the few ops here are enough for YOLO-family heads.
+
+Example:
+    >>> module = OnnxModule(onnx.load("head.onnx"))  # doctest: +SKIP
+    >>> torch.export.export(module, (torch.zeros(1, 3, 96, 96),))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.errors import ModelError
+
+_HINT = (
+    "cut the graph before this op, or give the torch model (--model module:factory) so the converter "
+    "gets the program itself"
+)
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _pads(node: Any, attrs: dict[str, Any], rank: int = 2) -> tuple[int, ...]:
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+        raise ModelError(f"{node.op_type} node {node.name!r} uses auto_pad {attrs['auto_pad']!r}", _HINT)
+    pads = list(attrs.get("pads", [0] * (2 * rank)))
+    return tuple(pads)
+
+
+def _pad_then(x: torch.Tensor, pads: tuple[int, ...], value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+    """Split ONNX pads (begin..., end...) into symmetric padding and an explicit F.pad for the rest."""
+    rank = len(pads) // 2
+    begin, end = pads[:rank], pads[rank:]
+    sym = [min(b, e) for b, e in zip(begin, end, strict=True)]
+    extra = []
+    for b, e, s in reversed(list(zip(begin, end, sym, strict=True))):
+        extra += [b - s, e - s]
+    if any(extra):
+        x = F.pad(x, extra, value=value)
+    return x, sym
+
+
+class OnnxModule(nn.Module):
+    """Evaluate an ONNX graph (one input, float) node by node in torch ops."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        from onnx import numpy_helper
+
+        graph = model.graph
+        init_names = {t.name for t in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in init_names]
+        if len(inputs) != 1:
+            raise ModelError(f"the graph has {len(inputs)} inputs; one image input is supported", _HINT)
+        self.input_name = inputs[0].name
+        self.output_names = [o.name for o in graph.output]
+        consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        shape = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+        if not shape or any(d <= 0 for d in shape):
+            raise ModelError(f"the input {self.input_name!r} has no static shape {shape}", "export it static")
+        self.nodes = _fold_constants(graph, consts, self.input_name, shape)
+        used = {name for node, _ in self.nodes for name in node.input}
+        self._buffers_of: dict[str, str] = {}
+        for i, (name, value) in enumerate(sorted((k, v) for k, v in consts.items() if k in used)):
+            key = f"c{i}"
+            self.register_buffer(key, torch.from_numpy(np.array(value)), persistent=False)
+            self._buffers_of[name] = key
+        self.consts = consts
+        for node, _ in self.nodes:
+            if node.op_type not in OPS:
+                raise ModelError(
+                    f"{node.op_type} (node {node.name!r}) is not among the ops the ONNX importer covers "
+                    f"({', '.join(sorted(OPS))})",
+                    _HINT,
+                )
+
+    def const(self, name: str) -> np.ndarray:
+        """A constant input's value (for shapes, axes, scales), or raise naming the node."""
+        if name not in self.consts:
+            raise ModelError(f"{name!r} is computed at run time where a constant is needed", _HINT)
+        return self.consts[name]
+
+    def forward(self, x: torch.Tensor):
+        """Run the graph on the image ``x``; a tuple of the graph's outputs in order."""
+        env: dict[str, Any] = {self.input_name: x}
+        for node, attrs in self.nodes:
+            args = [
+                env[n] if n in env else getattr(self, self._buffers_of[n]) if n in self._buffers_of else None
+                for n in node.input
+            ]
+            out = OPS[node.op_type](self, node, attrs, args)
+            outs = out if isinstance(out, tuple) else (out,)
+            for name, value in zip(node.output, outs, strict=False):
+                env[name] = value
+        result = tuple(env[n] for n in self.output_names)
+        return result
+
+
+def _fold_constants(graph: Any, consts: dict[str, np.ndarray], input_name: str, shape: list[int]):
+    """Nodes that stay, with their attributes; constant subgraphs (shape math) evaluated into ``consts``."""
+    import onnx
+    from onnx import shape_inference
+    from onnx.reference import ReferenceEvaluator
+
+    inferred = shape_inference.infer_shapes(onnx.helper.make_model(graph), strict_mode=False).graph
+    shapes = {
+        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+    }
+    shapes[input_name] = shape
+    kept = []
+    for node in graph.node:
+        attrs = _attrs(node)
+        if node.op_type == "Constant":
+            consts[node.output[0]] = np.array(
+                onnx.numpy_helper.to_array(attrs["value"]) if "value" in attrs else next(iter(attrs.values()))
+            )
+            continue
+        if node.op_type == "Shape" and all(d > 0 for d in shapes.get(node.input[0], [0])):
+            full = np.array(shapes[node.input[0]], np.int64)
+            start, end = attrs.get("start", 0), attrs.get("end", len(full))
+            consts[node.output[0]] = full[start:end]
+            continue
+        if node.input and all((not n) or n in consts for n in node.input) and node.op_type not in ("Conv",):
+            single = onnx.helper.make_model(
+                onnx.helper.make_graph(
+                    [node],
+                    "fold",
+                    [
+                        onnx.helper.make_tensor_value_info(
+                            n, onnx.helper.np_dtype_to_tensor_dtype(consts[n].dtype), consts[n].shape
+                        )
+                        for n in node.input
+                        if n
+                    ],
+                    [onnx.helper.make_empty_tensor_value_info(n) for n in node.output],
+                ),
+                opset_imports=[onnx.helper.make_opsetid("", 17)],
+            )
+            values = ReferenceEvaluator(single).run(None, {n: consts[n] for n in node.input if n})
+            consts.update(zip(node.output, (np.array(v) for v in values), strict=True))
+            continue
+        kept.append((node, attrs))
+    return kept
+
+
+# -- op table: (module, node, attrs, args) -> tensor or tuple ------------------------------------------
+Op = Callable[[OnnxModule, Any, dict, list], Any]
+
+
+def _conv(m: OnnxModule, node, a, args):
+    x, w = args[0], args[1]
+    b = args[2] if len(args) > 2 else None
+    x, sym = _pad_then(x, _pads(node, a))
+    return F.conv2d(
+        x,
+        w,
+        b,
+        tuple(a.get("strides", [1, 1])),
+        tuple(sym),
+        tuple(a.get("dilations", [1, 1])),
+        a.get("group", 1),
+    )
+
+
+def _pool(kind: str) -> Op:
+    def op(m: OnnxModule, node, a, args):
+        x, sym = _pad_then(args[0], _pads(node, a), value=float("-inf") if kind == "max" else 0.0)
+        k, s = tuple(a["kernel_shape"]), tuple(a.get("strides", [1, 1]))
+        ceil = bool(a.get("ceil_mode", 0))
+        if kind == "max":
+            return F.max_pool2d(x, k, s, tuple(sym), ceil_mode=ceil)
+        return F.avg_pool2d(
+            x, k, s, tuple(sym), ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0))
+        )
+
+    return op
+
+
+def _resize(m: OnnxModule, node, a, args):
+    x = args[0]
+    names = list(node.input) + [""] * 4
+    mode = a.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if node.op_type == "Upsample":
+        scales = m.const(names[1])
+        sizes = None
+    else:
+        scales = m.const(names[2]) if names[2] and m.const(names[2]).size else None
+        sizes = m.const(names[3]) if names[3] else None
+    ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    if mode == "nearest":
+        kw: dict[str, Any] = {"mode": "nearest"}
+    elif mode == "linear":
+        kw = {"mode": "bilinear", "align_corners": ctm == "align_corners"}
+    else:
+        raise ModelError(f"Resize node {node.name!r} uses mode {mode!r}", _HINT)
+    if sizes is not None:
+        return F.interpolate(x, size=tuple(int(s) for s in sizes[2:]), **kw)
+    return F.interpolate(x, scale_factor=tuple(float(s) for s in scales[2:]), **kw)
+
+
+def _clip(m: OnnxModule, node, a, args):
+    names = list(node.input) + ["", ""]
+    lo = float(m.const(names[1])) if names[1] else a.get("min", float("-inf"))
+    hi = float(m.const(names[2])) if names[2] else a.get("max", float("inf"))
+    return torch.clamp(args[0], lo, hi)
+
+
+def _concat(m, node, a, args):
+    return torch.cat(args, dim=a["axis"])
+
+
+def _split(m: OnnxModule, node, a, args):
+    axis = a.get("axis", 0)
+    if len(node.input) > 1 and node.input[1]:
+        sizes = [int(s) for s in m.const(node.input[1])]
+    elif "split" in a:
+        sizes = list(a["split"])
+    else:
+        n = a.get("num_outputs", len(node.output))
+        sizes = [args[0].shape[axis] // n] * n
+    return tuple(torch.split(args[0], sizes, dim=axis))
+
+
+def _slice(m: OnnxModule, node, a, args):
+    x = args[0]
+    names = list(node.input) + [""] * 5
+    starts, ends = m.const(names[1]), m.const(names[2])
+    axes = m.const(names[3]) if names[3] else np.arange(len(starts))
+    steps = m.const(names[4]) if names[4] else np.ones(len(starts), np.int64)
+    index = [slice(None)] * x.ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
+        dim = x.shape[int(ax)]
+        e = min(int(e), dim) if int(e) >= 0 else int(e)
+        index[int(ax)] = slice(int(s), e, int(st))
+    return x[tuple(index)]
+
+
+def _reshape(m: OnnxModule, node, a, args):
+    shape = [int(s) for s in m.const(node.input[1])]
+    shape = [args[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return args[0].reshape(shape)
+
+
+def _axes(m: OnnxModule, node, a) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:
+        return [int(v) for v in m.const(node.input[1])]
+    return list(a["axes"]) if "axes" in a else None
+
+
+def _reduce_mean(m: OnnxModule, node, a, args):
+    axes = _axes(m, node, a)
+    return args[0].mean(
+        dim=axes if axes is not None else list(range(args[0].ndim)), keepdim=bool(a.get("keepdims", 1))
+    )
+
+
+def _batchnorm(m, node, a, args):
+    x, scale, bias, mean, var = args[:5]
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, a.get("epsilon", 1e-5))
+
+
+def _pad(m: OnnxModule, node, a, args):
+    mode = a.get("mode", b"constant")
+    if mode not in (b"constant", "constant"):
+        raise ModelError(f"Pad node {node.name!r} uses mode {mode!r}", _HINT)
+    pads = [int(p) for p in m.const(node.input[1])]
+    value = float(m.const(node.input[2])) if len(node.input) > 2 and node.input[2] else 0.0
+    rank = len(pads) // 2
+    torch_pads: list[int] = []
+    for i in reversed(range(rank)):
+        torch_pads += [pads[i], pads[i + rank]]
+    return F.pad(args[0], torch_pads, value=value)
+
+
+OPS: dict[str, Op] = {
+    "Conv": _conv,
+    "Relu": lambda m, n, a, x: F.relu(x[0]),
+    "LeakyRelu": lambda m, n, a, x: F.leaky_relu(x[0], a.get("alpha", 0.01)),
+    "Sigmoid": lambda m, n, a, x: torch.sigmoid(x[0]),
+    "Tanh": lambda m, n, a, x: torch.tanh(x[0]),
+    "HardSigmoid": lambda m, n, a, x: torch.clamp(a.get("alpha", 0.2) * x[0] + a.get("beta", 0.5), 0.0, 1.0),
+    "HardSwish": lambda m, n, a, x: F.hardswish(x[0]),
+    "Clip": _clip,
+    "Add": lambda m, n, a, x: x[0] + x[1],
+    "Sub": lambda m, n, a, x: x[0] - x[1],
+    "Mul": lambda m, n, a, x: x[0] * x[1],
+    "Div": lambda m, n, a, x: x[0] / x[1],
+    "MaxPool": _pool("max"),
+    "AveragePool": _pool("avg"),
+    "GlobalAveragePool": lambda m, n, a, x: F.adaptive_avg_pool2d(x[0], 1),
+    "ReduceMean": _reduce_mean,
+    "Resize": _resize,
+    "Upsample": _resize,
+    "Concat": _concat,
+    "Split": _split,
+    "Slice": _slice,
+    "Reshape": _reshape,
+    "Flatten": lambda m, n, a, x: torch.flatten(x[0], a.get("axis", 1)),
+    "Transpose": lambda m, n, a, x: x[0].permute(*a["perm"]),
+    "Identity": lambda m, n, a, x: x[0],
+    "BatchNormalization": _batchnorm,
+    "Pad": _pad,
+    "Softmax": lambda m, n, a, x: torch.softmax(x[0], a.get("axis", -1)),
+}
+
+
+# -- a detector's ONNX cut at its prediction convs ------------------------------------------------------
+TAIL_SUFFIX = ".tail.onnx"
+"""Beside a raw program made from an ONNX: the ONNX's own decode, from the raw maps to its output."""
+
+
+def raw_program_from_onnx(onnx_path: Any, path: Any, head: str, atol: float = 1e-3) -> Any:
+    """Cut a float ONNX detector at its prediction convs: the part before as a ``torch.export`` program.
+
+    The program returns the raw maps (what a full-integer device computes); the graph after them, the
+    detector's own decode, is written beside it as ``<stem>.tail.onnx`` and named in the decode spec
+    (``kind: onnx-tail``), so a runner turns the device's maps into the model's own output with ONNX
+    Runtime and nothing about its anchors or DFL has to be guessed. The program is checked against ONNX
+    Runtime on the cut graph (max abs error ``atol``) before it is written.
+
+    Returns:
+        The program's path.
+
+    Raises:
+        ModelError: No prediction convs, an op the importer lacks, or a program that disagrees with ORT.
+        BuildError: ``torch.export`` rejected the imported graph.
+    """
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    from edgekit.errors import BuildError
+    from edgekit.export.onnx import RAW_DECODE_SUFFIX, load_checked
+    from edgekit.fsutil import atomic_write_bytes, atomic_write_json
+    from edgekit.quantize.graph import ensure_node_names, prediction_convs
+
+    path = Path(path)
+    proto = ensure_node_names(load_checked(onnx_path))
+    convs = set(prediction_convs(proto))
+    raw = [n.output[0] for n in proto.graph.node if n.name in convs]
+    if not raw:
+        raise ModelError(f"{onnx_path} has no prediction convs to cut at", "give a YOLO-style detector")
+    init = {t.name for t in proto.graph.initializer}
+    image = next(i.name for i in proto.graph.input if i.name not in init)
+    outputs = [o.name for o in proto.graph.output]
+    extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(proto))
+    cut = extractor.extract_model([image], raw)
+    tail = extractor.extract_model(raw, outputs)
+    shape = [
+        d.dim_value for d in next(i for i in cut.graph.input if i.name == image).type.tensor_type.shape.dim
+    ]
+    module = OnnxModule(cut).eval()
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    sess = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {image: x})
+    with torch.no_grad():
+        got = [t.numpy() for t in module(torch.from_numpy(x))]
+    err = max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
+    if err > atol:
+        raise ModelError(
+            f"the ONNX importer disagrees with ONNX Runtime on {onnx_path} "
+            f"(max abs error {err:.2e} > {atol})",
+            "report this model's ops; meanwhile give the torch model instead",
+        )
+    try:
+        program = torch.export.export(module, (torch.zeros(shape),))
+        tmp = path.with_name(path.stem + ".tmp.pt2")
+        torch.export.save(program, str(tmp))
+        tmp.replace(path)
+    except Exception as exc:  # torch.export raises many unrelated types
+        raise BuildError(f"torch.export of the imported ONNX failed: {exc}", "give the torch model") from exc
+    tail_path = path.with_name(path.stem + TAIL_SUFFIX)
+    atomic_write_bytes(tail_path, tail.SerializeToString())
+    size = shape[2]
+    spec = {
+        "kind": "onnx-tail",
+        "head": head,
+        "tail": tail_path.name,
+        "maps": [
+            {"name": name, "stride": size // int(r.shape[2]), "channels": int(r.shape[1])}
+            for name, r in zip(raw, ref, strict=True)
+        ],
+        "importer_max_abs_error": err,
+    }
+    atomic_write_json(path.with_name(path.stem + RAW_DECODE_SUFFIX), spec)
+    return path
