@@ -6,7 +6,7 @@ then the int8 `.tflite` size against the FP32 ONNX, mAP@0.5:0.95 from the TFLM o
 reference, the arena (measured two ways), and flash / RAM against STM32H7 (2 MB / 1 MB), F7 (1 MB / 320 KB)
 and F4 (1 MB / 192 KB).
 
-Usage: python bench/mcu.py [--quick] [--recipes none,microyolo] [--sizes 96,128,160]
+Usage: python bench/mcu.py [--quick] [--recipes none,mcu,microyolo] [--sizes 96,128,160] [--reference quick]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from edgekit.pipeline import DeployRequest, deploy  # noqa: E402
 BOARDS = {"STM32H7": (2048, 1024), "STM32F7": (1024, 320), "STM32F4": (1024, 192)}
 
 
-def run(work: Path, recipe: str, size: int) -> dict:
+def run(work: Path, recipe: str, size: int, reference: str = "converged") -> dict:
     """One deploy at ``size`` px with ``recipe``; the figures of its record and artifact."""
     spec = yaml.safe_load(Path(load_target("stm32h7").source).read_text())
     spec.update({"name": f"mcu-{size}", "input_size": size, "limits": {"core": "cortex-m7"}})
@@ -38,7 +38,7 @@ def run(work: Path, recipe: str, size: int) -> dict:
     run_dir = deploy(
         DeployRequest(
             target=str(target), device="local", recipe=recipe, out=work / "runs",
-            run_id=f"{recipe}-{size}", progress=False, command=["bench/mcu.py"],
+            run_id=f"{recipe}-{size}", progress=False, command=["bench/mcu.py"], reference=reference,
         )
     )  # fmt: skip
     record = json.loads((run_dir / "record.json").read_text())
@@ -76,13 +76,19 @@ def run(work: Path, recipe: str, size: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--recipes", default="none,microyolo")
+    ap.add_argument("--recipes", default="none,mcu,microyolo")
     ap.add_argument("--sizes", default="96,128,160")
+    ap.add_argument(
+        "--reference",
+        choices=("converged", "quick"),
+        default="converged",
+        help="the built-in model's training (converged: shipped or trained once per size, long)",
+    )
     args = ap.parse_args()
     recipes = ["none"] if args.quick else args.recipes.split(",")
     sizes = [96] if args.quick else [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(Path(tmp), r, s) for r in recipes for s in sizes]
+        rows = [run(Path(tmp), r, s, args.reference) for r in recipes for s in sizes]
     headers = [
         "recipe",
         "px",

@@ -87,6 +87,13 @@ def _add_deploy(sub) -> None:
     p.add_argument(
         "--epochs-scale", type=positive_float, default=1.0, help="scale every training schedule (quick tries)"
     )
+    p.add_argument(
+        "--reference",
+        choices=("converged", "quick"),
+        default="converged",
+        help="the built-in model: converged (shipped for the built-in data; else trained to a plateau, "
+        "tens of minutes, once) or quick (10 epochs, not converged)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_deploy)
@@ -113,6 +120,7 @@ def cmd_deploy(args) -> int:
         max_map_drop=args.max_map_drop,
         max_p99_ms=args.max_p99_ms,
         epochs_scale=args.epochs_scale,
+        reference=args.reference,
         progress=not args.quiet,
     )
     plan = make_plan(req)

@@ -41,6 +41,8 @@ class DeployRequest:
         max_map_drop: Gate: allowed mAP@0.5:0.95 drop (points) of the deployed artifact vs the reference.
         max_p99_ms: Gate: allowed p99 latency (ms) on the device.
         epochs_scale: Multiplies every training schedule (tests use small values).
+        reference: The built-in model's training: ``converged`` (shipped, or trained to the plateau rule
+            of :mod:`edgekit.models.converge`) or ``quick`` (one 10-epoch cosine schedule × ``epochs_scale``).
     """
 
     target: str = "local"
@@ -59,6 +61,7 @@ class DeployRequest:
     max_map_drop: float | None = None
     max_p99_ms: float | None = None
     epochs_scale: float = 1.0
+    reference: str = "converged"
     progress: bool = True
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -20,6 +21,7 @@ from edgekit.compress.finetune import finetune, recalibrate_bn
 from edgekit.compress.graph import CRITERIA, prunable_convs, prune_plan
 from edgekit.compress.step import Step, StepResult
 from edgekit.errors import ConfigError
+from edgekit.fsutil import atomic_write_bytes, stable_hash
 from edgekit.models.train import InMemorySplit, evaluate
 from edgekit.progress import track
 
@@ -58,16 +60,40 @@ class ProgressiveStep(Step):
         return f"progressive 1/16 steps, max {spec.metric} drop {spec.max_drop:g}"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
-        """Run the step (see :class:`~edgekit.compress.step.Step`)."""
+        """Run the step (see :class:`~edgekit.compress.step.Step`); resumes after the last finished layer.
+
+        After every layer the model and the table so far go to ``workdir/progressive-<key>.pt`` (key: the
+        spec, the input model, the epoch scale and the seed), so a long schedule stopped half-way goes on
+        from there on the next run instead of starting over.
+        """
+        from edgekit.compress.runner import model_hash
+
         data = eval_subset(ctx.val, spec.eval_images)
-        start = evaluate(model, data)[spec.metric]
-        floor = start - spec.max_drop / 100
-        history, layers = [], []
         names = layer_order(model, spec, ctx.input_shape)
+        key = stable_hash(
+            {
+                "spec": spec.model_dump(mode="json"),
+                "model": model_hash(model),
+                "scale": ctx.epochs_scale,
+                "seed": ctx.seed,
+            }
+        )
+        state_path = Path(ctx.workdir) / f"progressive-{key}.pt"
+        state = _load_state(state_path)
+        if state is not None:
+            model, history, layers, start = state["model"], state["history"], state["layers"], state["start"]
+            ctx.note(f"progressive: resuming after {len(layers)} of {len(names)} layers from {state_path}")
+        else:
+            history, layers, start = [], [], evaluate(model, data)[spec.metric]
+        floor = start - spec.max_drop / 100
         with track(len(names) * spec.max_steps_per_layer, "progressive pruning", ctx.progress) as advance:
-            for name in names:
+            advance(len(layers) * spec.max_steps_per_layer)
+            for name in names[len(layers) :]:
                 model, row = self._layer(model, name, spec, ctx, data, floor, history, advance)
                 layers.append({**row, f"start_{spec.metric}": round(start, 4)})
+                _save_state(
+                    state_path, {"model": model, "history": history, "layers": layers, "start": start}
+                )
         extra = {"layers": layers, "metric": spec.metric, "start": start, "floor": floor}
         return StepResult(model, history=history, extra=extra)
 
@@ -106,6 +132,25 @@ class ProgressiveStep(Step):
             "last_trial_map50": round(last["map50"], 4) if last else None,
             "last_trial_map50_95": round(last["map50_95"], 4) if last else None,
         }
+
+
+def _load_state(path: Path) -> dict | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: a whole pruned module
+
+
+def _save_state(path: Path, state: dict) -> None:
+    import io
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _width(model: nn.Module, name: str) -> int:

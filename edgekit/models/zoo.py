@@ -49,9 +49,16 @@ def shipped_dir() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
-def converged_key(root: Path, model_cfg: TinyYoloConfig, cfg: ConvergeConfig) -> str:
-    """Identity of a converged reference: hashes of the data generator, the architecture and the schedule."""
-    return stable_hash({"data": dataset_key(root), "model": model_cfg.to_dict(), "converge": cfg.to_dict()})
+def converged_key(
+    root: Path, model_cfg: TinyYoloConfig, cfg: ConvergeConfig, data_key: str | None = None
+) -> str:
+    """Identity of a converged reference: hashes of the data generator, the architecture and the schedule.
+
+    ``data_key`` (e.g. ``stable_hash(ShapesConfig().__dict__)``, what :func:`dataset_key` reads back from a
+    generated set) stands in for ``root`` when the data is not generated yet.
+    """
+    data = data_key if data_key is not None else dataset_key(root)
+    return stable_hash({"data": data, "model": model_cfg.to_dict(), "converge": cfg.to_dict()})
 
 
 def converged_reference(

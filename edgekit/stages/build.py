@@ -29,9 +29,7 @@ def _options(ctx: RunContext, quantizer: Any) -> BuildOptions:
         num_classes=len(ctx.class_names),
         preprocess=ctx.spec,
         quantizer=quantizer,
-        limits=ctx.target.limits.model_dump()
-        if ctx.target.limits.flash_kb or ctx.target.limits.ram_kb
-        else None,
+        limits=ctx.target.limits.model_dump() if any(ctx.target.limits.model_dump().values()) else None,
     )
 
 

@@ -91,7 +91,7 @@ def model_stage(ctx: RunContext, req, root: Path):
             model = load_torch_model(req.model, req.weights)
             config, label = {"factory": req.model, "weights": req.weights}, f"user model {req.model}"
         else:
-            if ctx.epochs_scale == 1.0:
+            if req.reference == "converged" and ctx.epochs_scale == 1.0:
                 # the default: the converged reference (shipped, cached, or trained to the plateau rule)
                 trained = converged_reference(root, input_size=ctx.spec.input_size, progress=ctx.progress)
                 schedule = trained.metrics.get("schedule", {})

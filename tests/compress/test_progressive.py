@@ -36,3 +36,33 @@ def test_stops_at_threshold_and_returns_last_good_model(model, make_ctx, metric)
     width = result.model.p16[1][0].out_channels
     assert row["kept"] == width and row["sixteenths"] == 16 * (128 - width) / 128
     assert row["accepted_steps"] == len(result.history) and row["sixteenths"] == row["accepted_steps"]
+
+
+def test_a_stopped_schedule_resumes_after_its_last_finished_layer(model, make_ctx):
+    """Layer by layer state in the work folder: a re-run skips the finished layers, same result."""
+    import torch
+
+    spec = ProgressiveSpec(
+        type="progressive",
+        max_drop=5.0,
+        layers=["p16.1.0", "p8.0"],
+        max_steps_per_layer=1,
+        round_to=8,
+        finetune=None,
+        eval_images=50,
+    )
+    ctx = make_ctx()
+    first = ProgressiveStep().apply(model, spec, ctx)
+    (state,) = list(ctx.workdir.glob("progressive-*.pt"))
+    # as if the run had stopped after its first layer: keep only that layer's state
+    saved = torch.load(state, weights_only=False)
+    assert [r["layer"] for r in saved["layers"]] == ["p16.1.0", "p8.0"]
+    partial = ProgressiveStep().apply(model, spec.model_copy(update={"layers": ["p16.1.0"]}), make_ctx())
+    saved["layers"], saved["model"] = partial.extra["layers"], partial.model
+    saved["history"] = partial.history
+    torch.save(saved, state)
+    again_ctx = make_ctx()
+    again = ProgressiveStep().apply(model, spec, again_ctx)
+    assert any("resuming after 1 of 2 layers" in line for line in again_ctx.log)
+    assert again.extra["layers"] == first.extra["layers"]
+    assert again.model.p8[0].out_channels == first.model.p8[0].out_channels
