@@ -38,10 +38,8 @@ def test_stops_at_threshold_and_returns_last_good_model(model, make_ctx, metric)
     assert row["accepted_steps"] == len(result.history) and row["sixteenths"] == row["accepted_steps"]
 
 
-def test_a_stopped_schedule_resumes_after_its_last_finished_layer(model, make_ctx):
-    """Layer by layer state in the work folder: a re-run skips the finished layers, same result."""
-    import torch
-
+def test_a_stopped_schedule_resumes_after_its_last_finished_layer(model, make_ctx, monkeypatch):
+    """Layer by layer state in the work folder: a run stopped in its second layer goes on from there."""
     spec = ProgressiveSpec(
         type="progressive",
         max_drop=5.0,
@@ -51,18 +49,19 @@ def test_a_stopped_schedule_resumes_after_its_last_finished_layer(model, make_ct
         finetune=None,
         eval_images=50,
     )
+    real_layer = ProgressiveStep._layer
+
+    def stop_in_second(self, model, name, *args):
+        if name == "p8.0":
+            raise KeyboardInterrupt
+        return real_layer(self, model, name, *args)
+
+    monkeypatch.setattr(ProgressiveStep, "_layer", stop_in_second)
+    with pytest.raises(KeyboardInterrupt):
+        ProgressiveStep().apply(model, spec, make_ctx())
+    monkeypatch.setattr(ProgressiveStep, "_layer", real_layer)
     ctx = make_ctx()
-    first = ProgressiveStep().apply(model, spec, ctx)
-    (state,) = list(ctx.workdir.glob("progressive-*.pt"))
-    # as if the run had stopped after its first layer: keep only that layer's state
-    saved = torch.load(state, weights_only=False)
-    assert [r["layer"] for r in saved["layers"]] == ["p16.1.0", "p8.0"]
-    partial = ProgressiveStep().apply(model, spec.model_copy(update={"layers": ["p16.1.0"]}), make_ctx())
-    saved["layers"], saved["model"] = partial.extra["layers"], partial.model
-    saved["history"] = partial.history
-    torch.save(saved, state)
-    again_ctx = make_ctx()
-    again = ProgressiveStep().apply(model, spec, again_ctx)
-    assert any("resuming after 1 of 2 layers" in line for line in again_ctx.log)
-    assert again.extra["layers"] == first.extra["layers"]
-    assert again.model.p8[0].out_channels == first.model.p8[0].out_channels
+    result = ProgressiveStep().apply(model, spec, ctx)
+    assert any("resuming after 1 of 2 layers" in line for line in ctx.log)
+    assert [r["layer"] for r in result.extra["layers"]] == ["p16.1.0", "p8.0"]
+    assert result.model.p16[1][0].out_channels == 128 - 8  # the first layer's accepted step, kept

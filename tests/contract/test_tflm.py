@@ -80,6 +80,35 @@ class TestTflmContract(BackendContract):
         settings = (artifact.dir / artifact.files["model_settings"]).read_text()
         assert f"kTensorArenaSize = {arena['firmware_bytes']}" in settings
 
+    def test_litert_runs_the_same_model_and_agrees_with_tflm(self, artifact):
+        """LiteRT's optimized int8 kernels against TFLM's reference kernels on the same ``.tflite``.
+
+        Both round the same integer arithmetic; they may differ by an LSB of an output scale, so the
+        maps must agree within 2 quantization steps (and the rows, decoded the same way, within the
+        contract's FP32 tolerance of each other).
+        """
+        import numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+
+        from edgekit.runners.tflm_run import TflmRuntime, dequantize
+
+        tflm = artifact.meta["tflm"]
+        lite = Interpreter(model_path=str(artifact.dir / artifact.files["model"]))
+        lite.allocate_tensors()
+        micro = TflmRuntime(artifact.meta, str(artifact.dir), None)
+        x = np.random.default_rng(5).random((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+        q = micro.to_input(x)
+        lite.set_tensor(lite.get_input_details()[0]["index"], q)
+        lite.invoke()
+        micro.interpreter.set_input(q, 0)
+        micro.interpreter.invoke()
+        details = lite.get_output_details()
+        for out in tflm["outputs"]:
+            a = micro.interpreter.get_output(int(out["index"])).astype(np.int32)
+            b = lite.get_tensor(details[int(out["index"])]["index"]).astype(np.int32)
+            assert a.shape == b.shape and np.abs(a - b).max() <= 2
+        assert dequantize(q, tflm["input"]["scale"], tflm["input"]["zero_point"]).shape[-1] == 3
+
     def test_a_qdq_onnx_is_refused(self, backend, fp32_onnx, work, calib):
         from edgekit.errors import ModelError
         from edgekit.quantize import quantize_int8
