@@ -16,7 +16,7 @@ from edgekit.data.shapes import ShapesConfig, builtin_dataset
 from edgekit.device.agent import Agent
 from edgekit.device.transport import LocalTransport
 from edgekit.models.train import InMemorySplit, map_from_candidates
-from edgekit.models.zoo import cache_dir, reference_detector, reference_train_config
+from edgekit.models.zoo import cache_dir, converged_reference
 from edgekit.registry import BACKENDS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -26,7 +26,7 @@ SPEC = PreprocessSpec(input_size=160)
 def setup():
     """(dataset root, trained reference, val split) exactly as the default deploy uses them."""
     root = builtin_dataset(cache_dir(), ShapesConfig(image_size=160))
-    trained = reference_detector(root, reference_train_config(1.0))
+    trained = converged_reference(root, input_size=160)
     val = InMemorySplit(YoloDataset(root, "val"), SPEC)
     return root, trained, val
 

@@ -1,21 +1,28 @@
-"""Compression benchmark (issue 5): each recipe vs the reference, beside a same-size model from scratch.
+"""Compression benchmark (issue 17): every recipe end to end on the converged reference, beside its control.
 
-One run on the hard shapes set with the reference detector of ``make deploy TARGET=local``
-(``builtin_dataset`` with the default ShapesConfig, ``reference_detector(root, reference_train_config())``).
-For each recipe: params and MACs ratios vs the reference and mAP deltas (torch, FP32 or fake-quant for QAT;
-PTQ is the pipeline's job and not part of this table), and the control: a TinyYolo whose width gives
-about the same params, trained from scratch for the reference's epochs plus the recipe's own training
-epochs (equal compute in optimiser steps). Prints a Markdown table and writes
-``bench/results/compression.json`` (``compression-quick.json`` with ``--quick``).
+For each recipe, one `edgekit deploy --target local` (the converged reference of `make deploy`, the
+recipe, ONNX Runtime INT8, mAP from the runner's own outputs): params and MACs ratios against the
+reference, Δ mAP@0.5 and Δ mAP@0.5:0.95 of the compressed torch model (FP32, or fake-quant for QAT) and of
+the deployed INT8 artifact. The **control** of a recipe is its own compressed architecture (the same
+layer widths, Micro-YOLO blocks for microyolo) re-initialised and trained from scratch with one cosine
+schedule for the same total epochs (the reference's + the recipe's own): recipe − control says whether
+the recipe beat spending the same compute on the small model directly.
 
-    .venv/bin/python bench/compression.py            # full run, 30-60 min on 2 cores
-    .venv/bin/python bench/compression.py --quick    # smoke check (~5 min), numbers not meaningful
+Everything is resumable: the deploys reuse the compress cache (`.cache/edgekit/compress/`), finished
+rows and controls are kept in `bench/results/compression-state.json`, so a stopped run goes on.
+
+    .venv/bin/python bench/compression.py                       # every recipe (hours on 2 cores)
+    .venv/bin/python bench/compression.py --recipes default mcu  # some
+    .venv/bin/python bench/compression.py --quick                # smoke check, numbers not meaningful
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,26 +31,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekit.compress.commands import build_context  # noqa: E402
-from edgekit.compress.context import measure  # noqa: E402
 from edgekit.compress.recipe import load_recipe  # noqa: E402
-from edgekit.compress.runner import run_recipe  # noqa: E402
-from edgekit.data.shapes import ShapesConfig, builtin_dataset  # noqa: E402
-from edgekit.export.onnx import model_macs_params  # noqa: E402
 from edgekit.fsutil import atomic_write_json  # noqa: E402
-from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig  # noqa: E402
-from edgekit.models.train import TrainConfig, train  # noqa: E402
-from edgekit.models.zoo import cache_dir, reference_detector, reference_train_config  # noqa: E402
+from edgekit.pipeline import DeployRequest, deploy  # noqa: E402
 
-FULL = ["default", "l1", "fpgm", "slim", "progressive", "distill", "microyolo", "qat"]
-QUICK = ["default", "slim", "microyolo", "qat"]
-# --quick reuses the test suite's cached checkpoint (tests/conftest.py) so it does not train a reference.
-QUICK_SHAPES = ShapesConfig(variant="hard", splits={"train": 1200, "val": 200, "calib": 64}, seed=7)
-QUICK_TRAIN = reference_train_config(1.2)
+FULL = ["default", "l1", "fpgm", "slim", "progressive", "distill", "microyolo", "mcu", "qat"]
+QUICK = ["default", "microyolo"]
+STATE = REPO / "bench" / "results" / "compression-state.json"
 
 
 def recipe_epochs(recipe) -> float:
-    """Training epochs a recipe spends (fine-tunes, sparsity, swap training, QAT), unscaled."""
+    """Training epochs a recipe spends at most (fine-tunes, sparsity, swap training, QAT), unscaled."""
     total = 0.0
     for step in recipe.torch_steps():
         for name in ("finetune", "train", "sparsity"):
@@ -52,120 +50,157 @@ def recipe_epochs(recipe) -> float:
         if step.type in ("finetune", "distill", "qat"):
             total += step.epochs
         if step.type == "progressive" and step.finetune is not None:
-            total += step.finetune.epochs * step.max_steps_per_layer * (step.max_layers or 9)
+            total += step.finetune.epochs * step.max_steps_per_layer * (step.max_layers or 8)
     return total
 
 
-def matched_width(params: int, num_classes: int, shape) -> float:
-    """TinyYolo width whose parameter count is closest to ``params``."""
-    widths = [w / 16 for w in range(2, 17)]
-    count = {
-        w: model_macs_params(TinyYolo(TinyYoloConfig(num_classes=num_classes, width=w)), shape)["params"]
-        for w in widths
-    }
-    return min(widths, key=lambda w: abs(count[w] - params))
+def compressed_model(run_dir: Path):
+    """The compressed torch model of a deploy, from the compress cache its record names."""
+    record = json.loads((run_dir / "record.json").read_text())
+    nodes = [n for n in record["nodes"] if n["stage"].startswith("compress:")]
+    if not nodes:
+        return None, record
+    from edgekit.models.zoo import cache_dir
+
+    parent = next(n for n in record["nodes"] if n["stage"] == "reference")["id"]
+    work = cache_dir() / "compress" / f"{record['recipe']['name']}-{parent}"
+    model = torch.load(work / f"step_{len(nodes) - 1}.pt", map_location="cpu", weights_only=False)
+    return model, record
 
 
-def control(width: float, epochs: float, ctx, cache: dict) -> dict:
-    """Train a TinyYolo of ``width`` from scratch for ``epochs`` and measure it (cached per width+epochs)."""
-    key = (width, round(epochs, 3))
-    if key not in cache:
-        torch.manual_seed(ctx.seed)
-        model = TinyYolo(TinyYoloConfig(num_classes=ctx.train.num_classes, width=width))
-        train(
-            model,
-            ctx.train,
-            TrainConfig(epochs=epochs),
-            progress=ctx.progress,
-            description=f"control w{width:g}",
+def control(model, epochs: float, root: Path, size: int, progress: bool) -> dict:
+    """``model``'s architecture re-initialised and trained from scratch for ``epochs``; its FP32 scores."""
+    from edgekit.compress.qat import float_view
+    from edgekit.data.dataset import YoloDataset
+    from edgekit.data.preprocess import PreprocessSpec
+    from edgekit.export.onnx import model_macs_params
+    from edgekit.models.train import InMemorySplit, TrainConfig, evaluate, train
+
+    net = copy.deepcopy(float_view(model))
+    torch.manual_seed(0)
+    for module in net.modules():
+        if hasattr(module, "reset_parameters") and module is not net:
+            module.reset_parameters()
+    spec = PreprocessSpec(input_size=size)
+    t0 = time.perf_counter()
+    train(
+        net,
+        InMemorySplit(YoloDataset(root, "train"), spec),
+        TrainConfig(epochs=epochs, lr=3e-3),
+        progress=progress,
+        description="control",
+    )
+    scores = evaluate(net, InMemorySplit(YoloDataset(root, "val"), spec))
+    cost = model_macs_params(net, (1, 3, size, size))
+    return {**cost, **scores, "epochs": round(epochs, 3), "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def measure_recipe(name: str, work: Path, scale: float, reference: str, progress: bool) -> dict:
+    """Deploy ``name`` to the local target; the reference, compressed and deployed figures of its record."""
+    run_dir = deploy(
+        DeployRequest(
+            target="local", recipe=name, out=work, run_id=name, progress=progress,
+            epochs_scale=scale, reference=reference, command=["bench/compression.py"],
         )
-        cache[key] = {"width": width, "epochs": round(epochs, 3), **measure(model, ctx)}
-    return cache[key]
-
-
-def row(name: str, ref: dict, got: dict, ctl: dict, wall: float) -> dict:
-    """One result row: absolute figures, ratios vs the reference, deltas in mAP points."""
+    )  # fmt: skip
+    model, record = compressed_model(run_dir)
+    nodes = {n["stage"]: n for n in record["nodes"]}
+    train = nodes["train"]
+    ref = nodes["reference"]["metrics"]
+    comp = [n for n in record["nodes"] if n["stage"].startswith("compress:")]
+    torch_m = comp[-1]["metrics"] if comp else ref
+    dep = nodes["eval"]["metrics"]
     return {
         "recipe": name,
-        **{k: got[k] for k in ("params", "macs", "map50", "map50_95")},
+        "model": model,
+        "ref_epochs": (train.get("extra") or {}).get("epochs") or train["config"]["train"].get("epochs"),
+        "reference": {k: ref[k] for k in ("params", "macs", "map50", "map50_95")},
+        "torch": {k: torch_m[k] for k in ("params", "macs", "map50", "map50_95")},
+        "deployed": {k: dep.get(k) for k in ("map50", "map50_95")},
+        "compress_s": round(sum(n.get("seconds") or 0 for n in comp), 1),
+    }
+
+
+def row(m: dict, ctl: dict | None) -> dict:
+    """One result row: ratios against the reference, deltas in mAP points, recipe − control."""
+    ref, got, dep = m["reference"], m["torch"], m["deployed"]
+    out = {
+        "recipe": m["recipe"],
+        "params": got["params"],
+        "macs": got["macs"],
         "params_ratio": round(ref["params"] / got["params"], 2),
         "macs_ratio": round(ref["macs"] / got["macs"], 2),
-        "d_map50": round(100 * (got["map50"] - ref["map50"]), 2),
-        "d_map50_95": round(100 * (got["map50_95"] - ref["map50_95"]), 2),
+        "d_map50_torch": round(100 * (got["map50"] - ref["map50"]), 2),
+        "d_map50_95_torch": round(100 * (got["map50_95"] - ref["map50_95"]), 2),
+        "d_map50_int8": round(100 * (dep["map50"] - ref["map50"]), 2),
+        "d_map50_95_int8": round(100 * (dep["map50_95"] - ref["map50_95"]), 2),
         "control": ctl,
-        "vs_control_map50_95": round(100 * (got["map50_95"] - ctl["map50_95"]), 2),
-        "wall_s": round(wall, 1),
+        "vs_control_map50_95": round(100 * (got["map50_95"] - ctl["map50_95"]), 2) if ctl else None,
+        "vs_control_map50": round(100 * (got["map50"] - ctl["map50"]), 2) if ctl else None,
+        "compress_s": m["compress_s"],
     }
+    return out
 
 
 def markdown(ref: dict, rows: list[dict]) -> str:
-    """The Markdown table of the closing note."""
-    head = (
-        "| recipe | params | x params | MACs | x MACs | mAP50 | d mAP50 | mAP50-95 | d mAP50-95 | "
-        "control (width, params) | control mAP50-95 | recipe - control | wall s |"
-    )
+    """The Markdown table of the closing note and README."""
     lines = [
-        head,
-        "|" + "---|" * 13,
-        f"| reference | {ref['params']:,} | 1.00 | {ref['macs'] / 1e6:.1f} M | 1.00 | "
-        f"{ref['map50']:.3f} | - | "
-        f"{ref['map50_95']:.3f} | - | - | - | - | - |",
+        "| recipe | params ÷ | MACs ÷ | Δ mAP@0.5 torch / INT8 | Δ mAP@0.5:0.95 torch / INT8 | "
+        "control mAP@0.5:0.95 (epochs) | recipe − control (0.5 / 0.5:0.95) |",
+        "|---|---|---|---|---|---|---|",
+        f"| reference ({ref['params']:,} params, {ref['macs'] / 1e6:.1f} M MACs, mAP@0.5 {ref['map50']:.3f}, "
+        f"mAP@0.5:0.95 {ref['map50_95']:.3f}) | 1 | 1 | – | – | – | – |",
     ]
     for r in rows:
         c = r["control"]
+        ctl = f"{c['map50_95']:.3f} ({c['epochs']:g})" if c else "–"
+        vs = f"{r['vs_control_map50']:+.1f} / {r['vs_control_map50_95']:+.1f}" if c else "–"
         lines.append(
-            f"| {r['recipe']} | {r['params']:,} | {r['params_ratio']:.2f} | {r['macs'] / 1e6:.1f} M | "
-            f"{r['macs_ratio']:.2f} | {r['map50']:.3f} | {r['d_map50']:+.2f} | {r['map50_95']:.3f} | "
-            f"{r['d_map50_95']:+.2f} | w{c['width']:g}, {c['params']:,} | {c['map50_95']:.3f} | "
-            f"{r['vs_control_map50_95']:+.2f} | {r['wall_s']} |"
+            f"| {r['recipe']} | {r['params_ratio']:.2f} | {r['macs_ratio']:.2f} | "
+            f"{r['d_map50_torch']:+.1f} / {r['d_map50_int8']:+.1f} | "
+            f"{r['d_map50_95_torch']:+.1f} / {r['d_map50_95_int8']:+.1f} | {ctl} | {vs} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke check: small set, epochs x0.05, fewer recipes"
-    )
+    parser.add_argument("--quick", action="store_true", help="smoke check: quick reference, epochs x0.05")
     parser.add_argument("--recipes", nargs="*", default=None)
-    parser.add_argument("--out", type=Path, default=None, help="JSON result (default: bench/results/)")
+    parser.add_argument("--no-control", action="store_true", help="skip the from-scratch controls")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    shapes, train_cfg = (
-        (QUICK_SHAPES, QUICK_TRAIN) if args.quick else (ShapesConfig(), reference_train_config())
-    )
-    scale = 0.05 if args.quick else 1.0
-    root = builtin_dataset(cache_dir(), shapes, progress=not args.quiet)
-    ref_model = reference_detector(root, train_cfg, progress=not args.quiet).model
-    work = cache_dir() / "bench-compression" / ("quick" if args.quick else "full")
-    ctx0 = build_context(root, work, scale, not args.quiet)
-    ref = measure(ref_model, ctx0)
-    rows, cache = [], {}
-    for name in args.recipes or (QUICK if args.quick else FULL):
-        recipe = load_recipe(name)
-        ctx = build_context(root, work / recipe.name, scale, not args.quiet)
-        ctx.train, ctx.val = ctx0.train, ctx0.val
-        start = time.perf_counter()
-        model, nodes = run_recipe(ref_model, recipe, ctx)
-        got = nodes[-1]["metrics"] if nodes else ref
-        width = matched_width(got["params"], ctx.train.num_classes, ctx.input_shape)
-        ctl = control(width, (train_cfg.epochs + recipe_epochs(recipe)) * scale, ctx0, cache)
-        rows.append(row(recipe.name, ref, got, ctl, time.perf_counter() - start))
-        print(f"{recipe.name}: done in {rows[-1]['wall_s']} s", file=sys.stderr)
-    table = markdown(ref, rows)
+    scale, reference = (0.05, "quick") if args.quick else (1.0, "converged")
+    state_path = STATE.with_name("compression-quick-state.json") if args.quick else STATE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"rows": {}}
+    from edgekit.data.shapes import ShapesConfig, builtin_dataset
+    from edgekit.models.zoo import cache_dir
+
+    root = builtin_dataset(cache_dir(), ShapesConfig(image_size=160), progress=not args.quiet)
+    ref = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.recipes or (QUICK if args.quick else FULL):
+            if name in state["rows"]:
+                print(f"{name}: kept from {state_path.name}", file=sys.stderr)
+                ref = ref or state.get("reference")
+                continue
+            m = measure_recipe(name, Path(tmp), scale, reference, not args.quiet)
+            ref = m["reference"]
+            ctl = None
+            if not args.no_control and m["model"] is not None:
+                epochs = (float(m["ref_epochs"]) + recipe_epochs(load_recipe(name))) * scale
+                ctl = control(m["model"], epochs, root, 160, not args.quiet)
+            state["rows"][name] = row(m, ctl)
+            state["reference"] = ref
+            atomic_write_json(state_path, state)
+            print(f"{name}: {json.dumps(state['rows'][name])}", file=sys.stderr, flush=True)
+    rows = [state["rows"][n] for n in (args.recipes or (QUICK if args.quick else FULL)) if n in state["rows"]]
+    table = markdown(ref or state["reference"], rows)
     print(table)
     suffix = "-quick" if args.quick else ""
     atomic_write_json(
-        args.out or REPO / "bench" / "results" / f"compression{suffix}.json",
-        {
-            "quick": args.quick,
-            "epochs_scale": scale,
-            "shapes": shapes.__dict__,
-            "train": train_cfg.to_dict(),
-            "reference": ref,
-            "rows": rows,
-            "markdown": table,
-        },
+        REPO / "bench" / "results" / f"compression{suffix}.json",
+        {"quick": args.quick, "epochs_scale": scale, "reference": ref, "rows": rows, "markdown": table},
     )
     return 0
 

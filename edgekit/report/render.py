@@ -270,6 +270,36 @@ def _layers(record: RunRecord) -> list[Block]:
     return [Heading(f"Per-layer table ({node.stage})"), Table(keys, rows, numeric)]
 
 
+def _training_curve(record: RunRecord) -> list[Block]:
+    node = record.node("train")
+    curve = (node.extra.get("curve") if node else None) or []
+    if not curve:
+        return []
+    kept = node.extra.get("epochs")
+    rows = [
+        [
+            _num(p.get("epochs"), 0),
+            _num(p.get("lr"), 5),
+            _num(p.get("map50"), 3),
+            _num(p.get("map50_95"), 3),
+            _num(p.get("wall_s"), 0, " s"),
+            "kept" if p.get("epochs") == kept else "",
+        ]
+        for p in curve
+    ]
+    wall = node.extra.get("wall_s")
+    note = (
+        f"Cosine cycles with warm restarts; stopped on {node.extra.get('stopped', NONE)} after "
+        f"{_num(curve[-1].get('epochs'), 0)} epochs ({_num(wall / 60 if wall else None, 1, ' min')} to train)."
+    )
+    headers = ["epochs", "peak lr", "val mAP50", "val mAP50-95", "cycle time", ""]
+    return [
+        Heading("Reference training"),
+        Paragraph(note, tone="note"),
+        Table(headers, rows, frozenset({0, 1, 2, 3, 4})),
+    ]
+
+
 def _environment(record: RunRecord) -> list[Block]:
     tools: dict[str, list[str]] = {}
     for n in record.nodes:
@@ -312,6 +342,7 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
         _plots(plots),
         _candidates(record),
         _layers(record),
+        _training_curve(record),
         _environment(record),
     )
     for section in sections:

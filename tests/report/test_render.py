@@ -131,3 +131,15 @@ def test_report_html_loads_in_a_browser(run_dir, record):
         assert img["ok"] and img["w"] > 0, img
     assert title == "edgekit report: local · onnxruntime · int8"
     assert "mAP@0.5:0.95" in headline and "0.489" in headline and "not measured" in headline
+
+
+def test_the_reference_training_curve_is_a_table(tmp_path, record):
+    curve = [
+        {"cycle": 0, "epochs": 10.0, "lr": 0.003, "map50": 0.864, "map50_95": 0.573, "wall_s": 379.0},
+        {"cycle": 1, "epochs": 20.0, "lr": 0.0021, "map50": 0.906, "map50_95": 0.620, "wall_s": 380.0},
+    ]
+    record.node("train").extra.update({"curve": curve, "epochs": 20.0, "stopped": "plateau", "wall_s": 759.0})
+    text = render_markdown(record, tmp_path)
+    section = text[text.index("Reference training") :]
+    assert "stopped on plateau after 20 epochs (12.7 min to train)" in section
+    assert "| 20 | 0.00210 | 0.906 | 0.620 | 380 s | kept |" in section
