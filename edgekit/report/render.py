@@ -288,9 +288,10 @@ def _training_curve(record: RunRecord) -> list[Block]:
         for p in curve
     ]
     wall = node.extra.get("wall_s")
+    minutes = _num(wall / 60 if wall else None, 1, " min")
     note = (
         f"Cosine cycles with warm restarts; stopped on {node.extra.get('stopped', NONE)} after "
-        f"{_num(curve[-1].get('epochs'), 0)} epochs ({_num(wall / 60 if wall else None, 1, ' min')} to train)."
+        f"{_num(curve[-1].get('epochs'), 0)} epochs ({minutes} to train)."
     )
     headers = ["epochs", "peak lr", "val mAP50", "val mAP50-95", "cycle time", ""]
     return [
