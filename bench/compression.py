@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             ref = m["reference"]
             ctl = None
             if not args.no_control and m["model"] is not None:
-                epochs = (float(m["ref_epochs"]) + recipe_epochs(load_recipe(name))) * scale
+                epochs = float(m["ref_epochs"]) + recipe_epochs(load_recipe(name)) * scale
                 ctl = control(m["model"], epochs, root, 160, not args.quiet)
             state["rows"][name] = row(m, ctl)
             state["reference"] = ref
