@@ -1,12 +1,15 @@
 """End to end: `edgekit deploy --target local` on the cached test checkpoint, real agent and runner."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from edgekit.pipeline import DeployRequest, deploy, make_plan
 from edgekit.quantize.form import host_qdq_form
 from tests.conftest import TRAIN_SCALE
+
+REPO = Path(__file__).resolve().parents[1]
 
 SUMMARY_KEYS = {
     "target",
@@ -92,10 +95,21 @@ def test_int8_map_is_computed_from_the_device_outputs_and_stays_close_to_fp32(in
 
 @pytest.mark.slow
 def test_default_recipe_prunes_and_gates_fail_after_writing(tmp_path, shapes_root, trained):
+    import yaml
+
     from edgekit.errors import GateError
 
+    # the default recipe's steps with a 1-epoch fine-tune (its 20 epochs are for real deploys, not CI)
+    recipe = yaml.safe_load(open(REPO / "recipes" / "default.yaml"))
+    recipe["steps"][0]["finetune"]["epochs"] = 1.0
+    (tmp_path / "default-short.yaml").write_text(yaml.safe_dump(recipe))
     req = _request(
-        tmp_path, shapes_root, recipe="default", run_id="gated", max_p99_ms=1e-6, max_map_drop=50.0
+        tmp_path,
+        shapes_root,
+        recipe=str(tmp_path / "default-short.yaml"),
+        run_id="gated",
+        max_p99_ms=1e-6,
+        max_map_drop=50.0,
     )
     with pytest.raises(GateError, match="max_p99_ms"):
         deploy(req)
