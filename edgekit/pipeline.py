@@ -173,7 +173,11 @@ def _check_model_source(request: DeployRequest, backend_cls: type, precision: st
             )
     if request.model.endswith(".onnx"):
         backend = backend_cls()
-        raise_for_problems(backend.name, backend.check(request.model, {"precision": precision}))
+        check = precision
+        if precision == "int8" and backend_cls.int8_source == "qdq":
+            # the float ONNX is quantized to QDQ later (quantize stage): check it as the float model it is
+            check = next((p for p in backend_cls.precisions if p != "int8"), "fp32")
+        raise_for_problems(backend.name, backend.check(request.model, {"precision": check}))
 
 
 def _run_id(request: DeployRequest, target: Target, recipe_name: str) -> str:
