@@ -29,7 +29,7 @@ from edgekit.pipeline import DeployRequest, deploy  # noqa: E402
 BOARDS = {"STM32H7": (2048, 1024), "STM32F7": (1024, 320), "STM32F4": (1024, 192)}
 
 
-def run(work: Path, recipe: str, size: int, reference: str = "converged") -> dict:
+def run(work: Path, recipe: str, size: int, reference: str = "converged", calibrator: str | None = None) -> dict:
     """One deploy at ``size`` px with ``recipe``; the figures of its record and artifact."""
     spec = yaml.safe_load(Path(load_target("stm32h7").source).read_text())
     spec.update({"name": f"mcu-{size}", "input_size": size, "limits": {"core": "cortex-m7"}})
@@ -39,6 +39,7 @@ def run(work: Path, recipe: str, size: int, reference: str = "converged") -> dic
         DeployRequest(
             target=str(target), device="local", recipe=recipe, out=work / "runs",
             run_id=f"{recipe}-{size}", progress=False, command=["bench/mcu.py"], reference=reference,
+            calibrator=calibrator,
         )
     )  # fmt: skip
     record = json.loads((run_dir / "record.json").read_text())
@@ -63,6 +64,11 @@ def run(work: Path, recipe: str, size: int, reference: str = "converged") -> dic
         "ram_bytes": budget["ram_bytes"],
         "arm_size_text": (tflm.get("compiled") or {}).get("text"),
         "tflm_p50_ms_host": nodes["bench"]["metrics"]["latency_ms"]["p50"],
+        "method": nodes["build"]["config"].get("method"),
+        "candidates": [
+            {k: c.get(k) for k in ("method", "map50_95", "drop", "error")}
+            for c in nodes["build"].get("extra", {}).get("candidates", [])
+        ],
     }
     row["fits"] = [
         b
@@ -84,11 +90,16 @@ def main() -> None:
         default="converged",
         help="the built-in model's training (converged: shipped or trained once per size, long)",
     )
+    ap.add_argument(
+        "--calibrator",
+        default=None,
+        help="TFLM activation ranges: histogram, minmax, or auto (build both, keep the better on TFLM)",
+    )
     args = ap.parse_args()
     recipes = ["none"] if args.quick else args.recipes.split(",")
     sizes = [96] if args.quick else [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(Path(tmp), r, s, args.reference) for r in recipes for s in sizes]
+        rows = [run(Path(tmp), r, s, args.reference, args.calibrator) for r in recipes for s in sizes]
     headers = [
         "recipe",
         "px",

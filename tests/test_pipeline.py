@@ -263,6 +263,11 @@ def test_an_mcu_target_deploys_full_int8_with_its_firmware_bundle(tmp_path, shap
     ref, ev = record["nodes"][2]["metrics"], record["nodes"][5]["metrics"]
     assert ref["map50_95"] - ev["map50_95"] < 0.02  # from the TFLM interpreter's own outputs
     assert record["nodes"][4]["metrics"]["size_bytes"] == art["tflm"]["budget"]["model_bytes"]
+    # each raw map comes as int8 groups of channels of one range (box sizes, offsets, scores), own scales
+    parts = [o["parts"] for o in art["tflm"]["outputs"]]
+    assert all(len(p) >= 2 for p in parts), parts
+    assert all(sorted(c for part in p for c in part["channels"]) == list(range(11)) for p in parts)
+    assert "put its channels back in place" in (run / "artifact" / art["files"]["bundle_readme"]).read_text()
 
 
 def test_a_user_onnx_deploys_to_an_mcu_with_its_own_decode(tmp_path, shapes_root, trained):

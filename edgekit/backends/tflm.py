@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,10 +45,10 @@ from edgekit.backends.onnxruntime import require_module, unknown_op_problems
 from edgekit.backends.tflm_bundle import (
     RESOLVER_METHODS,
     BundleSpec,
-    TensorInfo,
     compile_model_data,
     write_bundle,
 )
+from edgekit.backends.tflm_io import bundle_notes, io_spec, tensor_info
 from edgekit.errors import BudgetExceededError, BuildError, MissingExtraError, ModelError, UnsupportedOpError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -71,16 +72,20 @@ class TflmQuant(QuantizerOptions):
     """How the full-integer model is quantized (recorded in ``artifact.json``).
 
     Attributes:
-        method: ``histogram`` = PT2E's HistogramObserver for activations (litert's symmetric config).
+        method: Activation ranges: ``histogram`` = PT2E's HistogramObserver (litert's symmetric config;
+            clips outliers), ``minmax`` = the full range the calibration set produced.
         per_channel: Per-output-channel weight scales.
         images: Calibration images to use (``None`` = the whole set).
         layout: The model's input layout on the MCU (``NHWC``: what a camera's buffer holds).
+        split_outputs: Split each final prediction conv into channel groups of similar range (box sizes,
+            box offsets, scores), each an int8 output with its own scale; the runner reassembles them.
     """
 
-    method: Literal["histogram"] = "histogram"
+    method: Literal["histogram", "minmax"] = "histogram"
     per_channel: bool = True
     images: int | None = None
     layout: Literal["NHWC", "NCHW"] = "NHWC"
+    split_outputs: bool = True
 
 
 class TflmBackend(Backend):
@@ -100,7 +105,7 @@ class TflmBackend(Backend):
     int8_source = "calibration"
     quantizer_options = TflmQuant
     torch_program = "export-raw"
-    methods = ("histogram",)
+    methods = ("histogram", "minmax")
     min_calibration_images = 8
     extra = "tflite"
     runner = "tflm_run.py"
@@ -142,18 +147,18 @@ class TflmBackend(Backend):
             report = convert(source.torch_program, calib, work_dir / MODEL_FILE, quant, Path(tmp))
         ops = _check_ops(report)
         arena = measure_arena(work_dir / MODEL_FILE)
-        io = _io_spec(report, decode, quant.layout)
+        io = io_spec(report, decode, quant.layout)
         budget = budget_for(report["bytes"], arena["firmware_bytes"], io, len(set(ops)))
         check_budget(budget, options)
         spec = BundleSpec(
             model=(work_dir / MODEL_FILE).read_bytes(),
             ops=ops,
-            inputs=[_tensor(io["input"])],
-            outputs=[_tensor(o) for o in io["outputs"]],
+            inputs=[tensor_info(io["input"])],
+            outputs=[tensor_info(part) for o in io["outputs"] for part in o.get("parts", [o])],
             arena_bytes=arena["firmware_bytes"],
             class_names=list(options.class_names),
             head="raw maps, decoded by the application (see README)",
-            notes=_notes(arena, budget, decode),
+            notes=bundle_notes(arena, budget, decode, io),
         )
         bundle = write_bundle(spec, work_dir / "firmware")
         compiled = _compile(work_dir / "firmware", options)
@@ -224,6 +229,8 @@ def convert(program: Path, calib: Path, out: Path, quant: TflmQuant, tmp: Path) 
     argv = [converter_python(), str(CONVERTER), "--program", str(program), "--calib", str(calib)]
     argv += ["--out", str(out), "--layout", quant.layout, "--report", str(report_path)]
     argv += ["--per-channel"] if quant.per_channel else []
+    argv += ["--observer", quant.method]
+    argv += ["--split-outputs"] if quant.split_outputs else []
     res = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     if res.returncode != 0:
@@ -276,54 +283,6 @@ def _check_ops(report: dict[str, Any]) -> list[str]:
             "for an exotic one) or pick a target whose runtime has them",
         )
     return ops
-
-
-def _io_spec(report: dict[str, Any], decode: dict[str, Any], layout: str) -> dict[str, Any]:
-    """The model's int8 input and its outputs matched to the decode's scales by map size."""
-    inp = report["inputs"][0]
-    h = int(inp["shape"][1] if layout == "NHWC" else inp["shape"][2])
-    outputs = []
-    for index, o in enumerate(report["outputs"]):
-        outputs.append({**_quant(o), "index": index, "layout": "NHWC" if layout == "NHWC" else "NCHW"})
-    ordered: list[dict[str, Any]] = []
-    used: list[dict[str, Any]] = []
-    for scale in decode["maps"]:
-        size = h // int(scale["stride"])
-        match = [
-            o
-            for o in outputs
-            if (o["shape"][1] if o["layout"] == "NHWC" else o["shape"][2]) == size
-            and scale.get("channels", _channels(o)) == _channels(o)
-            and not any(o is done for done in used)
-        ]
-        # without a channel count a size must match exactly one output; with one, the first unused match
-        ambiguous = len(match) > 1 and "channels" not in scale
-        if ambiguous or not match:
-            raise BuildError(
-                f"cannot match the outputs {[o['shape'] for o in outputs]} to stride {scale['stride']}",
-                "the raw program's outputs must be one map per decode scale",
-            )
-        used.append(match[0])
-        ordered.append({**match[0], "stride": int(scale["stride"])})
-    return {"input": {**_quant(inp), "layout": layout}, "outputs": ordered}
-
-
-def _channels(o: dict[str, Any]) -> int:
-    return int(o["shape"][3] if o["layout"] == "NHWC" else o["shape"][1])
-
-
-def _quant(t: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": t.get("name", ""),
-        "shape": [int(d) for d in t["shape"]],
-        "dtype": str(t["dtype"]).lower(),
-        "scale": float(t.get("scale") or 0.0),
-        "zero_point": int(t.get("zero_point") or 0),
-    }
-
-
-def _tensor(t: dict[str, Any]) -> TensorInfo:
-    return TensorInfo(t["name"], tuple(t["shape"]), t["dtype"], t["scale"], t["zero_point"])
 
 
 # -- arena and budget -----------------------------------------------------------------------------------
@@ -379,7 +338,6 @@ def _bisect_arena(runtime: Any, model: Path, hi: int) -> int:
 
 
 def _recorded_arena(runtime: Any, model: Path) -> int | None:
-    import re
 
     with tempfile.TemporaryFile(mode="w+b") as capture, _redirect_fd2(capture):
         try:
@@ -467,22 +425,3 @@ def _compile(folder: Path, options: BuildOptions) -> dict[str, Any]:
         raise ConfigError(str(exc), "set limits.core in the target YAML to one of those") from exc
     except RuntimeError as exc:
         raise BuildError(f"arm-none-eabi-g++ rejected model_data.cc: {exc}", "this is a bundle bug") from exc
-
-
-def _notes(arena: dict[str, Any], budget: dict[str, Any], decode: dict[str, Any]) -> list[str]:
-    notes = [
-        f"Arena: {arena['note']} (recorded {arena['recorded_bytes']}, bisected {arena['bisected_bytes']} B).",
-        f"Flash ~{budget['flash_bytes']:,} B, RAM ~{budget['ram_bytes']:,} B: {budget['note']}.",
-    ]
-    if decode.get("kind") == "onnx-tail":
-        maps = ", ".join(f"{m['name']} (stride {m['stride']}, {m['channels']} ch)" for m in decode["maps"])
-        return notes + [
-            f"Outputs are the raw prediction maps {maps} of your ONNX, in NHWC; its decode is the rest of "
-            f"that ONNX, shipped beside the model as {decode['tail']} (ported to C by the application, or "
-            "run on the host that reads the board)."
-        ]
-    strides = ", ".join(f"stride {m['stride']} (box prior {m['prior']:g} px)" for m in decode["maps"])
-    return notes + [
-        f"Outputs are the raw prediction maps at {strides}; decode each cell as detcore.decode_raw does: "
-        "xy = (cell + 2 sigmoid(t) - 0.5) * stride, wh = (2 sigmoid(t))^2 * prior, scores = sigmoid.",
-    ]

@@ -3,10 +3,11 @@ r"""Float ``torch.export`` program -> full-integer INT8 ``.tflite`` for TFLite M
 Run by the converter venv's python (``.venv-tflite``), never imported by edgekit: litert-torch pins its
 own jax/transformers/ai-edge-litert, so the main env talks to it through a subprocess, a ``.pt2`` file
 (``torch.export.save``), a calibration ``.npy`` and a JSON report. Imports only torch, litert_torch,
-torchao, numpy and the stdlib.
+torchao, numpy, the stdlib and its sibling ``output_groups.py``.
 
 Quantization: PT2E with litert's symmetric config (int8 weights, symmetric, per-channel with
-``--per-channel``; int8 per-tensor affine activations from a HistogramObserver), int8 input and output.
+``--per-channel``; int8 per-tensor affine activations from a HistogramObserver, or min-max with
+``--observer minmax``), int8 input and output.
 
 Exit codes: 0 ok; 2 bad input, a model litert cannot lower, or a result that is not full-integer
 (one line ``litert_pt2e: error: ...`` on stderr, the report still written with ``"ok": false``).
@@ -30,6 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from output_groups import split_output_convs  # noqa: E402
+
 PROG = "litert_pt2e"
 FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
 SAME_SCALE_HINT = (
@@ -51,6 +56,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW", help="layout of the tflite input")
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (else per-tensor)")
     p.add_argument("--report", type=Path, help="write a JSON report here")
+    p.add_argument(
+        "--split-outputs",
+        action="store_true",
+        help="split each output conv into channel groups of similar range, each with its own int8 scale",
+    )
+    p.add_argument(
+        "--observer",
+        choices=("histogram", "minmax"),
+        default="histogram",
+        help="activation ranges: histogram (litert default, clips outliers) or minmax (full range seen)",
+    )
     p.add_argument(
         "--allow-float",
         action="store_true",
@@ -203,23 +219,56 @@ def calibrate(graph, quantizer, calib: np.ndarray):
         raise ConvertError(f"PT2E quantization failed: {type(e).__name__}: {first_line(e)}") from e
 
 
-def quantize(ep, calib: np.ndarray, layout: str, per_channel: bool):
-    """Quantize with PT2E; return the quantized module, sample args, quantizer and graph rewrites."""
+def quantization_config(pt2e_quantizer, per_channel: bool, observer: str):
+    """Litert's symmetric config, with the activation observer swapped when ``observer`` is ``minmax``.
+
+    The configs are built (and cached) when litert is imported, so the observer is replaced in a copy of
+    the config rather than by patching litert's module.
+    """
+    import dataclasses
+
+    cfg = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel)
+    if observer == "histogram":
+        return cfg
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    act = dataclasses.replace(
+        cfg.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12)
+    )
+    return dataclasses.replace(cfg, input_activation=act, output_activation=act)
+
+
+def quantize(
+    ep,
+    calib: np.ndarray,
+    layout: str,
+    per_channel: bool,
+    observer: str = "histogram",
+    split_outputs: bool = False,
+):
+    """Quantize with PT2E; return the quantized module, sample args, quantizer, graph rewrites and groups.
+
+    With ``split_outputs`` each conv-made output is split into channel groups of similar range
+    (``output_groups.py``); ``groups`` lists them per original output (``None`` = not split).
+    """
     import litert_torch
     import torch
     from litert_torch.quantize import pt2e_quantizer
 
-    module = ep.module()
+    module, groups = ep.module(), None
+    if split_outputs:
+        module, groups = split_output_convs(module, calib)
     if layout == "NHWC":
-        module = litert_torch.to_channel_last_io(module, args=[0], outputs=rank4_outputs(ep))
+        maps = rank4_outputs(ep) if groups is None else list(range(sum(len(g or [0]) for g in groups)))
+        module = litert_torch.to_channel_last_io(module, args=[0], outputs=maps)
         calib = calib.transpose(0, 2, 3, 1)
     sample = (torch.from_numpy(np.ascontiguousarray(calib[:1])),)
     graph = torch.export.export(module, sample).module()
     rewrites = float_scalar_operands(graph)
     quantizer = full_integer_quantizer(pt2e_quantizer).set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel)
+        quantization_config(pt2e_quantizer, per_channel, observer)
     )
-    return calibrate(graph, quantizer, calib), sample, quantizer, rewrites
+    return calibrate(graph, quantizer, calib), sample, quantizer, rewrites, groups
 
 
 def lower(qmodel, sample, quantizer) -> bytes:
@@ -356,8 +405,11 @@ def convert(args: argparse.Namespace, report: dict) -> None:
     report["calibration"] = {"samples": len(calib), "min": float(calib.min()), "max": float(calib.max())}
     report["seconds"]["load"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
-    qmodel, sample, quantizer, rewrites = quantize(ep, calib, args.layout, args.per_channel)
+    qmodel, sample, quantizer, rewrites, groups = quantize(
+        ep, calib, args.layout, args.per_channel, args.observer, args.split_outputs
+    )
     report["int_scalars_made_float"] = rewrites
+    report["output_groups"] = groups
     report["seconds"]["quantize"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     data = lower(qmodel, sample, quantizer)
@@ -379,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "program": str(args.program),
         "layout": args.layout,
         "per_channel": args.per_channel,
+        "observer": args.observer,
         "seconds": {},
         "versions": versions(),
     }

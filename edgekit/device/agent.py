@@ -36,7 +36,7 @@ from edgekit.fsutil import atomic_dir, atomic_write_json, sha256_file
 from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
-SHARED_RUNNER_FILES = ("detcore.py", "runcore.py", "powercore.py")
+SHARED_RUNNER_FILES = ("detcore.py", "runcore.py", "powercore.py", "statecore.py")
 MISSING_RUNTIME_EXIT = 3
 """A runner's exit code for "the runtime is not installed on this device"."""
 
@@ -212,7 +212,7 @@ class Agent:
 
     def state(self, work: str) -> dict[str, Any]:
         """The device's state (board, L4T, power mode, clocks, governors, temperatures, throttling)."""
-        script = posixpath.join(work, "powercore.py")
+        script = posixpath.join(work, "statecore.py")
         res = self.transport.run([self.python, script, "state"], timeout=60, check=False)
         try:
             return dict(json.loads(res.stdout.strip() or "{}"))
@@ -401,10 +401,10 @@ class Agent:
 
 
 def _throttle_flags(before: dict, after: dict, latencies: list[float]) -> list[str]:
-    from edgekit.runners import powercore
+    from edgekit.runners import statecore
 
     try:
-        return list(powercore.throttle_flags(before, after, latencies))
+        return list(statecore.throttle_flags(before, after, latencies))
     except Exception as exc:  # noqa: BLE001 - a state the parser does not know must not lose the run
         return [f"throttling not checked: {type(exc).__name__}: {exc}"]
 

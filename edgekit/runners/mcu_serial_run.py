@@ -123,7 +123,10 @@ class SerialBoard:
         self.version = f"firmware {self.board.get('firmware', 'unknown')} on {SERIAL['port']}"
         self.threads = 1
         self.device_ms: list[float] = []
-        self.sizes = [int(np.prod(o["shape"])) for o in self.tflm["outputs"]]
+        from tflm_run import tflite_outputs
+
+        self.outputs = tflite_outputs(self.tflm)  # the order the firmware sends them in
+        self.sizes = [int(np.prod(o["shape"])) for o in self.outputs]
 
     def _hello(self, meta: dict) -> dict:
         self.link.write(HELLO)
@@ -144,7 +147,7 @@ class SerialBoard:
     def infer(self, x: np.ndarray) -> np.ndarray:
         """One input through the board; float ``yolov5`` rows decoded from its raw maps."""
         import detcore
-        from tflm_run import dequantize, quantize
+        from tflm_run import assemble, quantize
 
         spec = self.tflm["input"]
         xs = x.transpose(0, 2, 3, 1) if spec["layout"] == "NHWC" and x.ndim == 4 else x
@@ -163,11 +166,13 @@ class SerialBoard:
         if zlib.crc32(body) != crc:
             raise runcore.RunnerError("output checksum mismatch: the serial link corrupted a reply")
         self.device_ms.append(cycles / self.core_hz * 1e3)
-        maps, offset = [], 0
-        for out, size in zip(self.tflm["outputs"], self.sizes, strict=True):
-            raw = np.frombuffer(body[offset : offset + size], dtype=np.int8).reshape(out["shape"])
-            maps.append(dequantize(raw, out["scale"], out["zero_point"]))
+        raws, offset = {}, 0
+        for out, size in zip(self.outputs, self.sizes, strict=True):
+            raws[int(out["index"])] = np.frombuffer(body[offset : offset + size], dtype=np.int8).reshape(
+                out["shape"]
+            )
             offset += size
+        maps = assemble(self.tflm, raws.__getitem__)
         return detcore.decode_raw(maps, self.tflm["decode"], layout=self.tflm["outputs"][0]["layout"])
 
     def report(self) -> dict:

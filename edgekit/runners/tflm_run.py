@@ -80,11 +80,8 @@ class TflmRuntime:
         q = x if x.dtype.kind == "i" else self.to_input(x)
         self.interpreter.set_input(q, 0)
         self.interpreter.invoke()
-        maps = []
-        for out in self.tflm["outputs"]:
-            raw = self.interpreter.get_output(int(out["index"]))
-            maps.append(dequantize(raw, out["scale"], out["zero_point"]))
         layout = self.tflm["outputs"][0]["layout"]
+        maps = assemble(self.tflm, self.interpreter.get_output)
         if self.tail is not None:
             # a user ONNX: its own decode (the graph after its prediction convs) on the NCHW maps
             feeds = {
@@ -93,6 +90,33 @@ class TflmRuntime:
             }
             return self.tail.run(None, feeds)[0]
         return detcore.decode_raw(maps, self.tflm["decode"], layout=layout)
+
+
+def tflite_outputs(tflm: dict) -> list[dict]:
+    """Every int8 output of the model (the parts of a split map included), in the model's output order."""
+    parts = [p for o in tflm["outputs"] for p in o.get("parts", [o])]
+    return sorted(parts, key=lambda p: int(p["index"]))
+
+
+def assemble(tflm: dict, raw_of) -> list[np.ndarray]:
+    """The dequantized raw maps; ``raw_of(index)`` gives a model output's int8 array.
+
+    A map split into channel groups (each its own int8 output and scale) is put back in channel order.
+    """
+    layout = tflm["outputs"][0]["layout"]
+    axis = 3 if layout == "NHWC" else 1
+    maps = []
+    for out in tflm["outputs"]:
+        if "parts" not in out:
+            maps.append(dequantize(raw_of(int(out["index"])), out["scale"], out["zero_point"]))
+            continue
+        full = np.empty(out["shape"], dtype=np.float32)
+        for part in out["parts"]:
+            index = [slice(None)] * full.ndim
+            index[axis] = part["channels"]
+            full[tuple(index)] = dequantize(raw_of(int(part["index"])), part["scale"], part["zero_point"])
+        maps.append(full)
+    return maps
 
 
 def _tail_session(path: Path):

@@ -90,7 +90,7 @@ class TestTflmContract(BackendContract):
         import numpy as np
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgekit.runners.tflm_run import TflmRuntime, dequantize
+        from edgekit.runners.tflm_run import TflmRuntime, dequantize, tflite_outputs
 
         tflm = artifact.meta["tflm"]
         lite = Interpreter(model_path=str(artifact.dir / artifact.files["model"]))
@@ -103,7 +103,7 @@ class TestTflmContract(BackendContract):
         micro.interpreter.set_input(q, 0)
         micro.interpreter.invoke()
         details = lite.get_output_details()
-        for out in tflm["outputs"]:
+        for out in tflite_outputs(tflm):
             a = micro.interpreter.get_output(int(out["index"])).astype(np.int32)
             b = lite.get_tensor(details[int(out["index"])]["index"]).astype(np.int32)
             assert a.shape == b.shape and np.abs(a - b).max() <= 2

@@ -24,7 +24,6 @@ from tests.device.fakeboard.fakeboard import (
     ramp_w,
     remove_tool,
     start_sysfs_writer,
-    true_energy_j,
 )
 
 POWER_SAMPLE = Path(power_sample.__file__)
@@ -157,7 +156,7 @@ def test_a_killed_sampler_leaves_whole_lines_and_its_child_ends_on_the_broken_pi
 def test_ina3221_sysfs_samples_follow_the_ramp_and_give_the_energy(board):
     folder, env = board
     out = folder / "ina.jsonl"
-    with start_sysfs_writer(folder, 0.005):
+    with start_sysfs_writer(folder, 0.005) as writer:
         rc, err = finish(
             start(env, out, "--sensor", "ina3221", "--interval-ms", "20", "--max-seconds", "1.5")
         )
@@ -165,12 +164,15 @@ def test_ina3221_sysfs_samples_follow_the_ramp_and_give_the_energy(board):
     header, samples = read_log(out)
     assert header["sensor"] == "ina3221"
     assert header["scope"].startswith("VDD_IN (module input")
-    assert len(samples) >= 40
-    assert_follows_ramp(folder, samples)
+    assert len(samples) >= 20  # 75 at 20 ms; a loaded host stretches the period
+    # each sample against what the files held at its stamp (the writer thread lags the ramp under load)
+    for s in samples:
+        assert s["w"] == pytest.approx(writer.held_w(s["t"]), rel=0.05)
+    assert samples[-1]["w"] > samples[0]["w"] * 1.2  # it follows the ramp (~60 % rise over 1.5 s)
     trace = [(s["t"], s["w"]) for s in samples]
     t0, t1 = trace[0][0], trace[-1][0]
     trapezoid_j = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(trace, trace[1:], strict=False))
-    assert trapezoid_j == pytest.approx(true_energy_j(load_ramp(folder), t0, t1), rel=0.02)
+    assert trapezoid_j == pytest.approx(writer.energy_j(t0, t1), rel=0.02)
     assert powercore.read_power_log(out.read_text())[1] == trace
 
 

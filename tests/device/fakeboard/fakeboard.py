@@ -21,6 +21,7 @@ Example (in a test)::
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import sys
@@ -132,12 +133,19 @@ def make_fakeboard(folder: Path | str, w0: float, slope: float) -> dict[str, str
 
 
 class SysfsWriter:
-    """A thread rewriting the fake INA3221 currents from the ramp; ``stop()`` or use as a context."""
+    """A thread rewriting the fake INA3221 currents from the ramp; ``stop()`` or use as a context.
+
+    Every write is logged (``writes``: monotonic time the files were complete, watts), so a test can
+    compare a sampler with what the files really held (:meth:`held_w`, :meth:`energy_j`): on a loaded
+    host the thread can stall for tens of ms and the files then lag the ramp, which is the harness's
+    lag, not the sampler's error.
+    """
 
     def __init__(self, folder: Path, interval_s: float) -> None:
         self.root = folder / "sysfs"
         self.ramp = load_ramp(folder)
         self.interval_s = interval_s
+        self.writes: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fake-ina3221", daemon=True)
         self._thread.start()
@@ -145,8 +153,21 @@ class SysfsWriter:
     def _loop(self) -> None:
         while not self._stop.is_set():
             # The value holds until the next write: centre it on that span so the error averages out.
-            _write_ina3221(self.root, ramp_w(self.ramp, time.monotonic() + self.interval_s / 2))
+            watts = ramp_w(self.ramp, time.monotonic() + self.interval_s / 2)
+            _write_ina3221(self.root, watts)
+            self.writes.append((time.monotonic(), watts))
             self._stop.wait(self.interval_s)
+
+    def held_w(self, t: float) -> float:
+        """The watts the files held at monotonic time ``t`` (the last write before it)."""
+        i = bisect.bisect_right([w[0] for w in self.writes], t) - 1
+        return self.writes[max(i, 0)][1]
+
+    def energy_j(self, t0: float, t1: float) -> float:
+        """Exact energy (J) of what the files held over ``[t0, t1]`` (piecewise constant)."""
+        times = [w[0] for w in self.writes]
+        edges = [t0, *(t for t in times if t0 < t < t1), t1]
+        return sum((b - a) * self.held_w(a) for a, b in zip(edges, edges[1:], strict=False))
 
     def stop(self) -> None:
         """Stop the thread and wait for it."""

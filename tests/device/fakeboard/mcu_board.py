@@ -53,6 +53,7 @@ def main() -> int:
     tflm = meta["tflm"]
     it = runtime.Interpreter.from_file(str(model), arena_size=int(tflm["host_arena_bytes"]))
     shape = tflm["input"]["shape"]
+    order = sorted(int(p["index"]) for o in tflm["outputs"] for p in o.get("parts", [o]))
     hello = {"model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "core_hz": args.core_hz,
              "arena_bytes": tflm["arena"]["firmware_bytes"], "firmware": "fake-1"}  # fmt: skip
     answered = 0
@@ -70,7 +71,7 @@ def main() -> int:
             it.set_input(x, 0)
             it.invoke()
             cycles = int((time.perf_counter() - t) * args.core_hz) & 0xFFFFFFFF
-            body = b"".join(it.get_output(int(o["index"])).astype(np.int8).tobytes() for o in tflm["outputs"])
+            body = b"".join(it.get_output(i).astype(np.int8).tobytes() for i in order)  # model order
             crc = struct.pack("<I", zlib.crc32(body))
             write(args.fd, b"EKO1" + struct.pack("<II", cycles, len(body)) + body + crc)
             answered += 1
