@@ -26,10 +26,13 @@ sys.path.insert(0, str(REPO))
 from edgekit.config import load_target  # noqa: E402
 from edgekit.pipeline import DeployRequest, deploy  # noqa: E402
 
+RESULTS = REPO / "bench" / "results" / "mcu.json"
 BOARDS = {"STM32H7": (2048, 1024), "STM32F7": (1024, 320), "STM32F4": (1024, 192)}
 
 
-def run(work: Path, recipe: str, size: int, reference: str = "converged", calibrator: str | None = None) -> dict:
+def run(
+    work: Path, recipe: str, size: int, reference: str = "converged", calibrator: str | None = None
+) -> dict:
     """One deploy at ``size`` px with ``recipe``; the figures of its record and artifact."""
     spec = yaml.safe_load(Path(load_target("stm32h7").source).read_text())
     spec.update({"name": f"mcu-{size}", "input_size": size, "limits": {"core": "cortex-m7"}})
@@ -46,18 +49,22 @@ def run(work: Path, recipe: str, size: int, reference: str = "converged", calibr
     nodes = {n["stage"]: n for n in record["nodes"]}
     art = json.loads((run_dir / "artifact" / "artifact.json").read_text())
     tflm, budget = art["tflm"], art["tflm"]["budget"]
-    fp32 = (run_dir / "model_fp32.onnx").stat().st_size
+    onnx_bytes = (run_dir / "model_fp32.onnx").stat().st_size
     ref, dep = nodes["reference"]["metrics"], nodes["eval"]["metrics"]
+    comp = [n for n in record["nodes"] if n["stage"].startswith("compress:")]
+    fp32 = comp[-1]["metrics"]["map50_95"] if comp else ref["map50_95"]  # the model TFLM got, in float
     row = {
         "recipe": recipe,
         "size": size,
         "params": dep.get("params"),
-        "fp32_onnx_bytes": fp32,
+        "fp32_onnx_bytes": onnx_bytes,
         "int8_tflite_bytes": budget["model_bytes"],
-        "size_ratio": round(budget["model_bytes"] / fp32, 3),
+        "size_ratio": round(budget["model_bytes"] / onnx_bytes, 3),
         "fp32_map50_95": ref["map50_95"],
         "tflm_map50_95": dep["map50_95"],
         "drop_pts": round((ref["map50_95"] - dep["map50_95"]) * 100, 2),
+        "compressed_fp32_map50_95": fp32,
+        "int8_drop_pts": round((fp32 - dep["map50_95"]) * 100, 2),
         "arena_recorded": tflm["arena"]["recorded_bytes"],
         "arena_bisected": tflm["arena"]["bisected_bytes"],
         "flash_bytes": budget["flash_bytes"],
@@ -95,11 +102,20 @@ def main() -> None:
         default=None,
         help="TFLM activation ranges: histogram, minmax, or auto (build both, keep the better on TFLM)",
     )
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows of bench/results/mcu.json for other (recipe, size) pairs (one table from runs)",
+    )
     args = ap.parse_args()
     recipes = ["none"] if args.quick else args.recipes.split(",")
     sizes = [96] if args.quick else [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(Path(tmp), r, s, args.reference, args.calibrator) for r in recipes for s in sizes]
+    if args.append and RESULTS.is_file():
+        done = {(r["recipe"], r["size"]) for r in rows}
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if (r["recipe"], r["size"]) not in done]
+        rows = kept + rows
     headers = [
         "recipe",
         "px",
@@ -108,6 +124,7 @@ def main() -> None:
         "FP32 mAP",
         "TFLM mAP",
         "Δ pts",
+        "int8 Δ",
         "arena KB",
         "flash KB",
         "RAM KB",
@@ -126,6 +143,7 @@ def main() -> None:
                     r["fp32_map50_95"],
                     r["tflm_map50_95"],
                     r["drop_pts"],
+                    r.get("int8_drop_pts"),
                     round(r["arena_bisected"] / 1024, 1),
                     round(r["flash_bytes"] / 1024),
                     round(r["ram_bytes"] / 1024),

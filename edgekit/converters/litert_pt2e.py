@@ -168,6 +168,9 @@ def full_integer_quantizer(pt2e_quantizer):
     squeeze-and-excite block's pool stays float and leaves QUANTIZE/DEQUANTIZE islands around it. Here
     such a pool (or a ``mean`` over the spatial axes) is annotated as litert annotates one it does find:
     int8 in, and an output sharing its input's scale (TFLite's int8 MEAN/AVERAGE_POOL_2D take that).
+    Max pools get the same, even when litert annotated them: TFLite's MAX_POOL_2D keeps its input's
+    scale, and an output PT2E observed on its own leaves the next conv's bias quantized for a scale its
+    input does not have (Micro-YOLO's 1x1 conv after a pool: int8 stride-16 map at cosine 0.84).
     """
     import torch
     from litert_torch.quantize import pt2e_quantizer_utils as utils
@@ -178,15 +181,18 @@ def full_integer_quantizer(pt2e_quantizer):
         torch.ops.aten._adaptive_avg_pool2d.default,
         torch.ops.aten.mean.dim,
     }
+    # TFLite's MAX_POOL_2D keeps its input's scale; an output observed on its own leaves the next conv's
+    # bias quantized for a scale its input tensor does not have (see bias_scale_mismatches)
+    same_scale = {torch.ops.aten.max_pool2d.default}
 
     class FullIntegerQuantizer(pt2e_quantizer.PT2EQuantizer):
         def annotate(self, model):
             model = super().annotate(model)
             for node in model.graph.nodes:
-                if node.op != "call_function" or node.target not in pools:
+                if node.op != "call_function" or node.target not in pools | same_scale:
                     continue
                 ann = node.meta.get("quantization_annotation")
-                if ann is not None and ann._annotated:
+                if ann is not None and ann._annotated and node.target not in same_scale:
                     continue
                 src = node.args[0]
                 src_ann = src.meta.get("quantization_annotation")
@@ -361,7 +367,33 @@ def inspect_flatbuffer(data: bytes) -> dict:
         ],
         "quantize_dequantize": qdq,
         "flex_or_custom_ops": sorted({o for o in ops if o.startswith(("FLEX:", "CUSTOM:"))}),
+        "bias_scale_mismatches": bias_scale_mismatches(ops, sub.operators, info),
     }
+
+
+def bias_scale_mismatches(ops: list[str], operators, info: list[dict]) -> list[dict]:
+    """Convs whose int32 bias was quantized for another input scale than the input tensor has.
+
+    An int8 conv's kernel rescales with its input tensor's scale and adds the bias as stored, so the
+    bias must have been quantized with ``input_scale x weight_scale``. When the lowering gives an op
+    its input's scale (TFLite's same-scale ops) after PT2E observed its own, the next conv's bias is
+    off by that ratio: a model that converts, runs and is silently wrong.
+    """
+    bad = []
+    for i, (name, op) in enumerate(zip(ops, operators, strict=True)):
+        if (
+            name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+            or len(op.inputs) < 3
+            or op.inputs[2] < 0
+        ):
+            continue
+        sx, sw, sb = (np.atleast_1d(np.asarray(info[t]["scale"], dtype=np.float64)) for t in op.inputs[:3])
+        if sx.size != 1 or sb.size != sw.size or not sw.size or not (sw > 0).all():
+            continue
+        implied = float(np.mean(sb / sw))
+        if abs(implied / float(sx[0]) - 1) > 0.01:
+            bad.append({"op_index": i, "op": name, "input_scale": float(sx[0]), "bias_implies": implied})
+    return bad
 
 
 def problems(graph: dict) -> list[str]:
@@ -377,6 +409,11 @@ def problems(graph: dict) -> list[str]:
         found.append(f"Flex/custom ops {graph['flex_or_custom_ops']}")
     if graph["subgraphs"] != 1:
         found.append(f"{graph['subgraphs']} subgraphs")
+    if graph.get("bias_scale_mismatches"):
+        found.append(
+            f"{len(graph['bias_scale_mismatches'])} convs whose bias was quantized for another input scale "
+            "(a lowering mismatch; the outputs would be silently wrong)"
+        )
     return found
 
 

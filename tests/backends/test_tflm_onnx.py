@@ -159,3 +159,88 @@ def test_a_squeeze_excite_block_converts_without_float_islands(tmp_path):
         ref = net(torch.from_numpy(x))[0].numpy().transpose(0, 2, 3, 1)
     rel = np.abs(got - ref).max() / np.abs(ref).max()
     assert rel < 0.05  # int8 of a random 3-layer net: measured ~1 %
+
+
+class _PoolResidualNet(nn.Module):
+    """Micro-YOLO's stride-16 entry: a linear projection, a max pool, then a 1x1 conv and a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.pool = nn.MaxPool2d(2)
+        self.expand = nn.Sequential(nn.Conv2d(16, 32, 1), nn.LeakyReLU(0.1))
+        self.shrink = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.pred = nn.Conv2d(16, 11, 1)
+
+    def forward(self, x):
+        p = self.pool(self.project(x))
+        return (self.pred(p + self.shrink(self.expand(p))),)
+
+
+def test_a_conv_after_a_max_pool_gets_the_bias_of_the_scale_it_reads(tmp_path):
+    """TFLite's MAX_POOL_2D keeps its input's scale; the conv after it must be quantized for that scale.
+
+    Before the pool shared its input's scale in PT2E, the next conv's int32 bias was quantized for the
+    pool's own observed scale: the model converted, ran, and Micro-YOLO's stride-16 map came out at cosine
+    0.84 against torch. The converter now also refuses any conv whose bias disagrees with its input.
+    """
+    import json
+    import subprocess
+
+    from edgekit.backends.tflm import CONVERTER, converter_python
+
+    torch.manual_seed(0)
+    net = _PoolResidualNet()
+    with torch.no_grad():  # a BN that shifts and scales, as a trained one does
+        net.project[1].running_mean.uniform_(-1, 1)
+        net.project[1].running_var.uniform_(0.5, 2)
+        net.project[1].weight.uniform_(0.5, 2)
+        net.project[1].bias.uniform_(-1, 1)
+    net.eval()
+    program = tmp_path / "pool.pt2"
+    torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 32, 32),)), str(program))
+    calib = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
+    np.save(tmp_path / "calib.npy", calib)
+    out, report = tmp_path / "pool.tflite", tmp_path / "report.json"
+    argv = [
+        converter_python(),
+        str(CONVERTER),
+        "--program",
+        str(program),
+        "--calib",
+        str(tmp_path / "calib.npy"),
+    ]
+    argv += ["--out", str(out), "--layout", "NHWC", "--per-channel", "--report", str(report)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-800:]
+    assert json.loads(report.read_text())["bias_scale_mismatches"] == []
+    from tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_file(str(out), arena_size=200_000)
+    d_in, d_out = interp.get_input_details(0), interp.get_output_details(0)
+    qi, qo = d_in["quantization_parameters"], d_out["quantization_parameters"]
+    x = calib[:4]
+    got, ref = [], []
+    for xi in x:
+        q = np.clip(
+            np.round(xi[None].transpose(0, 2, 3, 1) / qi["scales"][0]) + qi["zero_points"][0], -128, 127
+        )
+        interp.set_input(q.astype(np.int8), 0)
+        interp.invoke()
+        got.append((interp.get_output(0).astype(np.float32) - qo["zero_points"][0]) * qo["scales"][0])
+        with torch.no_grad():
+            ref.append(net(torch.from_numpy(xi[None]))[0].numpy().transpose(0, 2, 3, 1))
+    got, ref = np.concatenate(got).ravel(), np.concatenate(ref).ravel()
+    assert float(got @ ref / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.99
+
+
+def test_the_bias_check_names_a_conv_quantized_for_another_input_scale():
+    from types import SimpleNamespace
+
+    from edgekit.converters.litert_pt2e import bias_scale_mismatches
+
+    info = [{"scale": 0.05}, {"scale": [0.01, 0.02]}, {"scale": [0.0005, 0.001]}, {"scale": [0.0004, 0.0008]}]
+    good = SimpleNamespace(inputs=[0, 1, 2])
+    bad = SimpleNamespace(inputs=[0, 1, 3])  # bias scale / weight scale = 0.04, the input has 0.05
+    found = bias_scale_mismatches(["CONV_2D", "CONV_2D", "ADD"], [good, bad, good], info)
+    assert found == [{"op_index": 1, "op": "CONV_2D", "input_scale": 0.05, "bias_implies": 0.04}]
