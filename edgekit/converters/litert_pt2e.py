@@ -168,9 +168,10 @@ def full_integer_quantizer(pt2e_quantizer):
     squeeze-and-excite block's pool stays float and leaves QUANTIZE/DEQUANTIZE islands around it. Here
     such a pool (or a ``mean`` over the spatial axes) is annotated as litert annotates one it does find:
     int8 in, and an output sharing its input's scale (TFLite's int8 MEAN/AVERAGE_POOL_2D take that).
-    Max pools get the same, even when litert annotated them: TFLite's MAX_POOL_2D keeps its input's
-    scale, and an output PT2E observed on its own leaves the next conv's bias quantized for a scale its
-    input does not have (Micro-YOLO's 1x1 conv after a pool: int8 stride-16 map at cosine 0.84).
+    Max pools it misses the same way get what litert gives the ones it finds (the output shares the
+    input's scale): TFLite's MAX_POOL_2D keeps its input's scale, and an output PT2E observed on its own
+    leaves the next conv's bias quantized for a scale its input does not have (Micro-YOLO's 1x1 conv
+    after a pool: int8 stride-16 map at cosine 0.84).
     """
     import torch
     from litert_torch.quantize import pt2e_quantizer_utils as utils
@@ -192,11 +193,20 @@ def full_integer_quantizer(pt2e_quantizer):
                 if node.op != "call_function" or node.target not in pools | same_scale:
                     continue
                 ann = node.meta.get("quantization_annotation")
-                if ann is not None and ann._annotated and node.target not in same_scale:
+                if ann is not None and ann._annotated:
                     continue
                 src = node.args[0]
                 src_ann = src.meta.get("quantization_annotation")
-                if src_ann is not None and src_ann._annotated and src_ann.output_qspec is not None:
+                quantized_src = (
+                    src_ann is not None and src_ann._annotated and src_ann.output_qspec is not None
+                )
+                if node.target in same_scale:
+                    if quantized_src:  # as litert annotates the max pools it finds: the output is the input's
+                        node.meta["quantization_annotation"] = QuantizationAnnotation(
+                            output_qspec=SharedQuantizationSpec(src), _annotated=True
+                        )
+                    continue
+                if quantized_src:
                     in_spec = SharedQuantizationSpec(src)
                 else:
                     in_spec = utils.get_input_act_qspec(self.global_config)

@@ -9,6 +9,8 @@ ONNX Runtime FP32 of the whole ONNX.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -116,47 +118,54 @@ class _SqueezeExciteNet(nn.Module):
         return (self.pred(self.se(self.stem(x))),)
 
 
-def test_a_squeeze_excite_block_converts_without_float_islands(tmp_path):
-    """MBConv-SE's global pool, gate and scale stay int8 (litert misses the pool in a re-exported graph)."""
+def _convert_net(net: nn.Module, tmp_path: Path) -> tuple[Path, dict, np.ndarray]:
+    """Export ``net`` at 32 px, run the PT2E converter on it; the .tflite, its report, the calibration set."""
     import json
     import subprocess
 
     from edgekit.backends.tflm import CONVERTER, converter_python
 
-    torch.manual_seed(0)
-    net = _SqueezeExciteNet().eval()
-    program = tmp_path / "se.pt2"
+    program, calib_path = tmp_path / "net.pt2", tmp_path / "calib.npy"
     torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 32, 32),)), str(program))
     calib = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
-    np.save(tmp_path / "calib.npy", calib)
-    out, report = tmp_path / "se.tflite", tmp_path / "report.json"
-    argv = [
-        converter_python(),
-        str(CONVERTER),
-        "--program",
-        str(program),
-        "--calib",
-        str(tmp_path / "calib.npy"),
-    ]
+    np.save(calib_path, calib)
+    out, report = tmp_path / "net.tflite", tmp_path / "report.json"
+    argv = [converter_python(), str(CONVERTER), "--program", str(program), "--calib", str(calib_path)]
     argv += ["--out", str(out), "--layout", "NHWC", "--per-channel", "--report", str(report)]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-800:]
-    ops = json.loads(report.read_text())["ops"]
-    assert {"MEAN", "LOGISTIC", "MUL"} <= set(ops) and not {"QUANTIZE", "DEQUANTIZE"} & set(ops)
-    # and the int8 model still computes the block: TFLM against torch FP32
+    return out, json.loads(report.read_text()), calib
+
+
+def _tflm_and_torch(tflite: Path, net: nn.Module, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The single output of ``net`` for each of ``xs``: TFLM (dequantized) and torch FP32, both NHWC."""
     from tflite_micro import runtime
 
-    interp = runtime.Interpreter.from_file(str(out), arena_size=200_000)
-    d_in, d_out = interp.get_input_details(0), interp.get_output_details(0)
-    qi, qo = d_in["quantization_parameters"], d_out["quantization_parameters"]
-    (s_in, z_in), (s_out, z_out) = (qi["scales"], qi["zero_points"]), (qo["scales"], qo["zero_points"])
-    x = calib[:1]
-    q = np.clip(np.round(x.transpose(0, 2, 3, 1) / s_in[0]) + z_in[0], -128, 127).astype(np.int8)
-    interp.set_input(q, 0)
-    interp.invoke()
-    got = (interp.get_output(0).astype(np.float32) - z_out[0]) * s_out[0]
-    with torch.no_grad():
-        ref = net(torch.from_numpy(x))[0].numpy().transpose(0, 2, 3, 1)
+    interp = runtime.Interpreter.from_file(str(tflite), arena_size=200_000)
+    qi = interp.get_input_details(0)["quantization_parameters"]
+    qo = interp.get_output_details(0)["quantization_parameters"]
+    got, ref = [], []
+    for x in xs:
+        q = np.clip(
+            np.round(x[None].transpose(0, 2, 3, 1) / qi["scales"][0]) + qi["zero_points"][0], -128, 127
+        )
+        interp.set_input(q.astype(np.int8), 0)
+        interp.invoke()
+        got.append((interp.get_output(0).astype(np.float32) - qo["zero_points"][0]) * qo["scales"][0])
+        with torch.no_grad():
+            ref.append(net(torch.from_numpy(x[None]))[0].numpy().transpose(0, 2, 3, 1))
+    return np.concatenate(got), np.concatenate(ref)
+
+
+def test_a_squeeze_excite_block_converts_without_float_islands(tmp_path):
+    """MBConv-SE's global pool, gate and scale stay int8 (litert misses the pool in a re-exported graph)."""
+    torch.manual_seed(0)
+    net = _SqueezeExciteNet().eval()
+    out, report, calib = _convert_net(net, tmp_path)
+    ops = report["ops"]
+    assert {"MEAN", "LOGISTIC", "MUL"} <= set(ops) and not {"QUANTIZE", "DEQUANTIZE"} & set(ops)
+    # and the int8 model still computes the block: TFLM against torch FP32
+    got, ref = _tflm_and_torch(out, net, calib[:1])
     rel = np.abs(got - ref).max() / np.abs(ref).max()
     assert rel < 0.05  # int8 of a random 3-layer net: measured ~1 %
 
@@ -184,11 +193,6 @@ def test_a_conv_after_a_max_pool_gets_the_bias_of_the_scale_it_reads(tmp_path):
     pool's own observed scale: the model converted, ran, and Micro-YOLO's stride-16 map came out at cosine
     0.84 against torch. The converter now also refuses any conv whose bias disagrees with its input.
     """
-    import json
-    import subprocess
-
-    from edgekit.backends.tflm import CONVERTER, converter_python
-
     torch.manual_seed(0)
     net = _PoolResidualNet()
     with torch.no_grad():  # a BN that shifts and scales, as a trained one does
@@ -197,40 +201,9 @@ def test_a_conv_after_a_max_pool_gets_the_bias_of_the_scale_it_reads(tmp_path):
         net.project[1].weight.uniform_(0.5, 2)
         net.project[1].bias.uniform_(-1, 1)
     net.eval()
-    program = tmp_path / "pool.pt2"
-    torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 32, 32),)), str(program))
-    calib = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
-    np.save(tmp_path / "calib.npy", calib)
-    out, report = tmp_path / "pool.tflite", tmp_path / "report.json"
-    argv = [
-        converter_python(),
-        str(CONVERTER),
-        "--program",
-        str(program),
-        "--calib",
-        str(tmp_path / "calib.npy"),
-    ]
-    argv += ["--out", str(out), "--layout", "NHWC", "--per-channel", "--report", str(report)]
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-800:]
-    assert json.loads(report.read_text())["bias_scale_mismatches"] == []
-    from tflite_micro import runtime
-
-    interp = runtime.Interpreter.from_file(str(out), arena_size=200_000)
-    d_in, d_out = interp.get_input_details(0), interp.get_output_details(0)
-    qi, qo = d_in["quantization_parameters"], d_out["quantization_parameters"]
-    x = calib[:4]
-    got, ref = [], []
-    for xi in x:
-        q = np.clip(
-            np.round(xi[None].transpose(0, 2, 3, 1) / qi["scales"][0]) + qi["zero_points"][0], -128, 127
-        )
-        interp.set_input(q.astype(np.int8), 0)
-        interp.invoke()
-        got.append((interp.get_output(0).astype(np.float32) - qo["zero_points"][0]) * qo["scales"][0])
-        with torch.no_grad():
-            ref.append(net(torch.from_numpy(xi[None]))[0].numpy().transpose(0, 2, 3, 1))
-    got, ref = np.concatenate(got).ravel(), np.concatenate(ref).ravel()
+    out, report, calib = _convert_net(net, tmp_path)
+    assert report["bias_scale_mismatches"] == []
+    got, ref = (a.ravel() for a in _tflm_and_torch(out, net, calib[:4]))
     assert float(got @ ref / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.99
 
 
