@@ -235,6 +235,16 @@ def calibrate(graph, quantizer, calib: np.ndarray):
         raise ConvertError(f"PT2E quantization failed: {type(e).__name__}: {first_line(e)}") from e
 
 
+def split_rank4_outputs(groups: list) -> list[int]:
+    """Indices of the 4-D outputs after the split (``None`` in ``groups`` = an output that is not a map)."""
+    out, k = [], 0
+    for g in groups:
+        n = 1 if g is None else len(g)
+        out += [] if g is None else list(range(k, k + n))
+        k += n
+    return out
+
+
 def quantization_config(pt2e_quantizer, per_channel: bool, observer: str):
     """Litert's symmetric config, with the activation observer swapped when ``observer`` is ``minmax``.
 
@@ -275,7 +285,7 @@ def quantize(
     if split_outputs:
         module, groups = split_output_convs(module, calib)
     if layout == "NHWC":
-        maps = rank4_outputs(ep) if groups is None else list(range(sum(len(g or [0]) for g in groups)))
+        maps = rank4_outputs(ep) if groups is None else split_rank4_outputs(groups)
         module = litert_torch.to_channel_last_io(module, args=[0], outputs=maps)
         calib = calib.transpose(0, 2, 3, 1)
     sample = (torch.from_numpy(np.ascontiguousarray(calib[:1])),)
