@@ -3,7 +3,7 @@ r"""Float ``torch.export`` program -> full-integer INT8 ``.tflite`` for TFLite M
 Run by the converter venv's python (``.venv-tflite``), never imported by edgekit: litert-torch pins its
 own jax/transformers/ai-edge-litert, so the main env talks to it through a subprocess, a ``.pt2`` file
 (``torch.export.save``), a calibration ``.npy`` and a JSON report. Imports only torch, litert_torch,
-torchao, numpy, the stdlib and its sibling ``output_groups.py``.
+torchao, numpy, the stdlib and its siblings ``output_groups.py`` and ``tflite_graph.py``.
 
 Quantization: PT2E with litert's symmetric config (int8 weights, symmetric, per-channel with
 ``--per-channel``; int8 per-tensor affine activations from a HistogramObserver, or min-max with
@@ -26,7 +26,6 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from output_groups import split_output_convs  # noqa: E402
+from tflite_graph import inspect_flatbuffer, problems  # noqa: E402
 
 PROG = "litert_pt2e"
-FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
 SAME_SCALE_HINT = (
     " (hint: an in-graph decode that reshapes or concatenates sigmoid scores with pixel boxes cannot"
     " share one int8 scale; export only the raw head maps and decode on the host)"
@@ -310,131 +309,6 @@ def lower(qmodel, sample, quantizer) -> bytes:
         if "same scale constraint" in str(e):
             msg += SAME_SCALE_HINT
         raise ConvertError(msg) from e
-
-
-def schema():
-    """The TFLite flatbuffer schema module (ai-edge-litert's, else tflite-micro's)."""
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError:
-        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
-    return schema_py_generated
-
-
-def enum_names(cls) -> dict[int, str]:
-    """Reverse map of a flatbuffer enum class."""
-    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
-
-
-def decode(raw) -> str:
-    """Flatbuffer strings come back as bytes."""
-    return raw.decode() if isinstance(raw, bytes) else str(raw or "")
-
-
-def tensor_info(t, type_names: dict[int, str]) -> dict:
-    """Shape, dtype and quantization of one tensor."""
-    q = t.quantization
-    scales = [] if q is None or q.scale is None else [float(s) for s in q.scale]
-    zps = [] if q is None or q.zeroPoint is None else [int(z) for z in q.zeroPoint]
-    return {
-        "name": decode(t.name),
-        "shape": [int(d) for d in (t.shape if t.shape is not None else [])],
-        "dtype": type_names[t.type],
-        "scale": scales[0] if len(scales) == 1 else scales,
-        "zero_point": zps[0] if len(zps) == 1 else zps,
-    }
-
-
-def op_name(code, op_names: dict[int, str]) -> str:
-    """Builtin name of an operator code (``FLEX:<op>`` or ``CUSTOM:<name>`` for custom ops)."""
-    builtin = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
-    if builtin == "CUSTOM":
-        custom = decode(code.customCode)
-        return f"FLEX:{custom[4:]}" if custom.startswith("Flex") else f"CUSTOM:{custom}"
-    return builtin
-
-
-def is_constant(model, tensor) -> bool:
-    """Whether a tensor's values are stored in the flatbuffer (weights, grids) rather than computed."""
-    return tensor.buffer > 0 and model.buffers[tensor.buffer].data is not None
-
-
-def inspect_flatbuffer(data: bytes) -> dict:
-    """Op counts, I/O details, float tensors and Q/DQ ops, read from the flatbuffer itself."""
-    sch = schema()
-    model = sch.ModelT.InitFromPackedBuf(data, 0)
-    type_names, op_names = enum_names(sch.TensorType), enum_names(sch.BuiltinOperator)
-    sub = model.subgraphs[0]
-    names = [op_name(c, op_names) for c in model.operatorCodes]
-    ops = [names[op.opcodeIndex] for op in sub.operators]
-    io = set(sub.inputs) | set(sub.outputs)
-    info = [tensor_info(t, type_names) for t in sub.tensors]
-    qdq = [
-        {"op": name, "in": info[op.inputs[0]]["dtype"], "out": info[op.outputs[0]]["dtype"]}
-        for name, op in zip(ops, sub.operators, strict=True)
-        if name in ("QUANTIZE", "DEQUANTIZE")
-    ]
-    return {
-        "subgraphs": len(model.subgraphs),
-        "ops": dict(sorted(Counter(ops).items())),
-        "op_sequence": ops,
-        "inputs": [info[i] for i in sub.inputs],
-        "outputs": [info[i] for i in sub.outputs],
-        "float_tensors": [
-            {**info[i], "const": is_constant(model, sub.tensors[i])}
-            for i in range(len(info))
-            if i not in io and info[i]["dtype"] in FLOAT_TYPES
-        ],
-        "quantize_dequantize": qdq,
-        "flex_or_custom_ops": sorted({o for o in ops if o.startswith(("FLEX:", "CUSTOM:"))}),
-        "bias_scale_mismatches": bias_scale_mismatches(ops, sub.operators, info),
-    }
-
-
-def bias_scale_mismatches(ops: list[str], operators, info: list[dict]) -> list[dict]:
-    """Convs whose int32 bias was quantized for another input scale than the input tensor has.
-
-    An int8 conv's kernel rescales with its input tensor's scale and adds the bias as stored, so the
-    bias must have been quantized with ``input_scale x weight_scale``. When the lowering gives an op
-    its input's scale (TFLite's same-scale ops) after PT2E observed its own, the next conv's bias is
-    off by that ratio: a model that converts, runs and is silently wrong.
-    """
-    bad = []
-    for i, (name, op) in enumerate(zip(ops, operators, strict=True)):
-        if (
-            name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-            or len(op.inputs) < 3
-            or op.inputs[2] < 0
-        ):
-            continue
-        sx, sw, sb = (np.atleast_1d(np.asarray(info[t]["scale"], dtype=np.float64)) for t in op.inputs[:3])
-        if sx.size != 1 or sb.size != sw.size or not sw.size or not (sw > 0).all():
-            continue
-        implied = float(np.mean(sb / sw))
-        if abs(implied / float(sx[0]) - 1) > 0.01:
-            bad.append({"op_index": i, "op": name, "input_scale": float(sx[0]), "bias_implies": implied})
-    return bad
-
-
-def problems(graph: dict) -> list[str]:
-    """Why the model is not a full-integer TFLM model (empty when it is)."""
-    io = graph["inputs"] + graph["outputs"]
-    found = [f"I/O tensor {t['name']!r} is {t['dtype']}" for t in io if t["dtype"] != "INT8"]
-    if graph["float_tensors"]:
-        found.append(f"{len(graph['float_tensors'])} float tensors inside the graph")
-    float_qdq = [q for q in graph["quantize_dequantize"] if q["in"] in FLOAT_TYPES or q["out"] in FLOAT_TYPES]
-    if float_qdq:
-        found.append(f"{len(float_qdq)} QUANTIZE/DEQUANTIZE ops to or from float")
-    if graph["flex_or_custom_ops"]:
-        found.append(f"Flex/custom ops {graph['flex_or_custom_ops']}")
-    if graph["subgraphs"] != 1:
-        found.append(f"{graph['subgraphs']} subgraphs")
-    if graph.get("bias_scale_mismatches"):
-        found.append(
-            f"{len(graph['bias_scale_mismatches'])} convs whose bias was quantized for another input scale "
-            "(a lowering mismatch; the outputs would be silently wrong)"
-        )
-    return found
 
 
 def versions() -> dict:
