@@ -190,10 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_control and m["model"] is not None:
                 epochs = float(m["ref_epochs"]) + recipe_epochs(load_recipe(name)) * scale
                 ctl = control(m["model"], epochs, root, 160, not args.quiet)
+            # re-read before writing: two runs (--recipes a b / --recipes c) may share the state file
+            state = json.loads(state_path.read_text()) if state_path.is_file() else {"rows": {}}
             state["rows"][name] = row(m, ctl)
             state["reference"] = ref
             atomic_write_json(state_path, state)
             print(f"{name}: {json.dumps(state['rows'][name])}", file=sys.stderr, flush=True)
+    state = json.loads(state_path.read_text()) if state_path.is_file() else state
     rows = [state["rows"][n] for n in (args.recipes or (QUICK if args.quick else FULL)) if n in state["rows"]]
     table = markdown(ref or state["reference"], rows)
     print(table)
