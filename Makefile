@@ -18,6 +18,7 @@ RECIPE ?= default
 MODEL  ?= builtin
 DEVICE ?=
 CALIB  ?=
+CONTROL ?=
 ARGS   ?=
 
 REF_SIZE ?= 160
@@ -26,6 +27,7 @@ REF_SIZE ?= 160
 
 help:
 	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local] [CALIB=name]"
+	@echo "            [CONTROL=1: also train the recipe's from-scratch control, report recipe - control]"
 	@echo "make test          run the test suite (installs what it needs)"
 	@echo "make bench         long accuracy/speed runs, ratios side by side (bench/)"
 	@echo "make reference [REF_SIZE=160]  train the shipped reference detector to convergence (resumable)"
@@ -75,7 +77,8 @@ system-deps:
 
 deploy: $(STAMP) $(if $(or $(findstring tflm,$(TARGET)),$(findstring stm32,$(TARGET))),$(TFLITE_STAMP))
 	$(BIN)/edgekit deploy --target $(TARGET) --recipe $(RECIPE) --model $(MODEL) \
-	  $(if $(DEVICE),--device $(DEVICE)) $(if $(CALIB),--calib $(CALIB)) $(ARGS)
+	  $(if $(DEVICE),--device $(DEVICE)) $(if $(CALIB),--calib $(CALIB)) \
+	  $(if $(CONTROL),--control) $(ARGS)
 
 test: $(STAMP) $(TFLITE_STAMP) system-deps
 	$(BIN)/pytest -q

@@ -6,7 +6,8 @@ reference, Δ mAP@0.5 and Δ mAP@0.5:0.95 of the compressed torch model (FP32, o
 the deployed INT8 artifact. The **control** of a recipe is its own compressed architecture (the same
 layer widths, Micro-YOLO blocks for microyolo) re-initialised and trained from scratch with one cosine
 schedule for the same total epochs (the reference's + the recipe's own): recipe − control says whether
-the recipe beat spending the same compute on the small model directly.
+the recipe beat spending the same compute on the small model directly. It is the deploy's own
+`--control` node (edgekit/compress/control.py), so the bench and a user's report measure it the same way.
 
 Everything is resumable: the deploys reuse the compress cache (`.cache/edgekit/compress/`), finished
 rows and controls are kept in `bench/results/compression-state.json`, so a stopped run goes on.
@@ -19,14 +20,10 @@ rows and controls are kept in `bench/results/compression-state.json`, so a stopp
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,90 +37,42 @@ QUICK = ["default", "microyolo"]
 STATE = REPO / "bench" / "results" / "compression-state.json"
 
 
-def recipe_epochs(recipe) -> float:
-    """Training epochs a recipe spends at most (fine-tunes, sparsity, swap training, QAT), unscaled."""
-    total = 0.0
-    for step in recipe.torch_steps():
-        for name in ("finetune", "train", "sparsity"):
-            block = getattr(step, name, None)
-            total += getattr(block, "epochs", 0.0) if block is not None else 0.0
-        if step.type in ("finetune", "distill", "qat"):
-            total += step.epochs
-        if step.type == "progressive" and step.finetune is not None:
-            total += step.finetune.epochs * step.max_steps_per_layer * (step.max_layers or 8)
-    return total
-
-
-def compressed_model(run_dir: Path):
-    """The compressed torch model of a deploy, from the compress cache its record names."""
-    record = json.loads((run_dir / "record.json").read_text())
-    nodes = [n for n in record["nodes"] if n["stage"].startswith("compress:")]
-    if not nodes:
-        return None, record
-    from edgekit.models.zoo import cache_dir
-
-    parent = next(n for n in record["nodes"] if n["stage"] == "reference")["id"]
-    work = cache_dir() / "compress" / f"{record['recipe']['name']}-{parent}"
-    model = torch.load(work / f"step_{len(nodes) - 1}.pt", map_location="cpu", weights_only=False)
-    return model, record
-
-
-def control(model, epochs: float, root: Path, size: int, progress: bool) -> dict:
-    """``model``'s architecture re-initialised and trained from scratch for ``epochs``; its FP32 scores."""
-    from edgekit.compress.qat import float_view
-    from edgekit.data.dataset import YoloDataset
-    from edgekit.data.preprocess import PreprocessSpec
-    from edgekit.export.onnx import model_macs_params
-    from edgekit.models.train import InMemorySplit, TrainConfig, evaluate, train
-
-    net = copy.deepcopy(float_view(model))
-    torch.manual_seed(0)
-    for module in net.modules():
-        if hasattr(module, "reset_parameters") and module is not net:
-            module.reset_parameters()
-    spec = PreprocessSpec(input_size=size)
-    t0 = time.perf_counter()
-    train(
-        net,
-        InMemorySplit(YoloDataset(root, "train"), spec),
-        TrainConfig(epochs=epochs, lr=3e-3),
-        progress=progress,
-        description="control",
-    )
-    scores = evaluate(net, InMemorySplit(YoloDataset(root, "val"), spec))
-    cost = model_macs_params(net, (1, 3, size, size))
-    return {**cost, **scores, "epochs": round(epochs, 3), "wall_s": round(time.perf_counter() - t0, 1)}
-
-
-def measure_recipe(name: str, work: Path, scale: float, reference: str, progress: bool) -> dict:
-    """Deploy ``name`` to the local target; the reference, compressed and deployed figures of its record."""
+def measure_recipe(
+    name: str, work: Path, scale: float, reference: str, control: bool, progress: bool
+) -> dict:
+    """Deploy ``name`` to the local target (with its control); the figures of its record."""
     run_dir = deploy(
         DeployRequest(
-            target="local", recipe=name, out=work, run_id=name, progress=progress,
-            epochs_scale=scale, reference=reference, command=["bench/compression.py"],
+            target="local", recipe=name, out=work, run_id=name, progress=progress, epochs_scale=scale,
+            reference=reference, control=control, command=["bench/compression.py"],
         )
     )  # fmt: skip
-    model, record = compressed_model(run_dir)
+    record = json.loads((run_dir / "record.json").read_text())
     nodes = {n["stage"]: n for n in record["nodes"]}
-    train = nodes["train"]
     ref = nodes["reference"]["metrics"]
     comp = [n for n in record["nodes"] if n["stage"].startswith("compress:")]
     torch_m = comp[-1]["metrics"] if comp else ref
     dep = nodes["eval"]["metrics"]
+    ctl = nodes.get("control")
     return {
         "recipe": name,
-        "model": model,
-        "ref_epochs": (train.get("extra") or {}).get("epochs") or train["config"]["train"].get("epochs"),
         "reference": {k: ref[k] for k in ("params", "macs", "map50", "map50_95")},
         "torch": {k: torch_m[k] for k in ("params", "macs", "map50", "map50_95")},
         "deployed": {k: dep.get(k) for k in ("map50", "map50_95")},
+        "control": {
+            **ctl["metrics"],
+            "epochs": ctl["config"]["epochs"],
+            "wall_s": ctl["extra"]["train_wall_s"],
+        }
+        if ctl
+        else None,  # fmt: skip
         "compress_s": round(sum(n.get("seconds") or 0 for n in comp), 1),
     }
 
 
-def row(m: dict, ctl: dict | None) -> dict:
+def row(m: dict) -> dict:
     """One result row: ratios against the reference, deltas in mAP points, recipe − control."""
-    ref, got, dep = m["reference"], m["torch"], m["deployed"]
+    ref, got, dep, ctl = m["reference"], m["torch"], m["deployed"], m["control"]
     out = {
         "recipe": m["recipe"],
         "params": got["params"],
@@ -173,10 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     scale, reference = (0.05, "quick") if args.quick else (1.0, "converged")
     state_path = STATE.with_name("compression-quick-state.json") if args.quick else STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"rows": {}}
-    from edgekit.data.shapes import ShapesConfig, builtin_dataset
-    from edgekit.models.zoo import cache_dir
-
-    root = builtin_dataset(cache_dir(), ShapesConfig(image_size=160), progress=not args.quiet)
     ref = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.recipes or (QUICK if args.quick else FULL):
@@ -184,15 +129,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: kept from {state_path.name}", file=sys.stderr)
                 ref = ref or state.get("reference")
                 continue
-            m = measure_recipe(name, Path(tmp), scale, reference, not args.quiet)
+            control = not args.no_control and bool(load_recipe(name).torch_steps())
+            m = measure_recipe(name, Path(tmp), scale, reference, control, not args.quiet)
             ref = m["reference"]
-            ctl = None
-            if not args.no_control and m["model"] is not None:
-                epochs = float(m["ref_epochs"]) + recipe_epochs(load_recipe(name)) * scale
-                ctl = control(m["model"], epochs, root, 160, not args.quiet)
             # re-read before writing: two runs (--recipes a b / --recipes c) may share the state file
             state = json.loads(state_path.read_text()) if state_path.is_file() else {"rows": {}}
-            state["rows"][name] = row(m, ctl)
+            state["rows"][name] = row(m)
             state["reference"] = ref
             atomic_write_json(state_path, state)
             print(f"{name}: {json.dumps(state['rows'][name])}", file=sys.stderr, flush=True)

@@ -94,6 +94,12 @@ def _add_deploy(sub) -> None:
         help="the built-in model: converged (shipped for the built-in data; else trained to a plateau, "
         "tens of minutes, once) or quick (10 epochs, not converged)",
     )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also train the recipe's control - its compressed architecture from scratch for the "
+        "reference's + the recipe's epochs - and report recipe - control (about doubles a cold run; cached)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_deploy)
@@ -121,6 +127,7 @@ def cmd_deploy(args) -> int:
         max_p99_ms=args.max_p99_ms,
         epochs_scale=args.epochs_scale,
         reference=args.reference,
+        control=args.control,
         progress=not args.quiet,
     )
     plan = make_plan(req)

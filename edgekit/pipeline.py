@@ -43,6 +43,8 @@ class DeployRequest:
         epochs_scale: Multiplies every training schedule (tests use small values).
         reference: The built-in model's training: ``converged`` (shipped, or trained to the plateau rule
             of :mod:`edgekit.models.converge`) or ``quick`` (one 10-epoch cosine schedule × ``epochs_scale``).
+        control: Also train the recipe's control (its compressed architecture from scratch for the
+            reference's + the recipe's epochs) and report recipe − control; about doubles a cold run.
     """
 
     target: str = "local"
@@ -62,6 +64,7 @@ class DeployRequest:
     max_p99_ms: float | None = None
     epochs_scale: float = 1.0
     reference: str = "converged"
+    control: bool = False
     progress: bool = True
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
@@ -88,7 +91,7 @@ class Plan:
         ]
         if self.target.precision == "int8" and self.backend_cls.int8_source == "qdq":
             stages.append("quantize")
-        stages += ["build", "eval", "bench", "report"]
+        stages += ["build", "eval", "bench", *(["control"] if r.control else []), "report"]
         return {
             "target": self.target.name,
             "backend": self.target.backend,
@@ -126,6 +129,13 @@ def make_plan(request: DeployRequest) -> Plan:
         raise ConfigError(
             f"recipe '{recipe.name}' has torch compression steps, but the model is an ONNX file",
             "use RECIPE=none (quantization only) or give a torch model (module:factory)",
+        )
+    if request.control and (request.model != "builtin" or not recipe.torch_steps()):
+        raise ConfigError(
+            "--control trains the compressed architecture from scratch for the reference's epochs plus the "
+            f"recipe's; it needs the built-in reference and a recipe with torch steps (got model "
+            f"'{request.model}', recipe '{recipe.name}')",
+            "drop --control, or use MODEL=builtin with a compressing recipe",
         )
     backend_cls, transport_factory = check_target_ready(target, request.device)
     if target.precision == "int8":
@@ -237,6 +247,8 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
     artifact = build_stage(ctx, plan, source, reference=fp32, cs=cs, qreq=qreq, val=val, torch_program=ts)
     with plan.transport_factory() as transport:
         bench_and_eval(ctx, artifact, val, transport)
+    if req.control:
+        ms.control_stage(ctx, plan.recipe, model, train_root, val)
 
 
 def _write_outputs(ctx: RunContext) -> None:

@@ -123,6 +123,42 @@ def test_default_recipe_prunes_and_gates_fail_after_writing(tmp_path, shapes_roo
     assert "max_p99_ms" in (run / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_control_trains_the_compressed_architecture_from_scratch_and_reports_recipe_minus_control(
+    tmp_path, shapes_root, trained
+):
+    import yaml
+
+    recipe = yaml.safe_load(open(REPO / "recipes" / "default.yaml"))
+    recipe["steps"][0]["finetune"]["epochs"] = 1.0
+    (tmp_path / "default-short.yaml").write_text(yaml.safe_dump(recipe))
+    run = deploy(_request(tmp_path, shapes_root, recipe=str(tmp_path / "default-short.yaml"), control=True))
+    record = json.loads((run / "record.json").read_text())
+    nodes = {n["stage"]: n for n in record["nodes"]}
+    assert [n["stage"] for n in record["nodes"]][-1] == "control"
+    ctl, comp = nodes["control"], nodes["compress:prune"]
+    assert ctl["parent"] == comp["id"]  # the control of the compressed model, off the deploy chain
+    assert nodes["export"]["parent"] == comp["id"]
+    assert (
+        ctl["metrics"]["params"] == comp["metrics"]["params"]
+        and ctl["metrics"]["macs"] == comp["metrics"]["macs"]
+    )
+    # the quick reference's 10 epochs and the fine-tune's 1, both x TRAIN_SCALE
+    assert ctl["config"]["epochs"] == pytest.approx(11 * TRAIN_SCALE)
+    gain = ctl["extra"]["recipe_minus_control"]["map50_95"]
+    assert gain == pytest.approx(100 * (comp["metrics"]["map50_95"] - ctl["metrics"]["map50_95"]), abs=0.01)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["control"]["recipe_minus_control"]["map50_95"] == gain
+    assert "Recipe against its control" in (run / "report.md").read_text()
+
+
+def test_control_needs_the_builtin_reference_and_a_compressing_recipe(tmp_path, shapes_root):
+    from edgekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--control"):
+        make_plan(_request(tmp_path, shapes_root, recipe="none", control=True))
+
+
 def test_dry_run_plan_lists_the_stages(tmp_path, shapes_root):
     plan = make_plan(_request(tmp_path, shapes_root, recipe="default"))
     stages = plan.describe()["stages"]

@@ -111,6 +111,48 @@ def _headline(record: RunRecord, summary: dict[str, Any]) -> list[Block]:
     return [Heading("Reference against deployed"), Table(headers, rows, frozenset({1, 2, 3}))]
 
 
+def _control(record: RunRecord) -> list[Block]:
+    """Recipe against its control (``--control``): did compressing beat training the small model directly?"""
+    ctl = record.node("control")
+    if ctl is None:
+        return []
+    comp = next((n for n in record.nodes if n.id == ctl.parent), None)
+    if comp is None:
+        return []
+    rows = [
+        [label, fmt(comp.metric(key)), fmt(ctl.metric(key)), diff]
+        for label, key, fmt, diff in (
+            ("parameters", "params", _si, ""),
+            ("MACs", "macs", _si, ""),
+            ("mAP@0.5", "map50", lambda v: _num(v, 3), _delta(ctl.metric("map50"), comp.metric("map50"))),
+            (
+                "mAP@0.5:0.95",
+                "map50_95",
+                lambda v: _num(v, 3),
+                _delta(ctl.metric("map50_95"), comp.metric("map50_95")),
+            ),
+        )
+    ]
+    gain = (ctl.extra.get("recipe_minus_control") or {}).get("map50_95")
+    if gain is None:
+        verdict = "recipe − control: not measured"
+    elif gain >= 0:
+        verdict = f"the recipe beats its control by {gain:.2f} points of mAP@0.5:0.95"
+    else:
+        verdict = (
+            f"the recipe loses to its control by {-gain:.2f} points of mAP@0.5:0.95: the same epochs spent "
+            "training this architecture from scratch did better"
+        )
+    epochs = ctl.config.get("epochs")
+    headers = ["", "recipe (torch, before INT8)", f"control (from scratch, {epochs:g} epochs)"]
+    headers.append("recipe − control")
+    return [
+        Heading("Recipe against its control"),
+        Table(headers, rows, frozenset({1, 2, 3})),
+        Paragraph(verdict, tone="note" if gain is None or gain >= 0 else "bad"),
+    ]
+
+
 def _calibration(summary: dict[str, Any]) -> list[Block]:
     calib = summary["calibration"]
     if calib["name"] is None:
@@ -336,6 +378,7 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
     sections = (
         _status_blocks(record),
         _headline(record, summary),
+        _control(record),
         _latency_detail(record),
         _on_device(record),
         _calibration(summary),

@@ -52,12 +52,24 @@ def _calibration(record: RunRecord) -> dict[str, Any]:
     return {k: calib.get(k) for k in ("name", "version", "sha256")}
 
 
+def _control(record: RunRecord) -> dict[str, Any] | None:
+    node = record.node("control")
+    if node is None:
+        return None
+    return {
+        **_pick(node, ("params", "macs", "map50", "map50_95")),
+        "epochs": node.config.get("epochs"),
+        "recipe_minus_control": node.extra.get("recipe_minus_control"),
+    }
+
+
 def build_summary(record: RunRecord) -> dict[str, Any]:
     """Flatten a record into the summary schema of DESIGN.md (plus gates, run id and status).
 
     ``reference`` comes from the ``reference`` node; ``deployed`` params/MACs from the last
     compress/export node that reports them, ``artifact_bytes`` from ``build``, mAP from ``eval``;
-    latency, FPS, power and energy from ``bench``.
+    latency, FPS, power and energy from ``bench``; ``control`` (``--control`` runs, else None) from
+    ``control``, with recipe − control in mAP points.
 
     Example:
         >>> rec = RunRecord.new("r1", [], {"name": "local", "backend": "onnxruntime"}, {"name": "default"})
@@ -79,6 +91,7 @@ def build_summary(record: RunRecord) -> dict[str, Any]:
         "power_w": bench.metric("power_w") if bench else None,
         "energy_mj_per_inference": bench.metric("energy_mj_per_inference") if bench else None,
         "calibration": _calibration(record),
+        "control": _control(record),
         "gates": {name: gate.model_dump() for name, gate in record.gates.items()},
         "run_id": record.run_id,
         "status": record.status,

@@ -249,3 +249,46 @@ def _tools(*names: str) -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
+    """``--control``: the compressed architecture trained from scratch for the same epochs; recipe − control.
+
+    The node's parent is the last compression step (the model it is the control of), so the deploy chain
+    (export, build, eval) is untouched; it is added at the end of the run, after the device work.
+    """
+    from edgekit.compress.control import CONTROL_LR, CONTROL_SEED, recipe_epochs, train_control, versus
+    from edgekit.models.train import InMemorySplit
+    from edgekit.models.zoo import cache_dir
+    from edgekit.report.record import Node
+
+    comp = [n for n in ctx.record.nodes if n.stage.startswith("compress:")]
+    train_node = ctx.record.node("train")
+    with stage(ctx, "control") as fields:
+        ref_epochs = (train_node.extra or {}).get("epochs") or train_node.config["train"]["epochs"]
+        epochs = float(ref_epochs) + recipe_epochs(recipe) * ctx.epochs_scale
+        parent = ctx.record.node("reference")
+        workdir = cache_dir() / "compress" / f"{recipe.name}-{parent.id}"
+        train = InMemorySplit(YoloDataset(root, "train"), ctx.spec)
+        result = train_control(model, epochs, train, val, ctx.spec.input_shape(), workdir, ctx.progress)
+    cached = result.pop("cached")
+    metrics = {k: result[k] for k in ("params", "macs", "map50", "map50_95")}
+    delta = versus(comp[-1].metrics, metrics)
+    node = Node.create(
+        "control",
+        {
+            "epochs": result["epochs"],
+            "reference_epochs": float(ref_epochs),
+            "lr": CONTROL_LR,
+            "seed": CONTROL_SEED,
+        },
+        comp[-1].id,
+        ctx.record.target,
+        label=f"control: the compressed architecture trained from scratch, {result['epochs']:g} epochs",
+        metrics=metrics,
+        extra={"recipe_minus_control": delta, "train_wall_s": result["wall_s"]},
+        cached=cached,
+        **fields,
+    )
+    ctx.record.add(node)
+    ctx.save()

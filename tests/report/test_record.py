@@ -21,6 +21,7 @@ DESIGN_KEYS = {
     "power_w",
     "energy_mj_per_inference",
     "calibration",
+    "control",  # None unless --control; recipe − control (issue 17)
     "gates",
     "run_id",
     "status",
@@ -60,6 +61,7 @@ def test_summary_has_exactly_the_design_schema(record, numbers):
     ref, l1, dep = numbers["reference"], numbers["l1"], numbers["deployed_eval"]
     summary = build_summary(record)
     assert set(summary) == DESIGN_KEYS
+    assert summary["control"] is None  # no control node without --control
     assert set(summary["reference"]) == {"params", "macs", "map50", "map50_95"}
     assert set(summary["deployed"]) == {"params", "macs", "artifact_bytes", "map50", "map50_95"}
     assert set(summary["latency_ms"]) == {"mean", "p50", "p90", "p99"}
