@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def reinitialised(model: torch.nn.Module) -> torch.nn.Module:
 def train_control(
     model: torch.nn.Module,
     epochs: float,
-    train_split: Any,
+    load_train: Callable[[], Any],
     val: Any,
     input_shape: tuple[int, ...],
     workdir: Path | None = None,
@@ -67,22 +68,23 @@ def train_control(
 ) -> dict[str, Any]:
     """Train ``model``'s architecture from scratch for ``epochs``; its params, MACs and val mAP.
 
-    With ``workdir`` the result is kept in ``workdir/control.json`` under a key of the architecture and the
-    schedule, and returned with ``cached: True`` on a re-run.
+    ``load_train`` returns the training split; it is called only when the control really trains. With
+    ``workdir`` the result is kept in ``workdir/control.json`` under a key of the architecture and the
+    schedule, and returned with ``cached: True`` on a re-run (without loading the training images).
     """
     from edgekit.export.onnx import model_macs_params
     from edgekit.models.train import TrainConfig, evaluate, train
 
     net = reinitialised(model)
     cfg = TrainConfig(epochs=round(float(epochs), 4), lr=CONTROL_LR, seed=CONTROL_SEED)
-    key = stable_hash({"arch": str(net), "train": cfg.to_dict(), "images": len(train_split)})
+    key = stable_hash({"arch": str(net), "train": cfg.to_dict()})
     path = workdir / "control.json" if workdir is not None else None
     if path is not None and path.is_file():
         kept = json.loads(path.read_text())
         if kept.get("key") == key:
             return {**kept["result"], "cached": True}
     t0 = time.perf_counter()
-    train(net, train_split, cfg, progress=progress, description="control (from scratch)")
+    train(net, load_train(), cfg, progress=progress, description="control (from scratch)")
     scores = evaluate(net, val)
     cost = model_macs_params(net, input_shape)
     result = {

@@ -144,8 +144,12 @@ def _control(record: RunRecord) -> list[Block]:
             "training this architecture from scratch did better"
         )
     epochs = ctl.config.get("epochs")
-    headers = ["", "recipe (torch, before INT8)", f"control (from scratch, {epochs:g} epochs)"]
-    headers.append("recipe − control")
+    headers = [
+        "",
+        "recipe (torch, before INT8)",
+        f"control (from scratch, {epochs:g} epochs)",
+        "recipe − control",
+    ]
     return [
         Heading("Recipe against its control"),
         Table(headers, rows, frozenset({1, 2, 3})),

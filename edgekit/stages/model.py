@@ -153,18 +153,24 @@ def reference_stage(ctx: RunContext, req, model, val):
     return model
 
 
+def compress_workdir(recipe, parent_id: str) -> Path:
+    """The cache folder of a recipe's steps (and its control) on the model of node ``parent_id``."""
+    from edgekit.models.zoo import cache_dir
+
+    return cache_dir() / "compress" / f"{recipe.name}-{parent_id}"
+
+
 def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
     """Run the recipe's torch steps (pruning, swaps, distillation, QAT) with per-step nodes."""
     from edgekit.compress.context import CompressContext
     from edgekit.compress.runner import run_recipe
     from edgekit.models.train import InMemorySplit
-    from edgekit.models.zoo import cache_dir
 
     if not recipe.torch_steps():
         return model
     with stage(ctx, "compress"):
         train = InMemorySplit(YoloDataset(root, "train"), ctx.spec)
-        workdir = cache_dir() / "compress" / f"{recipe.name}-{ctx.record.nodes[-1].id}"
+        workdir = compress_workdir(recipe, ctx.record.nodes[-1].id)
         cctx = CompressContext(
             train=train,
             val=val,
@@ -259,7 +265,6 @@ def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
     """
     from edgekit.compress.control import CONTROL_LR, CONTROL_SEED, recipe_epochs, train_control, versus
     from edgekit.models.train import InMemorySplit
-    from edgekit.models.zoo import cache_dir
     from edgekit.report.record import Node
 
     comp = [n for n in ctx.record.nodes if n.stage.startswith("compress:")]
@@ -267,10 +272,16 @@ def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
     with stage(ctx, "control") as fields:
         ref_epochs = (train_node.extra or {}).get("epochs") or train_node.config["train"]["epochs"]
         epochs = float(ref_epochs) + recipe_epochs(recipe) * ctx.epochs_scale
-        parent = ctx.record.node("reference")
-        workdir = cache_dir() / "compress" / f"{recipe.name}-{parent.id}"
-        train = InMemorySplit(YoloDataset(root, "train"), ctx.spec)
-        result = train_control(model, epochs, train, val, ctx.spec.input_shape(), workdir, ctx.progress)
+        workdir = compress_workdir(recipe, ctx.record.node("reference").id)
+        result = train_control(
+            model,
+            epochs,
+            lambda: InMemorySplit(YoloDataset(root, "train"), ctx.spec),
+            val,
+            ctx.spec.input_shape(),
+            workdir,
+            ctx.progress,
+        )
     cached = result.pop("cached")
     metrics = {k: result[k] for k in ("params", "macs", "map50", "map50_95")}
     delta = versus(comp[-1].metrics, metrics)

@@ -29,13 +29,13 @@ def test_reinitialised_keeps_the_architecture_and_draws_new_weights(model):
 
 
 def test_train_control_scores_the_architecture_and_is_cached(model, small_train, small_val, spec, tmp_path):
-    first = train_control(model, 0.25, small_train, small_val, spec.input_shape(), tmp_path)
+    first = train_control(model, 0.25, lambda: small_train, small_val, spec.input_shape(), tmp_path)
     assert first["cached"] is False and first["epochs"] == 0.25
     assert first["params"] == sum(p.numel() for p in model.parameters())
     assert 0.0 <= first["map50_95"] <= first["map50"] <= 1.0
-    again = train_control(model, 0.25, small_train, small_val, spec.input_shape(), tmp_path)
+    again = train_control(model, 0.25, lambda: small_train, small_val, spec.input_shape(), tmp_path)
     assert again["cached"] is True and again["map50_95"] == first["map50_95"]
-    other = train_control(model, 0.5, small_train, small_val, spec.input_shape(), tmp_path)
+    other = train_control(model, 0.5, lambda: small_train, small_val, spec.input_shape(), tmp_path)
     assert other["cached"] is False  # another schedule is another control
 
 
