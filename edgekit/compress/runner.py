@@ -1,9 +1,10 @@
 """Run a recipe's torch-side steps: measure, apply, record, checkpoint after every step, resume on re-run.
 
 After step ``i`` finishes, ``workdir/step_<i>.pt`` (the whole module) and ``workdir/step_<i>.json`` (its
-record node and the run key) are written atomically. The run key hashes the recipe, the input model's
-weights and architecture, the epoch scale and the seed; a re-run with the same key loads the finished
-steps instead of recomputing them and continues after the last one.
+record node and the run key) are written atomically. The run key hashes the recipe's torch steps (not
+its PTQ step: changing the calibrator does not retrain), the input model's weights and architecture, the
+epoch scale and the seed; a re-run with the same key loads the finished steps instead of recomputing them
+and continues after the last one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def run_key(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> str:
     """Identity of a recipe run: finished steps saved under the same key are reused."""
     return stable_hash(
         {
-            "recipe": recipe.model_dump(mode="json"),
+            "steps": [s.model_dump(mode="json") for s in recipe.torch_steps()],
             "model": model_hash(model),
             "epochs_scale": ctx.epochs_scale,
             "seed": ctx.seed,

@@ -52,3 +52,14 @@ def test_a_different_recipe_does_not_reuse_checkpoints(model, make_ctx, tmp_path
     ctx = make_ctx(workdir=workdir)
     _, nodes = runner.run_recipe(model, second, ctx)
     assert nodes[0]["cached"] is False and "computed" in ctx.log[0]
+
+
+def test_a_new_calibrator_reuses_the_trained_steps(model, make_ctx, tmp_path):
+    """The PTQ step runs on the ONNX, after the torch steps: changing it must not retrain them."""
+    torch_step = {"type": "finetune", "epochs": 1 / 8}
+    first = Recipe(name="a", steps=[torch_step, {"type": "ptq", "method": "default"}])
+    second = Recipe(name="a", description="re-worded", steps=[torch_step, {"type": "ptq", "method": "auto"}])
+    ctx = make_ctx(workdir=tmp_path / "steps")
+    assert runner.run_key(model, first, ctx) == runner.run_key(model, second, ctx)
+    third = Recipe(name="a", steps=[{"type": "finetune", "epochs": 2 / 8}, {"type": "ptq", "method": "auto"}])
+    assert runner.run_key(model, third, ctx) != runner.run_key(model, first, ctx)
