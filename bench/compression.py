@@ -10,7 +10,8 @@ the recipe beat spending the same compute on the small model directly. It is the
 `--control` node (edgekit/compress/control.py), so the bench and a user's report measure it the same way.
 
 Everything is resumable: the deploys reuse the compress cache (`.cache/edgekit/compress/`), finished
-rows and controls are kept in `bench/results/compression-state.json`, so a stopped run goes on.
+rows and controls are kept in `bench/results/compression-state.json` (with a hash of the recipe's steps: a
+changed recipe is measured again), so a stopped run goes on; `compression.json` holds every row measured.
 
     .venv/bin/python bench/compression.py                       # every recipe (hours on 2 cores)
     .venv/bin/python bench/compression.py --recipes default mcu  # some
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgekit.compress.recipe import load_recipe  # noqa: E402
-from edgekit.fsutil import atomic_write_json  # noqa: E402
+from edgekit.fsutil import atomic_write_json, stable_hash  # noqa: E402
 from edgekit.pipeline import DeployRequest, deploy  # noqa: E402
 
 FULL = ["default", "l1", "fpgm", "slim", "progressive", "distill", "microyolo", "mcu", "qat"]
@@ -47,6 +48,11 @@ def measure_recipe(
             reference=reference, control=control, command=["bench/compression.py"],
         )
     )  # fmt: skip
+    return figures(name, run_dir)
+
+
+def figures(name: str, run_dir: Path) -> dict:
+    """The figures of a local deploy's record (the reference, the compressed torch model, INT8, control)."""
     record = json.loads((run_dir / "record.json").read_text())
     nodes = {n["stage"]: n for n in record["nodes"]}
     ref = nodes["reference"]["metrics"]
@@ -118,28 +124,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="*", default=None)
     parser.add_argument("--no-control", action="store_true", help="skip the from-scratch controls")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--from-run", type=Path, default=None, metavar="RUN_DIR",
+        help="enter --recipes NAME from a finished `edgekit deploy -t local -r NAME --control` run folder",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.from_run and len(args.recipes or []) != 1:
+        parser.error("--from-run enters one recipe: name it with --recipes NAME")
     scale, reference = (0.05, "quick") if args.quick else (1.0, "converged")
     state_path = STATE.with_name("compression-quick-state.json") if args.quick else STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"rows": {}}
     ref = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.recipes or (QUICK if args.quick else FULL):
-            if name in state["rows"]:
+            recipe = load_recipe(name)
+            steps = stable_hash([s.model_dump(mode="json") for s in recipe.steps])
+            if state["rows"].get(name, {}).get("steps") == steps and not args.from_run:
                 print(f"{name}: kept from {state_path.name}", file=sys.stderr)
                 ref = ref or state.get("reference")
                 continue
-            control = not args.no_control and bool(load_recipe(name).torch_steps())
-            m = measure_recipe(name, Path(tmp), scale, reference, control, not args.quiet)
+            control = not args.no_control and bool(recipe.torch_steps())
+            if args.from_run:
+                m = figures(name, args.from_run)
+            else:
+                m = measure_recipe(name, Path(tmp), scale, reference, control, not args.quiet)
             ref = m["reference"]
             # re-read before writing: two runs (--recipes a b / --recipes c) may share the state file
             state = json.loads(state_path.read_text()) if state_path.is_file() else {"rows": {}}
-            state["rows"][name] = row(m)
+            state["rows"][name] = {**row(m), "steps": steps}
             state["reference"] = ref
             atomic_write_json(state_path, state)
             print(f"{name}: {json.dumps(state['rows'][name])}", file=sys.stderr, flush=True)
     state = json.loads(state_path.read_text()) if state_path.is_file() else state
-    rows = [state["rows"][n] for n in (args.recipes or (QUICK if args.quick else FULL)) if n in state["rows"]]
+    # every recipe measured so far (a run of some recipes does not drop the others' rows)
+    order = [*FULL, *sorted(set(state["rows"]) - set(FULL))]
+    rows = [state["rows"][n] for n in order if n in state["rows"]]
     table = markdown(ref or state["reference"], rows)
     print(table)
     suffix = "-quick" if args.quick else ""
