@@ -73,6 +73,7 @@ def figures(name: str, run_dir: Path) -> dict:
         if ctl
         else None,  # fmt: skip
         "compress_s": round(sum(n.get("seconds") or 0 for n in comp), 1),
+        "steps": stable_hash(record["recipe"]["steps"]),
     }
 
 
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             control = not args.no_control and bool(recipe.torch_steps())
             if args.from_run:
                 m = figures(name, args.from_run)
+                if m["steps"] != steps:
+                    parser.error(f"{args.from_run} ran other steps than recipes/{name}.yaml: deploy it again")
             else:
                 m = measure_recipe(name, Path(tmp), scale, reference, control, not args.quiet)
             ref = m["reference"]
