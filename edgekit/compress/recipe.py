@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from edgekit.errors import ConfigError
 
@@ -96,7 +104,17 @@ class SwapSpec(_Spec):
     to: Literal["microyolo"] = "microyolo"
     expansion: float = Field(1.0, ge=1)
     se_reduction: int = Field(4, ge=1)
+    width: float = Field(1.0, gt=0, description="channel multiplier on top of the input model's width")
     train: FinetuneSpec = FinetuneSpec(epochs=20.0, lr=3e-3)
+
+    @model_serializer(mode="wrap")
+    def _drop_default_width(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # ``width`` came after runs were cached and benched: at its default it is left out of the dump, so
+        # the keys (compress cache, bench state) of recipes that do not set it stay what they were.
+        data = handler(self)
+        if self.width == 1.0:
+            data.pop("width", None)
+        return data
 
 
 class FinetuneStepSpec(FinetuneSpec):

@@ -13,8 +13,8 @@ from edgekit.errors import CompressionError
 from edgekit.models.microyolo import MicroYolo, MicroYoloConfig
 
 
-def microyolo_like(model: nn.Module, expansion: float, se_reduction: int) -> MicroYolo:
-    """A Micro-YOLO with the same classes, input size, width and priors as ``model``."""
+def microyolo_like(model: nn.Module, expansion: float, se_reduction: int, width: float = 1.0) -> MicroYolo:
+    """A Micro-YOLO with the same classes, input size and priors as ``model``, ``width`` times its width."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(cfg, "num_classes"):
         raise CompressionError(
@@ -25,7 +25,7 @@ def microyolo_like(model: nn.Module, expansion: float, se_reduction: int) -> Mic
         MicroYoloConfig(
             num_classes=cfg.num_classes,
             input_size=cfg.input_size,
-            width=cfg.width,
+            width=cfg.width * width,
             priors=tuple(cfg.priors),
             expansion=expansion,
             se_reduction=se_reduction,
@@ -40,11 +40,12 @@ class SwapStep(Step):
 
     def label(self, spec: Any) -> str:
         """Short label for the record."""
-        return f"swap to {spec.to} (alpha {spec.expansion:g}, beta {spec.se_reduction})"
+        width = f", width x{spec.width:g}" if spec.width != 1.0 else ""
+        return f"swap to {spec.to} (alpha {spec.expansion:g}, beta {spec.se_reduction}{width})"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
         """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         torch.manual_seed(ctx.seed)
-        student = microyolo_like(model, spec.expansion, spec.se_reduction)
+        student = microyolo_like(model, spec.expansion, spec.se_reduction, spec.width)
         stats = finetune(student, spec.train, ctx, "training Micro-YOLO")
         return StepResult(student.eval(), extra={"train": stats, "architecture": student.cfg.to_dict()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgekit.compress.recipe import available_recipes, load_recipe
+from edgekit.compress.swap import SwapStep
 from edgekit.errors import ConfigError
 
 REQUIRED = {"none", "default", "slim", "progressive", "l1", "fpgm", "microyolo", "distill", "qat"}
@@ -56,3 +57,18 @@ def test_missing_recipe_lists_the_known_ones():
     with pytest.raises(ConfigError) as err:
         load_recipe("no-such-recipe")
     assert "default" in err.value.hint
+
+
+def test_swap_width_scales_the_student_and_keeps_old_keys(tmp_path):
+    from edgekit.compress.swap import microyolo_like
+    from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
+
+    plain = load_recipe(_write(tmp_path, "name: a\nsteps:\n  - {type: swap}\n")).steps[0]
+    assert "width" not in plain.model_dump(mode="json")  # recipes written before the field keep their key
+    wide = load_recipe(_write(tmp_path, "name: b\nsteps:\n  - {type: swap, width: 1.5}\n")).steps[0]
+    assert wide.model_dump(mode="json")["width"] == 1.5 and "width x1.5" in SwapStep().label(wide)
+    teacher = TinyYolo(TinyYoloConfig(num_classes=3, input_size=96, width=0.5))
+    student = microyolo_like(teacher, wide.expansion, wide.se_reduction, wide.width)
+    assert student.cfg.width == pytest.approx(0.75) and student.cfg.num_classes == 3
+    n = sum(p.numel() for p in student.parameters())
+    assert n > sum(p.numel() for p in microyolo_like(teacher, 1.0, 4).parameters())
