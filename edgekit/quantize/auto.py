@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ConfigError
+from edgekit.errors import BuildError, ConfigError
 from edgekit.quantize.calibrators import METHODS, Calibration, calibration_source
 from edgekit.quantize.ptq import QuantResult, compare_calibrators, quantize_int8
 from edgekit.quantize.sensitivity import layer_sensitivity
@@ -74,7 +74,13 @@ class _Search:
             keep_float=keep_float or None,
             progress=self.progress,
         )
-        scores = self.evaluate(result.path)
+        try:
+            scores = self.evaluate(result.path)
+        except BuildError as exc:  # the target refused this variant (e.g. its FP32 check): try the next
+            candidate = {"name": name, "method": method, "keep_float": list(keep_float)}
+            candidate |= {"reduce_range": reduce_range, "within": False, "error": exc.message}
+            self.candidates.append(candidate)
+            return candidate, result
         drop = (self.baseline - float(scores["map50_95"])) * 100.0
         candidate = {
             "name": name,
@@ -105,14 +111,23 @@ def _check_args(methods: tuple[str, ...], max_drop: float, max_float_layers: int
 def choose(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """Cheapest within-budget candidate (fewest float layers, then smallest, then best mAP), else the best.
 
-    Candidates without ``keep_float`` (a self-quantizing backend's methods) count as all-INT8.
+    Candidates without ``keep_float`` (a self-quantizing backend's methods) count as all-INT8. Candidates
+    with an ``error`` (the target refused to build them) are never chosen; if every one has, BuildError.
     """
-    within = [c for c in candidates if c["within"]]
+    built = [c for c in candidates if "error" not in c]
+    if not built:
+        raise BuildError(
+            "no INT8 candidate passed the build: "
+            + "; ".join(f"{c['name']}: {c['error']}" for c in candidates if "error" in c),
+            "keep more layers in float (a larger max_float_layers), calibrate on more images, "
+            "or deploy this model in FP16/FP32 (recipe without a ptq step)",
+        )
+    within = [c for c in built if c["within"]]
     if within:
         return min(
             within, key=lambda c: (len(c.get("keep_float", ())), c["size_bytes"], -c["map50_95"])
         ), True
-    return max(candidates, key=lambda c: c["map50_95"]), False
+    return max(built, key=lambda c: c["map50_95"]), False
 
 
 def auto_calibrate(
@@ -170,7 +185,8 @@ def auto_calibrate(
     if any(c["within"] for c in search.candidates) or max_float_layers == 0:
         chosen, passed = choose(search.candidates)
         return AutoResult(chosen, search.candidates, passed, warnings=warnings, results=search.results)
-    best = max(search.candidates, key=lambda c: c["map50_95"])
+    built = [c for c in search.candidates if "error" not in c]  # none built: rank layers for the first
+    best = max(built, key=lambda c: c["map50_95"]) if built else search.candidates[0]
     rr = best["reduce_range"]
     ranking = layer_sensitivity(
         search.fp32_onnx, search.source, best["method"], reduce_range=rr, progress=progress

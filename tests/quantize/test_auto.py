@@ -16,7 +16,7 @@ import onnx
 import pytest
 import torch
 
-from edgekit.errors import ConfigError
+from edgekit.errors import BuildError, ConfigError
 from edgekit.quantize.auto import auto_calibrate
 from tests.quantize.conftest import HOST_FORM
 from tests.quantize.test_ptq import export_detector, make_detector, run, structured_images
@@ -117,3 +117,32 @@ def test_reports_best_failing_candidate_when_nothing_fits(fp32: Path, tmp_path: 
     assert result.chosen["map50_95"] == max(c["map50_95"] for c in result.candidates)
     with pytest.raises(ConfigError, match="unknown or no calibration methods"):
         auto_calibrate(fp32, [], None, max_drop=1, baseline_map50_95=0.8, methods=("kl",), workdir=tmp_path)
+
+
+def refusing_evaluate(fp32: Path, max_nmse: float):
+    """``make_evaluate`` behind a build check: a candidate straying more than ``max_nmse`` is refused."""
+    held_out, score = structured_images(4, seed=7), make_evaluate(fp32)
+    references = [run(fp32, batch) for batch in held_out]
+
+    def evaluate(candidate: Path) -> dict[str, float]:
+        pairs = zip(held_out, references, strict=True)
+        nmse = float(np.mean([np.mean((run(candidate, b) - r) ** 2) / np.var(r) for b, r in pairs]))
+        if nmse > max_nmse:
+            raise BuildError(f"diverges from FP32: nMSE {nmse:.2g} > {max_nmse:g}", "keep layers in float")
+        return score(candidate)
+
+    return evaluate
+
+
+def test_a_refused_build_is_a_candidate_not_the_end(fp32: Path, tmp_path: Path) -> None:
+    # all-INT8 strays ~7.5e-6 (refused), the outlier conv kept in float ~1e-7 (built): the float fallback runs
+    kwargs = dict(baseline_map50_95=BASELINE, methods=("minmax", "percentile"), max_float_layers=2)
+    kwargs |= dict(weight_ranges=(HOST_FORM.reduce_range,), workdir=tmp_path, progress=False)
+    images = structured_images(8, seed=1)
+    result = auto_calibrate(fp32, images, refusing_evaluate(fp32, 1e-6), max_drop=1.0, **kwargs)
+    refused = [c for c in result.candidates if "error" in c]
+    assert [c["name"] for c in refused] == ["int8-minmax", "int8-percentile"]
+    assert all("diverges from FP32" in c["error"] and not c["within"] for c in refused)
+    assert "error" not in result.chosen and result.chosen["keep_float"]
+    with pytest.raises(BuildError, match="no INT8 candidate passed the build: int8-minmax: diverges"):
+        auto_calibrate(fp32, images, refusing_evaluate(fp32, 0.0), max_drop=1.0, **kwargs)
