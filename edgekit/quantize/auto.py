@@ -120,7 +120,7 @@ def choose(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
             "no INT8 candidate passed the build: "
             + "; ".join(f"{c['name']}: {c['error']}" for c in candidates if "error" in c),
             "keep more layers in float (a larger max_float_layers), calibrate on more images, "
-            "or deploy this model in FP16/FP32 (recipe without a ptq step)",
+            "or deploy this model in float (a target YAML with precision: fp32 or fp16)",
         )
     within = [c for c in built if c["within"]]
     if within:
