@@ -108,20 +108,27 @@ def _check_args(methods: tuple[str, ...], max_drop: float, max_float_layers: int
         raise ConfigError("max_drop and max_float_layers must be >= 0", "e.g. max_drop=1.0 (mAP points)")
 
 
-def choose(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+REFUSED_HINT = (
+    "keep more layers in float (a larger max_float_layers), calibrate on more images, "
+    "or deploy this model in float (a target YAML with precision: fp32 or fp16)"
+)
+
+
+def choose(
+    candidates: list[dict[str, Any]],
+    what: str = "INT8 candidate passed the build",
+    hint: str = REFUSED_HINT,
+) -> tuple[dict[str, Any], bool]:
     """Cheapest within-budget candidate (fewest float layers, then smallest, then best mAP), else the best.
 
     Candidates without ``keep_float`` (a self-quantizing backend's methods) count as all-INT8. Candidates
-    with an ``error`` (the target refused to build them) are never chosen; if every one has, BuildError.
+    with an ``error`` (the target refused to build them) are never chosen; if every one has, one BuildError
+    ``"no {what}: name: error; ..."`` with ``hint``.
     """
     built = [c for c in candidates if "error" not in c]
     if not built:
-        raise BuildError(
-            "no INT8 candidate passed the build: "
-            + "; ".join(f"{c['name']}: {c['error']}" for c in candidates if "error" in c),
-            "keep more layers in float (a larger max_float_layers), calibrate on more images, "
-            "or deploy this model in float (a target YAML with precision: fp32 or fp16)",
-        )
+        errors = "; ".join(f"{c['name']}: {c['error']}" for c in candidates)
+        raise BuildError(f"no {what}: {errors}", hint)
     within = [c for c in built if c["within"]]
     if within:
         return min(

@@ -157,14 +157,8 @@ def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: 
                     "path": str(folder),
                 }
             )
-        built = [c for c in candidates if "error" not in c]
-        if not built:
-            raise BuildError(
-                f"no {backend.name} quantizer method built: "
-                + "; ".join(f"{c['method']}: {c['error']}" for c in candidates),
-                "check the calibration set and the model; try another backend",
-            )
-        chosen, passed = choose(built)
+        hint = "check the calibration set and the model; try another backend"
+        chosen, passed = choose(candidates, f"{backend.name} quantizer method built", hint)
         shutil.copytree(chosen["path"], out)  # the measured folder, byte for byte
     rows = [{k: v for k, v in c.items() if k != "path"} | {"chosen": c is chosen} for c in candidates]
     return Artifact.load(out), {"candidates": rows, "auto_passed": passed}
