@@ -231,6 +231,11 @@ def test_auto_calibrator_measures_every_candidate_on_the_device(tmp_path, shapes
     ev = next(n for n in record["nodes"] if n["stage"] == "eval")["metrics"]
     assert ev["map50_95"] == pytest.approx(chosen["map50_95"], abs=1e-9)
     assert "minmax" in (run / "report.md").read_text() and "percentile" in (run / "report.md").read_text()
+    # Every candidate's build checked it against FP32 on the calibration images, as the shipped build
+    # does (on the seeded noise a build without a set uses, INT8 reads lower than on images).
+    shipped = json.loads((run / "artifact" / "artifact.json").read_text())["parity"]["inputs"]
+    assert "calibration images" in shipped
+    assert {c.get("checked_on") for c in candidates if "error" not in c} == {shipped}
 
 
 @pytest.mark.slow

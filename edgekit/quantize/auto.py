@@ -94,6 +94,7 @@ class _Search:
             "within": drop <= self.max_drop,
             "path": str(result.path),
             "scales_sha256": result.scales_sha256,
+            "checked_on": scores.get("checked_on"),
         }
         self.candidates.append(candidate)
         self.results[name] = result
