@@ -67,7 +67,8 @@ def _add_deploy(sub) -> None:
         "--max-drop",
         type=non_negative_float,
         metavar="PT",
-        help="for --calibrator auto: allowed mAP@0.5:0.95 drop in points (default: the recipe's, 1.0)",
+        help="for --calibrator auto: mAP@0.5:0.95 points INT8 may lose against the FP32 model it quantizes "
+        "(the compressed one; default: the recipe's, 1.0)",
     )
     p.add_argument("--data", help="YOLO-format dataset folder (default: built-in procedural shapes set)")
     p.add_argument(

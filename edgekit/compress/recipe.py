@@ -148,7 +148,11 @@ class PtqSpec(_Spec):
     type: Literal["ptq"]
     method: Literal["default", "auto", "minmax", "entropy", "percentile", "kl", "ema", "aciq"] = "default"
     keep_float: Literal["auto"] | list[str] = "auto"
-    max_drop: float = Field(1.0, ge=0, description="allowed mAP50-95 drop in points (method auto)")
+    max_drop: float = Field(
+        1.0,
+        ge=0,
+        description="mAP50-95 points INT8 may lose vs the FP32 model it quantizes (method auto)",
+    )
 
 
 StepSpec = Annotated[

@@ -94,6 +94,7 @@ class _Search:
             "within": drop <= self.max_drop,
             "path": str(result.path),
             "scales_sha256": result.scales_sha256,
+            "latency_ms_p50": scores.get("latency_ms_p50"),
             "checked_on": scores.get("checked_on"),
         }
         self.candidates.append(candidate)
@@ -160,7 +161,7 @@ def auto_calibrate(
         evaluate: Called with a QDQ model path; returns at least ``{"map50_95": float}`` (and
             ``"map50"`` if known). The pipeline supplies it (build for the target, run, score).
         max_drop: Allowed drop in mAP50-95 *points* (1.0 = 0.010 absolute).
-        baseline_map50_95: mAP50-95 of the FP32 reference (0..1).
+        baseline_map50_95: mAP50-95 (0..1) of the FP32 model being quantized (``max_drop`` is against it).
         methods: Calibration methods to try.
         quantizer: The QDQ writer of the target's layout (:attr:`QdqForm.quantizer`).
         weight_ranges: ``reduce_range`` settings to try with each method: ``(False,)`` or ``(True,)``

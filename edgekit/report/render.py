@@ -294,13 +294,19 @@ def _candidates(record: RunRecord) -> list[Block]:
             _num(c.get("map50"), 3),
             _num(c.get("map50_95"), 3),
             _bytes(c.get("size_bytes")),
+            _num(c.get("drop"), 2),
             _num(c.get("latency_ms_p50"), 2),
-            "chosen" if c.get("chosen") else "",
+            "chosen" if c.get("chosen") else (f"refused: {c['error']}" if c.get("error") else ""),
         ]
         for c in node.extra["candidates"]
     ]
-    headers = ["calibrator", "mAP50", "mAP50-95", "size", "latency p50 (ms)", ""]
-    return [Heading(f"Calibrator candidates ({node.stage})"), Table(headers, rows, frozenset({1, 2, 3, 4}))]
+    base = node.extra.get("fp32_map50_95")
+    against = f"loss (pt) vs FP32 {base:.3f}" if base is not None else "loss (pt) vs FP32"
+    headers = ["calibrator", "mAP50", "mAP50-95", "size", against, "latency p50 (ms)", ""]
+    return [
+        Heading(f"Calibrator candidates ({node.stage})"),
+        Table(headers, rows, frozenset({1, 2, 3, 4, 5})),
+    ]
 
 
 def _layers(record: RunRecord) -> list[Block]:

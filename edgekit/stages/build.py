@@ -17,7 +17,7 @@ from edgekit.backends.base import Artifact, BuildOptions
 from edgekit.errors import BuildError, CalibrationError
 from edgekit.quantize.auto import choose
 from edgekit.stages.candidates import measure
-from edgekit.stages.context import RunContext, add_node, stage
+from edgekit.stages.context import RunContext, add_node, fp32_map50_95, stage
 
 
 def _options(ctx: RunContext, quantizer: Any) -> BuildOptions:
@@ -130,7 +130,7 @@ def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: 
     """Build every method of the backend's quantizer, measure each on the target, ship the best."""
     onnx_path, reference, torch_program = sources
     backend = plan.backend_cls()
-    base = ctx.record.node("reference").metric("map50_95")
+    base = fp32_map50_95(ctx)
     candidates: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-auto-") as tmp:
         for method in backend.methods:
@@ -161,4 +161,4 @@ def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: 
         chosen, passed = choose(candidates, f"{backend.name} quantizer method built", hint)
         shutil.copytree(chosen["path"], out)  # the measured folder, byte for byte
     rows = [{k: v for k, v in c.items() if k != "path"} | {"chosen": c is chosen} for c in candidates]
-    return Artifact.load(out), {"candidates": rows, "auto_passed": passed}
+    return Artifact.load(out), {"candidates": rows, "auto_passed": passed, "fp32_map50_95": base}

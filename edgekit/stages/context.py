@@ -95,3 +95,13 @@ def model_stats(model, spec: PreprocessSpec) -> dict[str, int]:
 def eval_tensors(val) -> np.ndarray:
     """Stack the validation split's preprocessed tensors into ``(N, C, H, W)``."""
     return np.concatenate([val.tensor(i) for i in range(len(val))], 0)
+
+
+def fp32_map50_95(ctx: RunContext) -> float:
+    """MAP@0.5:0.95 of the FP32 model INT8 quantizes: the last compression step's, else the reference's.
+
+    ``--max-drop`` is what INT8 may lose against it; compression's own loss is reported against the
+    reference and the control, not charged to the calibrator (whose budget it would eat).
+    """
+    model_nodes = [n for n in ctx.record.nodes if n.stage == "reference" or n.stage.startswith("compress:")]
+    return next(n.metric("map50_95") for n in reversed(model_nodes) if n.metric("map50_95") is not None)

@@ -16,7 +16,7 @@ from typing import Any
 
 from edgekit.fsutil import sha256_file
 from edgekit.stages.candidates import measure
-from edgekit.stages.context import RunContext, add_node, stage
+from edgekit.stages.context import RunContext, add_node, fp32_map50_95, stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, val, o
 
     arrays, cs = calib
 
-    base = ctx.record.node("reference").metric("map50_95")
+    base = fp32_map50_95(ctx)
     with tempfile.TemporaryDirectory(prefix="edgekit-auto-") as tmp:
         res = auto_calibrate(
             onnx_path,
@@ -145,7 +145,8 @@ def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, val, o
         {k: v for k, v in c.items() if k != "path"} | {"chosen": c is chosen} for c in res.candidates
     ]
     result = dataclasses.replace(res.chosen_result, path=out)
-    return result, {"candidates": candidates, "auto_passed": res.passed, "warnings": res.warnings}
+    extra = {"candidates": candidates, "auto_passed": res.passed, "fp32_map50_95": base}
+    return result, extra | {"warnings": res.warnings}
 
 
 def _qdq_evaluator(ctx: RunContext, plan, val, cs, workdir: Path, fp32: Path):

@@ -93,6 +93,7 @@ def build_record(run_id: str = "20250101-120000-local") -> RunRecord:
             "map50": 0.731,
             "map50_95": 0.466,
             "size_bytes": ARTIFACT_BYTES,
+            "drop": 3.6,
             "latency_ms_p50": 3.61,
             "chosen": False,
         },
@@ -101,6 +102,7 @@ def build_record(run_id: str = "20250101-120000-local") -> RunRecord:
             "map50": 0.752,
             "map50_95": 0.489,
             "size_bytes": ARTIFACT_BYTES,
+            "drop": 1.3,
             "latency_ms_p50": 3.60,
             "chosen": True,
         },
@@ -109,9 +111,11 @@ def build_record(run_id: str = "20250101-120000-local") -> RunRecord:
             "map50": 0.747,
             "map50_95": 0.481,
             "size_bytes": ARTIFACT_BYTES,
+            "drop": 2.1,
             "latency_ms_p50": 3.62,
             "chosen": False,
         },
+        {"name": "minmax-float1", "error": "scores cosine 0.93 < 0.95", "chosen": False},
     ]
     layers = [
         {"layer": "backbone.0.conv", "sensitivity": 0.0123, "precision": "fp32"},
@@ -125,7 +129,7 @@ def build_record(run_id: str = "20250101-120000-local") -> RunRecord:
         tools={"onnxruntime": "1.32.0"},
         inputs={"calibration": CALIBRATION["sha256"]},
         metrics={"size_bytes": ARTIFACT_BYTES, **DEPLOYED_EVAL},
-        extra={"candidates": candidates, "layers": layers},
+        extra={"candidates": candidates, "layers": layers, "fp32_map50_95": L1["map50_95"]},
         seconds=64.0,
     )
     rec.child(

@@ -174,3 +174,15 @@ def test_load_of_a_non_record_names_the_file(tmp_path, text, words):
     with pytest.raises(DataError, match=words) as info:
         RunRecord.load(path)
     assert str(path) in info.value.message
+
+
+def test_int8_budget_is_against_the_model_it_quantizes(record, numbers):
+    """--max-drop is charged against the last compression step's FP32 mAP, not the uncompressed reference."""
+    from types import SimpleNamespace
+
+    from edgekit.stages.context import fp32_map50_95
+
+    # The record's eval (INT8) node comes after the l1 step; the baseline stays the l1 step's FP32 figure.
+    assert fp32_map50_95(SimpleNamespace(record=record)) == numbers["l1"]["map50_95"]
+    record.nodes[:] = [n for n in record.nodes if not n.stage.startswith("compress:")]
+    assert fp32_map50_95(SimpleNamespace(record=record)) == numbers["reference"]["map50_95"]
