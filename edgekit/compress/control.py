@@ -37,6 +37,8 @@ def recipe_epochs(recipe: Any) -> float:
             if step.finetune is not None:
                 total += step.finetune.epochs * step.max_steps_per_layer * (step.max_layers or 8)
             continue
+        if step.type == "swap" and step.init == "teacher":
+            total += step.init_fit.epochs  # fitting the blocks costs about a training epoch per epoch
         for name in ("finetune", "train", "sparsity"):
             block = getattr(step, name, None)
             total += getattr(block, "epochs", 0.0) if block is not None else 0.0

@@ -97,6 +97,14 @@ class ProgressiveSpec(_Spec):
     finetune: FinetuneSpec | None = FinetuneSpec(epochs=0.25)
 
 
+class TeacherInitSpec(_Spec):
+    """How long the swapped blocks are fitted to the teacher's features before the swap trains end to end."""
+
+    epochs: float = Field(2.0, ge=0)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+
+
 class SwapSpec(_Spec):
     """Replace the architecture by Micro-YOLO (DSConv + MBConv-SE) and train it."""
 
@@ -105,15 +113,25 @@ class SwapSpec(_Spec):
     expansion: float = Field(1.0, ge=1)
     se_reduction: int = Field(4, ge=1)
     width: float = Field(1.0, gt=0, description="channel multiplier on top of the input model's width")
+    init: Literal["random", "teacher"] = Field(
+        "random",
+        description="random: the new blocks start from random weights; teacher: copy the layers both "
+        "models share and fit each swapped block to the teacher block it replaces (edgekit.compress."
+        "teacher_init), so the swap starts from what the reference learnt",
+    )
+    init_fit: TeacherInitSpec = TeacherInitSpec()
     train: FinetuneSpec = FinetuneSpec(epochs=20.0, lr=3e-3)
 
     @model_serializer(mode="wrap")
-    def _drop_default_width(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # ``width`` came after runs were cached and benched: at its default it is left out of the dump, so
-        # the keys (compress cache, bench state) of recipes that do not set it stay what they were.
+    def _drop_defaults_added_later(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # ``width`` and ``init`` came after runs were cached and benched: at their defaults they are left out
+        # of the dump, so the keys (compress cache, bench state) of recipes that do not set them stay the same.
         data = handler(self)
         if self.width == 1.0:
             data.pop("width", None)
+        if self.init == "random":
+            data.pop("init", None)
+            data.pop("init_fit", None)
         return data
 
 

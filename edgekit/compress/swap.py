@@ -10,7 +10,14 @@ from torch import nn
 from edgekit.compress.finetune import finetune
 from edgekit.compress.step import Step, StepResult
 from edgekit.errors import CompressionError
+from edgekit.compress.teacher_init import init_from_teacher
 from edgekit.models.microyolo import MicroYolo, MicroYoloConfig
+from edgekit.models.train import evaluate
+
+
+def evaluate_map(model: nn.Module, data: Any) -> dict[str, float]:
+    """mAP@0.5 and mAP@0.5:0.95 of ``model`` on ``data``, rounded for the record."""
+    return {k: round(float(v), 5) for k, v in evaluate(model, data).items()}
 
 
 def microyolo_like(model: nn.Module, expansion: float, se_reduction: int, width: float = 1.0) -> MicroYolo:
@@ -41,11 +48,19 @@ class SwapStep(Step):
     def label(self, spec: Any) -> str:
         """Short label for the record."""
         width = f", width x{spec.width:g}" if spec.width != 1.0 else ""
-        return f"swap to {spec.to} (alpha {spec.expansion:g}, beta {spec.se_reduction}{width})"
+        init = ", from the teacher" if spec.init == "teacher" else ""
+        return f"swap to {spec.to} (alpha {spec.expansion:g}, beta {spec.se_reduction}{width}{init})"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
         """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         torch.manual_seed(ctx.seed)
         student = microyolo_like(model, spec.expansion, spec.se_reduction, spec.width)
+        extra: dict[str, Any] = {}
+        if spec.init == "teacher":
+            fit = spec.init_fit.model_copy(update={"epochs": ctx.epochs(spec.init_fit.epochs)})
+            extra["init"] = init_from_teacher(student, model, ctx.train, fit, ctx.progress, ctx.seed)
+            extra["init"]["after_init"] = evaluate_map(student, ctx.val)
         stats = finetune(student, spec.train, ctx, "training Micro-YOLO")
-        return StepResult(student.eval(), extra={"train": stats, "architecture": student.cfg.to_dict()})
+        return StepResult(
+            student.eval(), extra={**extra, "train": stats, "architecture": student.cfg.to_dict()}
+        )

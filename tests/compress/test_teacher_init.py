@@ -1,0 +1,86 @@
+"""The swap's teacher init: shared layers copied, swapped blocks fitted to the teacher's features."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from edgekit.compress.control import recipe_epochs
+from edgekit.compress.recipe import load_recipe
+from edgekit.compress.swap import SwapStep, microyolo_like
+from edgekit.compress.teacher_init import block_pairs, init_from_teacher, match_moments
+from edgekit.errors import CompressionError
+from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
+
+COPIED = ["stem.0", "neck16.0", "pred16", "route.0", "pred8"]
+FITTED = ["stem.2", "stem.4", "p8", "p16.1", "neck16.1", "neck8"]
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_pairs_copy_the_shared_layers_and_fit_the_swapped_blocks():
+    teacher = TinyYolo(TinyYoloConfig(num_classes=3, input_size=96, width=0.5))
+    copy_pairs, fit_pairs = block_pairs(microyolo_like(teacher, 1.0, 4), teacher)
+    assert [n for n, _, _ in copy_pairs] == COPIED
+    assert [n for n, _, _ in fit_pairs] == FITTED
+
+
+def test_a_wider_swap_is_refused_with_the_way_out():
+    teacher = TinyYolo(TinyYoloConfig(num_classes=3, input_size=96, width=0.5))
+    with pytest.raises(CompressionError) as err:
+        block_pairs(microyolo_like(teacher, 1.0, 4, width=1.5), teacher)
+    assert "output channels" in str(err.value) and "init: random" in err.value.hint
+
+
+def test_match_moments_gives_the_target_mean_and_std_per_channel():
+    teacher = TinyYolo(TinyYoloConfig(num_classes=3, input_size=96, width=0.5))
+    _, fit_pairs = block_pairs(microyolo_like(teacher, 1.0, 4), teacher)
+    for name, block, _ in fit_pairs:
+        c_in = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][0].in_channels
+        c_out = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+        torch.manual_seed(0)
+        x = torch.randn(8, c_in, 12, 12)
+        target = 0.3 * torch.randn(8, c_out, 12, 12) + torch.linspace(-1, 1, c_out)[None, :, None, None]
+        match_moments(block, x, target)
+        block.eval()
+        with torch.no_grad():
+            y = block(x)
+        if "DSConv" in type(block).__name__:  # its last activation bends the negative half
+            continue
+        torch.testing.assert_close(y.mean((0, 2, 3)), target.mean((0, 2, 3)), atol=1e-4, rtol=0, msg=name)
+        if c_in != c_out:  # a residual block adds its input on top: only the mean is matched there
+            torch.testing.assert_close(y.std((0, 2, 3)), target.std((0, 2, 3)), rtol=1e-3, atol=1e-4)
+
+
+def test_init_copies_shared_layers_and_fits_every_block_better_than_a_constant(model, small_train):
+    student = microyolo_like(model, 1.0, 4)
+    stats = init_from_teacher(
+        student, model, small_train, types.SimpleNamespace(epochs=2.0, lr=3e-3, batch_size=32)
+    )
+    assert stats["copied"] == COPIED and stats["fitted"] == FITTED and stats["steps"] == 16
+    for name in COPIED:
+        s, t = student.get_submodule(name), model.get_submodule(name)
+        for (k, a), (_, b) in zip(s.state_dict().items(), t.state_dict().items(), strict=True):
+            assert torch.equal(a, b), f"{name}.{k} not copied"
+    # the loss is the block's squared error over the teacher output's variance: below 1 = better than the mean
+    assert set(stats["fit_loss"]) == set(FITTED)
+    assert all(0 < v < 1 for v in stats["fit_loss"].values()), stats["fit_loss"]
+
+
+def test_recipe_init_keeps_old_keys_counts_its_epochs_and_labels_the_step(tmp_path):
+    plain = load_recipe(_write(tmp_path, "name: a\nsteps:\n  - {type: swap}\n"))
+    dumped = plain.steps[0].model_dump(mode="json")
+    assert "init" not in dumped and "init_fit" not in dumped  # cached keys of older recipes stay the same
+    warm = load_recipe(
+        _write(tmp_path, "name: b\nsteps:\n  - {type: swap, init: teacher, init_fit: {epochs: 3}}\n")
+    )
+    step = warm.steps[0]
+    assert step.model_dump(mode="json")["init"] == "teacher"
+    assert recipe_epochs(warm) == recipe_epochs(plain) + 3.0
+    assert "from the teacher" in SwapStep().label(step)
