@@ -124,8 +124,8 @@ class SwapSpec(_Spec):
 
     @model_serializer(mode="wrap")
     def _drop_defaults_added_later(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # ``width`` and ``init`` came after runs were cached and benched: at their defaults they are left out
-        # of the dump, so the keys (compress cache, bench state) of recipes that do not set them stay the same.
+        # ``width`` and ``init`` came after runs were cached and benched: at their defaults they are left
+        # out of the dump, so the keys (compress cache, bench state) of recipes that do not set them stay put.
         data = handler(self)
         if self.width == 1.0:
             data.pop("width", None)

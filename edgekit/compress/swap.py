@@ -9,8 +9,8 @@ from torch import nn
 
 from edgekit.compress.finetune import finetune
 from edgekit.compress.step import Step, StepResult
-from edgekit.errors import CompressionError
 from edgekit.compress.teacher_init import init_from_teacher
+from edgekit.errors import CompressionError
 from edgekit.models.microyolo import MicroYolo, MicroYoloConfig
 from edgekit.models.train import evaluate
 
