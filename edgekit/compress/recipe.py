@@ -101,7 +101,7 @@ class TeacherInitSpec(_Spec):
     """How long the swapped blocks are fitted to the teacher's features before the swap trains end to end."""
 
     epochs: float = Field(2.0, ge=0)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(1e-2, gt=0, description="Adam, cosine; a local regression takes a higher rate")
     batch_size: int = Field(32, ge=1)
 
 
