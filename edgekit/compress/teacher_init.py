@@ -27,8 +27,9 @@ from torch import nn
 from edgekit.errors import CompressionError
 from edgekit.progress import track
 
-#: A fitted block starts at this fraction of the teacher's per-channel std (60 steps on the converged reference:
-#: normalised error 0.29-0.69 per block at 0.1 and lr 1e-2; 0.31-0.81 at 1.0; 0.41-1.12 at 1.0 and lr 3e-3).
+#: A fitted block starts at this fraction of the teacher's per-channel std (60 steps on the converged
+#: reference: normalised error 0.29-0.69 per block at 0.1 and lr 1e-2; 0.31-0.81 at 1.0; 0.41-1.12 at 1.0
+#: and lr 3e-3).
 START_GAIN = 0.1
 
 #: The stages both detectors share (``TwoScaleDetector``), walked in forward order.
@@ -92,7 +93,7 @@ def block_pairs(student: nn.Module, teacher: nn.Module) -> tuple[list[tuple[str,
 
 @torch.no_grad()
 def match_moments(block: nn.Module, inp: torch.Tensor, target: torch.Tensor, gain: float = 1.0) -> None:
-    """Set ``block``'s last BatchNorm so its output has the per-channel mean and ``gain`` x the std of ``target``.
+    """Set ``block``'s last BatchNorm: its output gets ``target``'s per-channel mean and ``gain`` x its std.
 
     A fresh BN outputs unit variance while the teacher's features have their own scale per channel; an
     optimiser then spends most of the fit moving the BN scales. The part of the output that does not pass
