@@ -322,6 +322,28 @@ def _layers(record: RunRecord) -> list[Block]:
     return [Heading(f"Per-layer table ({node.stage})"), Table(keys, rows, numeric)]
 
 
+def _teacher_init(record: RunRecord) -> list[Block]:
+    node = next((n for n in record.nodes if isinstance(n.extra.get("init"), dict)), None)
+    if node is None:
+        return []
+    init = node.extra["init"]
+    first, last = init.get("fit_loss_first_epoch") or {}, init.get("fit_loss") or {}
+    rows = [[name, _num(first.get(name), 3), _num(last.get(name), 3)] for name in init.get("fitted", [])]
+    after = init.get("after_init") or {}
+    note = (
+        f"The swapped model started from the reference: {', '.join(init.get('copied', [])) or NONE} copied, "
+        f"each swapped block fitted to the block it replaces ({init.get('steps', 0)} steps). "
+        f"Before end-to-end training: mAP50 {_num(after.get('map50'), 3)}, "
+        f"mAP50-95 {_num(after.get('map50_95'), 3)}. Fit loss = squared error / variance of the teacher's "
+        "output (1 = no better than its mean)."
+    )
+    return [
+        Heading(f"Swap initialised from the teacher ({node.stage})"),
+        Paragraph(note, tone="note"),
+        Table(["block", "fit loss, first epoch", "fit loss, last epoch"], rows, frozenset({1, 2})),
+    ]
+
+
 def _training_curve(record: RunRecord) -> list[Block]:
     node = record.node("train")
     curve = (node.extra.get("curve") if node else None) or []
@@ -396,6 +418,7 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
         _plots(plots),
         _candidates(record),
         _layers(record),
+        _teacher_init(record),
         _training_curve(record),
         _environment(record),
     )

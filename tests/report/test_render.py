@@ -145,3 +145,21 @@ def test_the_reference_training_curve_is_a_table(tmp_path, record):
     section = text[text.index("Reference training") :]
     assert "stopped on plateau after 20 epochs (12.7 min to train)" in section
     assert "| 20 | 0.00210 | 0.906 | 0.620 | 380 s | kept |" in section
+
+
+def test_a_swap_initialised_from_the_teacher_shows_its_fit(tmp_path, record):
+    init = {
+        "copied": ["stem.0", "pred8"],
+        "fitted": ["stem.2", "p8"],
+        "steps": 124,
+        "fit_loss_first_epoch": {"stem.2": 0.91, "p8": 1.2},
+        "fit_loss": {"stem.2": 0.4, "p8": 0.655},
+        "after_init": {"map50": 0.31, "map50_95": 0.12},
+    }
+    record.node("train").extra["init"] = init
+    text = render_markdown(record, tmp_path)
+    section = text[text.index("Swap initialised from the teacher") :]
+    assert "stem.0, pred8 copied" in section and "(124 steps)" in section
+    assert "mAP50 0.310, mAP50-95 0.120" in section
+    assert "| p8 | 1.200 | 0.655 |" in section
+    assert "Swap initialised" not in render_markdown(RunRecord.new("r2", [], {"name": "local"}, {}), tmp_path)
