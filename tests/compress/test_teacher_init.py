@@ -87,3 +87,16 @@ def test_recipe_init_keeps_old_keys_counts_its_epochs_and_labels_the_step(tmp_pa
     assert step.model_dump(mode="json")["init"] == "teacher"
     assert recipe_epochs(warm) == recipe_epochs(plain) + 3.0
     assert "from the teacher" in SwapStep().label(step)
+
+
+def test_the_swap_step_records_the_init_and_trains_from_it(model, make_ctx):
+    spec = load_recipe("microyolo").steps[0]  # init: teacher, as shipped
+    ctx = make_ctx(epochs_scale=0.1, teacher=model)  # 0.2 fit epochs, 2.8 training epochs on 256 images
+    result = SwapStep().apply(model, spec, ctx)
+    init = result.extra["init"]
+    assert init["copied"] == COPIED and init["fitted"] == FITTED and init["steps"] >= 1
+    assert 0.0 <= init["after_init"]["map50_95"] <= init["after_init"]["map50"] <= 1.0
+    assert result.extra["train"]["steps"] > 0
+    # what the fit copied is the starting point: the prediction convs moved only by the short training
+    drift = (result.model.pred8.weight - model.pred8.weight).abs().max()
+    assert drift < model.pred8.weight.abs().max()
