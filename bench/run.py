@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["deploy_time.py", "quantization.py", "runtimes.py", "compression.py", "device.py", "mcu.py"]
+SCRIPTS = [
+    "deploy_time.py",
+    "quantization.py",
+    "runtimes.py",
+    "swap_init.py",
+    "compression.py",
+    "device.py",
+    "mcu.py",
+]
 
 
 def main() -> int:

@@ -1,0 +1,98 @@
+"""Micro-YOLO's swap from random weights against the swap started from the reference, at equal epochs.
+
+Both variants replace the converged reference's conv blocks by DSConv/MBConv-SE (the `microyolo` recipe's
+swap, alpha 1, width 1) and train the result with distillation from the reference for the same number of
+epochs; `teacher` first copies the shared layers and fits each swapped block to the block it replaces
+(`edgekit/compress/teacher_init.py`, 2 epochs). Torch FP32 mAP on the val split, one seed; the rows are kept
+in `bench/results/swap_init.json` with a hash of the step, so a re-run skips what is measured and a changed
+step is measured again.
+
+    .venv/bin/python bench/swap_init.py                 # both, 30 epochs (about 75 min on 2 cores)
+    .venv/bin/python bench/swap_init.py --quick         # a smoke check (0.5 epochs, not kept)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import json  # noqa: E402
+
+from edgekit.compress.commands import build_context  # noqa: E402
+from edgekit.compress.recipe import SwapSpec  # noqa: E402
+from edgekit.compress.swap import SwapStep, evaluate_map  # noqa: E402
+from edgekit.compress.teacher_init import START_GAIN  # noqa: E402
+from edgekit.data.shapes import ShapesConfig, builtin_dataset  # noqa: E402
+from edgekit.fsutil import atomic_write_json, stable_hash  # noqa: E402
+from edgekit.models.zoo import cache_dir, converged_reference  # noqa: E402
+
+OUT = REPO / "bench" / "results" / "swap_init.json"
+
+
+def spec_of(init: str, epochs: float) -> SwapSpec:
+    """The `microyolo` recipe's swap with ``init`` and ``epochs`` of distilled training."""
+    return SwapSpec(type="swap", init=init, train={"epochs": epochs, "lr": 3e-3, "distill": 1.0})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=float, default=30.0, help="distilled training epochs of both")
+    parser.add_argument("--quick", action="store_true", help="smoke check: 0.5 epochs, not kept")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs = 0.5
+    kept = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
+    root = builtin_dataset(cache_dir(), ShapesConfig(), progress=not args.quiet)
+    reference = converged_reference(root, 160, progress=not args.quiet)
+    ref_metrics = {k: reference.metrics[k] for k in ("map50", "map50_95")}
+    ctx = None
+    for init in ("random", "teacher"):
+        spec = spec_of(init, args.epochs)
+        dump = spec.model_dump(mode="json")
+        key = stable_hash({"spec": dump, "start_gain": START_GAIN if init == "teacher" else None})
+        if any(r.get("key") == key for r in kept["rows"]):
+            print(f"{init}: measured before, kept")
+            continue
+        if ctx is None:
+            ctx = build_context(root, Path(tempfile.mkdtemp(prefix="swap-init-")), 1.0, not args.quiet)
+            ctx.teacher = reference.model
+        t0 = time.perf_counter()
+        result = SwapStep().apply(reference.model, spec, ctx)
+        row = {
+            "init": init,
+            "key": key,
+            "spec": dump,
+            "start_gain": START_GAIN if init == "teacher" else None,
+            **evaluate_map(result.model, ctx.val),
+            "after_init": (result.extra.get("init") or {}).get("after_init"),
+            "fit_loss": (result.extra.get("init") or {}).get("fit_loss"),
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
+        kept["rows"].append(row)
+        kept["reference"] = ref_metrics
+        if not args.quick:
+            atomic_write_json(OUT, kept)
+    print(f"reference: mAP50 {ref_metrics['map50']:.3f}, mAP50-95 {ref_metrics['map50_95']:.3f}")
+    print("| init | train epochs | mAP50 | mAP50-95 | Δ50 vs reference | Δ50-95 vs reference | wall |")
+    print("|---|---|---|---|---|---|---|")
+    for r in kept["rows"]:
+        d50 = 100 * (r["map50"] - ref_metrics["map50"])
+        d95 = 100 * (r["map50_95"] - ref_metrics["map50_95"])
+        print(
+            f"| {r['init']} | {r['spec']['train']['epochs']:g} | {r['map50']:.3f} | {r['map50_95']:.3f} | "
+            f"{d50:+.2f} | {d95:+.2f} | {r['wall_s']:.0f} s |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
