@@ -3,11 +3,12 @@
 Both variants replace the converged reference's conv blocks by DSConv/MBConv-SE (the `microyolo` recipe's
 swap, alpha 1, width 1) and train the result with distillation from the reference for the same number of
 epochs; `teacher` first copies the shared layers and fits each swapped block to the block it replaces
-(`edgekit/compress/teacher_init.py`, 2 epochs). Torch FP32 mAP on the val split, one seed; the rows are kept
-in `bench/results/swap_init.json` with a hash of the step, so a re-run skips what is measured and a changed
-step is measured again.
+(`edgekit/compress/teacher_init.py`, 2 epochs). Torch FP32 mAP on the val split, per seed (`--seed`); the rows
+are kept in `bench/results/swap_init.json` with a hash of the step, so a re-run skips what is measured and a
+changed step is measured again.
 
     .venv/bin/python bench/swap_init.py                 # both, 30 epochs (about 75 min on 2 cores)
+    .venv/bin/python bench/swap_init.py --seed 1        # both again with another seed (the spread)
     .venv/bin/python bench/swap_init.py --quick         # a smoke check (0.5 epochs, not kept)
 """
 
@@ -46,6 +47,8 @@ def main() -> int:
     )
     parser.add_argument("--epochs", type=float, default=30.0, help="distilled training epochs of both")
     parser.add_argument("--quick", action="store_true", help="smoke check: 0.5 epochs, not kept")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new blocks and the batch order")
+    parser.add_argument("--inits", nargs="*", default=["random", "teacher"], choices=["random", "teacher"])
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -55,41 +58,45 @@ def main() -> int:
     reference = converged_reference(root, 160, progress=not args.quiet)
     ref_metrics = {k: reference.metrics[k] for k in ("map50", "map50_95")}
     ctx = None
-    for init in ("random", "teacher"):
+    for init in args.inits:
         spec = spec_of(init, args.epochs)
         dump = spec.model_dump(mode="json")
-        key = stable_hash({"spec": dump, "start_gain": START_GAIN if init == "teacher" else None})
+        gain = START_GAIN if init == "teacher" else None
+        key = stable_hash({"spec": dump, "start_gain": gain, **({"seed": args.seed} if args.seed else {})})
         if any(r.get("key") == key for r in kept["rows"]):
             print(f"{init}: measured before, kept")
             continue
         if ctx is None:
             ctx = build_context(root, Path(tempfile.mkdtemp(prefix="swap-init-")), 1.0, not args.quiet)
-            ctx.teacher = reference.model
+            ctx.teacher, ctx.seed = reference.model, args.seed
         t0 = time.perf_counter()
         result = SwapStep().apply(reference.model, spec, ctx)
         row = {
             "init": init,
             "key": key,
             "spec": dump,
-            "start_gain": START_GAIN if init == "teacher" else None,
+            "start_gain": gain,
+            "seed": args.seed,
             **evaluate_map(result.model, ctx.val),
             "after_init": (result.extra.get("init") or {}).get("after_init"),
             "fit_loss": (result.extra.get("init") or {}).get("fit_loss"),
             "wall_s": round(time.perf_counter() - t0, 1),
         }
+        if not args.quick:  # read again: another process (the other init, another seed) may have written
+            kept = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
         kept["rows"].append(row)
         kept["reference"] = ref_metrics
         if not args.quick:
             atomic_write_json(OUT, kept)
     print(f"reference: mAP50 {ref_metrics['map50']:.3f}, mAP50-95 {ref_metrics['map50_95']:.3f}")
-    print("| init | train epochs | mAP50 | mAP50-95 | Δ50 vs reference | Δ50-95 vs reference | wall |")
-    print("|---|---|---|---|---|---|---|")
+    print("| init | seed | train epochs | mAP50 | mAP50-95 | Δ50 vs reference | Δ50-95 vs reference | wall |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in kept["rows"]:
         d50 = 100 * (r["map50"] - ref_metrics["map50"])
         d95 = 100 * (r["map50_95"] - ref_metrics["map50_95"])
         print(
-            f"| {r['init']} | {r['spec']['train']['epochs']:g} | {r['map50']:.3f} | {r['map50_95']:.3f} | "
-            f"{d50:+.2f} | {d95:+.2f} | {r['wall_s']:.0f} s |"
+            f"| {r['init']} | {r.get('seed', 0)} | {r['spec']['train']['epochs']:g} | {r['map50']:.3f} | "
+            f"{r['map50_95']:.3f} | {d50:+.2f} | {d95:+.2f} | {r['wall_s']:.0f} s |"
         )
     return 0
 
