@@ -15,6 +15,7 @@ changed step is measured again.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -23,11 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import json  # noqa: E402
-
 from edgekit.compress.commands import build_context  # noqa: E402
+from edgekit.compress.context import evaluate_map  # noqa: E402
 from edgekit.compress.recipe import SwapSpec  # noqa: E402
-from edgekit.compress.swap import SwapStep, evaluate_map  # noqa: E402
+from edgekit.compress.swap import SwapStep  # noqa: E402
 from edgekit.compress.teacher_init import START_GAIN  # noqa: E402
 from edgekit.data.shapes import ShapesConfig, builtin_dataset  # noqa: E402
 from edgekit.fsutil import atomic_write_json, stable_hash  # noqa: E402

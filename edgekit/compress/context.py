@@ -64,11 +64,15 @@ def measure(model: nn.Module, ctx: CompressContext, data: InMemorySplit | None =
     from edgekit.compress.qat import float_view  # fake-quant wrappers hide their convs from op counters
 
     cost = model_macs_params(float_view(model), ctx.input_shape)
-    maps = evaluate(model, data or ctx.val)
     return {
         "params": cost["params"],
         "macs": cost["macs"],
         "size_bytes": state_dict_bytes(model),
-        "map50": round(float(maps["map50"]), 5),
-        "map50_95": round(float(maps["map50_95"]), 5),
+        **evaluate_map(model, data or ctx.val),
     }
+
+
+def evaluate_map(model: nn.Module, data: InMemorySplit) -> dict[str, float]:
+    """mAP@0.5 and mAP@0.5:0.95 of ``model`` on ``data``, rounded to 5 digits for the record."""
+    maps = evaluate(model, data)
+    return {"map50": round(float(maps["map50"]), 5), "map50_95": round(float(maps["map50_95"]), 5)}

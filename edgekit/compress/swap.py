@@ -7,17 +7,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgekit.compress.context import evaluate_map
 from edgekit.compress.finetune import finetune
 from edgekit.compress.step import Step, StepResult
 from edgekit.compress.teacher_init import init_from_teacher
 from edgekit.errors import CompressionError
 from edgekit.models.microyolo import MicroYolo, MicroYoloConfig
-from edgekit.models.train import evaluate
-
-
-def evaluate_map(model: nn.Module, data: Any) -> dict[str, float]:
-    """mAP@0.5 and mAP@0.5:0.95 of ``model`` on ``data``, rounded for the record."""
-    return {k: round(float(v), 5) for k, v in evaluate(model, data).items()}
 
 
 def microyolo_like(model: nn.Module, expansion: float, se_reduction: int, width: float = 1.0) -> MicroYolo:

@@ -133,22 +133,23 @@ def init_from_teacher(
     copy_pairs, fit_pairs = block_pairs(student, teacher)
     for _, s, t in copy_pairs:
         s.load_state_dict(t.state_dict())
+    copied = [name for name, _, _ in copy_pairs]
+    if not fit_pairs:  # nothing was swapped: the copy is the whole init
+        return {"copied": copied, "fitted": [], "steps": 0, "fit_loss_first_epoch": {}, "fit_loss": {}}
     teacher = teacher.eval()
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = [
         t.register_forward_hook(lambda _m, args, out, name=name: captured.__setitem__(name, (args[0], out)))
         for name, _, t in fit_pairs
     ]
-    if fit_pairs:
-        x, _, _ = data.batch(np.arange(min(len(data), spec.batch_size)))
-        with torch.no_grad():
-            teacher.raw(x)
-            for name, s, _ in fit_pairs:
-                match_moments(s, *captured[name], gain=START_GAIN)
-    params = [p for _, s, _ in fit_pairs for p in s.parameters()]
+    x, _, _ = data.batch(np.arange(min(len(data), spec.batch_size)))
+    with torch.no_grad():
+        teacher.raw(x)
+        for name, s, _ in fit_pairs:
+            match_moments(s, *captured[name], gain=START_GAIN)
     steps_per_epoch = max(1, len(data) // spec.batch_size)
-    total = max(1, int(round(spec.epochs * steps_per_epoch))) if fit_pairs else 0
-    opt = torch.optim.Adam(params, lr=spec.lr) if params else None
+    total = max(1, int(round(spec.epochs * steps_per_epoch)))
+    opt = torch.optim.Adam([p for _, s, _ in fit_pairs for p in s.parameters()], lr=spec.lr)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     per_block = {name: [] for name, _, _ in fit_pairs}
@@ -185,7 +186,7 @@ def init_from_teacher(
             h.remove()
     student.eval()
     return {
-        "copied": [name for name, _, _ in copy_pairs],
+        "copied": copied,
         "fitted": [name for name, _, _ in fit_pairs],
         "steps": total,
         "fit_loss_first_epoch": {name: round(float(np.mean(v)), 4) for name, v in first.items() if v},
