@@ -103,6 +103,13 @@ class TeacherInitSpec(_Spec):
     epochs: float = Field(2.0, ge=0)
     lr: float = Field(1e-2, gt=0, description="Adam, cosine; a local regression takes a higher rate")
     batch_size: int = Field(32, ge=1)
+    student_fed: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="the last part of the fit in which each block reads the student's features, not the "
+        "teacher's (it learns to undo the errors of the blocks before it)",
+    )
 
 
 class SwapSpec(_Spec):
@@ -116,8 +123,9 @@ class SwapSpec(_Spec):
     init: Literal["random", "teacher"] = Field(
         "random",
         description="random: the new blocks start from random weights; teacher: copy the layers both "
-        "models share and fit each swapped block to the teacher block it replaces (edgekit.compress."
-        "teacher_init), so the swap starts from what the reference learnt",
+        "models share (Net2WiderNet's function-preserving copy when width > 1) and fit each swapped block "
+        "to the teacher block it replaces, on the teacher's features and then on the student's "
+        "(edgekit.compress.teacher_init), so the swap starts from what the reference learnt",
     )
     init_fit: TeacherInitSpec = TeacherInitSpec()
     train: FinetuneSpec = FinetuneSpec(epochs=20.0, lr=3e-3)

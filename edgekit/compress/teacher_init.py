@@ -3,14 +3,19 @@
 The swap step replaces each 3x3 conv block of the reference by a DSConv or MBConv-SE block. Trained from
 random weights, the new model throws away everything the reference learnt, and a recipe that does so loses
 to its own control (the same architecture trained from scratch as long as reference + recipe). Here the
-student inherits the reference instead, in two moves:
+student inherits the reference instead, in three moves:
 
-1. every layer whose parameters have the same shapes in both models (the first conv, the 1x1 convs, the
-   prediction convs) is copied;
-2. every swapped block is fitted to reproduce its teacher block's output from the teacher block's input
-   (the teacher's features, captured by forward hooks on training images), all blocks at once, each with
-   its own normalised squared error - a local regression per block, as in FitNets' hint training, cheap
-   because no gradient crosses the network.
+1. every layer that is the same kind of layer in both models (the first conv, the 1x1 convs, the
+   prediction convs) is copied; when the swap widens the model, Net2WiderNet's function-preserving copy:
+   each extra student channel repeats a teacher channel, and a layer reading repeated channels divides
+   their weights by the repeat count, so the copied layer computes what the teacher's does;
+2. every swapped block is fitted to reproduce its teacher block's output (its channels mapped the same
+   way) from the teacher block's input - all blocks at once, each with its own normalised squared error, a
+   local regression per block as in FitNets' hint training, cheap because no gradient crosses the network;
+3. for the last ``student_fed`` part of the fit, each block reads the *student's* features instead (the
+   input detached, so the regression stays local): a block then learns to undo what the blocks before it
+   got wrong, which the first move cannot teach - fitted on the teacher's inputs alone, per-block errors
+   compound and the composed model starts near 0 mAP.
 
 The fitted student is then trained end to end (with distillation) by the swap step as before.
 """
@@ -32,63 +37,130 @@ from edgekit.progress import track
 #: and lr 3e-3).
 START_GAIN = 0.1
 
-#: The stages both detectors share (``TwoScaleDetector``), walked in forward order.
-_STAGES = ("stem", "p8", "p16", "neck16", "pred16", "route", "neck8", "pred8")
+#: The blocks both detectors share (``TwoScaleDetector.raw``) in forward order, each with the features it
+#: reads: ``(stage, index in the stage or None, inputs)``; "image" is the network input, and a block's
+#: own name is its output. Pools and the upsample carry no parameters and keep the channel order.
+_FLOW: tuple[tuple[str, int | None, tuple[str, ...]], ...] = (
+    ("stem", 0, ("image",)),
+    ("stem", 2, ("stem.0",)),
+    ("stem", 4, ("stem.2",)),
+    ("p8", None, ("stem.4",)),
+    ("p16", 1, ("p8",)),
+    ("neck16", 0, ("p16.1",)),
+    ("neck16", 1, ("neck16.0",)),
+    ("pred16", None, ("neck16.1",)),
+    ("route", 0, ("neck16.1",)),
+    ("neck8", None, ("route.0", "p8")),
+    ("pred8", None, ("neck8",)),
+)
+_OUTPUTS = ("pred8", "pred16")  # their channels are the head's: never remapped
 
 
-def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    return [(k, tuple(v.shape)) for k, v in module.state_dict().items()]
+def _convs(module: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
-def _blocks(stage: nn.Module) -> list[nn.Module]:
-    """A stage's blocks: the children of a Sequential of blocks, else the stage itself (a conv block)."""
-    if isinstance(stage, nn.Sequential) and not any(isinstance(c, nn.Conv2d) for c in stage.children()):
-        return list(stage)  # not .children(): that drops a module used twice (the shared pool)
-    return [stage]
+def _layout(module: nn.Module) -> list[tuple[type, tuple[int, ...], int]]:
+    """Layer kinds with their kernel and group shape: equal layouts can be copied whatever the widths."""
+    out = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            out.append((nn.Conv2d, tuple(m.kernel_size), 1 if m.groups == 1 else -1))
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append((nn.BatchNorm2d, (), 0))
+    return out
+
+
+def _block(model: nn.Module, stage: str, index: int | None) -> nn.Module:
+    if not hasattr(model, stage):
+        raise CompressionError(
+            f"the teacher init needs both models to have the stage {stage!r}",
+            "use init: random in the swap step for a model that is not an edgekit detector",
+        )
+    module = getattr(model, stage)
+    if index is None:
+        return module
+    if not isinstance(module, nn.Sequential) or len(module) <= index:
+        raise CompressionError(
+            f"stage {stage!r} has no block {index} in one of the two models",
+            "use init: random in the swap step",
+        )
+    return module[index]
 
 
 def block_pairs(student: nn.Module, teacher: nn.Module) -> tuple[list[tuple[str, nn.Module, nn.Module]], ...]:
-    """Match the two detectors' blocks stage by stage: ``(copy, fit)`` lists of ``(name, student, teacher)``.
+    """Match the two detectors' blocks: ``(copy, fit)`` lists of ``(name, student, teacher)``.
 
-    ``copy`` holds blocks with identical parameter shapes; ``fit`` holds blocks that differ (a swapped
-    block against the conv block it replaces). Blocks without parameters (pools, upsampling) are skipped.
+    ``copy`` holds blocks built from the same layers (equal kernels, any widths); ``fit`` holds blocks
+    that differ (a swapped block against the conv block it replaces).
 
     Raises:
-        CompressionError: The models do not share the two-scale topology, or a matched pair has
-            different output widths (the swap changed the width, so no block can stand in for another).
+        CompressionError: The models do not share the two-scale topology, or the student is narrower
+            than the teacher somewhere (no channel of the teacher may be dropped).
     """
     copy_pairs, fit_pairs = [], []
-    for stage in _STAGES:
-        s, t = getattr(student, stage, None), getattr(teacher, stage, None)
-        if s is None or t is None:
+    for stage, index, _ in _FLOW:
+        name = stage if index is None else f"{stage}.{index}"
+        s, t = _block(student, stage, index), _block(teacher, stage, index)
+        s_out, t_out = _convs(s)[-1].out_channels, _convs(t)[-1].out_channels
+        if s_out < t_out:
             raise CompressionError(
-                f"the teacher init needs both models to have the stage {stage!r}",
-                "use init: random in the swap step for a model that is not an edgekit detector",
+                f"block {name} has {s_out} output channels in the student and {t_out} in the teacher",
+                "the teacher init needs the swap at width 1 or wider; use init: random with a width below 1",
             )
-        s_children, t_children = _blocks(s), _blocks(t)
-        if len(s_children) != len(t_children):
-            raise CompressionError(
-                f"stage {stage!r} has {len(s_children)} blocks in the student and {len(t_children)} in "
-                "the teacher",
-                "use init: random in the swap step",
-            )
-        for i, (sc, tc) in enumerate(zip(s_children, t_children, strict=True)):
-            name = stage if len(s_children) == 1 else f"{stage}.{i}"
-            if not list(sc.parameters()):
-                continue
-            if _shapes(sc) == _shapes(tc):
-                copy_pairs.append((name, sc, tc))
-                continue
-            s_out = [m for m in sc.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-            t_out = [m for m in tc.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-            if s_out != t_out:
-                raise CompressionError(
-                    f"block {name} has {s_out} output channels in the student and {t_out} in the teacher",
-                    "the teacher init needs the swap at width 1 (the teacher's widths); use init: random "
-                    "with another width",
-                )
-            fit_pairs.append((name, sc, tc))
+        (copy_pairs if _layout(s) == _layout(t) else fit_pairs).append((name, s, t))
     return copy_pairs, fit_pairs
+
+
+def channel_maps(student: nn.Module, teacher: nn.Module, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """For each feature, the teacher channel every student channel stands for (Net2WiderNet's mapping).
+
+    The first teacher-width channels map to themselves; each extra channel repeats a teacher channel drawn
+    at random. A concatenation's map is its parts' maps, the second offset by the first's teacher width.
+    """
+    maps: dict[str, torch.Tensor] = {"image": torch.arange(_convs(_block(student, "stem", 0))[0].in_channels)}
+    for stage, index, _ in _FLOW:
+        name = stage if index is None else f"{stage}.{index}"
+        c_s = _convs(_block(student, stage, index))[-1].out_channels
+        c_t = _convs(_block(teacher, stage, index))[-1].out_channels
+        extra = torch.as_tensor(rng.integers(0, c_t, c_s - c_t), dtype=torch.long)
+        maps[name] = torch.arange(c_t) if name in _OUTPUTS else torch.cat([torch.arange(c_t), extra])
+    return maps
+
+
+def _input_map(maps: dict[str, torch.Tensor], teacher: nn.Module, inputs: tuple[str, ...]) -> torch.Tensor:
+    parts, offset = [], 0
+    for feature in inputs:
+        parts.append(maps[feature] + offset)
+        offset += int(maps[feature].max()) + 1 if feature == "image" else _teacher_width(teacher, feature)
+    return torch.cat(parts)
+
+
+def _teacher_width(teacher: nn.Module, feature: str) -> int:
+    stage, _, index = feature.partition(".")
+    return _convs(_block(teacher, stage, int(index) if index else None))[-1].out_channels
+
+
+@torch.no_grad()
+def widen_copy(student: nn.Module, teacher: nn.Module, out_map: torch.Tensor, in_map: torch.Tensor) -> None:
+    """Copy ``teacher`` into ``student`` (same layers, wider or equal channels), preserving its function.
+
+    Output channel ``o`` of the student is the teacher's ``out_map[o]``; an input channel repeated ``n``
+    times in ``in_map`` has its weights divided by ``n``, so the sum over the repeats is the teacher's.
+    """
+    counts = torch.bincount(in_map).to(torch.float32)
+    for s, t in zip(student.modules(), teacher.modules(), strict=False):
+        if isinstance(s, nn.Conv2d):
+            w = t.weight[out_map]
+            if s.groups == 1:
+                w = w[:, in_map] / counts[in_map][None, :, None, None]
+            s.weight.copy_(w)
+            if s.bias is not None:
+                s.bias.copy_(t.bias[out_map])
+        elif isinstance(s, nn.BatchNorm2d):
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(s, key).copy_(getattr(t, key)[out_map])
+            s.num_batches_tracked.copy_(t.num_batches_tracked)
 
 
 @torch.no_grad()
@@ -119,41 +191,70 @@ def match_moments(block: nn.Module, inp: torch.Tensor, target: torch.Tensor, gai
     block.train(was_training)
 
 
+class _Captures:
+    """Forward hooks that keep each named block's ``(input, output)`` of the last forward pass.
+
+    With ``detach``, a block reads a detached copy of its input (a pre-hook), so the gradient of its
+    loss stops at the block: the regression stays local even when it runs inside the student's forward.
+    """
+
+    def __init__(self, blocks: list[tuple[str, nn.Module]], detach: bool = False) -> None:
+        self.seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.handles = []
+        for name, block in blocks:
+            if detach:
+                self.handles.append(block.register_forward_pre_hook(lambda _m, args: (args[0].detach(),)))
+            self.handles.append(
+                block.register_forward_hook(
+                    lambda _m, args, out, name=name: self.seen.__setitem__(name, (args[0], out))
+                )
+            )
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def init_from_teacher(
     student: nn.Module, teacher: nn.Module, data: Any, spec: Any, progress: bool = False, seed: int = 0
 ) -> dict[str, Any]:
     """Copy the shared layers of ``teacher`` into ``student`` and fit its swapped blocks; return the stats.
 
     ``spec`` is the swap's :class:`~edgekit.compress.recipe.TeacherInitSpec` (``epochs`` over ``data``,
-    ``lr``, ``batch_size``). Each fitted block's loss is its squared error divided by the variance of the
+    ``lr``, ``batch_size``, ``student_fed``: the last part of the steps in which the blocks read the
+    student's features). Each fitted block's loss is its squared error divided by the variance of the
     teacher's output, so 0 is a perfect copy and 1 is no better than a constant (a residual block can start
     above 1: its input is added to what it learns); the mean per block over the first and the last epoch
     are returned as ``fit_loss_first_epoch`` and ``fit_loss``.
     """
     copy_pairs, fit_pairs = block_pairs(student, teacher)
-    for _, s, t in copy_pairs:
-        s.load_state_dict(t.state_dict())
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    maps = channel_maps(student, teacher, rng)
+    inputs = {(s if i is None else f"{s}.{i}"): ins for s, i, ins in _FLOW}
+    for name, s, t in copy_pairs:
+        widen_copy(s, t, maps[name], _input_map(maps, teacher, inputs[name]))
     copied = [name for name, _, _ in copy_pairs]
+    widened = any(len(m) != int(m.max()) + 1 for m in maps.values())
     if not fit_pairs:  # nothing was swapped: the copy is the whole init
         return {"copied": copied, "fitted": [], "steps": 0, "fit_loss_first_epoch": {}, "fit_loss": {}}
+    in_maps = {name: _input_map(maps, teacher, inputs[name]) for name, _, _ in fit_pairs}
     teacher = teacher.eval()
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = [
-        t.register_forward_hook(lambda _m, args, out, name=name: captured.__setitem__(name, (args[0], out)))
-        for name, _, t in fit_pairs
-    ]
+    from_teacher = _Captures([(name, t) for name, _, t in fit_pairs])
+    from_student = _Captures([(name, s) for name, s, _ in fit_pairs], detach=True)
     x, _, _ = data.batch(np.arange(min(len(data), spec.batch_size)))
     with torch.no_grad():
         teacher.raw(x)
         for name, s, _ in fit_pairs:
-            match_moments(s, *captured[name], gain=START_GAIN)
+            inp, out = from_teacher.seen[name]
+            match_moments(s, inp[:, in_maps[name]], out[:, maps[name]], gain=START_GAIN)
     steps_per_epoch = max(1, len(data) // spec.batch_size)
     total = max(1, int(round(spec.epochs * steps_per_epoch)))
+    student_fed_from = total - int(round(getattr(spec, "student_fed", 0.0) * total))
     opt = torch.optim.Adam([p for _, s, _ in fit_pairs for p in s.parameters()], lr=spec.lr)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
     per_block = {name: [] for name, _, _ in fit_pairs}
     first = {name: [] for name, _, _ in fit_pairs}
+    student.eval()  # the copied layers keep the teacher's BN statistics; the fitted blocks learn theirs
     for _, s, _ in fit_pairs:
         s.train()
     try:
@@ -166,12 +267,20 @@ def init_from_teacher(
                 k = step % steps_per_epoch
                 idx = order[k * spec.batch_size : (k + 1) * spec.batch_size]
                 x, _, _ = data.batch(idx, rng.random(len(idx)) < 0.5)
+                fed = step >= student_fed_from
                 with torch.no_grad():
                     teacher.raw(x)
+                if fed:
+                    student.raw(x)
                 loss = x.new_zeros(())
                 for name, s, _ in fit_pairs:
-                    inp, target = captured[name]
-                    err = ((s(inp.detach()) - target.detach()) ** 2).mean() / (target.var() + 1e-6)
+                    inp, target = from_teacher.seen[name]
+                    target = target[:, maps[name]].detach()
+                    if fed:
+                        pred = from_student.seen[name][1]
+                    else:
+                        pred = s(inp[:, in_maps[name]].detach())
+                    err = ((pred - target) ** 2).mean() / (target.var() + 1e-6)
                     loss = loss + err
                     if step < steps_per_epoch:
                         first[name].append(float(err.detach()))
@@ -182,13 +291,15 @@ def init_from_teacher(
                 opt.step()
                 advance(info=f"loss {float(loss.detach()) / len(fit_pairs):.3f}")
     finally:
-        for h in handles:
-            h.remove()
+        from_teacher.remove()
+        from_student.remove()
     student.eval()
     return {
         "copied": copied,
+        "widened": widened,
         "fitted": [name for name, _, _ in fit_pairs],
         "steps": total,
+        "student_fed_steps": total - student_fed_from,
         "fit_loss_first_epoch": {name: round(float(np.mean(v)), 4) for name, v in first.items() if v},
         "fit_loss": {name: round(float(np.mean(v)), 4) for name, v in per_block.items() if v},
     }

@@ -31,11 +31,49 @@ def test_pairs_copy_the_shared_layers_and_fit_the_swapped_blocks():
     assert [n for n, _, _ in fit_pairs] == FITTED
 
 
-def test_a_wider_swap_is_refused_with_the_way_out():
+def test_a_narrower_swap_is_refused_with_the_way_out():
     teacher = TinyYolo(TinyYoloConfig(num_classes=3, input_size=96, width=0.5))
     with pytest.raises(CompressionError) as err:
-        block_pairs(microyolo_like(teacher, 1.0, 4, width=1.5), teacher)
+        block_pairs(microyolo_like(teacher, 1.0, 4, width=0.5), teacher)
     assert "output channels" in str(err.value) and "init: random" in err.value.hint
+
+
+def test_a_wider_copy_computes_what_the_teacher_computes():
+    """Net2WiderNet: a twice-as-wide reference, every layer copied through the channel maps, same output."""
+    torch.manual_seed(0)
+    teacher = TinyYolo(TinyYoloConfig(num_classes=3, input_size=96, width=0.5))
+    with torch.no_grad():  # BN statistics away from their 0/1 defaults, so that the mapping matters
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    student = TinyYolo(TinyYoloConfig(num_classes=3, input_size=96, width=1.0))
+    stats = init_from_teacher(
+        student, teacher, None, types.SimpleNamespace(epochs=1.0, lr=1e-2, batch_size=8)
+    )
+    assert stats["fitted"] == [] and len(stats["copied"]) == 11
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        for a, b in zip(student.eval().raw(x), teacher.eval().raw(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_wider_swap_fits_from_the_teacher(model, small_train):
+    student = microyolo_like(model, 1.0, 4, width=1.5)
+    stats = init_from_teacher(
+        student,
+        model,
+        small_train,
+        types.SimpleNamespace(epochs=2.0, lr=1e-2, batch_size=32, student_fed=0.5),
+    )
+    assert stats["copied"] == COPIED and stats["fitted"] == FITTED and stats["widened"]
+    assert stats["student_fed_steps"] == stats["steps"] // 2
+    assert all(v < 1.5 for v in stats["fit_loss"].values()), stats["fit_loss"]
+    # the first teacher-width channels of a copied layer are the teacher's own
+    c = model.stem[0][0].out_channels
+    assert torch.equal(student.stem[0][0].weight[:c], model.stem[0][0].weight)
 
 
 def test_match_moments_gives_the_target_mean_and_std_per_channel():
