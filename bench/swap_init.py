@@ -36,12 +36,15 @@ from edgekit.models.zoo import cache_dir, converged_reference  # noqa: E402
 OUT = REPO / "bench" / "results" / "swap_init.json"
 
 
-def spec_of(init: str, epochs: float, width: float = 1.0, student_fed: float = 0.5) -> SwapSpec:
-    """The `microyolo` recipe's swap with ``init``, ``width`` and ``epochs`` of distilled training."""
+def spec_of(
+    init: str, epochs: float, width: float = 1.0, student_fed: float = 0.5, hint: float = 0.0
+) -> SwapSpec:
+    """The `microyolo` recipe's swap: ``init``, ``width``, ``hint``, ``epochs`` of distilled training."""
     return SwapSpec(
         type="swap",
         init=init,
         width=width,
+        hint=hint,
         init_fit={"student_fed": student_fed},
         train={"epochs": epochs, "lr": 3e-3, "distill": 1.0},
     )
@@ -58,6 +61,7 @@ def main() -> int:
     parser.add_argument(
         "--student-fed", type=float, default=0.5, help="part of the teacher fit fed the student's features"
     )
+    parser.add_argument("--hint", type=float, default=0.0, help="hint-loss weight while training")
     parser.add_argument("--inits", nargs="*", default=["random", "teacher"], choices=["random", "teacher"])
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -69,7 +73,7 @@ def main() -> int:
     ref_metrics = {k: reference.metrics[k] for k in ("map50", "map50_95")}
     ctx = None
     for init in args.inits:
-        spec = spec_of(init, args.epochs, args.width, args.student_fed)
+        spec = spec_of(init, args.epochs, args.width, args.student_fed, args.hint)
         dump = spec.model_dump(mode="json")
         gain = START_GAIN if init == "teacher" else None
         key = stable_hash({"spec": dump, "start_gain": gain, **({"seed": args.seed} if args.seed else {})})
@@ -100,10 +104,10 @@ def main() -> int:
             atomic_write_json(OUT, kept)
     print(f"reference: mAP50 {ref_metrics['map50']:.3f}, mAP50-95 {ref_metrics['map50_95']:.3f}")
     print(
-        "| init | width | student-fed | seed | train epochs | after init mAP50 | mAP50 | mAP50-95 "
+        "| init | width | student-fed | hint | seed | train epochs | after init mAP50 | mAP50 | mAP50-95 "
         "| Δ50 vs reference | Δ50-95 vs reference | wall |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in kept["rows"]:
         d50 = 100 * (r["map50"] - ref_metrics["map50"])
         d95 = 100 * (r["map50_95"] - ref_metrics["map50_95"])
@@ -111,6 +115,7 @@ def main() -> int:
         after = (r.get("after_init") or {}).get("map50")
         print(
             f"| {r['init']} | {r['spec'].get('width', 1.0):g} | {'-' if fed is None else f'{fed:g}'} "
+            f"| {r['spec'].get('hint', 0.0):g} "
             f"| {r.get('seed', 0)} | {r['spec']['train']['epochs']:g} "
             f"| {'-' if after is None else f'{after:.3f}'} | {r['map50']:.3f} | "
             f"{r['map50_95']:.3f} | {d50:+.2f} | {d95:+.2f} | {r['wall_s']:.0f} s |"

@@ -128,6 +128,12 @@ class SwapSpec(_Spec):
         "(edgekit.compress.teacher_init), so the swap starts from what the reference learnt",
     )
     init_fit: TeacherInitSpec = TeacherInitSpec()
+    hint: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the hint loss while training: each swapped block's normalised squared error "
+        "against the teacher block it replaces, added to the distillation (0: outputs only)",
+    )
     train: FinetuneSpec = FinetuneSpec(epochs=20.0, lr=3e-3)
 
     @model_serializer(mode="wrap")
@@ -137,6 +143,8 @@ class SwapSpec(_Spec):
         data = handler(self)
         if self.width == 1.0:
             data.pop("width", None)
+        if self.hint == 0.0:
+            data.pop("hint", None)
         if self.init == "random":
             data.pop("init", None)
             data.pop("init_fit", None)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgekit.compress.context import evaluate_map
 from edgekit.compress.finetune import finetune
 from edgekit.compress.step import Step, StepResult
-from edgekit.compress.teacher_init import init_from_teacher
+from edgekit.compress.teacher_init import channel_maps, hint_loss, init_from_teacher
 from edgekit.errors import CompressionError
 from edgekit.models.microyolo import MicroYolo, MicroYoloConfig
+from edgekit.models.train import TrainHooks
 
 
 def microyolo_like(model: nn.Module, expansion: float, se_reduction: int, width: float = 1.0) -> MicroYolo:
@@ -44,6 +46,7 @@ class SwapStep(Step):
         """Short label for the record."""
         width = f", width x{spec.width:g}" if spec.width != 1.0 else ""
         init = ", from the teacher" if spec.init == "teacher" else ""
+        init += f", hints x{spec.hint:g}" if spec.hint else ""
         return f"swap to {spec.to} (alpha {spec.expansion:g}, beta {spec.se_reduction}{width}{init})"
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
@@ -51,11 +54,24 @@ class SwapStep(Step):
         torch.manual_seed(ctx.seed)
         student = microyolo_like(model, spec.expansion, spec.se_reduction, spec.width)
         extra: dict[str, Any] = {}
+        maps = (
+            channel_maps(student, model, np.random.default_rng(ctx.seed))
+            if spec.init == "teacher" or spec.hint
+            else None
+        )
         if spec.init == "teacher":
             fit = spec.init_fit.model_copy(update={"epochs": ctx.epochs(spec.init_fit.epochs)})
-            extra["init"] = init_from_teacher(student, model, ctx.train, fit, ctx.progress, ctx.seed)
+            extra["init"] = init_from_teacher(student, model, ctx.train, fit, ctx.progress, ctx.seed, maps)
             extra["init"]["after_init"] = evaluate_map(student, ctx.val)
-        stats = finetune(student, spec.train, ctx, "training Micro-YOLO")
+        if spec.hint > 0:
+            loss, remove = hint_loss(student, model, maps, spec.train.distill, spec.hint)
+            try:
+                train_spec = spec.train.model_copy(update={"distill": 0.0})
+                stats = finetune(student, train_spec, ctx, "training Micro-YOLO", TrainHooks(extra_loss=loss))
+            finally:
+                remove()
+        else:
+            stats = finetune(student, spec.train, ctx, "training Micro-YOLO")
         return StepResult(
             student.eval(), extra={**extra, "train": stats, "architecture": student.cfg.to_dict()}
         )

@@ -22,13 +22,16 @@ The fitted student is then trained end to end (with distillation) by the swap st
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgekit.compress.distill import objectness_distill_loss
 from edgekit.errors import CompressionError
 from edgekit.progress import track
 
@@ -216,7 +219,13 @@ class _Captures:
 
 
 def init_from_teacher(
-    student: nn.Module, teacher: nn.Module, data: Any, spec: Any, progress: bool = False, seed: int = 0
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Any,
+    spec: Any,
+    progress: bool = False,
+    seed: int = 0,
+    maps: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Copy the shared layers of ``teacher`` into ``student`` and fit its swapped blocks; return the stats.
 
@@ -225,12 +234,13 @@ def init_from_teacher(
     student's features). Each fitted block's loss is its squared error divided by the variance of the
     teacher's output, so 0 is a perfect copy and 1 is no better than a constant (a residual block can start
     above 1: its input is added to what it learns); the mean per block over the first and the last epoch
-    are returned as ``fit_loss_first_epoch`` and ``fit_loss``.
+    are returned as ``fit_loss_first_epoch`` and ``fit_loss``. ``maps`` are the :func:`channel_maps` to
+    copy through (drawn from ``seed`` when not given).
     """
     copy_pairs, fit_pairs = block_pairs(student, teacher)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    maps = channel_maps(student, teacher, rng)
+    maps = maps if maps is not None else channel_maps(student, teacher, rng)
     inputs = {(s if i is None else f"{s}.{i}"): ins for s, i, ins in _FLOW}
     for name, s, t in copy_pairs:
         widen_copy(s, t, maps[name], _input_map(maps, teacher, inputs[name]))
@@ -303,3 +313,44 @@ def init_from_teacher(
         "fit_loss_first_epoch": {name: round(float(np.mean(v)), 4) for name, v in first.items() if v},
         "fit_loss": {name: round(float(np.mean(v)), 4) for name, v in per_block.items() if v},
     }
+
+
+def hint_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    maps: dict[str, torch.Tensor],
+    distill: float,
+    hint: float,
+) -> tuple[Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor], Callable[[], None]]:
+    """A ``TrainHooks.extra_loss`` for end-to-end training: distillation plus hints on the swapped blocks.
+
+    ``distill`` x the objectness-scaled distillation of the outputs, plus ``hint`` x the mean over the
+    swapped blocks of their normalised squared error against the teacher block's output (through
+    ``maps``), with the gradient crossing the network this time (FitNets' hints kept during training).
+    One teacher forward serves both terms. Returns ``(extra_loss, remove)``; call ``remove`` after training
+    to take the hooks off the student.
+    """
+    teacher = copy.deepcopy(teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    _, fit_pairs = block_pairs(student, teacher)
+    from_teacher = _Captures([(name, t) for name, _, t in fit_pairs])
+    from_student = _Captures([(name, s) for name, s, _ in fit_pairs])
+
+    def extra_loss(images: torch.Tensor, raw: list[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher.raw(images)
+        loss = distill * objectness_distill_loss(raw, target) if distill > 0 else raw[0].new_zeros(())
+        if hint > 0 and fit_pairs:
+            errs = []
+            for name, _, _ in fit_pairs:
+                out = from_teacher.seen[name][1][:, maps[name]]
+                errs.append(((from_student.seen[name][1] - out) ** 2).mean() / (out.var() + 1e-6))
+            loss = loss + hint * torch.stack(errs).mean()
+        return loss
+
+    def remove() -> None:
+        from_teacher.remove()
+        from_student.remove()
+
+    return extra_loss, remove

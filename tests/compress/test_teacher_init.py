@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
 import torch
 
 from edgekit.compress.control import recipe_epochs
 from edgekit.compress.recipe import load_recipe
 from edgekit.compress.swap import SwapStep, microyolo_like
-from edgekit.compress.teacher_init import block_pairs, init_from_teacher, match_moments
+from edgekit.compress.teacher_init import (
+    block_pairs,
+    channel_maps,
+    hint_loss,
+    init_from_teacher,
+    match_moments,
+)
 from edgekit.errors import CompressionError
 from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
 
@@ -138,3 +145,23 @@ def test_the_swap_step_records_the_init_and_trains_from_it(model, make_ctx):
     # what the fit copied is the starting point: the prediction convs moved only by the short training
     drift = (result.model.pred8.weight - model.pred8.weight).abs().max()
     assert drift < model.pred8.weight.abs().max()
+
+
+def test_hints_reach_every_layer_and_come_off_after_training(model, small_train):
+    student = microyolo_like(model, 1.0, 4, width=1.5)
+    maps = channel_maps(student, model, np.random.default_rng(0))
+    assert [len(maps[n]) for n in ("pred8", "pred16")] == [
+        model.pred8.out_channels
+    ] * 2  # the head: never remapped
+    extra_loss, remove = hint_loss(student, model, maps, distill=0.0, hint=1.0)
+    x, _, _ = small_train.batch(np.arange(4))
+    loss = extra_loss(x, student.train().raw(x))
+    loss.backward()
+    assert float(loss.detach()) > 0
+    # end to end, unlike the fit: the first conv (copied, before any hinted block) gets a gradient
+    assert student.stem[0][0].weight.grad.abs().sum() > 0
+    remove()
+    assert not student.p8._forward_hooks and not student.p8._forward_pre_hooks
+    spec = load_recipe("microyolo").steps[0]
+    assert "hint" not in spec.model_copy(update={"hint": 0.0}).model_dump(mode="json")  # old keys stay put
+    assert "hints x1" in SwapStep().label(spec.model_copy(update={"hint": 1.0}))
