@@ -1,14 +1,16 @@
 """Micro-YOLO's swap from random weights against the swap started from the reference, at equal epochs.
 
 Both variants replace the converged reference's conv blocks by DSConv/MBConv-SE (the `microyolo` recipe's
-swap, alpha 1, width 1) and train the result with distillation from the reference for the same number of
-epochs; `teacher` first copies the shared layers and fits each swapped block to the block it replaces
-(`edgekit/compress/teacher_init.py`, 2 epochs). Torch FP32 mAP on the val split, per seed (`--seed`); the rows
-are kept in `bench/results/swap_init.json` with a hash of the step, so a re-run skips what is measured and a
-changed step is measured again.
+swap, alpha 1, at ``--width``) and train the result with distillation from the reference for the same
+number of epochs; `teacher` first copies the shared layers and fits each swapped block to the block it
+replaces (`edgekit/compress/teacher_init.py`, 2 epochs, the last ``--student-fed`` part on the student's own
+features); ``--hint`` adds the blocks' hint loss to the distillation while training. Torch FP32 mAP on the val
+split, per seed (`--seed`); the rows are kept in `bench/results/swap_init.json` with a hash of the step, so a
+re-run skips what is measured and a changed step is measured again.
 
     .venv/bin/python bench/swap_init.py                 # both, 30 epochs (about 75 min on 2 cores)
     .venv/bin/python bench/swap_init.py --seed 1        # both again with another seed (the spread)
+    .venv/bin/python bench/swap_init.py --inits teacher --width 1.15 --hint 1   # the recipe's width, hints
     .venv/bin/python bench/swap_init.py --quick         # a smoke check (0.5 epochs, not kept)
 """
 
