@@ -330,9 +330,13 @@ def _teacher_init(record: RunRecord) -> list[Block]:
     first, last = init.get("fit_loss_first_epoch") or {}, init.get("fit_loss") or {}
     rows = [[name, _num(first.get(name), 3), _num(last.get(name), 3)] for name in init.get("fitted", [])]
     after = init.get("after_init") or {}
+    widened = " (widened through Net2WiderNet channel maps)" if init.get("widened") else ""
+    fed = init.get("student_fed_steps")
+    fed_note = f", the last {fed} on the student's own features" if fed else ""
     note = (
-        f"The swapped model started from the reference: {', '.join(init.get('copied', [])) or NONE} copied, "
-        f"each swapped block fitted to the block it replaces ({init.get('steps', 0)} steps). "
+        f"The swapped model started from the reference: {', '.join(init.get('copied', [])) or NONE} "
+        f"copied{widened}, each swapped block fitted to the block it replaces ({init.get('steps', 0)} steps"
+        f"{fed_note}). "
         f"Before end-to-end training: mAP50 {_num(after.get('map50'), 3)}, "
         f"mAP50-95 {_num(after.get('map50_95'), 3)}. Fit loss = squared error / variance of the teacher's "
         "output (1 = no better than its mean)."

@@ -163,3 +163,7 @@ def test_a_swap_initialised_from_the_teacher_shows_its_fit(tmp_path, record):
     assert "mAP50 0.310, mAP50-95 0.120" in section
     assert "| p8 | 1.200 | 0.655 |" in section
     assert "Swap initialised" not in render_markdown(RunRecord.new("r2", [], {"name": "local"}, {}), tmp_path)
+    record.node("train").extra["init"] = {**init, "widened": True, "student_fed_steps": 62}
+    section = render_markdown(record, tmp_path)
+    assert "copied (widened through Net2WiderNet channel maps)" in section
+    assert "(124 steps, the last 62 on the student's own features)" in section
