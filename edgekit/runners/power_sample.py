@@ -146,6 +146,8 @@ def rpi_source(interval_s: float) -> PolledSource:
 class TegrastatsSource:
     """A ``tegrastats --interval N`` child; each line is stamped when read, never by its date prefix.
 
+    Lines that arrive together are spaced back by the interval (:meth:`_stamps`).
+
     Plain first; if that prints no rails (some images need root for them) or nothing, ``sudo -n``.
     """
 
@@ -159,6 +161,7 @@ class TegrastatsSource:
         self.proc: subprocess.Popen | None = None
         self.running = False  # True once a line with rails arrived
         self.why = ""  # what the failed attempts printed
+        self.last_t = float("-inf")  # stamp of the last line read
         self._start_next()
 
     def _start_next(self) -> None:
@@ -214,12 +217,27 @@ class TegrastatsSource:
         self.buffer += chunk
         *lines, self.buffer = self.buffer.split(b"\n")
         proc, readings = self.proc, []
-        for line in lines:
-            reading = self._reading(now, line)
+        for t, line in zip(self._stamps(now, len(lines)), lines, strict=True):
+            reading = self._reading(t, line)
             if self.proc is not proc:  # that line moved on to the next attempt: the rest is stale
                 break
             readings += [reading] if reading else []
         return readings
+
+    def _stamps(self, now: float, n: int) -> list[float]:
+        """When the ``n`` lines read at ``now`` were printed: one per interval, the last just now.
+
+        Lines that queued in the pipe while this process was descheduled arrive in one read; one stamp
+        for all of them would put several different readings at one instant.  If they came faster
+        than the interval, they are spread evenly after the previous stamp instead.
+        """
+        step = self.interval_ms / 1000
+        stamps = [now - (n - 1 - k) * step for k in range(n)]
+        if n and stamps[0] <= self.last_t:
+            stamps = [self.last_t + (now - self.last_t) * (k + 1) / n for k in range(n)]
+        if n:
+            self.last_t = stamps[-1]
+        return stamps
 
     def _reading(self, now: float, line: bytes) -> tuple[float, dict] | None:
         rails = powercore.parse_tegrastats(line.decode(errors="replace"))["rails"]

@@ -120,6 +120,23 @@ def test_tegrastats_samples_follow_the_ramp_and_max_seconds_stops_it(board):
     assert fake_tegrastats_pids(folder) == []
 
 
+def test_lines_queued_while_the_sampler_was_stopped_keep_their_own_instants(board):
+    """A descheduled sampler reads several tegrastats lines at once; each keeps the instant it was printed."""
+    folder, env = board
+    out = folder / "tegrastats.jsonl"
+    proc = start(env, out, "--sensor", "tegrastats", "--interval-ms", "100", "--max-seconds", "2.5")
+    wait_for_samples(out, 3)
+    os.kill(proc.pid, signal.SIGSTOP)  # ~5 lines queue in the pipe meanwhile
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGCONT)
+    rc, err = finish(proc)
+    assert rc == 0, err
+    _, samples = read_log(out)
+    gaps = [b["t"] - a["t"] for a, b in zip(samples, samples[1:], strict=False)]
+    assert max(gaps) < 0.3, gaps  # one stamp for the whole burst would leave a ~0.6 s hole before it
+    assert_follows_ramp(folder, samples)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_sampler_and_its_tegrastats_child(board, sig):
     folder, env = board
