@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.compress.distill import objectness_distill_loss
+from edgekit.compress.distill import distill_hook
 from edgekit.errors import CompressionError
 from edgekit.progress import track
 
@@ -41,20 +41,20 @@ from edgekit.progress import track
 START_GAIN = 0.1
 
 #: The blocks both detectors share (``TwoScaleDetector.raw``) in forward order, each with the features it
-#: reads: ``(stage, index in the stage or None, inputs)``; "image" is the network input, and a block's
-#: own name is its output. Pools and the upsample carry no parameters and keep the channel order.
-_FLOW: tuple[tuple[str, int | None, tuple[str, ...]], ...] = (
-    ("stem", 0, ("image",)),
-    ("stem", 2, ("stem.0",)),
-    ("stem", 4, ("stem.2",)),
-    ("p8", None, ("stem.4",)),
-    ("p16", 1, ("p8",)),
-    ("neck16", 0, ("p16.1",)),
-    ("neck16", 1, ("neck16.0",)),
-    ("pred16", None, ("neck16.1",)),
-    ("route", 0, ("neck16.1",)),
-    ("neck8", None, ("route.0", "p8")),
-    ("pred8", None, ("neck8",)),
+#: reads: ``(submodule name, inputs)``; "image" is the network input, and a block's own name is its
+#: output. Pools and the upsample carry no parameters and keep the channel order.
+_FLOW: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("stem.0", ("image",)),
+    ("stem.2", ("stem.0",)),
+    ("stem.4", ("stem.2",)),
+    ("p8", ("stem.4",)),
+    ("p16.1", ("p8",)),
+    ("neck16.0", ("p16.1",)),
+    ("neck16.1", ("neck16.0",)),
+    ("pred16", ("neck16.1",)),
+    ("route.0", ("neck16.1",)),
+    ("neck8", ("route.0", "p8")),
+    ("pred8", ("neck8",)),
 )
 _OUTPUTS = ("pred8", "pred16")  # their channels are the head's: never remapped
 
@@ -74,21 +74,19 @@ def _layout(module: nn.Module) -> list[tuple[type, tuple[int, ...], int]]:
     return out
 
 
-def _block(model: nn.Module, stage: str, index: int | None) -> nn.Module:
-    if not hasattr(model, stage):
+def _block(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
         raise CompressionError(
-            f"the teacher init needs both models to have the stage {stage!r}",
+            f"the teacher init needs both models to have the block {name!r}",
             "use init: random in the swap step for a model that is not an edgekit detector",
-        )
-    module = getattr(model, stage)
-    if index is None:
-        return module
-    if not isinstance(module, nn.Sequential) or len(module) <= index:
-        raise CompressionError(
-            f"stage {stage!r} has no block {index} in one of the two models",
-            "use init: random in the swap step",
-        )
-    return module[index]
+        ) from None
+
+
+def _normalised_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error over the target's variance: 0 is a perfect copy, 1 no better than its mean."""
+    return ((pred - target) ** 2).mean() / (target.var() + 1e-6)
 
 
 def block_pairs(student: nn.Module, teacher: nn.Module) -> tuple[list[tuple[str, nn.Module, nn.Module]], ...]:
@@ -102,9 +100,8 @@ def block_pairs(student: nn.Module, teacher: nn.Module) -> tuple[list[tuple[str,
             than the teacher somewhere (no channel of the teacher may be dropped).
     """
     copy_pairs, fit_pairs = [], []
-    for stage, index, _ in _FLOW:
-        name = stage if index is None else f"{stage}.{index}"
-        s, t = _block(student, stage, index), _block(teacher, stage, index)
+    for name, _ in _FLOW:
+        s, t = _block(student, name), _block(teacher, name)
         s_out, t_out = _convs(s)[-1].out_channels, _convs(t)[-1].out_channels
         if s_out < t_out:
             raise CompressionError(
@@ -121,27 +118,22 @@ def channel_maps(student: nn.Module, teacher: nn.Module, rng: np.random.Generato
     The first teacher-width channels map to themselves; each extra channel repeats a teacher channel drawn
     at random. A concatenation's map is its parts' maps, the second offset by the first's teacher width.
     """
-    maps: dict[str, torch.Tensor] = {"image": torch.arange(_convs(_block(student, "stem", 0))[0].in_channels)}
-    for stage, index, _ in _FLOW:
-        name = stage if index is None else f"{stage}.{index}"
-        c_s = _convs(_block(student, stage, index))[-1].out_channels
-        c_t = _convs(_block(teacher, stage, index))[-1].out_channels
+    maps: dict[str, torch.Tensor] = {"image": torch.arange(_convs(_block(student, "stem.0"))[0].in_channels)}
+    for name, _ in _FLOW:
+        c_s = _convs(_block(student, name))[-1].out_channels
+        c_t = _convs(_block(teacher, name))[-1].out_channels
         extra = torch.as_tensor(rng.integers(0, c_t, c_s - c_t), dtype=torch.long)
         maps[name] = torch.arange(c_t) if name in _OUTPUTS else torch.cat([torch.arange(c_t), extra])
     return maps
 
 
-def _input_map(maps: dict[str, torch.Tensor], teacher: nn.Module, inputs: tuple[str, ...]) -> torch.Tensor:
+def _input_map(maps: dict[str, torch.Tensor], inputs: tuple[str, ...]) -> torch.Tensor:
+    """The map of a block's input: its features' maps, each offset by the teacher widths before it."""
     parts, offset = [], 0
     for feature in inputs:
         parts.append(maps[feature] + offset)
-        offset += int(maps[feature].max()) + 1 if feature == "image" else _teacher_width(teacher, feature)
+        offset += int(maps[feature].max()) + 1  # a map starts with every teacher channel in order
     return torch.cat(parts)
-
-
-def _teacher_width(teacher: nn.Module, feature: str) -> int:
-    stage, _, index = feature.partition(".")
-    return _convs(_block(teacher, stage, int(index) if index else None))[-1].out_channels
 
 
 @torch.no_grad()
@@ -241,14 +233,14 @@ def init_from_teacher(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     maps = maps if maps is not None else channel_maps(student, teacher, rng)
-    inputs = {(s if i is None else f"{s}.{i}"): ins for s, i, ins in _FLOW}
+    inputs = dict(_FLOW)
     for name, s, t in copy_pairs:
-        widen_copy(s, t, maps[name], _input_map(maps, teacher, inputs[name]))
+        widen_copy(s, t, maps[name], _input_map(maps, inputs[name]))
     copied = [name for name, _, _ in copy_pairs]
     widened = any(len(m) != int(m.max()) + 1 for m in maps.values())
     if not fit_pairs:  # nothing was swapped: the copy is the whole init
         return {"copied": copied, "fitted": [], "steps": 0, "fit_loss_first_epoch": {}, "fit_loss": {}}
-    in_maps = {name: _input_map(maps, teacher, inputs[name]) for name, _, _ in fit_pairs}
+    in_maps = {name: _input_map(maps, inputs[name]) for name, _, _ in fit_pairs}
     teacher = teacher.eval()
     from_teacher = _Captures([(name, t) for name, _, t in fit_pairs])
     from_student = _Captures([(name, s) for name, s, _ in fit_pairs], detach=True)
@@ -290,7 +282,7 @@ def init_from_teacher(
                         pred = from_student.seen[name][1]
                     else:
                         pred = s(inp[:, in_maps[name]].detach())
-                    err = ((pred - target) ** 2).mean() / (target.var() + 1e-6)
+                    err = _normalised_error(pred, target)
                     loss = loss + err
                     if step < steps_per_epoch:
                         first[name].append(float(err.detach()))
@@ -330,22 +322,19 @@ def hint_loss(
     One teacher forward serves both terms. Returns ``(extra_loss, remove)``; call ``remove`` after training
     to take the hooks off the student.
     """
-    teacher = copy.deepcopy(teacher).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = copy.deepcopy(teacher)
     _, fit_pairs = block_pairs(student, teacher)
     from_teacher = _Captures([(name, t) for name, _, t in fit_pairs])
     from_student = _Captures([(name, s) for name, s, _ in fit_pairs])
+    outputs = distill_hook(teacher, distill)  # its teacher forward fills ``from_teacher``
 
     def extra_loss(images: torch.Tensor, raw: list[torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            target = teacher.raw(images)
-        loss = distill * objectness_distill_loss(raw, target) if distill > 0 else raw[0].new_zeros(())
+        loss = outputs(images, raw)
         if hint > 0 and fit_pairs:
-            errs = []
-            for name, _, _ in fit_pairs:
-                out = from_teacher.seen[name][1][:, maps[name]]
-                errs.append(((from_student.seen[name][1] - out) ** 2).mean() / (out.var() + 1e-6))
+            errs = [
+                _normalised_error(from_student.seen[name][1], from_teacher.seen[name][1][:, maps[name]])
+                for name, _, _ in fit_pairs
+            ]
             loss = loss + hint * torch.stack(errs).mean()
         return loss
 
