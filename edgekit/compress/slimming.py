@@ -21,6 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgekit.compress.context import evaluate_map
 from edgekit.compress.finetune import finetune, recalibrate_bn
 from edgekit.compress.graph import CRITERIA, build_graph, keep_count, prunable_convs, prune_plan
 from edgekit.compress.step import Step, StepResult
@@ -111,8 +112,10 @@ class SlimStep(Step):
         stats = finetune(model, sp, ctx, "sparsity training", hooks) if sp.epochs > 0 else {"steps": 0}
         after = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
         frac_after = sparse_fraction(bns)
+        after_sparsity = evaluate_map(model, ctx.val)
         history = prune_plan(model, slim_plan(bns, spec), CRITERIA["bn"](), ctx.input_shape)
         recalibrate_bn(model, ctx.train)
+        after_prune = evaluate_map(model, ctx.val)
         tuned = finetune(model, spec.finetune, ctx, "fine-tune after slimming")
         extra = {
             "gamma_before": [round(float(v), 5) for v in before],
@@ -123,5 +126,7 @@ class SlimStep(Step):
                 "fraction_after": round(frac_after, 4),
             },
             "train": {"sparsity": stats, "finetune": tuned},
+            # where the accuracy goes: the sparsity training, the cut, and what the fine-tune starts from
+            "stages": {"after_sparsity": after_sparsity, "after_prune": after_prune},
         }
         return StepResult(model, history=history, extra=extra)

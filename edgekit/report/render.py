@@ -348,6 +348,36 @@ def _teacher_init(record: RunRecord) -> list[Block]:
     ]
 
 
+def _slimming(record: RunRecord) -> list[Block]:
+    i, node = next(
+        ((i, n) for i, n in enumerate(record.nodes) if isinstance(n.extra.get("stages"), dict)), (None, None)
+    )
+    if node is None:
+        return []
+    stages, sparsity = node.extra["stages"], node.extra.get("sparsity") or {}
+    start = record.nodes[i - 1].metrics if i else {}
+    points = [
+        ("start", start),
+        ("after sparsity training", stages.get("after_sparsity") or {}),
+        ("after the cut (BN re-estimated)", stages.get("after_prune") or {}),
+        ("after the fine-tune", node.metrics),
+    ]
+    rows = [[what, _num(m.get("map50"), 3), _num(m.get("map50_95"), 3)] for what, m in points]
+    before, after = (sparsity.get(k) for k in ("fraction_before", "fraction_after"))
+    note = (
+        f"Channels with |gamma| below {_num(sparsity.get('below'), 2)} x their layer's mean: "
+        f"{_num(None if before is None else 100 * before, 1, ' %')} before sparsity training, "
+        f"{_num(None if after is None else 100 * after, 1, ' %')} after. "
+        "Where the accuracy goes: the sparsity training, the cut of the channels, and what the fine-tune "
+        "recovers."
+    )
+    return [
+        Heading(f"Slimming by stage ({node.stage})"),
+        Paragraph(note, tone="note"),
+        Table(["stage", "mAP50", "mAP50-95"], rows, frozenset({1, 2})),
+    ]
+
+
 def _training_curve(record: RunRecord) -> list[Block]:
     node = record.node("train")
     curve = (node.extra.get("curve") if node else None) or []
@@ -423,6 +453,7 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
         _candidates(record),
         _layers(record),
         _teacher_init(record),
+        _slimming(record),
         _training_curve(record),
         _environment(record),
     )

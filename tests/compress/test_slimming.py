@@ -29,6 +29,9 @@ def test_sparsity_phase_moves_gamma_and_removes_channels(model, make_ctx):
     assert result.history and all(e["channels_after"] % 8 == 0 for e in result.history)
     assert sum(p.numel() for p in result.model.parameters()) < 0.8 * params_before
     assert result.model.eval()(torch.zeros(SHAPE)).shape[1:] == (500, 11)
+    stages = result.extra["stages"]  # measured on the val split between the phases
+    for m in stages.values():
+        assert set(m) == {"map50", "map50_95"} and 0.0 <= m["map50_95"] <= m["map50"] <= 1.0
 
 
 def test_removed_channels_are_the_smallest_gammas(model, make_ctx):

@@ -167,3 +167,21 @@ def test_a_swap_initialised_from_the_teacher_shows_its_fit(tmp_path, record):
     section = render_markdown(record, tmp_path)
     assert "copied (widened through Net2WiderNet channel maps)" in section
     assert "(124 steps, the last 62 on the student's own features)" in section
+
+
+def test_slimming_shows_where_the_accuracy_goes(tmp_path, record):
+    slim = record.node("compress:slim")
+    slim.extra["sparsity"] = {"below": 0.1, "fraction_before": 0.0, "fraction_after": 0.354}
+    slim.extra["stages"] = {
+        "after_sparsity": {"map50": 0.701, "map50_95": 0.402},
+        "after_prune": {"map50": 0.55, "map50_95": 0.301},
+    }
+    text = render_markdown(record, tmp_path)
+    section = text[text.index("Slimming by stage (compress:slim)") :]
+    assert "0.0 % before sparsity training, 35.4 % after" in section
+    assert "| start | 0.781 | 0.523 |" in section  # the node before it: the FP32 reference
+    assert "| after the cut (BN re-estimated) | 0.550 | 0.301 |" in section
+    assert "| after the fine-tune | 0.772 | 0.511 |" in section
+    assert "Slimming by stage" not in render_markdown(
+        RunRecord.new("r2", [], {"name": "local"}, {}), tmp_path
+    )
