@@ -44,6 +44,8 @@ def spec_from_args(args: argparse.Namespace) -> SlimSpec:
         spec["sparsity"]["epochs"] = args.sparsity_epochs
     if args.lam is not None:
         spec["sparsity"]["lam"] = args.lam
+    if args.sparsity_distill is not None:
+        spec["sparsity"]["distill"] = args.sparsity_distill
     if args.ratio is not None:
         spec["ratio"] = args.ratio
     if args.finetune_epochs is not None:
@@ -57,6 +59,9 @@ def main() -> int:
     )
     parser.add_argument("--sparsity-epochs", type=float, help="sparsity training epochs (recipe: 10)")
     parser.add_argument("--lam", type=float, help="L1 strength of the shrink (recipe: 10)")
+    parser.add_argument(
+        "--sparsity-distill", type=float, help="distillation weight while shrinking (recipe: 0)"
+    )
     parser.add_argument("--ratio", type=float, help="fraction of all channels removed (recipe: 0.45)")
     parser.add_argument("--finetune-epochs", type=float, help="distilled fine-tune epochs (recipe: 30)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch order")
@@ -98,10 +103,10 @@ def main() -> int:
         kept["rows"].append(row)
         atomic_write_json(OUT, kept)
     print(
-        "| sparsity ep | lam | ratio | fine-tune ep | seed | near-zero gammas | after sparsity | after cut "
-        "| after fine-tune | params ÷ | MACs ÷ | wall |"
+        "| sparsity ep | lam | KD while shrinking | ratio | fine-tune ep | seed | near-zero gammas "
+        "| after sparsity | after cut | after fine-tune | params ÷ | MACs ÷ | wall |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in kept["rows"]:
         s, sp = r["spec"], r["sparsity"]
         cells = [
@@ -109,7 +114,8 @@ def main() -> int:
             for k in ("after_sparsity", "after_prune", "final")
         ]
         print(
-            f"| {s['sparsity']['epochs']:g} | {s['sparsity']['lam']:g} | {s['ratio']:g} "
+            f"| {s['sparsity']['epochs']:g} | {s['sparsity']['lam']:g} "
+            f"| {s['sparsity'].get('distill', 0.0):g} | {s['ratio']:g} "
             f"| {s['finetune']['epochs']:g} | {r['seed']} | {100 * sp['fraction_after']:.0f} % "
             f"| {' | '.join(cells)} | {r['params_ratio']:.2f} | {r['macs_ratio']:.2f} "
             f"| {r['wall_s'] / 60:.0f} min |"

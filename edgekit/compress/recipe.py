@@ -67,6 +67,17 @@ class SparsitySpec(_Spec):
         25.0, ge=0, description="L1 strength; the shrink per step is lr * lam * mean|gamma| of the layer"
     )
     renormalize: bool = Field(True, description="keep each layer's mean |gamma| (and beta) scale fixed")
+    distill: float = Field(
+        0.0, ge=0, description="weight of the distillation loss from the unslimmed model while shrinking"
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_defaults_added_later(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # ``distill`` came after runs were cached and benched: left out of the dump at its default
+        data = handler(self)
+        if self.distill == 0.0:
+            data.pop("distill", None)
+        return data
 
 
 class SlimSpec(_Spec):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.compress.recipe import available_recipes, load_recipe
+from edgekit.compress.recipe import SlimSpec, available_recipes, load_recipe
 from edgekit.compress.swap import SwapStep
 from edgekit.errors import ConfigError
 
@@ -72,3 +72,10 @@ def test_swap_width_scales_the_student_and_keeps_old_keys(tmp_path):
     assert student.cfg.width == pytest.approx(0.75) and student.cfg.num_classes == 3
     n = sum(p.numel() for p in student.parameters())
     assert n > sum(p.numel() for p in microyolo_like(teacher, 1.0, 4).parameters())
+
+
+def test_sparsity_distill_is_optional_and_left_out_of_the_dump_at_its_default():
+    plain = SlimSpec(type="slim").model_dump(mode="json")
+    assert "distill" not in plain["sparsity"]  # keys of recipes that do not set it stay put
+    taught = SlimSpec(type="slim", sparsity={"distill": 1.0}).model_dump(mode="json")
+    assert taught["sparsity"]["distill"] == 1.0
