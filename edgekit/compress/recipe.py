@@ -8,7 +8,7 @@ path (``steps.0.finetune.epoch``). Ordering rules (quantization last, swaps befo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -30,6 +30,19 @@ PRUNE_TYPES = ("prune", "slim", "progressive")
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: fields added after runs were cached and benched, with the value at which the dump leaves them out,
+    #: so the keys (compress cache, bench state) of recipes that do not set them stay put
+    _ADDED_LATER: ClassVar[dict[str, Any]] = {}
+
+    def _left_out(self) -> list[str]:
+        return [name for name, value in self._ADDED_LATER.items() if getattr(self, name) == value]
+
+    @model_serializer(mode="wrap")
+    def _drop_defaults_added_later(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        for name in self._left_out():
+            data.pop(name, None)
+        return data
 
 
 class FinetuneSpec(_Spec):
@@ -71,13 +84,7 @@ class SparsitySpec(_Spec):
         0.0, ge=0, description="weight of the distillation loss from the unslimmed model while shrinking"
     )
 
-    @model_serializer(mode="wrap")
-    def _drop_defaults_added_later(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # ``distill`` came after runs were cached and benched: left out of the dump at its default
-        data = handler(self)
-        if self.distill == 0.0:
-            data.pop("distill", None)
-        return data
+    _ADDED_LATER: ClassVar[dict[str, Any]] = {"distill": 0.0}
 
 
 class SlimSpec(_Spec):
@@ -147,19 +154,10 @@ class SwapSpec(_Spec):
     )
     train: FinetuneSpec = FinetuneSpec(epochs=20.0, lr=3e-3)
 
-    @model_serializer(mode="wrap")
-    def _drop_defaults_added_later(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # ``width`` and ``init`` came after runs were cached and benched: at their defaults they are left
-        # out of the dump, so the keys (compress cache, bench state) of recipes that do not set them stay put.
-        data = handler(self)
-        if self.width == 1.0:
-            data.pop("width", None)
-        if self.hint == 0.0:
-            data.pop("hint", None)
-        if self.init == "random":
-            data.pop("init", None)
-            data.pop("init_fit", None)
-        return data
+    _ADDED_LATER: ClassVar[dict[str, Any]] = {"width": 1.0, "hint": 0.0, "init": "random"}
+
+    def _left_out(self) -> list[str]:
+        return super()._left_out() + (["init_fit"] if self.init == "random" else [])
 
 
 class FinetuneStepSpec(FinetuneSpec):
