@@ -46,6 +46,8 @@ def spec_from_args(args: argparse.Namespace) -> SlimSpec:
         spec["sparsity"]["lam"] = args.lam
     if args.sparsity_distill is not None:
         spec["sparsity"]["distill"] = args.sparsity_distill
+    if args.shrink is not None:
+        spec["sparsity"]["shrink"] = args.shrink
     if args.ratio is not None:
         spec["ratio"] = args.ratio
     if args.finetune_epochs is not None:
@@ -61,6 +63,9 @@ def main() -> int:
     parser.add_argument("--lam", type=float, help="L1 strength of the shrink (recipe: 10)")
     parser.add_argument(
         "--sparsity-distill", type=float, help="distillation weight while shrinking (recipe: 0)"
+    )
+    parser.add_argument(
+        "--shrink", choices=("gamma", "channel"), help="what the L1 shrink acts on (see SparsitySpec)"
     )
     parser.add_argument("--ratio", type=float, help="fraction of all channels removed (recipe: 0.45)")
     parser.add_argument("--finetune-epochs", type=float, help="distilled fine-tune epochs (recipe: 30)")
@@ -103,10 +108,10 @@ def main() -> int:
         kept["rows"].append(row)
         atomic_write_json(OUT, kept)
     print(
-        "| sparsity ep | lam | KD while shrinking | ratio | fine-tune ep | seed | near-zero gammas "
+        "| sparsity ep | lam | shrink | KD while shrinking | ratio | fine-tune ep | seed | near-zero gammas "
         "| after sparsity | after cut | after fine-tune | params ÷ | MACs ÷ | wall |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in kept["rows"]:
         s, sp = r["spec"], r["sparsity"]
         cells = [
@@ -115,6 +120,7 @@ def main() -> int:
         ]
         print(
             f"| {s['sparsity']['epochs']:g} | {s['sparsity']['lam']:g} "
+            f"| {s['sparsity'].get('shrink', 'gamma')} "
             f"| {s['sparsity'].get('distill', 0.0):g} | {s['ratio']:g} "
             f"| {s['finetune']['epochs']:g} | {r['seed']} | {100 * sp['fraction_after']:.0f} % "
             f"| {' | '.join(cells)} | {r['params_ratio']:.2f} | {r['macs_ratio']:.2f} "

@@ -21,20 +21,31 @@ from edgekit.export.onnx import model_macs_params
 Criterion = Callable[[tp.dependency.Group], torch.Tensor]
 
 
-def _bn_scale(group: tp.dependency.Group) -> torch.Tensor:
-    """|gamma| of the BN right after the root conv (network slimming's criterion)."""
+def _root_bn(group: tp.dependency.Group) -> nn.BatchNorm2d:
     for dep, _idxs in group:
         if isinstance(dep.target.module, nn.BatchNorm2d):
-            return dep.target.module.weight.detach().abs()
+            return dep.target.module
     raise CompressionError(
         "slimming needs a BatchNorm after every pruned conv", "use l1 or fpgm pruning for this model"
     )
+
+
+def _bn_scale(group: tp.dependency.Group) -> torch.Tensor:
+    """|gamma| of the BN right after the root conv (network slimming's criterion)."""
+    return _root_bn(group).weight.detach().abs()
+
+
+def _bn_channel(group: tp.dependency.Group) -> torch.Tensor:
+    """||(gamma, beta)|| of the BN right after the root conv (what the channel shrink drives to zero)."""
+    bn = _root_bn(group)
+    return torch.hypot(bn.weight.detach(), bn.bias.detach())
 
 
 CRITERIA: dict[str, Callable[[], Criterion]] = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
     "fpgm": lambda: tp.importance.FPGMImportance(p=2),
     "bn": lambda: _bn_scale,
+    "bn_channel": lambda: _bn_channel,
 }
 
 

@@ -72,7 +72,7 @@ class PruneSpec(_Spec):
 
 
 class SparsitySpec(_Spec):
-    """Sparsity training of network slimming: proximal L1 shrink of BN gamma after each optimiser step."""
+    """Sparsity training of network slimming: a proximal L1 shrink of the BNs after each optimiser step."""
 
     epochs: float = Field(2.0, ge=0)
     lr: float = Field(1e-3, gt=0)
@@ -83,8 +83,14 @@ class SparsitySpec(_Spec):
     distill: float = Field(
         0.0, ge=0, description="weight of the distillation loss from the unslimmed model while shrinking"
     )
+    shrink: Literal["gamma", "channel"] = Field(
+        "gamma",
+        description="gamma: L1 on BN gamma alone (a zeroed channel still outputs act(beta), a signal the "
+        "network uses, so removing it costs accuracy); channel: group L1 on (gamma, beta), so a channel "
+        "dies whole and removing it changes nothing",
+    )
 
-    _ADDED_LATER: ClassVar[dict[str, Any]] = {"distill": 0.0}
+    _ADDED_LATER: ClassVar[dict[str, Any]] = {"distill": 0.0, "shrink": "gamma"}
 
 
 class SlimSpec(_Spec):

@@ -11,6 +11,16 @@ where ``m`` is the layer's mean |gamma| at the start. The shrink is the proximal
 rescale removes the free "shrink everything" direction, so what remains pushes channels below the layer mean
 towards zero and the others up, unless the detection loss defends them. Channels are then removed by
 |gamma| relative to their layer's mean (global or per-layer threshold), and the model is fine-tuned.
+
+A channel whose gamma is zero is not gone: it outputs the constant act(beta), and through the zero padding
+of the next 3x3 conv that constant marks the image border, which a detector uses (on the converged
+reference, removing the 32 % of channels the gamma shrink had zeroed took val mAP@0.5 from 0.73 to 0.23,
+BN statistics re-estimated). ``shrink: channel`` therefore shrinks the pair (gamma, beta) as one group,
+
+    (gamma, beta) <- (gamma, beta) * max(1 - lr * lam * m / ||(gamma, beta)||, 0),
+
+the proximal step of the group L1 penalty, so a channel dies whole while the loss still sees it go, and
+ranks channels by ||(gamma, beta)||: removing the dead ones then changes nothing (0.851 before, 0.852 after).
 """
 
 from __future__ import annotations
@@ -43,43 +53,63 @@ def gated_bns(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, nn.Ba
     return out
 
 
-def relative_gammas(bns: dict[str, nn.BatchNorm2d]) -> dict[str, torch.Tensor]:
-    """|gamma| / mean |gamma| per layer (scale-free, comparable across layers)."""
-    return {
-        n: (bn.weight.detach().abs() / bn.weight.detach().abs().mean().clamp_min(1e-12))
-        for n, bn in bns.items()
-    }
+def channel_strength(bn: nn.BatchNorm2d, shrink: str = "gamma") -> torch.Tensor:
+    """What the shrink drives to zero, per channel: |gamma|, or ||(gamma, beta)|| for ``shrink="channel"``."""
+    g = bn.weight.detach()
+    return torch.hypot(g, bn.bias.detach()) if shrink == "channel" else g.abs()
 
 
-def sparse_fraction(bns: dict[str, nn.BatchNorm2d]) -> float:
-    """Fraction of channels whose relative |gamma| is below :data:`SPARSE_BELOW`."""
-    rel = torch.cat(list(relative_gammas(bns).values()))
+def relative_gammas(bns: dict[str, nn.BatchNorm2d], shrink: str = "gamma") -> dict[str, torch.Tensor]:
+    """Channel strength / its layer's mean (scale-free, comparable across layers)."""
+    out = {}
+    for name, bn in bns.items():
+        strength = channel_strength(bn, shrink)
+        out[name] = strength / strength.mean().clamp_min(1e-12)
+    return out
+
+
+def sparse_fraction(bns: dict[str, nn.BatchNorm2d], shrink: str = "gamma") -> float:
+    """Fraction of channels whose relative strength is below :data:`SPARSE_BELOW`."""
+    rel = torch.cat(list(relative_gammas(bns, shrink).values()))
     return float((rel < SPARSE_BELOW).float().mean())
 
 
-def proximal_shrink(bns: dict[str, nn.BatchNorm2d], lam: float, renormalize: bool):
+def dead_fraction(bns: dict[str, nn.BatchNorm2d], shrink: str = "gamma") -> float:
+    """Fraction of channels the shrink has set exactly to zero."""
+    return float(torch.cat([channel_strength(bn, shrink) == 0 for bn in bns.values()]).float().mean())
+
+
+def proximal_shrink(bns: dict[str, nn.BatchNorm2d], lam: float, renormalize: bool, shrink: str = "gamma"):
     """An ``after_step(model, lr)`` hook applying the shrink-and-rescale update of the module docstring."""
     ref = {n: float(bn.weight.detach().abs().mean()) for n, bn in bns.items()}
 
     @torch.no_grad()
     def after_step(_model: nn.Module, lr: float) -> None:
         for name, bn in bns.items():
-            g = bn.weight
-            shrunk = g.sign() * (g.abs() - lr * lam * ref[name]).clamp_min(0)
-            if int((shrunk != 0).sum()) < MIN_ALIVE:
-                continue  # never let a whole layer die: the network would be cut in two
-            g.copy_(shrunk)
+            g, b = bn.weight, bn.bias
+            step = lr * lam * ref[name]
+            if shrink == "channel":
+                factor = (1 - step / torch.hypot(g, b).clamp_min(1e-12)).clamp_min(0)
+                if int((factor > 0).sum()) < MIN_ALIVE:
+                    continue  # never let a whole layer die: the network would be cut in two
+                g.mul_(factor)
+                b.mul_(factor)
+            else:
+                shrunk = g.sign() * (g.abs() - step).clamp_min(0)
+                if int((shrunk != 0).sum()) < MIN_ALIVE:
+                    continue
+                g.copy_(shrunk)
             if renormalize:
                 scale = ref[name] / float(g.abs().mean().clamp_min(1e-12))
                 g.mul_(scale)
-                bn.bias.mul_(scale)
+                b.mul_(scale)
 
     return after_step
 
 
 def slim_plan(bns: dict[str, nn.BatchNorm2d], spec: Any) -> dict[str, int]:
     """Channels to remove per conv from the relative gammas (global quantile or per-layer ratio)."""
-    rel = relative_gammas(bns)
+    rel = relative_gammas(bns, spec.sparsity.shrink)
     if spec.threshold == "global":
         cut = float(torch.quantile(torch.cat(list(rel.values())), spec.ratio))
         wanted = {n: int((r <= cut).sum()) for n, r in rel.items()}
@@ -105,15 +135,16 @@ class SlimStep(Step):
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
         """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         bns = gated_bns(model, ctx.input_shape)
-        before = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
-        frac_before = sparse_fraction(bns)
         sp = spec.sparsity
-        hooks = TrainHooks(after_step=proximal_shrink(bns, sp.lam, sp.renormalize))
+        before = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
+        frac_before = sparse_fraction(bns, sp.shrink)
+        hooks = TrainHooks(after_step=proximal_shrink(bns, sp.lam, sp.renormalize, sp.shrink))
         stats = finetune(model, sp, ctx, "sparsity training", hooks) if sp.epochs > 0 else {"steps": 0}
         after = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
-        frac_after = sparse_fraction(bns)
+        frac_after, dead = sparse_fraction(bns, sp.shrink), dead_fraction(bns, sp.shrink)
         after_sparsity = evaluate_map(model, ctx.val)
-        history = prune_plan(model, slim_plan(bns, spec), CRITERIA["bn"](), ctx.input_shape)
+        criterion = CRITERIA["bn" if sp.shrink == "gamma" else "bn_channel"]()
+        history = prune_plan(model, slim_plan(bns, spec), criterion, ctx.input_shape)
         recalibrate_bn(model, ctx.train)
         after_prune = evaluate_map(model, ctx.val)
         tuned = finetune(model, spec.finetune, ctx, "fine-tune after slimming")
@@ -124,6 +155,8 @@ class SlimStep(Step):
                 "below": SPARSE_BELOW,
                 "fraction_before": round(frac_before, 4),
                 "fraction_after": round(frac_after, 4),
+                "dead_after": round(dead, 4),  # exactly zero: removing them changes nothing (channel shrink)
+                "shrink": sp.shrink,
             },
             "train": {"sparsity": stats, "finetune": tuned},
             # where the accuracy goes: the sparsity training, the cut, and what the fine-tune starts from

@@ -45,3 +45,51 @@ def test_removed_channels_are_the_smallest_gammas(model, make_ctx):
         removed = torch.tensor(entry["indices"])
         kept = torch.tensor([i for i in range(len(g)) if i not in set(entry["indices"])])
         assert float(g[removed].max()) <= float(g[kept].min()) + 1e-6
+
+
+def _shrunk(model, ctx, shrink: str):
+    """The model after 3 epochs of the sparsity phase with ``shrink``, and its BNs."""
+    from edgekit.compress.finetune import finetune
+    from edgekit.compress.recipe import SparsitySpec
+    from edgekit.compress.slimming import proximal_shrink
+    from edgekit.models.train import TrainHooks
+
+    sp = SparsitySpec(epochs=3.0, lr=1e-3, lam=250.0, shrink=shrink)
+    bns = gated_bns(model, SHAPE)
+    finetune(model, sp, ctx, "sparsity", TrainHooks(after_step=proximal_shrink(bns, sp.lam, True, shrink)))
+    return model.eval(), bns
+
+
+def _remove_dead(model, bns, shrink: str) -> int:
+    from edgekit.compress.graph import CRITERIA, prune_plan
+    from edgekit.compress.slimming import channel_strength
+
+    plan = {n: int((channel_strength(bn, shrink) == 0).sum()) for n, bn in bns.items()}
+    prune_plan(model, plan, CRITERIA["bn" if shrink == "gamma" else "bn_channel"](), SHAPE)
+    return sum(plan.values())
+
+
+def test_channel_shrink_kills_whole_channels_so_removing_them_changes_nothing(model, make_ctx, small_val):
+    x, _, _ = small_val.batch(list(range(8)))
+    model, bns = _shrunk(model, make_ctx(), "channel")
+    with torch.no_grad():
+        before = model(x)
+    removed = _remove_dead(model, bns, "channel")  # traces the graph: needs autograd on
+    with torch.no_grad():
+        after = model.eval()(x)
+    assert removed >= 100, removed  # seen: 218 of 656 channels zeroed whole
+    # the removed channels output exactly 0 (gamma = beta = 0): only float summation order differs (seen 2e-5)
+    assert torch.allclose(before, after, atol=1e-3), float((before - after).abs().max())
+
+
+def test_gamma_shrink_leaves_dead_channels_a_signal_removing_them_loses(model, make_ctx, small_val):
+    """Why the channel shrink exists: a zero gamma still outputs act(beta), which the detector uses."""
+    x, _, _ = small_val.batch(list(range(8)))
+    model, bns = _shrunk(model, make_ctx(), "gamma")
+    with torch.no_grad():
+        before = model(x)
+    removed = _remove_dead(model, bns, "gamma")
+    with torch.no_grad():
+        after = model.eval()(x)
+    assert removed >= 100, removed  # seen: 215
+    assert float((before - after).abs().max()) > 1.0  # boxes move by pixels (seen: 28), not float noise
