@@ -182,6 +182,11 @@ def test_slimming_shows_where_the_accuracy_goes(tmp_path, record):
     assert "| start | 0.781 | 0.523 |" in section  # the node before it: the FP32 reference
     assert "| after the cut (BN re-estimated) | 0.550 | 0.301 |" in section
     assert "| after the fine-tune | 0.772 | 0.511 |" in section
+    assert "|gamma| below 0.10" in section and "exactly zero" not in section
+    slim.extra["sparsity"].update(shrink="channel", dead_after=0.322)
+    section = render_markdown(record, tmp_path)
+    assert "||(gamma, beta)|| below 0.10" in section
+    assert "32.2 % exactly zero (whole channels: removing them changes nothing)" in section
     assert "Slimming by stage" not in render_markdown(
         RunRecord.new("r2", [], {"name": "local"}, {}), tmp_path
     )
