@@ -79,3 +79,12 @@ def test_sparsity_distill_is_optional_and_left_out_of_the_dump_at_its_default():
     assert "distill" not in plain["sparsity"]  # keys of recipes that do not set it stay put
     taught = SlimSpec(type="slim", sparsity={"distill": 1.0}).model_dump(mode="json")
     assert taught["sparsity"]["distill"] == 1.0
+
+
+def test_sparsity_shrink_defaults_to_gamma_and_is_left_out_of_the_dump_there():
+    plain = SlimSpec(type="slim").model_dump(mode="json")
+    assert "shrink" not in plain["sparsity"] and SlimSpec(type="slim").sparsity.shrink == "gamma"
+    whole = SlimSpec(type="slim", sparsity={"shrink": "channel"}).model_dump(mode="json")
+    assert whole["sparsity"]["shrink"] == "channel"
+    with pytest.raises(ValueError, match="shrink"):
+        SlimSpec(type="slim", sparsity={"shrink": "beta"})
