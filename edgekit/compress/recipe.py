@@ -98,7 +98,13 @@ class SlimSpec(_Spec):
 
     type: Literal["slim"]
     sparsity: SparsitySpec = SparsitySpec()
-    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of all prunable channels to remove")
+    ratio: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="fraction of all prunable channels to remove; with the global threshold a floor: "
+        "every channel the shrink zeroed goes",
+    )
     threshold: Literal["global", "layer"] = "global"
     max_layer_ratio: float = Field(0.75, gt=0, lt=1)
     round_to: int = Field(8, ge=1)

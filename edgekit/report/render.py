@@ -365,12 +365,8 @@ def _slimming(record: RunRecord) -> list[Block]:
     rows = [[what, _num(m.get("map50"), 3), _num(m.get("map50_95"), 3)] for what, m in points]
     before, after, dead = (sparsity.get(k) for k in ("fraction_before", "fraction_after", "dead_after"))
     strength = "||(gamma, beta)||" if sparsity.get("shrink") == "channel" else "|gamma|"
-    dead_note = (
-        f" {_num(100 * dead, 1, ' %')} exactly zero"
-        + (" (whole channels: removing them changes nothing)." if sparsity.get("shrink") == "channel" else ".")
-        if dead is not None
-        else ""
-    )
+    whole = " (whole channels: removing them changes nothing)" if sparsity.get("shrink") == "channel" else ""
+    dead_note = f" {_num(100 * dead, 1, ' %')} exactly zero{whole}." if dead is not None else ""
     note = (
         f"Channels with {strength} below {_num(sparsity.get('below'), 2)} x their layer's mean: "
         f"{_num(None if before is None else 100 * before, 1, ' %')} before sparsity training, "
