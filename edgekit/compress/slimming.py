@@ -59,7 +59,12 @@ def channel_strength(bn: nn.BatchNorm2d, shrink: str = "gamma") -> torch.Tensor:
     return torch.hypot(g, bn.bias.detach()) if shrink == "channel" else g.abs()
 
 
-def relative_gammas(bns: dict[str, nn.BatchNorm2d], shrink: str = "gamma") -> dict[str, torch.Tensor]:
+def removal_criterion(shrink: str = "gamma"):
+    """The pruning criterion that ranks channels by what ``shrink`` drove to zero."""
+    return CRITERIA["bn" if shrink == "gamma" else "bn_channel"]()
+
+
+def relative_strength(bns: dict[str, nn.BatchNorm2d], shrink: str = "gamma") -> dict[str, torch.Tensor]:
     """Channel strength / its layer's mean (scale-free, comparable across layers)."""
     out = {}
     for name, bn in bns.items():
@@ -70,7 +75,7 @@ def relative_gammas(bns: dict[str, nn.BatchNorm2d], shrink: str = "gamma") -> di
 
 def sparse_fraction(bns: dict[str, nn.BatchNorm2d], shrink: str = "gamma") -> float:
     """Fraction of channels whose relative strength is below :data:`SPARSE_BELOW`."""
-    rel = torch.cat(list(relative_gammas(bns, shrink).values()))
+    rel = torch.cat(list(relative_strength(bns, shrink).values()))
     return float((rel < SPARSE_BELOW).float().mean())
 
 
@@ -108,8 +113,8 @@ def proximal_shrink(bns: dict[str, nn.BatchNorm2d], lam: float, renormalize: boo
 
 
 def slim_plan(bns: dict[str, nn.BatchNorm2d], spec: Any) -> dict[str, int]:
-    """Channels to remove per conv from the relative gammas (global quantile or per-layer ratio)."""
-    rel = relative_gammas(bns, spec.sparsity.shrink)
+    """Channels to remove per conv from the relative strengths (global quantile or per-layer ratio)."""
+    rel = relative_strength(bns, spec.sparsity.shrink)
     if spec.threshold == "global":
         cut = float(torch.quantile(torch.cat(list(rel.values())), spec.ratio))
         wanted = {n: int((r <= cut).sum()) for n, r in rel.items()}
@@ -143,8 +148,7 @@ class SlimStep(Step):
         after = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
         frac_after, dead = sparse_fraction(bns, sp.shrink), dead_fraction(bns, sp.shrink)
         after_sparsity = evaluate_map(model, ctx.val)
-        criterion = CRITERIA["bn" if sp.shrink == "gamma" else "bn_channel"]()
-        history = prune_plan(model, slim_plan(bns, spec), criterion, ctx.input_shape)
+        history = prune_plan(model, slim_plan(bns, spec), removal_criterion(sp.shrink), ctx.input_shape)
         recalibrate_bn(model, ctx.train)
         after_prune = evaluate_map(model, ctx.val)
         tuned = finetune(model, spec.finetune, ctx, "fine-tune after slimming")

@@ -61,11 +61,11 @@ def _shrunk(model, ctx, shrink: str):
 
 
 def _remove_dead(model, bns, shrink: str) -> int:
-    from edgekit.compress.graph import CRITERIA, prune_plan
-    from edgekit.compress.slimming import channel_strength
+    from edgekit.compress.graph import prune_plan
+    from edgekit.compress.slimming import channel_strength, removal_criterion
 
     plan = {n: int((channel_strength(bn, shrink) == 0).sum()) for n, bn in bns.items()}
-    prune_plan(model, plan, CRITERIA["bn" if shrink == "gamma" else "bn_channel"](), SHAPE)
+    prune_plan(model, plan, removal_criterion(shrink), SHAPE)
     return sum(plan.values())
 
 
