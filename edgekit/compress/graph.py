@@ -30,15 +30,20 @@ def _root_bn(group: tp.dependency.Group) -> nn.BatchNorm2d:
     )
 
 
+def channel_strength(bn: nn.BatchNorm2d, shrink: str = "gamma") -> torch.Tensor:
+    """Per channel: |gamma|, or ||(gamma, beta)|| for ``shrink="channel"`` (what slimming drives to zero)."""
+    g = bn.weight.detach()
+    return torch.hypot(g, bn.bias.detach()) if shrink == "channel" else g.abs()
+
+
 def _bn_scale(group: tp.dependency.Group) -> torch.Tensor:
     """|gamma| of the BN right after the root conv (network slimming's criterion)."""
-    return _root_bn(group).weight.detach().abs()
+    return channel_strength(_root_bn(group))
 
 
 def _bn_channel(group: tp.dependency.Group) -> torch.Tensor:
     """||(gamma, beta)|| of the BN right after the root conv (what the channel shrink drives to zero)."""
-    bn = _root_bn(group)
-    return torch.hypot(bn.weight.detach(), bn.bias.detach())
+    return channel_strength(_root_bn(group), "channel")
 
 
 CRITERIA: dict[str, Callable[[], Criterion]] = {

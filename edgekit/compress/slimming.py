@@ -33,7 +33,14 @@ from torch import nn
 
 from edgekit.compress.context import evaluate_map
 from edgekit.compress.finetune import finetune, recalibrate_bn
-from edgekit.compress.graph import CRITERIA, build_graph, keep_count, prunable_convs, prune_plan
+from edgekit.compress.graph import (
+    CRITERIA,
+    build_graph,
+    channel_strength,
+    keep_count,
+    prunable_convs,
+    prune_plan,
+)
 from edgekit.compress.step import Step, StepResult
 from edgekit.models.train import TrainHooks
 
@@ -51,12 +58,6 @@ def gated_bns(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, nn.Ba
         if bn is not None:
             out[name] = bn
     return out
-
-
-def channel_strength(bn: nn.BatchNorm2d, shrink: str = "gamma") -> torch.Tensor:
-    """What the shrink drives to zero, per channel: |gamma|, or ||(gamma, beta)|| for ``shrink="channel"``."""
-    g = bn.weight.detach()
-    return torch.hypot(g, bn.bias.detach()) if shrink == "channel" else g.abs()
 
 
 def removal_criterion(shrink: str = "gamma"):

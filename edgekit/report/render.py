@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.fsutil import atomic_write_text
+from edgekit.report.compression import NONE, slimming_blocks, teacher_init_blocks, training_curve_blocks
+from edgekit.report.compression import fmt_num as _num
 from edgekit.report.plots import draw_all
 from edgekit.report.record import RunRecord, latency_warnings
 from edgekit.report.summary import build_summary
@@ -18,7 +20,6 @@ PLOT_TITLES = {
     "bn_gamma": "BatchNorm scale factors (slimming)",
 }
 NOT_MEASURED = "not measured"
-NONE = "—"
 
 
 def _si(value: float | None, unit: str = "") -> str:
@@ -37,10 +38,6 @@ def _bytes(value: float | None) -> str:
         if value >= scale:
             return f"{value / scale:.2f} {unit}"
     return f"{int(value)} B"
-
-
-def _num(value: float | None, digits: int, unit: str = "") -> str:
-    return NONE if value is None else f"{value:.{digits}f}{unit}"
 
 
 def _ratio(ref: float | None, dep: float | None) -> str:
@@ -322,96 +319,6 @@ def _layers(record: RunRecord) -> list[Block]:
     return [Heading(f"Per-layer table ({node.stage})"), Table(keys, rows, numeric)]
 
 
-def _teacher_init(record: RunRecord) -> list[Block]:
-    node = next((n for n in record.nodes if isinstance(n.extra.get("init"), dict)), None)
-    if node is None:
-        return []
-    init = node.extra["init"]
-    first, last = init.get("fit_loss_first_epoch") or {}, init.get("fit_loss") or {}
-    rows = [[name, _num(first.get(name), 3), _num(last.get(name), 3)] for name in init.get("fitted", [])]
-    after = init.get("after_init") or {}
-    widened = " (widened through Net2WiderNet channel maps)" if init.get("widened") else ""
-    fed = init.get("student_fed_steps")
-    fed_note = f", the last {fed} on the student's own features" if fed else ""
-    note = (
-        f"The swapped model started from the reference: {', '.join(init.get('copied', [])) or NONE} "
-        f"copied{widened}, each swapped block fitted to the block it replaces ({init.get('steps', 0)} steps"
-        f"{fed_note}). "
-        f"Before end-to-end training: mAP50 {_num(after.get('map50'), 3)}, "
-        f"mAP50-95 {_num(after.get('map50_95'), 3)}. Fit loss = squared error / variance of the teacher's "
-        "output (1 = no better than its mean)."
-    )
-    return [
-        Heading(f"Swap initialised from the teacher ({node.stage})"),
-        Paragraph(note, tone="note"),
-        Table(["block", "fit loss, first epoch", "fit loss, last epoch"], rows, frozenset({1, 2})),
-    ]
-
-
-def _slimming(record: RunRecord) -> list[Block]:
-    i, node = next(
-        ((i, n) for i, n in enumerate(record.nodes) if isinstance(n.extra.get("stages"), dict)), (None, None)
-    )
-    if node is None:
-        return []
-    stages, sparsity = node.extra["stages"], node.extra.get("sparsity") or {}
-    start = record.nodes[i - 1].metrics if i else {}
-    points = [
-        ("start", start),
-        ("after sparsity training", stages.get("after_sparsity") or {}),
-        ("after the cut (BN re-estimated)", stages.get("after_prune") or {}),
-        ("after the fine-tune", node.metrics),
-    ]
-    rows = [[what, _num(m.get("map50"), 3), _num(m.get("map50_95"), 3)] for what, m in points]
-    before, after, dead = (sparsity.get(k) for k in ("fraction_before", "fraction_after", "dead_after"))
-    strength = "||(gamma, beta)||" if sparsity.get("shrink") == "channel" else "|gamma|"
-    whole = " (whole channels: removing them changes nothing)" if sparsity.get("shrink") == "channel" else ""
-    dead_note = f" {_num(100 * dead, 1, ' %')} exactly zero{whole}." if dead is not None else ""
-    note = (
-        f"Channels with {strength} below {_num(sparsity.get('below'), 2)} x their layer's mean: "
-        f"{_num(None if before is None else 100 * before, 1, ' %')} before sparsity training, "
-        f"{_num(None if after is None else 100 * after, 1, ' %')} after.{dead_note} "
-        "Where the accuracy goes: the sparsity training, the cut of the channels, and what the fine-tune "
-        "recovers."
-    )
-    return [
-        Heading(f"Slimming by stage ({node.stage})"),
-        Paragraph(note, tone="note"),
-        Table(["stage", "mAP50", "mAP50-95"], rows, frozenset({1, 2})),
-    ]
-
-
-def _training_curve(record: RunRecord) -> list[Block]:
-    node = record.node("train")
-    curve = (node.extra.get("curve") if node else None) or []
-    if not curve:
-        return []
-    kept = node.extra.get("epochs")
-    rows = [
-        [
-            _num(p.get("epochs"), 0),
-            _num(p.get("lr"), 5),
-            _num(p.get("map50"), 3),
-            _num(p.get("map50_95"), 3),
-            _num(p.get("wall_s"), 0, " s"),
-            "kept" if p.get("epochs") == kept else "",
-        ]
-        for p in curve
-    ]
-    wall = node.extra.get("wall_s")
-    minutes = _num(wall / 60 if wall else None, 1, " min")
-    note = (
-        f"Cosine cycles with warm restarts; stopped on {node.extra.get('stopped', NONE)} after "
-        f"{_num(curve[-1].get('epochs'), 0)} epochs ({minutes} to train)."
-    )
-    headers = ["epochs", "peak lr", "val mAP50", "val mAP50-95", "cycle time", ""]
-    return [
-        Heading("Reference training"),
-        Paragraph(note, tone="note"),
-        Table(headers, rows, frozenset({0, 1, 2, 3, 4})),
-    ]
-
-
 def _environment(record: RunRecord) -> list[Block]:
     tools: dict[str, list[str]] = {}
     for n in record.nodes:
@@ -455,9 +362,9 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
         _plots(plots),
         _candidates(record),
         _layers(record),
-        _teacher_init(record),
-        _slimming(record),
-        _training_curve(record),
+        teacher_init_blocks(record),
+        slimming_blocks(record),
+        training_curve_blocks(record),
         _environment(record),
     )
     for section in sections:
