@@ -13,6 +13,13 @@ def fmt_num(value: float | None, digits: int, unit: str = "") -> str:
     return NONE if value is None else f"{value:.{digits}f}{unit}"
 
 
+def _noted_table(
+    title: str, note: str, headers: list[str], rows: list[list[str]], numeric: set[int]
+) -> list[Block]:
+    """A section: heading, a note on how to read it, the table (``numeric`` = right-aligned columns)."""
+    return [Heading(title), Paragraph(note, tone="note"), Table(headers, rows, frozenset(numeric))]
+
+
 def teacher_init_blocks(record: RunRecord) -> list[Block]:
     """How the swapped blocks were initialised from the teacher (empty without a swap)."""
     node = next((n for n in record.nodes if isinstance(n.extra.get("init"), dict)), None)
@@ -34,11 +41,8 @@ def teacher_init_blocks(record: RunRecord) -> list[Block]:
         f"mAP50-95 {fmt_num(after.get('map50_95'), 3)}. Fit loss = squared error / variance of the teacher's "
         "output (1 = no better than its mean)."
     )
-    return [
-        Heading(f"Swap initialised from the teacher ({node.stage})"),
-        Paragraph(note, tone="note"),
-        Table(["block", "fit loss, first epoch", "fit loss, last epoch"], rows, frozenset({1, 2})),
-    ]
+    headers = ["block", "fit loss, first epoch", "fit loss, last epoch"]
+    return _noted_table(f"Swap initialised from the teacher ({node.stage})", note, headers, rows, {1, 2})
 
 
 def slimming_blocks(record: RunRecord) -> list[Block]:
@@ -68,11 +72,8 @@ def slimming_blocks(record: RunRecord) -> list[Block]:
         "Where the accuracy goes: the sparsity training, the cut of the channels, and what the fine-tune "
         "recovers."
     )
-    return [
-        Heading(f"Slimming by stage ({node.stage})"),
-        Paragraph(note, tone="note"),
-        Table(["stage", "mAP50", "mAP50-95"], rows, frozenset({1, 2})),
-    ]
+    headers = ["stage", "mAP50", "mAP50-95"]
+    return _noted_table(f"Slimming by stage ({node.stage})", note, headers, rows, {1, 2})
 
 
 def training_curve_blocks(record: RunRecord) -> list[Block]:
@@ -100,8 +101,4 @@ def training_curve_blocks(record: RunRecord) -> list[Block]:
         f"{fmt_num(curve[-1].get('epochs'), 0)} epochs ({minutes} to train)."
     )
     headers = ["epochs", "peak lr", "val mAP50", "val mAP50-95", "cycle time", ""]
-    return [
-        Heading("Reference training"),
-        Paragraph(note, tone="note"),
-        Table(headers, rows, frozenset({0, 1, 2, 3, 4})),
-    ]
+    return _noted_table("Reference training", note, headers, rows, {0, 1, 2, 3, 4})
