@@ -264,6 +264,7 @@ def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
     (export, build, eval) is untouched; it is added at the end of the run, after the device work.
     """
     from edgekit.compress.control import CONTROL_LR, CONTROL_SEED, recipe_epochs, train_control, versus
+    from edgekit.compress.graph import prunable_convs
     from edgekit.models.train import InMemorySplit
     from edgekit.report.record import Node
 
@@ -271,7 +272,9 @@ def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
     train_node = ctx.record.node("train")
     with stage(ctx, "control") as fields:
         ref_epochs = (train_node.extra or {}).get("epochs") or train_node.config["train"]["epochs"]
-        epochs = float(ref_epochs) + recipe_epochs(recipe) * ctx.epochs_scale
+        unbounded = any(s.type == "progressive" and s.max_layers is None for s in recipe.torch_steps())
+        layers = len(prunable_convs(model, ctx.spec.input_shape())) if unbounded else None
+        epochs = float(ref_epochs) + recipe_epochs(recipe, layers) * ctx.epochs_scale
         workdir = compress_workdir(recipe, ctx.record.node("reference").id)
         result = train_control(
             model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from edgekit.compress.control import recipe_epochs, reinitialised, train_control, versus
@@ -16,9 +17,12 @@ def test_recipe_epochs_count_every_training_block_and_bound_progressive():
     assert recipe_epochs(load_recipe("none")) == 0.0
     micro = load_recipe("microyolo")
     swap, prog = micro.torch_steps()
-    bound = prog.finetune.epochs * prog.max_steps_per_layer * (prog.max_layers or 8)
+    assert prog.max_layers is None  # every prunable layer: the bound is the model's count
+    bound = prog.finetune.epochs * prog.max_steps_per_layer * 9
     assert swap.init == "teacher"  # fitting the swapped blocks to the teacher counts as training
-    assert recipe_epochs(micro) == swap.init_fit.epochs + swap.train.epochs + bound == 30.0 + bound
+    with pytest.raises(ValueError, match="prunable_layers"):
+        recipe_epochs(micro)
+    assert recipe_epochs(micro, 9) == swap.init_fit.epochs + swap.train.epochs + bound == 30.0 + bound
 
 
 def test_reinitialised_keeps_the_architecture_and_draws_new_weights(model):
