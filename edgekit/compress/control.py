@@ -25,20 +25,20 @@ CONTROL_LR = 3e-3  # the reference's own schedule (edgekit.models.zoo.reference_
 CONTROL_SEED = 0
 
 
-def recipe_epochs(recipe: Any, prunable_layers: int | None = None) -> float:
+def recipe_epochs(recipe: Any, prunable_layers: Callable[[], int] | None = None) -> float:
     """Training epochs a recipe spends at most (fine-tunes, sparsity, swap training, QAT), unscaled.
 
     A progressive step counts every trial it may run (``max_steps_per_layer`` × ``max_layers``, or ×
-    ``prunable_layers`` - the model's prunable convs - when the recipe leaves the layers unbounded): an
-    upper bound, so the control is never given less compute than the recipe had.
+    ``prunable_layers()`` - the model's prunable convs, counted only when the recipe leaves the layers
+    unbounded): an upper bound, so the control is never given less compute than the recipe had.
     """
     total = 0.0
     for step in recipe.torch_steps():
         if step.type == "progressive":
-            layers = step.max_layers or prunable_layers
-            if layers is None:
+            if step.max_layers is None and prunable_layers is None:
                 raise ValueError("an unbounded progressive step needs the model's prunable_layers")
             if step.finetune is not None:
+                layers = step.max_layers or prunable_layers()
                 total += step.finetune.epochs * step.max_steps_per_layer * layers
             continue
         if step.type == "swap" and step.init == "teacher":

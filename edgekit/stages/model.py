@@ -272,9 +272,8 @@ def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
     train_node = ctx.record.node("train")
     with stage(ctx, "control") as fields:
         ref_epochs = (train_node.extra or {}).get("epochs") or train_node.config["train"]["epochs"]
-        unbounded = any(s.type == "progressive" and s.max_layers is None for s in recipe.torch_steps())
-        layers = len(prunable_convs(model, ctx.spec.input_shape())) if unbounded else None
-        epochs = float(ref_epochs) + recipe_epochs(recipe, layers) * ctx.epochs_scale
+        spent = recipe_epochs(recipe, lambda: len(prunable_convs(model, ctx.spec.input_shape())))
+        epochs = float(ref_epochs) + spent * ctx.epochs_scale
         workdir = compress_workdir(recipe, ctx.record.node("reference").id)
         result = train_control(
             model,

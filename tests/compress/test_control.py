@@ -22,7 +22,7 @@ def test_recipe_epochs_count_every_training_block_and_bound_progressive():
     assert swap.init == "teacher"  # fitting the swapped blocks to the teacher counts as training
     with pytest.raises(ValueError, match="prunable_layers"):
         recipe_epochs(micro)
-    assert recipe_epochs(micro, 9) == swap.init_fit.epochs + swap.train.epochs + bound == 30.0 + bound
+    assert recipe_epochs(micro, lambda: 9) == swap.init_fit.epochs + swap.train.epochs + bound == 30.0 + bound
 
 
 def test_reinitialised_keeps_the_architecture_and_draws_new_weights(model):
