@@ -51,12 +51,12 @@ def recipe_epochs(recipe: Any, prunable_layers: Callable[[], int] | None = None)
     return total
 
 
-def reinitialised(model: torch.nn.Module) -> torch.nn.Module:
+def reinitialised(model: torch.nn.Module, seed: int = CONTROL_SEED) -> torch.nn.Module:
     """A copy of ``model`` (its float view for QAT) with every parameter drawn afresh, seeded."""
     from edgekit.compress.qat import float_view
 
     net = copy.deepcopy(float_view(model))
-    torch.manual_seed(CONTROL_SEED)
+    torch.manual_seed(seed)
     for module in net.modules():
         if hasattr(module, "reset_parameters") and module is not net:
             module.reset_parameters()
@@ -71,18 +71,21 @@ def train_control(
     input_shape: tuple[int, ...],
     workdir: Path | None = None,
     progress: bool = False,
+    seed: int = CONTROL_SEED,
 ) -> dict[str, Any]:
     """Train ``model``'s architecture from scratch for ``epochs``; its params, MACs and val mAP.
 
     ``load_train`` returns the training split; it is called only when the control really trains. With
     ``workdir`` the result is kept in ``workdir/control.json`` under a key of the architecture and the
     schedule, and returned with ``cached: True`` on a re-run (without loading the training images).
+    ``seed`` draws the initial weights and the batch order (``bench/control_spread.py`` varies it to
+    measure how far two controls of one architecture fall apart).
     """
     from edgekit.export.onnx import model_macs_params
     from edgekit.models.train import TrainConfig, evaluate, train
 
-    net = reinitialised(model)
-    cfg = TrainConfig(epochs=round(float(epochs), 4), lr=CONTROL_LR, seed=CONTROL_SEED)
+    net = reinitialised(model, seed)
+    cfg = TrainConfig(epochs=round(float(epochs), 4), lr=CONTROL_LR, seed=seed)
     key = stable_hash({"arch": str(net), "train": cfg.to_dict()})
     path = workdir / "control.json" if workdir is not None else None
     if path is not None and path.is_file():
