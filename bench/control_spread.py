@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -38,7 +39,12 @@ def cached_model(name: str):
 
     from edgekit.models.zoo import cache_dir
 
-    folders = sorted((cache_dir() / "compress").glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
+    folders = [  # <recipe>-<16 hex digits of the reference node>: not default-fpgm for default
+        p
+        for p in (cache_dir() / "compress").glob(f"{name}-*")
+        if re.fullmatch(r"[0-9a-f]{16}", p.name[len(name) + 1 :])
+    ]
+    folders.sort(key=lambda p: p.stat().st_mtime)
     steps = sorted(folders[-1].glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])) if folders else []
     if not steps:
         raise SystemExit(
