@@ -33,6 +33,8 @@ def test_reinitialised_keeps_the_architecture_and_draws_new_weights(model):
     convs = [k for k, v in old.items() if v.dim() == 4]
     assert all(not torch.equal(old[k], new[k]) for k in convs)
     assert torch.equal(next(reinitialised(model).parameters()), next(fresh.parameters()))  # seeded
+    other_seed = next(reinitialised(model, seed=1).parameters())
+    assert not torch.equal(other_seed, next(fresh.parameters()))  # bench/control_spread.py's other draws
 
 
 def test_train_control_scores_the_architecture_and_is_cached(model, small_train, small_val, spec, tmp_path):
