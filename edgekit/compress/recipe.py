@@ -150,6 +150,11 @@ class SwapSpec(_Spec):
     expansion: float = Field(1.0, ge=1)
     se_reduction: int = Field(4, ge=1)
     width: float = Field(1.0, gt=0, description="channel multiplier on top of the input model's width")
+    dsconv: Literal["first", "heaviest"] = Field(
+        "first",
+        description="where the DSConv goes: first - the largest-resolution 3x3 conv after the first, "
+        "MBConv-SE elsewhere; heaviest - the four 3x3 convs holding most parameters, MBConv-SE in the stem",
+    )
     init: Literal["random", "teacher"] = Field(
         "random",
         description="random: the new blocks start from random weights; teacher: copy the layers both "
@@ -166,7 +171,12 @@ class SwapSpec(_Spec):
     )
     train: FinetuneSpec = FinetuneSpec(epochs=20.0, lr=3e-3)
 
-    _ADDED_LATER: ClassVar[dict[str, Any]] = {"width": 1.0, "hint": 0.0, "init": "random"}
+    _ADDED_LATER: ClassVar[dict[str, Any]] = {
+        "width": 1.0,
+        "hint": 0.0,
+        "init": "random",
+        "dsconv": "first",
+    }
 
     def _left_out(self) -> list[str]:
         return super()._left_out() + (["init_fit"] if self.init == "random" else [])

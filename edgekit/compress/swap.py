@@ -17,7 +17,9 @@ from edgekit.models.microyolo import MicroYolo, MicroYoloConfig
 from edgekit.models.train import TrainHooks
 
 
-def microyolo_like(model: nn.Module, expansion: float, se_reduction: int, width: float = 1.0) -> MicroYolo:
+def microyolo_like(
+    model: nn.Module, expansion: float, se_reduction: int, width: float = 1.0, dsconv: str = "first"
+) -> MicroYolo:
     """A Micro-YOLO with the same classes, input size and priors as ``model``, ``width`` times its width."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(cfg, "num_classes"):
@@ -33,6 +35,7 @@ def microyolo_like(model: nn.Module, expansion: float, se_reduction: int, width:
             priors=tuple(cfg.priors),
             expansion=expansion,
             se_reduction=se_reduction,
+            dsconv=dsconv,
         )
     )
 
@@ -45,6 +48,7 @@ class SwapStep(Step):
     def label(self, spec: Any) -> str:
         """Short label for the record."""
         width = f", width x{spec.width:g}" if spec.width != 1.0 else ""
+        width += ", DSConv at the heaviest layers" if spec.dsconv == "heaviest" else ""
         init = ", from the teacher" if spec.init == "teacher" else ""
         init += f", hints x{spec.hint:g}" if spec.hint else ""
         return f"swap to {spec.to} (alpha {spec.expansion:g}, beta {spec.se_reduction}{width}{init})"
@@ -52,7 +56,7 @@ class SwapStep(Step):
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
         """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         torch.manual_seed(ctx.seed)
-        student = microyolo_like(model, spec.expansion, spec.se_reduction, spec.width)
+        student = microyolo_like(model, spec.expansion, spec.se_reduction, spec.width, spec.dsconv)
         extra: dict[str, Any] = {}
         maps = (
             channel_maps(student, model, np.random.default_rng(ctx.seed))

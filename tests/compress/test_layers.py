@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from edgekit.compress.layers import DSConv, MBConv, conv_params, dsconv_params
@@ -60,3 +61,17 @@ def test_microyolo_trains_one_step(small_train):
     stats = train(model, small_train, TrainConfig(epochs=1 / 8), progress=False)
     assert stats["steps"] == 1 and torch.isfinite(torch.tensor(stats["final_loss"]))
     assert not torch.equal(before, model.p8.project[0].weight)
+
+
+def test_microyolo_dsconv_at_the_heaviest_layers_moves_parameters_not_the_interface():
+    first, heavy = MicroYolo(MicroYoloConfig()).eval(), MicroYolo(MicroYoloConfig(dsconv="heaviest")).eval()
+    assert isinstance(first.stem[2], DSConv) and isinstance(first.p16[1], MBConv)
+    assert isinstance(heavy.stem[2], MBConv) and isinstance(heavy.stem[4], MBConv)
+    assert all(isinstance(b, DSConv) for b in (heavy.p8, heavy.p16[1], heavy.neck16[1], heavy.neck8))
+    f, h = model_macs_params(first, SHAPE), model_macs_params(heavy, SHAPE)
+    # no squeeze-excite on the wide maps: fewer parameters; MACs, spent on the 80x80 / 40x40 maps, fall less
+    assert h["params"] < f["params"] and f["params"] / h["params"] > f["macs"] / h["macs"]
+    x = torch.zeros(1, 3, 160, 160)
+    assert [r.shape for r in heavy.raw(x)] == [r.shape for r in first.raw(x)]
+    with pytest.raises(ValueError, match="dsconv"):
+        MicroYolo(MicroYoloConfig(dsconv="middle"))

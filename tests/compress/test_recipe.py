@@ -88,3 +88,18 @@ def test_sparsity_shrink_defaults_to_gamma_and_is_left_out_of_the_dump_there():
     assert whole["sparsity"]["shrink"] == "channel"
     with pytest.raises(ValueError, match="shrink"):
         SlimSpec(type="slim", sparsity={"shrink": "beta"})
+
+
+def test_swap_dsconv_defaults_to_first_and_is_left_out_of_the_dump_there():
+    from edgekit.compress.recipe import SwapSpec
+    from edgekit.compress.swap import microyolo_like
+    from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
+
+    plain = SwapSpec(type="swap").model_dump(mode="json")
+    assert "dsconv" not in plain and SwapSpec(type="swap").dsconv == "first"
+    heavy = SwapSpec(type="swap", dsconv="heaviest")
+    assert heavy.model_dump(mode="json")["dsconv"] == "heaviest"
+    teacher = TinyYolo(TinyYoloConfig(num_classes=3, input_size=96))
+    assert microyolo_like(teacher, 1.0, 4, 1.0, heavy.dsconv).cfg.dsconv == "heaviest"
+    with pytest.raises(ValueError, match="dsconv"):
+        SwapSpec(type="swap", dsconv="last")

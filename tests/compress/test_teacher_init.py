@@ -67,8 +67,9 @@ def test_a_wider_copy_computes_what_the_teacher_computes():
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_a_wider_swap_fits_from_the_teacher(model, small_train):
-    student = microyolo_like(model, 1.0, 4, width=1.5)
+@pytest.mark.parametrize("dsconv", ["first", "heaviest"])
+def test_a_wider_swap_fits_from_the_teacher(model, small_train, dsconv):
+    student = microyolo_like(model, 1.0, 4, width=1.5, dsconv=dsconv)
     stats = init_from_teacher(
         student,
         model,
