@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -112,3 +113,19 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def cached_steps(recipe: str) -> list[Path]:
+    """The compress cache's finished steps (``step_<i>.pt``, in order) of ``recipe``'s latest run.
+
+    A recipe's folder is ``<recipe>-<16 hex digits of the reference node>``
+    (``edgekit.stages.model.compress_workdir``), so ``default`` does not pick up ``default-fpgm``'s.
+    """
+    root = cache_dir() / "compress"
+    folders = [
+        p for p in root.glob(f"{recipe}-*") if re.fullmatch(rf"{re.escape(recipe)}-[0-9a-f]{{16}}", p.name)
+    ]
+    if not folders:
+        return []
+    latest = max(folders, key=lambda p: p.stat().st_mtime)
+    return sorted(latest.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -36,16 +35,11 @@ OUT = REPO / "bench" / "results" / "control-spread.json"
 def cached_model(name: str):
     """The last cached compression step of recipe ``name`` on the converged reference (a torch model)."""
     import torch
+    from common import cached_steps
 
     from edgekit.models.zoo import cache_dir
 
-    folders = [  # <recipe>-<16 hex digits of the reference node>: not default-fpgm for default
-        p
-        for p in (cache_dir() / "compress").glob(f"{name}-*")
-        if re.fullmatch(r"[0-9a-f]{16}", p.name[len(name) + 1 :])
-    ]
-    folders.sort(key=lambda p: p.stat().st_mtime)
-    steps = sorted(folders[-1].glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])) if folders else []
+    steps = cached_steps(name)
     if not steps:
         raise SystemExit(
             f"no compressed model of {name!r} in {cache_dir() / 'compress'}: "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ OUT = REPO / "bench" / "results" / "microyolo-finetune.json"
 
 def main(argv: list[str] | None = None) -> int:
     import torch
+    from common import cached_steps
 
     from edgekit.compress.commands import build_context
     from edgekit.compress.context import evaluate_map
@@ -45,12 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    steps = [  # microyolo-<16 hex digits of the reference node>, not microyolo-long's
-        p
-        for p in (cache_dir() / "compress").glob("microyolo-*/step_1.pt")
-        if re.fullmatch(r"microyolo-[0-9a-f]{16}", p.parent.name)
-    ]
-    steps.sort(key=lambda p: p.stat().st_mtime)
+    steps = cached_steps("microyolo")[-1:]  # the progressive step, the recipe's last
     if not steps:
         parser.error("no pruned microyolo in the compress cache: run `edgekit deploy -t local -r microyolo`")
     root = builtin_dataset(cache_dir(), ShapesConfig(), progress=not args.quiet)
