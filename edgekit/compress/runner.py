@@ -1,10 +1,11 @@
 """Run a recipe's torch-side steps: measure, apply, record, checkpoint after every step, resume on re-run.
 
 After step ``i`` finishes, ``workdir/step_<i>.pt`` (the whole module) and ``workdir/step_<i>.json`` (its
-record node and the run key) are written atomically. The run key hashes the recipe's torch steps (not
-its PTQ step: changing the calibrator does not retrain), the input model's weights and architecture, the
-epoch scale and the seed; a re-run with the same key loads the finished steps instead of recomputing them
-and continues after the last one.
+record node and its key) are written atomically. Step ``i``'s key hashes the recipe's torch steps up to
+and including ``i`` (not its PTQ step: changing the calibrator does not retrain), the input model's weights
+and architecture, the epoch scale and the seed: what step ``i``'s result depends on, and nothing after it.
+A re-run loads every finished step whose key matches and continues after the last one, so appending a
+step to a recipe, or changing its last one, recomputes only from there.
 """
 
 from __future__ import annotations
@@ -31,24 +32,34 @@ def model_hash(model: nn.Module) -> str:
     return stable_hash({"arch": str(model), "weights": sha256_bytes(buf.getvalue())})
 
 
+def step_keys(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> list[str]:
+    """One key per torch step: the steps up to it, the input model, the epoch scale and the seed."""
+    steps, mhash = [s.model_dump(mode="json") for s in recipe.torch_steps()], model_hash(model)
+    return [
+        stable_hash(
+            {"steps": steps[: i + 1], "model": mhash, "epochs_scale": ctx.epochs_scale, "seed": ctx.seed}
+        )
+        for i in range(len(steps))
+    ]
+
+
 def run_key(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> str:
-    """Identity of a recipe run: finished steps saved under the same key are reused."""
-    return stable_hash(
-        {
-            "steps": [s.model_dump(mode="json") for s in recipe.torch_steps()],
-            "model": model_hash(model),
-            "epochs_scale": ctx.epochs_scale,
-            "seed": ctx.seed,
-        }
-    )
+    """Identity of a whole recipe run (the key of its last torch step; ``""`` without torch steps)."""
+    keys = step_keys(model, recipe, ctx)
+    return keys[-1] if keys else ""
 
 
-def _load_finished(ctx: CompressContext, index: int, key: str) -> tuple[nn.Module, dict] | None:
+def _load_finished(ctx: CompressContext, index: int, valid: list[str]) -> tuple[nn.Module, dict] | None:
+    """Step ``index``'s checkpoint if a run sharing steps ``0..index`` wrote it (its key is in ``valid``).
+
+    ``valid`` holds the keys of steps ``index`` and later: a run whose first ``j + 1`` steps equal ours
+    (``j >= index``) computed the same step ``index``; earlier versions keyed every step by the whole run.
+    """
     meta_path, ckpt = ctx.workdir / f"step_{index}.json", ctx.workdir / f"step_{index}.pt"
     if not (meta_path.is_file() and ckpt.is_file()):
         return None
     meta = json.loads(meta_path.read_text())
-    if meta.get("key") != key:
+    if meta.get("key") not in valid:
         return None
     model = torch.load(ckpt, map_location="cpu", weights_only=False)
     return model.eval(), {**meta["node"], "cached": True}
@@ -110,12 +121,12 @@ def run_recipe(
         >>> model, nodes = run_recipe(trained.model, load_recipe("default"), ctx)  # doctest: +SKIP
     """
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    key = run_key(model, recipe, ctx)
+    keys = step_keys(model, recipe, ctx)
     if ctx.teacher is None:
         ctx.teacher = copy.deepcopy(model).eval()
     current, nodes, before, resuming = copy.deepcopy(model), [], None, True
     for i, spec in enumerate(recipe.torch_steps()):
-        loaded = _load_finished(ctx, i, key) if resuming else None
+        loaded = _load_finished(ctx, i, keys[i:]) if resuming else None
         if loaded is not None:
             current, node = loaded
             ctx.note(f"step {i} ({spec.type}) loaded from {ctx.workdir / f'step_{i}.pt'}")
@@ -123,7 +134,7 @@ def run_recipe(
             resuming = False
             before = before or measure(current, ctx)
             current, node = _run_step(current, spec, ctx, before)
-            _save_finished(ctx, i, key, current, node)
+            _save_finished(ctx, i, keys[i], current, node)
             ctx.note(f"step {i} ({spec.type}) computed in {node['seconds']} s")
         before = {k: node["metrics"][k] for k in ("params", "macs", "size_bytes", "map50", "map50_95")}
         nodes.append(node)

@@ -63,3 +63,18 @@ def test_a_new_calibrator_reuses_the_trained_steps(model, make_ctx, tmp_path):
     assert runner.run_key(model, first, ctx) == runner.run_key(model, second, ctx)
     third = Recipe(name="a", steps=[{"type": "finetune", "epochs": 2 / 8}, {"type": "ptq", "method": "auto"}])
     assert runner.run_key(model, third, ctx) != runner.run_key(model, first, ctx)
+
+
+def test_appending_a_step_reuses_the_steps_before_it(model, make_ctx, tmp_path):
+    """Step i's result depends on steps 0..i only: a recipe with one more step resumes after them."""
+    workdir, step = tmp_path / "steps", {"type": "finetune", "epochs": 1 / 8}
+    short = Recipe(name="a", steps=[step, {**step, "lr": 1e-3}])
+    runner.run_recipe(model, short, make_ctx(workdir=workdir))
+    longer = Recipe(name="a", steps=[step, {**step, "lr": 1e-3}, {**step, "lr": 5e-4}])
+    ctx = make_ctx(workdir=workdir)
+    _, nodes = runner.run_recipe(model, longer, ctx)
+    assert [n["cached"] for n in nodes] == [True, True, False]
+    changed = Recipe(name="a", steps=[step, {**step, "lr": 2e-3}, {**step, "lr": 5e-4}])
+    ctx = make_ctx(workdir=workdir)
+    _, nodes = runner.run_recipe(model, changed, ctx)
+    assert [n["cached"] for n in nodes] == [True, False, False]
