@@ -16,13 +16,15 @@ def test_recipe_epochs_count_every_training_block_and_bound_progressive():
     assert recipe_epochs(slim) == step.sparsity.epochs + step.finetune.epochs
     assert recipe_epochs(load_recipe("none")) == 0.0
     micro = load_recipe("microyolo")
-    swap, prog = micro.torch_steps()
+    swap, prog, tail = micro.torch_steps()
     assert prog.max_layers is None  # every prunable layer: the bound is the model's count
     bound = prog.finetune.epochs * prog.max_steps_per_layer * 9
     assert swap.init == "teacher"  # fitting the swapped blocks to the teacher counts as training
+    assert tail.type == "distill"  # the fine-tune after the pruning trials
     with pytest.raises(ValueError, match="prunable_layers"):
         recipe_epochs(micro)
-    assert recipe_epochs(micro, lambda: 9) == swap.init_fit.epochs + swap.train.epochs + bound == 30.0 + bound
+    expected = swap.init_fit.epochs + swap.train.epochs + bound + tail.epochs
+    assert recipe_epochs(micro, lambda: 9) == expected == 40.0 + bound
 
 
 def test_reinitialised_keeps_the_architecture_and_draws_new_weights(model):
