@@ -215,9 +215,17 @@ class SshServer:
         return found
 
     def close(self) -> None:
-        """Stop sshd and remove the namespace."""
-        self.stop()
+        """Stop sshd, end the sessions still open on it, and remove the namespace.
+
+        A cut link leaves the board's session ("sshd: user@notty") waiting for a peer that is gone, for
+        as long as TCP keepalive takes (hours); the test is over, so it goes with the server.
+        """
+        self.kill_all_sessions()
         if self.netns:
+            listed = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)
+            for pid in listed.stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), 9)
             subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
 
