@@ -1,7 +1,8 @@
 """What a distilled fine-tune after the pruning trials gives `microyolo` (issue 17), torch FP32.
 
-Loads the pruned model the `microyolo` recipe left in the compress cache (its progressive step, run first by
-`edgekit deploy -t local -r microyolo` or `bench/compression.py --recipes microyolo`), fine-tunes it with
+Loads the pruned model the `microyolo` recipe left in the compress cache (its progressive step, before the
+recipe's own fine-tune; run first by `edgekit deploy -t local -r microyolo` or `bench/compression.py --recipes
+microyolo`), fine-tunes it with
 distillation from the converged reference (cosine from lr 2e-3, the `progressive` recipe's last step) and
 prints val mAP before and after; the row goes to `bench/results/microyolo-finetune.json`. About 8 minutes on
 2 cores for 10 epochs.
@@ -45,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    steps = cached_steps("microyolo")[-1:]  # the progressive step, the recipe's last
+    steps = [  # the progressive step (the recipe's distilled fine-tune comes after it)
+        s for s in cached_steps("microyolo")
+        if json.loads(s.with_suffix(".json").read_text())["node"]["stage"] == "compress:progressive"
+    ]  # fmt: skip
     if not steps:
         parser.error("no pruned microyolo in the compress cache: run `edgekit deploy -t local -r microyolo`")
     root = builtin_dataset(cache_dir(), ShapesConfig(), progress=not args.quiet)
