@@ -93,7 +93,7 @@ def train_control(
         if kept.get("key") == key:
             return {**kept["result"], "cached": True}
     t0 = time.perf_counter()
-    train(net, load_train(), cfg, progress=progress, description="control (from scratch)")
+    train(net, load_train(), cfg, progress=progress, description="control (from scratch)", resume_dir=workdir)
     scores = evaluate(net, val)
     cost = model_macs_params(net, input_shape)
     result = {

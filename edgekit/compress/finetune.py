@@ -50,6 +50,7 @@ def finetune(
     """Train ``model`` in place for ``spec.epochs`` (scaled) with optional distillation; return train stats.
 
     ``spec`` is a :class:`~edgekit.compress.recipe.FinetuneSpec`; an epoch count that scales to 0 skips.
+    A run interrupted after an epoch resumes from ``ctx.workdir`` (see :func:`edgekit.models.train.train`).
     """
     if spec is None or ctx.epochs(spec.epochs) <= 0:
         return {"steps": 0}
@@ -60,7 +61,9 @@ def finetune(
         teacher = copy.deepcopy(teacher_of(ctx))
         hooks = TrainHooks(extra_loss=distill_hook(teacher, weight), after_step=hooks.after_step)
     cfg = TrainConfig(epochs=epochs, batch_size=getattr(spec, "batch_size", 32), lr=spec.lr, seed=ctx.seed)
-    return train(model, ctx.train, cfg, hooks, progress=ctx.progress, description=description)
+    return train(
+        model, ctx.train, cfg, hooks, progress=ctx.progress, description=description, resume_dir=ctx.workdir
+    )
 
 
 class FinetuneStep(Step):

@@ -123,7 +123,12 @@ def converge(
         k = len(curve)
         t0 = time.monotonic()
         stats = train(
-            model, train_split, cfg.cycle(k), progress=progress, description=f"reference cycle {k + 1}"
+            model,
+            train_split,
+            cfg.cycle(k),
+            progress=progress,
+            description=f"reference cycle {k + 1}",
+            resume_dir=workdir,
         )
         scores = evaluate(model, val_split)
         point = {

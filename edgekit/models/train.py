@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +17,7 @@ from torch import nn
 from edgekit.data.dataset import Sample, YoloDataset
 from edgekit.data.metrics import coco_map
 from edgekit.data.preprocess import Letterbox, PreprocessSpec, letterbox, to_tensor
+from edgekit.fsutil import atomic_write_bytes, stable_hash
 from edgekit.models.loss import build_targets, detection_loss
 from edgekit.progress import track
 from edgekit.runners.detcore import candidates, nms
@@ -90,6 +95,62 @@ class InMemorySplit:
         return torch.from_numpy(np.ascontiguousarray(x)), boxes, classes
 
 
+def _weights_hash(model: nn.Module) -> str:
+    """Hash of the model's architecture and every tensor in its state dict (the run's starting point)."""
+    h = hashlib.sha256(str(model).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _resume_path(
+    folder: Path, model: nn.Module, data: InMemorySplit, cfg: TrainConfig, description: str
+) -> Path:
+    """``folder/train-<key>.partial.pt``: one file per (starting weights, data, schedule, description)."""
+    key = stable_hash(
+        {"model": _weights_hash(model), "images": len(data), "cfg": cfg.to_dict(), "what": description}
+    )
+    return Path(folder) / f"train-{key}.partial.pt"
+
+
+def _save_partial(path: Path, step: int, model: nn.Module, opt, rng, order, loss_value: float) -> None:
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "step": step,
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            # numpy's PCG64 state holds 128-bit integers; kept as text so the file loads with weights_only
+            "np_rng": {k: str(v) for k, v in rng.bit_generator.state["state"].items()},
+            "np_rng_extra": [
+                int(rng.bit_generator.state["has_uint32"]),
+                int(rng.bit_generator.state["uinteger"]),
+            ],
+            "torch_rng": torch.get_rng_state(),
+            "order": torch.from_numpy(np.asarray(order, np.int64)),
+            "loss": loss_value,
+        },
+        buf,
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_partial(path: Path, model: nn.Module, opt, rng) -> tuple[int, np.ndarray, float]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    has_uint32, uinteger = state["np_rng_extra"]
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {k: int(v) for k, v in state["np_rng"].items()},
+        "has_uint32": has_uint32,
+        "uinteger": uinteger,
+    }
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), state["order"].numpy(), float(state["loss"])
+
+
 def train(
     model: nn.Module,
     data: InMemorySplit,
@@ -97,26 +158,44 @@ def train(
     hooks: TrainHooks | None = None,
     progress: bool = True,
     description: str = "training",
+    resume_dir: Path | None = None,
+    save_every_s: float = 60.0,
 ) -> dict:
-    """Train ``model`` in place; return ``{"steps", "final_loss"}``.
+    """Train ``model`` in place; return ``{"steps", "final_loss", "resumed_at"}``.
+
+    With ``resume_dir``, the whole training state (weights, optimiser, both random generators, the epoch's
+    batch order) goes to ``resume_dir/train-<key>.partial.pt`` at the end of an epoch once ``save_every_s``
+    seconds have passed since the last save; a later call with the same starting weights, data size,
+    schedule and description continues from there and ends with the same weights as an uninterrupted run.
+    The file is removed when training finishes. ``resumed_at`` is the step it continued from (0: fresh).
 
     Example:
         >>> data = InMemorySplit(YoloDataset(root, "train"), spec)  # doctest: +SKIP
         >>> stats = train(model, data, TrainConfig(epochs=1))  # doctest: +SKIP
     """
     hooks = hooks or TrainHooks()
+    partial = _resume_path(resume_dir, model, data, cfg, description) if resume_dir is not None else None
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_value = float("nan")
+    start, order = 0, None
+    if partial is not None and partial.is_file():
+        start, order, loss_value = _load_partial(partial, model, opt, rng)
     model.train()
     strides, priors = model.strides, model.cfg.priors
-    loss_value = float("nan")
+    saved_at = time.monotonic()
     with track(total, description, progress) as advance:
-        for step in range(total):
+        if start:
+            advance(start, info=f"resumed at step {start}")
+        for step in range(start, total):
             if step % steps_per_epoch == 0:
+                if partial is not None and step > start and time.monotonic() - saved_at >= save_every_s:
+                    _save_partial(partial, step, model, opt, rng, order, loss_value)
+                    saved_at = time.monotonic()
                 order = rng.permutation(len(data))
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             for group in opt.param_groups:
@@ -139,7 +218,9 @@ def train(
             loss_value = float(loss.detach())
             advance(info=f"loss {loss_value:.3f}")
     model.eval()
-    return {"steps": total, "final_loss": round(loss_value, 4)}
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    return {"steps": total, "final_loss": round(loss_value, 4), "resumed_at": start}
 
 
 def postprocess(
