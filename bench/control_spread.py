@@ -8,8 +8,8 @@ order) and prints each recipe's control mAP per seed, their mean and range, and 
 The architecture is the recipe's compressed model from the compress cache and the epochs are its
 control's, both from `bench/compression.py`'s run (run that first). Rows are kept in
 `bench/results/control-spread.json` (keyed by recipe, architecture, epochs and seed), so a re-run trains
-only what is missing. A 50-epoch control takes about 20 minutes on one core; run two recipes side by side
-with `OMP_NUM_THREADS=1`.
+only what is missing, and a control cut short resumes from its last finished epoch. A 50-epoch control
+takes about 20 minutes on one core; run two recipes side by side with `OMP_NUM_THREADS=1`.
 
     .venv/bin/python bench/control_spread.py --recipes distill --seeds 1 2
     .venv/bin/python bench/control_spread.py            # print what is kept
@@ -69,8 +69,9 @@ def measure(name: str, seed: int, control: dict, kept: dict, progress: bool) -> 
         return kept[key]
     root = builtin_dataset(cache_dir(), ShapesConfig(), progress=progress)
     ctx = build_context(root, Path(), 1.0, progress)
+    work = cache_dir() / "control-spread" / f"{name}-{seed}"  # an interrupted control resumes from here
     result = train_control(
-        model, epochs, lambda: ctx.train, ctx.val, ctx.spec.input_shape(), None, progress, seed
+        model, epochs, lambda: ctx.train, ctx.val, ctx.spec.input_shape(), work, progress, seed
     )
     result.pop("cached")
     return {"recipe": name, "seed": seed, **result, "key": key}

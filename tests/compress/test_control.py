@@ -24,7 +24,7 @@ def test_recipe_epochs_count_every_training_block_and_bound_progressive():
     with pytest.raises(ValueError, match="prunable_layers"):
         recipe_epochs(micro)
     expected = swap.init_fit.epochs + swap.train.epochs + bound + tail.epochs
-    assert recipe_epochs(micro, lambda: 9) == expected == 40.0 + bound
+    assert recipe_epochs(micro, lambda: 9) == expected == 50.0 + bound
 
 
 def test_reinitialised_keeps_the_architecture_and_draws_new_weights(model):
