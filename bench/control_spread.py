@@ -85,13 +85,15 @@ def table(rows: dict, state: dict) -> str:
     ]
     for name, srow in state["rows"].items():
         ctl = srow.get("control")
+        if not ctl:
+            continue
         same = (  # other seeds of this row's control: the same architecture and epochs, not an older row's
             r
             for r in rows.values()
             if r["recipe"] == name and r["params"] == ctl["params"] and r["epochs"] == ctl["epochs"]
         )
         extra = sorted(same, key=lambda r: r["seed"])
-        if not ctl or not extra:
+        if not extra:
             continue
         runs = [{"seed": 0, **ctl}, *extra]
         m50 = statistics.mean(r["map50"] for r in runs)

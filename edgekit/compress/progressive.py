@@ -66,7 +66,7 @@ class ProgressiveStep(Step):
         spec, the input model, the epoch scale and the seed), so a long schedule stopped half-way goes on
         from there on the next run instead of starting over.
         """
-        from edgekit.compress.runner import model_hash
+        from edgekit.models.train import model_hash
 
         data = eval_subset(ctx.val, spec.eval_images)
         names = layer_order(model, spec, ctx.input_shape)

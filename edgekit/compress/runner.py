@@ -22,14 +22,8 @@ from torch import nn
 from edgekit.compress.context import CompressContext, measure
 from edgekit.compress.recipe import Recipe
 from edgekit.compress.step import get_step
-from edgekit.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, stable_hash
-
-
-def model_hash(model: nn.Module) -> str:
-    """Content hash of a model: its architecture (module tree) and every tensor of its state dict."""
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    return stable_hash({"arch": str(model), "weights": sha256_bytes(buf.getvalue())})
+from edgekit.fsutil import atomic_write_bytes, atomic_write_json, stable_hash
+from edgekit.models.train import model_hash
 
 
 def step_keys(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> list[str]:

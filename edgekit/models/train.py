@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import time
@@ -17,7 +16,7 @@ from torch import nn
 from edgekit.data.dataset import Sample, YoloDataset
 from edgekit.data.metrics import coco_map
 from edgekit.data.preprocess import Letterbox, PreprocessSpec, letterbox, to_tensor
-from edgekit.fsutil import atomic_write_bytes, stable_hash
+from edgekit.fsutil import atomic_write_bytes, sha256_bytes, stable_hash
 from edgekit.models.loss import build_targets, detection_loss
 from edgekit.progress import track
 from edgekit.runners.detcore import candidates, nms
@@ -95,13 +94,11 @@ class InMemorySplit:
         return torch.from_numpy(np.ascontiguousarray(x)), boxes, classes
 
 
-def _weights_hash(model: nn.Module) -> str:
-    """Hash of the model's architecture and every tensor in its state dict (the run's starting point)."""
-    h = hashlib.sha256(str(model).encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+def model_hash(model: nn.Module) -> str:
+    """Content hash of a model: its architecture (module tree) and every tensor of its state dict."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return stable_hash({"arch": str(model), "weights": sha256_bytes(buf.getvalue())})
 
 
 def _resume_path(
@@ -109,24 +106,21 @@ def _resume_path(
 ) -> Path:
     """``folder/train-<key>.partial.pt``: one file per (starting weights, data, schedule, description)."""
     key = stable_hash(
-        {"model": _weights_hash(model), "images": len(data), "cfg": cfg.to_dict(), "what": description}
+        {"model": model_hash(model), "images": len(data), "cfg": cfg.to_dict(), "what": description}
     )
     return Path(folder) / f"train-{key}.partial.pt"
 
 
 def _save_partial(path: Path, step: int, model: nn.Module, opt, rng, order, loss_value: float) -> None:
-    buf = io.BytesIO()
+    gen, buf = rng.bit_generator.state, io.BytesIO()
     torch.save(
         {
             "step": step,
             "model": model.state_dict(),
             "opt": opt.state_dict(),
             # numpy's PCG64 state holds 128-bit integers; kept as text so the file loads with weights_only
-            "np_rng": {k: str(v) for k, v in rng.bit_generator.state["state"].items()},
-            "np_rng_extra": [
-                int(rng.bit_generator.state["has_uint32"]),
-                int(rng.bit_generator.state["uinteger"]),
-            ],
+            "np_rng": {k: str(v) for k, v in gen["state"].items()},
+            "np_rng_extra": [int(gen["has_uint32"]), int(gen["uinteger"])],
             "torch_rng": torch.get_rng_state(),
             "order": torch.from_numpy(np.asarray(order, np.int64)),
             "loss": loss_value,
