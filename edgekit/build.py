@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 from edgekit.errors import ConfigError
+
+#: ``edgekit build --calibrator auto``: percentage points of FP32's detections the chosen method may lose.
+DEFAULT_MAX_DROP = 5.0
+#: Layers kept in float, in turn, when no calibration method keeps the detections (QDQ backends).
+FLOAT_FALLBACK = (1, 2, 4, 8)
 
 
 def build_artifact(
@@ -19,12 +25,20 @@ def build_artifact(
     method: str = "default",
     head: str | None = None,
     threads: int | None = None,
+    max_drop: float = DEFAULT_MAX_DROP,
+    preprocess: dict | None = None,
 ):
     """Build one artifact. INT8 from an FP32 ONNX follows the backend's declared ``int8_source``.
 
     A QDQ backend (ONNX Runtime) gets a QDQ model quantized here from ``calib`` for this host's CPU;
     a self-quantizing backend (MNN, ncnn) runs its own quantizer on the FP32 model with ``calib``.
     The set's images go through the model's own preprocessing, whatever size they were imported at.
+
+    Every build is judged by its detections against FP32 on the check images (the calibration
+    images). ``method="default"`` tries the backend's calibration methods in order and keeps the first
+    whose detections pass; ``"auto"`` builds every method and keeps the one that keeps the most of
+    FP32's detections (then the lowest score error), refusing when it loses more than ``max_drop``
+    percentage points of them; a named method is built alone.
 
     Example:
         >>> build_artifact("onnxruntime", "fp32", Path("m.onnx"), Path("build/m"))  # doctest: +SKIP
@@ -36,27 +50,200 @@ def build_artifact(
 
     be = BACKENDS.get(backend)()
     det = inspect_onnx(onnx_path, head=head)
+    if preprocess:
+        det = dataclasses.replace(det, preprocess=det.preprocess.model_copy(update=preprocess))
     cs = CalibrationSet.load(calib, root=calib_root).verify() if calib else None
     with tempfile.TemporaryDirectory(prefix="edgekit-build-") as tmp:
         source = Path(onnx_path)
         if not det.static:  # runners feed one fixed shape; fix the file's dynamic dims to it
             source = static_copy(det, Path(tmp) / "model_static.onnx")
-        reference: Path | None = source
-        quantizer = None
         if precision == "int8":
             from edgekit.backends.onnx_io import load_onnx
 
             if is_qdq(load_onnx(source)):
-                reference = None
                 _check_prequantized(be, onnx_path)
-            else:
-                method = _method(be, method, cs, onnx_path)
-                if be.int8_source == "qdq":
-                    source, quantizer = _quantize(be, source, Path(tmp) / "model_int8.onnx", cs, method, det)
-                else:
-                    quantizer = be.quantizer_options(method=method)
-        options = det.build_options(precision=precision, threads=threads, quantizer=quantizer)
-        return be.build(source, options, out, calib=cs, reference=reference)
+                options = det.build_options(precision=precision, threads=threads)
+                return be.build(source, options, out, calib=cs, reference=None)
+            search = _MethodSearch(be, det, source, cs, Path(tmp), threads, max_drop)
+            return search.run(_methods(be, method, cs, onnx_path), out, pick_best=method == "auto")
+        options = det.build_options(precision=precision, threads=threads)
+        return be.build(source, options, out, calib=cs, reference=source)
+
+
+class _MethodSearch:
+    """Build an INT8 artifact with each calibration method in turn; keep what the detection check passes."""
+
+    def __init__(self, be, det, source: Path, cs, tmp: Path, threads, max_drop: float) -> None:
+        self.be, self.det, self.source, self.cs, self.tmp = be, det, source, cs, tmp
+        self.threads, self.max_drop = threads, max_drop
+        self.tried: list[dict] = []
+
+    def run(self, methods: list[str], out: Path, *, pick_best: bool):
+        """Build ``methods`` in order; the first to pass (``pick_best``: the best) lands at ``out``."""
+        from edgekit.errors import BuildError
+
+        built: list[tuple[dict, Path]] = []
+        for method in methods:
+            folder = self.tmp / f"candidate-{method}"
+            try:
+                artifact = self._build(method, folder)
+            except BuildError as exc:
+                self.tried.append({"method": method, "error": exc.message})
+                if len(methods) == 1:
+                    raise
+                continue
+            figures = artifact.meta["parity"].get("detections") or {}
+            self.tried.append({"method": method, **{k: figures.get(k) for k in ("kept", "score_error")}})
+            built.append((self.tried[-1], folder))
+            if not pick_best:
+                break
+        if not built and self.be.int8_source == "qdq":
+            built = self._float_fallback(methods[0])
+        elif not built:
+            built = self._option_fallback(methods)
+        if not built:
+            raise BuildError(
+                f"no calibration method of {self.be.name} keeps FP32's detections: "
+                + "; ".join(f"{t['method']}: {t['error']}" for t in self.tried),
+                "calibrate on more (and more varied) images with --calib, or build fp16/fp32 (--precision)",
+            )
+        chosen, folder = max(
+            built, key=lambda b: (b[0].get("kept") or 0.0, -(b[0].get("score_error") or 0.0))
+        )
+        kept = chosen.get("kept")
+        if pick_best and kept is not None and (1.0 - kept) * 100.0 > self.max_drop:
+            raise BuildError(
+                f"the best calibration method of {self.be.name} ({chosen['method']}) keeps {kept:.1%} of "
+                f"FP32's detections, more than --max-drop {self.max_drop:g} points lost",
+                "raise --max-drop, calibrate on more images (--calib), or build fp16/fp32 (--precision)",
+            )
+        return self._land(folder, out)
+
+    def _float_fallback(self, method: str) -> list[tuple[dict, Path]]:
+        """Keep the layers that move the detections most in float, 1, 2, 4 then 8 of them, until one passes.
+
+        Layers are ranked by :func:`edgekit.quantize.sensitivity.layer_sensitivity` with the detection
+        metric (each layer alone in INT8, its effect on the active anchors' scores).
+        """
+        from edgekit.errors import BuildError
+        from edgekit.quantize.sensitivity import detection_metric, layer_sensitivity
+
+        ranking = self._ranking(method, layer_sensitivity, detection_metric)
+        for count in FLOAT_FALLBACK:
+            extra = [name for name, _ in ranking[:count]]
+            if len(extra) < count and count > 1:
+                break
+            folder = self.tmp / f"candidate-{method}-float{count}"
+            try:
+                artifact = self._build(method, folder, extra)
+            except BuildError as exc:
+                self.tried.append({"method": method, "float_layers": extra, "error": exc.message})
+                continue
+            figures = artifact.meta["parity"].get("detections") or {}
+            entry = {
+                "method": method,
+                "float_layers": extra,
+                **{k: figures.get(k) for k in ("kept", "score_error")},
+            }
+            entry["why"] = "most sensitive layers by their effect on the detections' scores"
+            self.tried.append(entry)
+            return [(entry, folder)]
+        return []
+
+    def _option_fallback(self, methods: list[str]) -> list[tuple[dict, Path]]:
+        """The backend's declared :attr:`~edgekit.backends.base.Backend.fallback` settings, in turn."""
+        from edgekit.errors import BuildError
+
+        for index, update in enumerate(self.be.fallback):
+            for method in methods:
+                folder = self.tmp / f"candidate-{method}-fallback{index}"
+                try:
+                    artifact = self._build(method, folder, options=update)
+                except BuildError as exc:
+                    self.tried.append({"method": method, **update, "error": exc.message})
+                    continue
+                figures = artifact.meta["parity"].get("detections") or {}
+                entry = {"method": method, **update, **{k: figures.get(k) for k in ("kept", "score_error")}}
+                self.tried.append(entry)
+                return [(entry, folder)]
+        return []
+
+    def _ranking(self, method, layer_sensitivity, detection_metric) -> list[tuple[str, float]]:
+        from edgekit.backends.onnx_io import load_onnx
+        from edgekit.quantize import graph as qgraph
+        from edgekit.runners.runcore import cpu_features
+
+        model = qgraph.ensure_node_names(load_onnx(self.source))
+        head = set(qgraph.keep_float_auto(model))
+        candidates = [n for n in qgraph.quantizable_nodes(model, ("Conv",)) if n not in head]
+        form = self.be.qdq_form(cpu_features(), "this host (edgekit build)")
+        return layer_sensitivity(
+            self.source, lambda: self.cs.arrays(spec=self.det.preprocess), method,
+            metric=detection_metric(self.det.head), candidates=candidates, num_images=8,
+            reduce_range=form.reduce_range,
+        )  # fmt: skip
+
+    def _build(self, method: str, folder: Path, extra_float: list[str] | None = None, options=None):
+        be, det = self.be, self.det
+        source, quantizer = self.source, None
+        if be.int8_source == "qdq":
+            dst = self.tmp / f"int8-{method}-{len(extra_float or [])}.onnx"
+            source, quantizer = _quantize(be, self.source, dst, self.cs, method, det, extra_float)
+        else:
+            quantizer = be.quantizer_options(method=method, **(options or {}))
+        build_options = det.build_options(precision="int8", threads=self.threads, quantizer=quantizer)
+        return be.build(source, build_options, folder, calib=self.cs, reference=self.source)
+
+    def _land(self, folder: Path, out: Path):
+        """Record what was tried in the chosen artifact's sidecar and move it to ``out``."""
+        import json
+        import os
+
+        from edgekit.backends.base import ARTIFACT_JSON, Artifact
+        from edgekit.fsutil import atomic_write_json
+
+        meta = json.loads((folder / ARTIFACT_JSON).read_text())
+        meta["calibration_search"] = self.tried
+        atomic_write_json(folder / ARTIFACT_JSON, meta)
+        if out.exists():
+            from edgekit.errors import ConfigError
+
+            raise ConfigError(f"{out} already exists", "give a new --out folder, or remove it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder, out) if _same_fs(folder, out.parent) else _copy_tree(folder, out)
+        return Artifact.load(out)
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy to a temp sibling of ``dst``, then rename (no half-written artifact at ``dst``)."""
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    tmp.replace(dst)
+
+
+def _methods(be, method: str, cs, onnx_path: Path) -> list[str]:
+    """The calibration methods to try: the backend's own, in order, for ``default`` and ``auto``."""
+    if cs is None:
+        raise ConfigError(
+            f"{onnx_path} is an FP32 model and int8 was asked without a calibration set",
+            "give --calib NAME (see `edgekit calib list`)"
+            + (" or a QDQ ONNX" if be.int8_source == "qdq" else ""),
+        )
+    if method in ("default", "auto"):
+        return list(be.methods)
+    if method not in be.methods:
+        raise ConfigError(
+            f"calibrator '{method}' is not a method of backend {be.name}",
+            f"use one of: default, auto, {', '.join(be.methods)} (--calibrator)",
+        )
+    return [method]
 
 
 def _check_prequantized(be, onnx_path: Path) -> None:
@@ -67,33 +254,22 @@ def _check_prequantized(be, onnx_path: Path) -> None:
         )
 
 
-def _method(be, method: str, cs, onnx_path: Path) -> str:
-    if cs is None:
-        raise ConfigError(
-            f"{onnx_path} is an FP32 model and int8 was asked without a calibration set",
-            "give --calib NAME (see `edgekit calib list`)"
-            + (" or a QDQ ONNX" if be.int8_source == "qdq" else ""),
-        )
-    method = be.methods[0] if method == "default" else method
-    if method not in be.methods:
-        raise ConfigError(
-            f"calibrator '{method}' is not a method of backend {be.name}",
-            f"use one of: {', '.join(be.methods)}",
-        )
-    return method
-
-
-def _quantize(be, src: Path, dst: Path, cs, method: str, det):
+def _quantize(be, src: Path, dst: Path, cs, method: str, det, extra_float: list[str] | None = None):
+    from edgekit.backends.onnx_io import load_onnx
+    from edgekit.quantize import graph as qgraph
     from edgekit.runners.runcore import cpu_features
 
     form = be.qdq_form(cpu_features(), "this host (edgekit build)")
+    keep: str | list[str] = "auto"
+    if extra_float:
+        keep = qgraph.keep_float_auto(qgraph.ensure_node_names(load_onnx(src))) + list(extra_float)
     result = form.quantizer(
         src,
         dst,
         lambda: cs.arrays(spec=det.preprocess),
         method=method,
         reduce_range=form.reduce_range,
-        keep_float="auto",
+        keep_float=keep,
     )
     quantizer = be.quantizer_options(
         method=method,

@@ -48,7 +48,9 @@ def _add_deploy(sub) -> None:
     )
     p.add_argument("--weights", help="state dict for a module:factory model")
     p.add_argument(
-        "--head", choices=["yolov5", "yolov8"], help="output layout of an ONNX model (default: detect)"
+        "--head",
+        choices=["yolov5", "yolov8", "yolox"],
+        help="output layout of an ONNX model (default: detect)",
     )
     p.add_argument("--recipe", "-r", default="default", help="compression recipe name or YAML (recipes/)")
     p.add_argument(
@@ -219,15 +221,52 @@ def _add_build(sub) -> None:
     p.add_argument("--calib", help="calibration set to quantize an FP32 ONNX for int8")
     p.add_argument("--calib-root", default="calibration", type=Path)
     p.add_argument(
+        "--calibrator",
         "--method",
+        dest="method",
         default="default",
-        choices=[c for c in CALIBRATORS if c != "auto"],
-        help="int8 calibrator of the backend (default: its first; see `edgekit deploy --help`)",
+        choices=CALIBRATORS,
+        help="int8 calibration method of the backend. default: its methods in order, the first whose "
+        "detections match FP32's on the check images; auto: every method, the one keeping the most "
+        "detections (refused past --max-drop); or one method by name",
     )
-    p.add_argument("--head", choices=["yolov5", "yolov8"], help="output layout (default: detect from shape)")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=5.0,
+        metavar="PT",
+        help="for --calibrator auto: percentage points of FP32's detections the INT8 model may lose "
+        "on the check images (default: 5)",
+    )
+    p.add_argument(
+        "--head", choices=["yolov5", "yolov8", "yolox"], help="output layout (default: read from the model)"
+    )
+    p.add_argument(
+        "--mean",
+        type=_triple,
+        help="per-channel mean on 0..1 (default 0,0,0: Ultralytics' pixels / 255)",
+    )
+    p.add_argument(
+        "--std",
+        type=_triple,
+        help="per-channel std on 0..1; 0.00392157 feeds 0..255 pixels (YOLOX's own exports)",
+    )
+    p.add_argument(
+        "--channel-order", choices=["RGB", "BGR"], help="channel order the model takes (default RGB)"
+    )
     p.add_argument("--threads", type=positive_int)
     p.add_argument("--out", required=True, type=Path, help="artifact folder to create")
     p.set_defaults(func=cmd_build)
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    """``"0.5"`` or ``"0.485,0.456,0.406"`` -> three floats (argparse type)."""
+    parts = [float(v) for v in text.split(",")]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one value or three, comma-separated")
+    return (parts[0], parts[1], parts[2])
 
 
 def cmd_build(args) -> int:
@@ -244,9 +283,31 @@ def cmd_build(args) -> int:
         method=args.method,
         head=args.head,
         threads=args.threads,
+        max_drop=args.max_drop,
+        preprocess={
+            k: v
+            for k, v in (("mean", args.mean), ("std", args.std), ("channel_order", args.channel_order))
+            if v is not None
+        },
     )
+    _print_agreement(artifact)
     print(f"built {artifact.dir} ({', '.join(sorted(artifact.meta.get('sha256', {})))})")
     return 0
+
+
+def _print_agreement(artifact) -> None:
+    """One line on how the artifact's detections compare with FP32's (the build's check)."""
+    figures = (artifact.meta.get("parity") or {}).get("detections")
+    search = artifact.meta.get("calibration_search") or []
+    for tried in search[:-1] if len(search) > 1 else []:
+        if "error" in tried:
+            print(f"calibrator {tried['method']}: refused ({tried['error']})")
+    if figures and figures.get("kept") is not None:
+        print(
+            f"agreement with FP32 on {figures['images']} check images: {figures['kept']:.1%} of "
+            f"{figures['detections']} detections kept, mean score error {figures['score_error']}, "
+            f"box IoU {figures['box_iou']}"
+        )
 
 
 def _add_bench(sub) -> None:

@@ -7,6 +7,7 @@ it stopped.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 from edgekit.config import Target, load_target
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import ConfigError, GateError
+from edgekit.errors import ConfigError, EdgekitError, GateError
 from edgekit.fsutil import atomic_write_json, make_run_dir
 from edgekit.report.record import RunRecord
 from edgekit.stages import RunContext, add_node, model_stats, stage
@@ -137,6 +138,10 @@ def make_plan(request: DeployRequest) -> Plan:
             f"'{request.model}', recipe '{recipe.name}')",
             "drop --control, or use MODEL=builtin with a compressing recipe",
         )
+    if request.calib:  # a set that does not exist or does not verify stops the plan, --dry-run included
+        from edgekit.calib import CalibrationSet
+
+        CalibrationSet.load(request.calib, root=Path(request.calib_root))
     backend_cls, transport_factory = check_target_ready(target, request.device)
     if target.precision == "int8":
         _check_int8_plan(request, recipe, target, backend_cls)
@@ -207,7 +212,12 @@ def run_plan(plan: Plan) -> Path:
     )
     try:
         _run_stages(ctx, plan)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, EdgekitError) and not record.nodes:
+            shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything finished: no empty folder
+            raise
+        if record.status == "running":  # stopped outside a stage's bookkeeping
+            record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         _write_outputs(ctx)  # the folder keeps what finished, and the record says where it stopped
         raise
     _apply_gates(ctx, req)

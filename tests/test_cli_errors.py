@@ -191,3 +191,34 @@ def test_numeric_options_refuse_nan_and_out_of_range(capsys, flag, value, words)
 def test_doctor_names_the_extra_to_install(capsys):
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 0 and "pip install 'edgekit[mnn]'" in out and "pip install 'edgekit[tflite]'" in out
+
+
+def test_dry_run_resolves_the_calibration_set(tmp_path, capsys, shapes_root):
+    code, out, err = run_cli(
+        capsys, *deploy_args(tmp_path, shapes_root, "--calib", "no-such-set", "--dry-run")
+    )
+    assert code == 1 and "no-such-set" in err and "hint:" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_yaml_leaves_no_run_folder(tmp_path, capsys):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    code, _, err = run_cli(
+        capsys, "deploy", "--quiet", "--data", str(empty), "--out", str(tmp_path / "runs"), "--recipe", "none"
+    )
+    assert code == 1 and "data.yaml" in err
+    assert not any((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else True
+
+
+def test_an_interrupted_stage_is_recorded_as_interrupted(tmp_path):
+    from edgekit.report.record import RunRecord
+    from edgekit.stages.context import RunContext, stage
+
+    record = RunRecord.new("r", [], {"name": "local"}, {})
+    ctx = RunContext.__new__(RunContext)
+    ctx.record, ctx.run_dir = record, tmp_path
+    with pytest.raises(KeyboardInterrupt), stage(ctx, "build"):
+        raise KeyboardInterrupt
+    saved = json.loads((tmp_path / "record.json").read_text())
+    assert saved["status"] == "interrupted" and saved["failed_stage"] == "build"

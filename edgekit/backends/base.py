@@ -114,23 +114,40 @@ class Parity:
         min_cosine: Lowest cosine similarity per output (flattened).
         max_rel_error: Highest ``max |got - ref| / max |ref|`` per output.
         min_part_cosine: Lowest cosine of a detector output's box columns and of its score columns,
-            each on its own (box pixels dominate the whole-output cosine: zeroed scores still read ~0.97).
+            each on its own (box pixels dominate the whole-output cosine: zeroed scores still read ~0.97);
+            with no detection on the check images, the lowest cosine of the active anchors' scores.
+        min_kept: Lowest share of FP32's detections (score >= 0.25) the artifact must keep (same
+            class, IoU >= 0.5; see :mod:`edgekit.backends.agreement`).
+        max_score_error: Highest mean ``|score - score_fp32|`` over the kept detections.
+        raw_checked: Whether a detector's raw-output figures (cosine, maximum error, box and score
+            cosines) can reject the build, or are only recorded (INT8: errors in background anchors no
+            detection uses say nothing about the detections).
     """
 
     min_cosine: float
     max_rel_error: float
     min_part_cosine: float
+    min_kept: float = 0.95
+    max_score_error: float = 0.05
+    raw_checked: bool = True
+
+    def as_dict(self) -> dict[str, float | bool]:
+        """The tolerance as recorded in ``artifact.json``."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-#: Default tolerances per precision. INT8 detectors keep cosine > 0.99 on their decoded outputs and
-#: on their scores alone; 0.98 / 0.95 leave room for a small model's rounding, and the eval's mAP is
-#: the real accuracy check. FP16 weights round to 11 significant bits.
+#: Default tolerances per precision, the same on every backend. A detector is judged by its detections
+#: at every precision (INT8: >= 95 % of FP32's kept, mean score error <= 0.05); at fp32 and fp16 the raw
+#: outputs must also match (a converter computes the same thing or is wrong). FP16 weights round to 11
+#: significant bits.
 PARITY = {
-    "fp32": Parity(0.99999, 1e-3, 0.9999),
-    "fp16": Parity(0.9999, 1e-2, 0.999),
-    "int8": Parity(0.98, 0.25, 0.95),
+    "fp32": Parity(0.99999, 1e-3, 0.9999, min_kept=0.99, max_score_error=0.005),
+    "fp16": Parity(0.9999, 1e-2, 0.999, min_kept=0.98, max_score_error=0.01),
+    "int8": Parity(0.98, 0.25, 0.95, min_kept=0.95, max_score_error=0.05, raw_checked=False),
 }
-PARITY_INPUTS = 4
+#: Check images (calibration images when a set is given): enough detections for a kept share to mean
+#: something on real photographs, few enough for a fast build.
+PARITY_INPUTS = 16
 
 
 class Backend:
@@ -151,6 +168,9 @@ class Backend:
             the raw prediction maps, decoded by the runner), or ``None`` (the ONNX only).
         methods: Calibration methods ``--calibrator auto`` tries, best guess first.
         min_calibration_images: Fewest images the backend's quantizer accepts.
+        fallback: Quantizer option updates ``edgekit build`` tries in turn (with each method) when no
+            calibration method keeps FP32's detections, e.g. more of the head in float; QDQ backends
+            instead keep their most sensitive layers in float.
         parity: Tolerance per precision of the post-build check against FP32.
         extra: Pip extra that installs the runtime (``None`` = ships with edgekit).
         runner: File name of the device-side runner in ``edgekit/runners/``.
@@ -182,6 +202,7 @@ class Backend:
     torch_program: ClassVar[str | None] = None
     methods: ClassVar[tuple[str, ...]] = ()
     min_calibration_images: ClassVar[int] = 1
+    fallback: ClassVar[tuple[dict[str, Any], ...]] = ()
     parity: ClassVar[dict[str, Parity]] = PARITY
     extra: ClassVar[str | None] = None
     runner: ClassVar[str] = ""

@@ -75,6 +75,10 @@ class NcnnQuantizer(QuantizerOptions):
             other conv, see :func:`head_layers`) in float. Measured on the reference detector: KL
             drop 0.91 -> 0.00 mAP@0.5:0.95 points with 64 calibration images, -0.04 -> -0.35 with 256;
             its two 1x1 head convs cost +0.4 % size and about +5 % latency (x86, 1 thread).
+        float_head_depth: With ``float_head``, also keep in float the convs that reach a prediction conv
+            through at most this many other convs (0 = the prediction convs alone). ``edgekit build``
+            raises it when no calibration method keeps the detections (a real YOLOv8n's classifier
+            branch: see :attr:`NcnnBackend.fallback`).
         quantized_layers: Layers that run in INT8 (written by the build).
         scales_sha256: sha256 of the calibration table (written by the build; differs when the
             methods really differ).
@@ -84,6 +88,7 @@ class NcnnQuantizer(QuantizerOptions):
     images: int | None = Field(None, ge=1)
     keep_float: list[str] = []
     float_head: bool = True
+    float_head_depth: int = Field(0, ge=0, le=8)
     quantized_layers: int | None = None
     scales_sha256: str | None = None
 
@@ -105,6 +110,8 @@ class NcnnBackend(Backend):
     int8_source = "calibration"
     quantizer_options = NcnnQuantizer
     torch_program = "torchscript"
+    #: Quantizer settings ``edgekit build`` tries in turn when no calibration method keeps the detections.
+    fallback = ({"float_head_depth": 1}, {"float_head_depth": 2})
     methods = (DEFAULT_METHOD, *(m for m in ("kl", "aciq") if m != DEFAULT_METHOD))
     min_calibration_images = min(MIN_IMAGES.values())
     extra = "ncnn"
@@ -232,7 +239,8 @@ def float_layers(quantizer: NcnnQuantizer, layers: list[NcnnLayer]) -> list[str]
             f"quantizer keep_float names no quantizable layer of the model: {', '.join(unknown)}",
             f"use ncnn layer names from the .param: {', '.join(quantizable[:12])}",
         )
-    keep = set(quantizer.keep_float) | set(head_layers(layers) if quantizer.float_head else ())
+    head = head_layers(layers, quantizer.float_head_depth) if quantizer.float_head else ()
+    keep = set(quantizer.keep_float) | set(head)
     if not set(quantizable) - keep:
         raise BuildError(
             f"every quantizable layer is kept in float ({', '.join(sorted(keep))})",
@@ -268,23 +276,29 @@ def _kept_float(layer: NcnnLayer) -> bool:
     return layer.type in QUANTIZABLE and not layer.get_int(8)
 
 
-def head_layers(layers: list[NcnnLayer]) -> list[str]:
-    """Quantizable layers whose output reaches a model output through no other quantizable layer.
+def head_layers(layers: list[NcnnLayer], depth: int = 0) -> list[str]:
+    """Quantizable layers whose output reaches a model output through at most ``depth`` other ones.
 
-    These are a detector's prediction convs: their outputs go through sigmoid and the box decode
-    (``(2 s)^2 * anchor`` amplifies an error in ``s``), so they are the layers INT8 hurts most.
+    At ``depth`` 0 these are a detector's prediction convs: their outputs go through sigmoid and the box
+    decode (``(2 s)^2 * anchor`` amplifies an error in ``s``), so they are the layers INT8 hurts most;
+    each step of ``depth`` adds the convs feeding those (a YOLOv8 head's branch convs).
     """
     producers = {top: layer for layer in layers for top in layer.tops}
-    found, seen, stack = set(), set(), list(graph_io(layers)[1])
-    while stack:
-        layer = producers.get(stack.pop())
-        if layer is None or layer.name in seen:
-            continue
-        seen.add(layer.name)
-        if layer.type in QUANTIZABLE:
-            found.add(layer.name)
-        else:
-            stack.extend(layer.bottoms)
+    found: set[str] = set()
+    frontier = list(graph_io(layers)[1])
+    for _ in range(depth + 1):
+        level, seen, stack = set(), set(), frontier
+        while stack:
+            layer = producers.get(stack.pop())
+            if layer is None or layer.name in seen:
+                continue
+            seen.add(layer.name)
+            if layer.type in QUANTIZABLE and layer.name not in found:
+                level.add(layer.name)
+            else:
+                stack.extend(layer.bottoms)
+        found |= level
+        frontier = [b for layer in layers if layer.name in level for b in layer.bottoms]
     return [layer.name for layer in layers if layer.name in found]
 
 

@@ -173,7 +173,7 @@ def convert_with_pnnx(
         (['in0'], ['out0'])
     """
     source = _check_source(Path(source))
-    work = Path(work)
+    work = Path(work).resolve()  # pnnx runs in another folder: every path it is given must be absolute
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pnnx.", dir=work) as tmp:
         param, bin_, log = _run_pnnx(source, input_shape, Path(tmp), fp16, timeout_s)
@@ -200,6 +200,7 @@ def _run_pnnx(
     source: Path, input_shape: list[int], tmp: Path, fp16: bool, timeout_s: float
 ) -> tuple[Path, Path, str]:
     """Run pnnx with every output inside ``tmp``; return (param, bin, log)."""
+    tmp = tmp.resolve()
     model = tmp / f"model{source.suffix.lower()}"
     model.symlink_to(source)
     outputs = {

@@ -79,9 +79,9 @@ def derive_preprocess(input_dims: list[int | str]) -> PreprocessSpec:
 
 
 def infer_num_classes(out_dims: list[int | str], head: str) -> int:
-    """Read the class count from a static ``yolov5`` / ``yolov8`` output shape."""
-    channel = None if len(out_dims) != 3 else out_dims[2] if head == "yolov5" else out_dims[1]
-    offset = 5 if head == "yolov5" else 4
+    """Read the class count from a static ``yolov5`` / ``yolox`` / ``yolov8`` output shape."""
+    channel = None if len(out_dims) != 3 else out_dims[1] if head == "yolov8" else out_dims[2]
+    offset = 4 if head == "yolov8" else 5
     if not isinstance(channel, int) or channel <= offset:
         raise ConfigError(
             f"cannot read num_classes from the {head} output shape {out_dims}",

@@ -86,7 +86,7 @@ class BuildOptions(BaseModel):
 
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     threads: int | None = Field(None, ge=1, le=256)
-    head: Literal["yolov5", "yolov8"] | None = None
+    head: Literal["yolov5", "yolov8", "yolox"] | None = None
     num_classes: int | None = Field(None, ge=1)
     class_names: list[str] = Field(default_factory=list)
     preprocess: PreprocessSpec | None = None

@@ -3,10 +3,15 @@
 Converters exit 0 on models that compute the wrong thing (research: pnnx lost a DFL head's axes,
 MNN's ADMM wrote zeros), so no figure is reported for an artifact before this check: the same fixed
 inputs (calibration images when a set is at hand, else seeded noise) go through ONNX Runtime on the
-FP32 ONNX and through the backend's own runtime on this host; every output must keep its shape, a
-cosine similarity and a relative maximum error within the precision's tolerance, and a detector
-output's box columns and score columns must each keep their own cosine (MNN 3.6.1's KL zeroed every
-score of the reference detector while the whole output still read 0.97).
+FP32 ONNX and through the backend's own runtime on this host.
+
+A detector is judged by its detections (:mod:`edgekit.backends.agreement`): both outputs are decoded
+and NMS'd, and the artifact must keep FP32's detections with close scores, within the precision's
+tolerance. Raw-tensor figures (cosine, maximum error, the box and score columns' own cosines) are
+recorded for diagnosis; at fp32 and fp16 they are checked too (a converter must compute the same
+thing everywhere), but an INT8 model is never rejected for errors in anchors no detection uses.
+Where FP32 makes no detection on the check images, the INT8 check falls back to the scores of the
+anchors FP32 scores at all (MNN 3.6.1's KL zeroed every score while the whole output read 0.97).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import numpy as np
 from edgekit.errors import BuildError
 
 _HINTS = {
-    "int8": "try another calibration method (--calibrator auto), keep the most sensitive layers in float, "
-    "or calibrate on more images",
+    "int8": "try --calibrator auto (every calibration method, then the most sensitive layers kept in float), "
+    "or calibrate on more images (--calib)",
     "fp16": "build fp32: a layer of this model overflows or loses too much in fp16",
     "fp32": "the converter changed what the model computes; try the other input path (torch vs ONNX) "
     "or report the op",
@@ -34,10 +39,9 @@ def is_qdq(model: Any) -> bool:
 
 def detect_output_head(model: Any) -> str:
     """The head layout read from the first output's shape (an ambiguous shape is a ModelError)."""
-    from edgekit.backends.onnx_io import dims
-    from edgekit.models.user import detect_head
+    from edgekit.models.user import detect_graph_head
 
-    return detect_head(dims(model.graph.output[0]))
+    return detect_graph_head(model)
 
 
 def fixed_inputs(artifact: Any, calib: Any, count: int) -> tuple[list[np.ndarray], str]:
@@ -64,9 +68,9 @@ def detector_parts(output: np.ndarray, head: str | None) -> dict[str, np.ndarray
     Box pixels dominate a whole-output cosine: a quantizer that zeroes every score still scores
     ~0.97 on it, so boxes and scores are compared on their own.
     """
-    if head not in ("yolov5", "yolov8") or output.ndim != 3:
+    if head not in ("yolov5", "yolov8", "yolox") or output.ndim != 3:
         return {}
-    rows = output[0] if head == "yolov5" else output[0].T
+    rows = output[0].T if head == "yolov8" else output[0]
     if rows.shape[-1] < 5:
         return {}
     return {"boxes": rows[:, :4], "scores": rows[:, 4:]}
@@ -128,16 +132,56 @@ def check_parity(backend: Any, artifact: Any, reference: Path | None, calib: Any
         row = {"name": name, "shape": list(pairs[0][0].shape)}
         row.update(_checked(backend, artifact, name, pairs, tol))
         outputs.append(row)
-    return {
+    record: dict[str, Any] = {
         "checked": True,
         "inputs": f"{len(inputs)} ({source})",
-        "tolerance": {
-            "min_cosine": tol.min_cosine,
-            "min_part_cosine": tol.min_part_cosine,
-            "max_rel_error": tol.max_rel_error,
-        },
+        "tolerance": tol.as_dict(),
         "outputs": outputs,
     }
+    head = artifact.meta["output"].get("head")
+    if head in DECODABLE_HEADS and refs[0][0].ndim == 3:
+        record["detections"] = _check_detections(backend, artifact, refs, gots, head, tol)
+    return record
+
+
+#: Heads whose outputs edgekit decodes into detections (the check then judges by detections).
+DECODABLE_HEADS = ("yolov5", "yolov8", "yolox")
+
+
+def _check_detections(backend: Any, artifact: Any, refs: list, gots: list, head: str, tol: Any) -> dict:
+    """Judge the main output by its detections; raise BuildError when FP32's are not kept."""
+    from edgekit.backends.agreement import agreement
+
+    figures = agreement([r[0] for r in refs], [np.asarray(g[0]) for g in gots], head)
+    where = f"{backend.name} {artifact.precision} output '{artifact.meta['output']['name']}'"
+    hint = _HINTS.get(artifact.precision, "")
+    kept, error = figures["kept"], figures["score_error"]
+    if figures["detections"]:
+        if kept < tol.min_kept:
+            raise BuildError(
+                f"{where} diverges from FP32 in its detections: {kept:.1%} of FP32's "
+                f"{figures['detections']} detections kept "
+                f"(limit {tol.min_kept:.0%}; same class, IoU >= 0.5)",
+                hint,
+            )
+        if error is not None and error > tol.max_score_error:
+            raise BuildError(
+                f"{where} diverges from FP32 in its detections: mean score error {error:.3f} over "
+                f"{figures['detections']} detections (limit {tol.max_score_error})",
+                hint,
+            )
+        return figures
+    figures["note"] = (
+        "FP32 makes no detection on the check images; judged by the scores of its active anchors"
+    )
+    cosine = figures["active_scores_cosine"]
+    if cosine is not None and (not np.isfinite(cosine) or cosine < tol.min_part_cosine):
+        raise BuildError(
+            f"{where} diverges from FP32: scores cosine {cosine:.5f} < {tol.min_part_cosine} over the "
+            f"{figures['active_anchors']} anchors FP32 scores >= 0.05 (no detection on the check images)",
+            hint,
+        )
+    return figures
 
 
 def _output_names(artifact: Any, count: int) -> list[str]:
@@ -154,6 +198,8 @@ def _checked(backend: Any, artifact: Any, name: str, pairs: list, tol: Any) -> d
             raise BuildError(f"{where} has shape {shape}, the FP32 model gives {list(ref.shape)}", hint)
     head = artifact.meta["output"].get("head") if name == artifact.meta["output"]["name"] else None
     worst = _worst([compare(ref, np.asarray(got), head) for ref, got in pairs])
+    if not tol.raw_checked and head in DECODABLE_HEADS and np.ndim(pairs[0][0]) == 3:
+        return {k: round(v, 6) for k, v in worst.items()}  # recorded; the detections are judged
     limits = {
         "cosine": tol.min_cosine,
         "boxes_cosine": tol.min_part_cosine,

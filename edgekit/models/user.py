@@ -20,9 +20,12 @@ from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, ModelError
 from edgekit.export.onnx import load_checked
 
-HEAD_OFFSETS = {"yolov5": 5, "yolov8": 4}
-LAYOUTS = "yolov5 [1, N, 5 + nc] (cx, cy, w, h, objectness, classes) or yolov8 [1, 4 + nc, N] (no objectness)"
-HEAD_HINT = "pass --head yolov5 or --head yolov8 (and --num-classes if you know it)"
+HEAD_OFFSETS = {"yolov5": 5, "yolov8": 4, "yolox": 5}
+LAYOUTS = (
+    "yolov5 [1, N, 5 + nc] (cx, cy, w, h, objectness, classes), yolov8 [1, 4 + nc, N] (no objectness) "
+    "or yolox [1, N, 5 + nc] (raw: grid offsets, log sizes, objectness, classes)"
+)
+HEAD_HINT = "pass --head yolov5, --head yolov8 or --head yolox"
 #: The box axis must be at least this many times longer than the channel axis to be told apart by size.
 MIN_AXIS_RATIO = 2
 _MAX_METADATA_CHARS = 1_000_000
@@ -68,6 +71,35 @@ def detect_head(output_shape: list[int | str] | tuple, num_classes: int | None =
                 "check --num-classes, or pass --head",
             )
     return _head_by_size(shape, readings)
+
+
+def detect_graph_head(model: Any, num_classes: int | None = None) -> str:
+    """The head layout of an ONNX detector: its first output's shape, then its graph for YOLOX.
+
+    A ``[1, N, 5 + nc]`` output is YOLOv5's decoded rows, or YOLOX's raw ones when ``N`` is one anchor
+    per cell of strides 8, 16 and 32 and nothing after the prediction convs exponentiates the sizes
+    (YOLOX decodes ``w = e^t * stride`` outside the graph; YOLOv5 has three anchors per cell).
+
+    Raises:
+        ModelError: As :func:`detect_head`.
+    """
+    shape = dims(model.graph.output[0])
+    head = detect_head(shape, num_classes)
+    if head == "yolov5" and isinstance(shape[1], int) and _raw_yolox(model, shape[1]):
+        return "yolox"
+    return head
+
+
+def _raw_yolox(model: Any, count: int) -> bool:
+    from edgekit.quantize.graph import decode_tail_nodes, ensure_node_names
+    from edgekit.runners.detcore import yolox_grid
+
+    try:
+        yolox_grid(count)
+    except ValueError:
+        return False
+    tail = set(decode_tail_nodes(ensure_node_names(model)))
+    return not any(node.op_type == "Exp" for node in model.graph.node if node.name in tail)
 
 
 def _readings(a: int | str, b: int | str) -> dict[str, int | None]:
@@ -191,7 +223,7 @@ def inspect_onnx(
     if not static:
         notes.append(f"{path.name}: dynamic input {dims(inputs[0])} resolved to {input_shape}")
     out_shape = dims(outputs[0])
-    head = _check_head(head) or detect_head(out_shape)
+    head = _check_head(head) or detect_graph_head(proto)
     num_classes = _num_classes(out_shape, head)
     names = _class_names(path, num_classes, class_names, meta, notes)
     for note in notes:
@@ -213,7 +245,7 @@ def inspect_onnx(
 
 def _check_head(head: str | None) -> str | None:
     if head is not None and head not in HEAD_OFFSETS:
-        raise ConfigError(f"unknown head '{head}'", "use --head yolov5 or --head yolov8")
+        raise ConfigError(f"unknown head '{head}'", "use --head yolov5, yolov8 or yolox")
     return head
 
 
@@ -279,7 +311,7 @@ def _metadata_imgsz(meta: dict[str, str]) -> int | None:
 
 
 def _num_classes(out_shape: list[int | str], head: str) -> int:
-    channels = out_shape[2] if head == "yolov5" else out_shape[1]
+    channels = out_shape[1] if head == "yolov8" else out_shape[2]
     if not isinstance(channels, int) or channels <= HEAD_OFFSETS[head]:
         raise ModelError(f"output shape {out_shape} is not a {head} output; expected {LAYOUTS}", HEAD_HINT)
     return channels - HEAD_OFFSETS[head]
@@ -301,7 +333,7 @@ def _class_names(
     if names is not None and len(names) != num_classes:
         raise ModelError(
             f"{path} names {len(names)} classes in its metadata but its output holds {num_classes}",
-            "the head layout is probably wrong: pass --head yolov5|yolov8",
+            "the head layout is probably wrong: pass --head yolov5|yolov8|yolox",
         )
     return names or [f"class{i}" for i in range(num_classes)]
 

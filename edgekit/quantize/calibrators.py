@@ -246,20 +246,49 @@ def _bounds(range_value: tuple[Any, Any]) -> tuple[float, float]:
     return low, high
 
 
+#: Per-channel ``DequantizeLinear`` (its ``axis``) needs opset 13.
+MIN_QDQ_OPSET = 13
+
+
+def raise_opset(model: Any, opset: int) -> Any:
+    """Return ``model`` at ``opset`` at least (``onnx.version_converter``), unchanged when it already is.
+
+    Raises:
+        ModelError: The converter cannot take the model to ``opset`` (names the op it stopped at).
+    """
+    from onnx import version_converter
+
+    from edgekit.errors import ModelError
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return model
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as exc:  # the converter raises RuntimeError / ValidationError per adapter
+        raise ModelError(
+            f"the model is opset {current}; INT8 with per-channel weights needs opset {opset}, and "
+            f"onnx's converter could not raise it: {str(exc).strip().splitlines()[0][:300]}",
+            f"re-export the model at opset {opset} or later (e.g. torch.onnx.export(..., opset_version=17))",
+        ) from exc
+
+
 def prepare_model(fp32_onnx: Path, workdir: Path) -> Path:
     """Name every node, then run ORT's ``quant_pre_process`` (shape inference only) into ``workdir``.
 
     Shape inference gives the quantizer every tensor's type and shape (symbolic inference copes with
     the dynamic batch of Ultralytics exports); graph optimisation is skipped because it renames fused
     nodes, which would break user-given ``keep_float`` names. It also marks the model pre-processed,
-    which silences ORT's warning.
+    which silences ORT's warning. A model below opset 13 is converted to 13 first: per-channel QDQ
+    writes ``DequantizeLinear(axis=...)``, which opset 13 introduced (Ultralytics exports at 12 for some
+    targets, YOLOX's at 11).
     """
     import onnx
     from onnxruntime.quantization import quant_pre_process
 
     from edgekit.export.onnx import load_checked
 
-    model = qgraph.ensure_node_names(load_checked(fp32_onnx))
+    model = qgraph.ensure_node_names(raise_opset(load_checked(fp32_onnx), MIN_QDQ_OPSET))
     named = workdir / "named.onnx"
     onnx.save(model, str(named))
     prepared = workdir / "prepared.onnx"

@@ -45,6 +45,30 @@ METRICS: dict[str, Callable[[list[np.ndarray], list[np.ndarray]], float]] = {
 }
 
 
+def detection_metric(head: str) -> Callable[[list[np.ndarray], list[np.ndarray]], float]:
+    """A sensitivity metric on what detections read: the mean ``|score error|`` of the active anchors.
+
+    The raw output's MSE is dominated by the box pixels of thousands of background anchors; a layer's
+    effect on the detections is its effect on the anchors FP32 scores at all (best class score >=
+    ``agreement.SCORE_FLOOR``), read through the head's decode (objectness folded in). Outputs that are
+    not the detector's 3-D output are ignored.
+    """
+    from edgekit.backends.agreement import SCORE_FLOOR, active_scores
+
+    def score(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+        errors = []
+        for r, g in zip(ref, got, strict=True):
+            if np.ndim(r) != 3:
+                continue
+            a, b = active_scores(r, head), active_scores(g, head)
+            rows = a.max(1) >= SCORE_FLOOR
+            if rows.any():
+                errors.append(float(np.mean(np.abs(a[rows].astype(np.float64) - b[rows]))))
+        return float(np.mean(errors)) if errors else 0.0
+
+    return score
+
+
 def model_outputs(onnx_path: Path, batches: list[np.ndarray], input_name: str) -> list[np.ndarray]:
     """Run a model on each batch and return every output of every run, flattened into one list."""
     from edgekit.export.onnx import ort_session
@@ -70,7 +94,7 @@ def layer_sensitivity(
     calibration: Calibration,
     method: str = "minmax",
     *,
-    metric: str = "output_mse",
+    metric: str | Callable[[list[np.ndarray], list[np.ndarray]], float] = "output_mse",
     candidates: list[str] | None = None,
     num_images: int = 8,
     percentile: float = 99.99,
@@ -86,7 +110,8 @@ def layer_sensitivity(
         calibration: Preprocessed arrays, or a callable returning a fresh iterable of them. All of them
             set the ranges; the first ``num_images`` are used to measure the error.
         method: Calibration method (minmax, entropy, percentile).
-        metric: ``output_mse`` (mean squared error over all outputs) or ``output_max_abs``.
+        metric: ``output_mse`` (mean squared error over all outputs), ``output_max_abs``, or a callable
+            ``(reference outputs, outputs) -> error`` such as :func:`detection_metric`.
         candidates: Node names to rank (default: every Conv/ConvTranspose/Gemm/MatMul).
         num_images: Images the error is measured on.
         percentile: For ``percentile``.
@@ -106,8 +131,9 @@ def layer_sensitivity(
     """
     import onnx
 
-    if metric not in METRICS:
+    if not callable(metric) and metric not in METRICS:
         raise ConfigError(f"unknown sensitivity metric {metric!r}", f"use one of {', '.join(METRICS)}")
+    measure = metric if callable(metric) else METRICS[metric]
     source = calibration_source(calibration)
     with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as tmp:
         workdir = Path(tmp)
@@ -123,7 +149,7 @@ def layer_sensitivity(
             for index, name in enumerate(names):
                 single = workdir / f"single-{index}.onnx"
                 run_quantize_static(prepared, single, cache, method, per_channel, [], [name], reduce_range)
-                scores.append((name, METRICS[metric](reference, model_outputs(single, batches, feed))))
+                scores.append((name, measure(reference, model_outputs(single, batches, feed))))
                 single.unlink()
                 advance()
     return sorted(scores, key=lambda item: item[1], reverse=True)

@@ -245,7 +245,7 @@ class RunRecord(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     host: dict[str, Any] = Field(default_factory=dict)
-    status: Literal["running", "ok", "failed", "gates_failed"] = "running"
+    status: Literal["running", "ok", "failed", "gates_failed", "interrupted"] = "running"
     failed_stage: str | None = None
     error: dict[str, Any] | None = None
     nodes: list[Node] = Field(default_factory=list)

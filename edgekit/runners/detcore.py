@@ -1,8 +1,11 @@
 """Detector output decoding and NMS, shared by the device runners and the host (stdlib + numpy only).
 
-Heads (the two Ultralytics-style layouts):
-    ``yolov5``: ``[1, N, 5 + nc]`` rows ``cx, cy, w, h, objectness, class scores...``
+Heads (the layouts real exports write):
+    ``yolov5``: ``[1, N, 5 + nc]`` rows ``cx, cy, w, h, objectness, class scores...`` (decoded)
     ``yolov8``: ``[1, 4 + nc, N]`` columns ``cx, cy, w, h, class scores...`` (no objectness)
+    ``yolox``: ``[1, N, 5 + nc]`` rows as YOLOX exports them without its decode: ``x, y`` offsets in
+        grid cells, ``log w, log h`` in strides, then objectness and class probabilities; one anchor per
+        cell of strides 8, 16 and 32 (decoded here, to the ``yolov5`` rows).
 Coordinates are in network-input pixels; scores are probabilities.
 """
 
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-HEADS = ("yolov5", "yolov8")
+HEADS = ("yolov5", "yolov8", "yolox")
+#: Strides of a YOLOX head (P3-P5), finest first, as its grids are concatenated.
+YOLOX_STRIDES = (8, 16, 32)
 
 
 def rows(output: np.ndarray, head: str) -> np.ndarray:
@@ -24,6 +29,8 @@ def rows(output: np.ndarray, head: str) -> np.ndarray:
         raise ValueError(f"expected a 2-D or 3-D detector output, got shape {list(out.shape)}")
     if head == "yolov8":
         out = out.T
+    elif head == "yolox":
+        out = decode_yolox(out)
     elif head != "yolov5":
         raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
     return out
@@ -35,7 +42,7 @@ def candidates(output: np.ndarray, head: str, conf: float = 0.001, max_candidate
     Keeps the best class per box and at most ``max_candidates`` boxes with ``score >= conf``.
     """
     r = rows(output, head)
-    if head == "yolov5":
+    if head in ("yolov5", "yolox"):
         cls_scores = r[:, 5:] * r[:, 4:5] if r.shape[1] > 5 else r[:, 4:5]
     else:
         cls_scores = r[:, 4:]
@@ -49,6 +56,33 @@ def candidates(output: np.ndarray, head: str, conf: float = 0.001, max_candidate
     boxes = np.concatenate([xywh[:, :2] - half, xywh[:, :2] + half], axis=1)
     out = np.concatenate([boxes, score[keep, None], cls[keep, None].astype(np.float32)], axis=1)
     return out.astype(np.float32)
+
+
+def yolox_grid(count: int, strides: tuple[int, ...] = YOLOX_STRIDES) -> tuple[np.ndarray, np.ndarray]:
+    """Cell corners ``(N, 2)`` and strides ``(N, 1)`` of a square YOLOX input with ``count`` anchors.
+
+    Raises:
+        ValueError: ``count`` is not the anchor count of a square input at these strides.
+    """
+    per_pixel = sum(1.0 / (s * s) for s in strides)
+    side = int(round((count / per_pixel) ** 0.5))
+    if sum((side // s) ** 2 for s in strides) != count or any(side % s for s in strides):
+        raise ValueError(f"{count} anchors are not a square YOLOX grid at strides {list(strides)}")
+    cells, steps = [], []
+    for s in strides:
+        n = side // s
+        gy, gx = np.meshgrid(np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32), indexing="ij")
+        cells.append(np.stack([gx.ravel(), gy.ravel()], -1))
+        steps.append(np.full((n * n, 1), float(s), np.float32))
+    return np.concatenate(cells), np.concatenate(steps)
+
+
+def decode_yolox(raw: np.ndarray) -> np.ndarray:
+    """Decode YOLOX's raw rows ``(N, 5 + nc)`` into ``yolov5`` rows: ``xy = (t + cell) s``, ``wh = e^t s``."""
+    cells, steps = yolox_grid(len(raw))
+    xy = (raw[:, :2] + cells) * steps
+    wh = np.exp(np.clip(raw[:, 2:4], -20.0, 20.0)) * steps
+    return np.concatenate([xy, wh, raw[:, 4:]], 1).astype(np.float32)
 
 
 def _iou_one_to_many(box: np.ndarray, others: np.ndarray) -> np.ndarray:

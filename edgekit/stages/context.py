@@ -68,6 +68,14 @@ def stage(ctx: RunContext, name: str):
         ctx.record.error = {"message": exc.message, "hint": exc.hint}
         ctx.save()
         raise
+    except KeyboardInterrupt:
+        ctx.record.status, ctx.record.failed_stage = "interrupted", name
+        ctx.record.error = {
+            "message": f"interrupted (Ctrl-C) in stage {name}",
+            "hint": "finished stages are kept",
+        }
+        ctx.save()
+        raise
     fields["ended"], fields["seconds"] = now_iso(), round(time.perf_counter() - t0, 3)
 
 

@@ -1,0 +1,145 @@
+"""Real, trained detectors others published (PyPI wheels) through every CPU runtime's INT8, judged by
+their detections against FP32 on real photographs (agreement with FP32, not mAP: no labels here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.build import build_artifact
+from edgekit.errors import UnsupportedOpError
+from tests.realmodels.conftest import real_model
+from tests.realmodels.fetch import models
+
+#: The goal the issue sets for INT8 on a real detector: >= 95 % of FP32's detections kept, mean score
+#: error <= 0.05 (the same limits as the build's own check; asserted here on what it recorded).
+MIN_KEPT, MAX_SCORE_ERROR = 0.95, 0.05
+
+
+def _build(name: str, backend: str, precision: str, out: Path, root: Path, method: str = "default"):
+    spec = models()[name]
+    return build_artifact(
+        backend, precision, real_model(name), out, calib="photos", calib_root=root, method=method,
+        preprocess=spec["preprocess"] or None,
+    )  # fmt: skip
+
+
+def _agreement(artifact) -> dict:
+    figures = artifact.meta["parity"]["detections"]
+    assert figures["detections"] >= 3, (
+        "the check images must hold detections for the figures to mean anything"
+    )
+    return figures
+
+
+@pytest.mark.parametrize("name", ["nudenet-yolov8n", "ddddocr-yolox", "doclaynet-yolov8n"])
+def test_head_is_read_from_the_real_graph(name):
+    from edgekit.models.user import inspect_onnx
+
+    det = inspect_onnx(real_model(name))
+    assert det.head == models()[name]["head"]
+
+
+def test_fp32_build_keeps_every_detection_exactly(tmp_path, photos_root):
+    artifact = _build("nudenet-yolov8n", "onnxruntime", "fp32", tmp_path / "a", photos_root)
+    figures = _agreement(artifact)
+    assert figures["kept"] == 1.0 and figures["score_error"] < 1e-4 and figures["added"] == 0
+
+
+@pytest.mark.parametrize("name", ["nudenet-yolov8n", "ddddocr-yolox"])
+def test_onnxruntime_int8_keeps_the_detections(tmp_path, photos_root, name):
+    import onnxruntime as ort
+
+    artifact = _build(name, "onnxruntime", "int8", tmp_path / "a", photos_root)
+    figures = _agreement(artifact)
+    assert figures["kept"] >= MIN_KEPT and figures["score_error"] <= MAX_SCORE_ERROR
+    ort.InferenceSession(str(artifact.path("model")), providers=["CPUExecutionProvider"])
+    kept_float = artifact.meta["quantization"]["keep_float"]
+    assert any("Conv" in node for node in kept_float)  # the prediction convs stayed float, and say so
+    assert artifact.meta["quantization"]["quantized_nodes"] > 20
+
+
+def test_opset_11_model_is_raised_to_13_for_per_channel_int8(tmp_path, photos_root):
+    import onnx
+
+    assert models()["ddddocr-yolox"]["opset"] < 13
+    artifact = _build("ddddocr-yolox", "onnxruntime", "int8", tmp_path / "a", photos_root, method="minmax")
+    model = onnx.load(str(artifact.path("model")))
+    onnx.checker.check_model(model)
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    axes = [
+        a.i
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        for a in n.attribute
+        if a.name == "axis"
+    ]
+    assert axes, "per-channel weights carry DequantizeLinear axis"
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="open: ncnn's per-tensor KL / ACIQ on this YOLOv8n keeps 86 % of 7 detections or a mean score error "
+    "of 0.09 with the tests' 64 photos even with two more head levels in float (measured); with 96 crops of six "
+    "photos ACIQ keeps 100 % at 0.047",
+)
+def test_ncnn_int8_default_keeps_the_detections(tmp_path, photos_root, ncnn_tools):
+    artifact = _build("nudenet-yolov8n", "ncnn", "int8", tmp_path / "a", photos_root)
+    figures = _agreement(artifact)
+    assert figures["kept"] >= MIN_KEPT and figures["score_error"] <= MAX_SCORE_ERROR
+    tried = artifact.meta["calibration_search"]
+    assert tried[-1]["method"] == artifact.meta["quantization"]["method"] and "error" not in tried[-1]
+    assert artifact.meta["ncnn"]["int8"]["float_layers"]  # the head convs, listed
+
+
+def test_ncnn_refuses_yolox_focus_with_the_op_named(tmp_path, photos_root, ncnn_tools):
+    with pytest.raises(UnsupportedOpError, match="Tensor.slice") as info:
+        _build("ddddocr-yolox", "ncnn", "int8", tmp_path / "a", photos_root)
+    assert "Focus" in info.value.hint
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MNN 3.6.1: EMA ignores skip_quant_op_names (the head cannot stay float) and KL zeroes every "
+    "score; measured 80 % (EMA) / 0 % (KL) of FP32's detections on this model",
+)
+def test_mnn_int8_keeps_the_detections(tmp_path, photos_root, mnn_tools):
+    artifact = _build("nudenet-yolov8n", "mnn", "int8", tmp_path / "a", photos_root)
+    figures = _agreement(artifact)
+    assert figures["kept"] >= MIN_KEPT
+
+
+def test_a_refused_int8_build_leaves_nothing_and_names_an_option_build_accepts(tmp_path, photos_root):
+    from edgekit.cli import build_parser
+    from edgekit.errors import BuildError
+
+    out = tmp_path / "a"
+    try:
+        _build("nudenet-yolov8n", "onnxruntime", "int8", out, photos_root, method="percentile")
+    except BuildError as exc:
+        assert not out.exists()
+        options = {o for a in build_parser()._subparsers._group_actions[0].choices["build"]._actions
+                   for o in a.option_strings}  # fmt: skip
+        named = {w.strip("(),") for w in exc.hint.split() if w.startswith("--")}
+        assert named and named <= options
+    else:
+        assert (out / "artifact.json").is_file()
+
+
+def test_agreement_ignores_background_anchors_and_counts_lost_detections():
+    from edgekit.backends.agreement import agreement
+
+    ref = np.zeros((1, 6, 50), np.float32)
+    ref[0, :4] = 100.0
+    ref[0, :4, :3] = np.array([[20, 60, 100], [20, 60, 100], [10, 10, 10], [10, 10, 10]])
+    ref[0, 4, :3] = (0.9, 0.8, 0.7)
+    noisy = ref.copy()
+    noisy[0, :4, 3:] += 150.0  # boxes of anchors no detection uses: huge raw error, no effect
+    figures = agreement([ref], [noisy], "yolov8")
+    assert figures["kept"] == 1.0 and figures["score_error"] == 0.0
+    lost = ref.copy()
+    lost[0, 4, 2] = 0.01
+    assert agreement([ref], [lost], "yolov8")["kept"] == pytest.approx(2 / 3, abs=1e-3)
