@@ -185,3 +185,10 @@ def test_unknown_weighted_layer_is_refused():
 def test_weight_layout_follows_ncnn_load_model(line, expected):
     (layer,) = parse_param(f"7767517\n1 2\n{line}\n")
     assert [(s.role, s.count, s.tagged) for s in weight_layout(layer)] == expected
+
+
+def test_relative_work_folder_converts(ncnn_tools, detector_pt, tmp_path, monkeypatch):
+    """pnnx runs in its own folder: a relative work folder (deploy's default runs/) must still convert."""
+    monkeypatch.chdir(tmp_path)
+    model = convert_with_pnnx(detector_pt, SHAPE, "runs/x/.artifact.tmp", fp16=False)
+    assert model.param.is_file() and model.param.is_absolute()
