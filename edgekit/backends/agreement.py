@@ -5,11 +5,13 @@ largest error anywhere in it says little about the model. Here both outputs are 
 way a user's application does (score >= ``conf``, class-aware NMS at IoU 0.5), and the artifact's
 detections are matched to FP32's (same class, IoU >= ``match_iou``). The figures:
 
-* ``kept``: the share of FP32's detections the artifact still makes. The artifact's side is read at
-  ``conf - margin``, so a detection whose score moved from 0.26 to 0.24 counts as kept; how far scores
-  moved is ``score_error``'s job, not the threshold's.
-* ``score_error`` (mean) and ``score_error_max``: ``|score - score_fp32|`` over matched detections.
-* ``box_iou``: the mean IoU of matched boxes.
+* ``kept``: the share of FP32's detections the artifact still makes: some box of the artifact's (before
+  NMS, so a different survivor among near-duplicates is not a loss) at IoU >= 0.5 scoring the same class
+  at least ``conf - margin`` (a detection whose score moved from 0.26 to 0.24 counts as kept; how far
+  scores moved is ``score_error``'s job, not the threshold's).
+* ``score_error`` (mean) and ``score_error_max``: ``|score - score_fp32|`` over kept detections, the
+  artifact's score being its best-scoring matching box (the one its NMS keeps).
+* ``box_iou``: the mean IoU of that box with FP32's.
 * ``added``: artifact detections at ``>= conf`` that match no FP32 detection at ``conf - margin``.
 * ``active_scores_cosine``: the cosine of the class scores over the anchors FP32 scores at
   ``>= score_floor`` (the anchors a detection could come from), not over the background.

@@ -76,20 +76,12 @@ class MnnQuantizer(QuantizerOptions):
         images: Calibrate on the first ``images`` images of the set (manifest order is the sampling
             order); ``None`` = every image, rounded down to a multiple of ``batch_size`` for EMA. An
             artifact records the number actually used.
-        float_head: Keep the detector's head convs (prediction convs and a DFL's conv, found in the
-            ONNX graph by :func:`edgekit.quantize.graph.head_convs`) in float. A real YOLOv8n export
-            (NudeNet 320n) kept 80 % of FP32's detections with them in INT8 (EMA).
-        keep_float: More MNN op names to leave in float (MNN names a conv by its ONNX output tensor).
-        float_ops: The ops left in float (written by the build).
     """
 
     method: Literal["kl", "ema"] = DEFAULT_METHOD
     weight_method: Literal["max_abs"] = "max_abs"
     batch_size: int = Field(EMA_BATCH, ge=1, le=256)
     images: int | None = Field(None, ge=1)
-    float_head: bool = True
-    keep_float: list[str] = []
-    float_ops: list[str] | None = None
 
     @field_validator("method", "weight_method", mode="before")
     @classmethod
@@ -142,8 +134,7 @@ class MnnBackend(Backend):
             return BuildOutput({"model": MODEL_FILE}, self._meta(options, mnn))
         with tempfile.TemporaryDirectory(prefix="edgekit-mnn-int8-") as tmp:
             fp32 = mt.convert(source.onnx, Path(tmp) / "fp32.mnn", fp16=False).artifact
-            skip = float_ops(options.quantizer, source.onnx)
-            quantizer, mnn = quantize_from_set(fp32, source.calib, options, Path(tmp), skip)
+            quantizer, mnn = quantize_from_set(fp32, source.calib, options, Path(tmp))
             os.replace(Path(tmp) / MODEL_FILE, work_dir / MODEL_FILE)
         return BuildOutput({"model": MODEL_FILE}, self._meta(options, mnn, quantizer))
 
@@ -251,23 +242,8 @@ def tool_mean_normal(spec: PreprocessSpec) -> tuple[list[float], list[float]]:
     return [255.0 * m for m in spec.mean], [1.0 / (255.0 * s) for s in spec.std]
 
 
-def float_ops(quantizer: MnnQuantizer, onnx_path: Path) -> list[str]:
-    """MNN op names to leave in float: ``keep_float`` plus, with ``float_head``, the head convs.
-
-    MNN's converter names a convolution op after its ONNX output tensor, so the ONNX graph's head
-    convs map to MNN ops without reading the ``.mnn``.
-    """
-    from edgekit.backends.onnx_io import load_onnx
-    from edgekit.quantize.graph import ensure_node_names, keep_float_auto
-
-    model = ensure_node_names(load_onnx(onnx_path))
-    tail = set(keep_float_auto(model)) if quantizer.float_head else set()
-    head = [out for node in model.graph.node if node.name in tail for out in node.output if out]
-    return list(dict.fromkeys([*head, *quantizer.keep_float]))
-
-
 def quantize_from_set(
-    fp32: Path, calib: Any, options: BuildOptions, tmp: Path, skip: list[str] | None = None
+    fp32: Path, calib: Any, options: BuildOptions, tmp: Path
 ) -> tuple[MnnQuantizer, dict[str, Any]]:
     """Write the set's canvases, run MNN's quantizer into ``tmp/model.mnn`` and check the result.
 
@@ -281,16 +257,15 @@ def quantize_from_set(
     quantizer, spec = options.quantizer, options.preprocess
     count = calibration_count(quantizer, calib)
     images = mt.write_letterboxed_images(calib.arrays(limit=count, spec=canvas_spec(spec)), tmp / "images")
-    skip = list(skip or [])
     try:
-        log = _run_quantizer(fp32, tmp, spec, quantizer, count, skip)
+        log = _run_quantizer(fp32, tmp, spec, quantizer, count)
     except BuildError as exc:
         if quantizer.method != "ema" or quantizer.batch_size == 1 or "Reshape error" not in exc.message:
             raise
         # EMA feeds whole batches; a graph with a fixed batch-1 Reshape (e.g. a DFL head) crashes MNN's
         # quantizer ("Reshape error: 35200 -> 4400", SIGSEGV). One image per batch always fits it.
         quantizer = quantizer.model_copy(update={"batch_size": 1})
-        log = _run_quantizer(fp32, tmp, spec, quantizer, count, skip)
+        log = _run_quantizer(fp32, tmp, spec, quantizer, count)
     graph = _checked_int8(log.artifact, fp32, calib, options)
     mnn = {
         "quantizer_config": log.config,
@@ -299,18 +274,15 @@ def quantize_from_set(
         "sidecar_scales": None if log.scales is None else asdict(log.scales),
         "graph": graph,
     }
-    return quantizer.model_copy(update={"images": count, "float_ops": skip}), mnn
+    return quantizer.model_copy(update={"images": count}), mnn
 
 
-def _run_quantizer(
-    fp32: Path, tmp: Path, spec: PreprocessSpec, quantizer: MnnQuantizer, count: int, skip: list[str]
-):
+def _run_quantizer(fp32: Path, tmp: Path, spec: PreprocessSpec, quantizer: MnnQuantizer, count: int):
     mean, normal = tool_mean_normal(spec)
     return mt.quantize(
         fp32, tmp / MODEL_FILE, tmp / "images", width=spec.input_size, height=spec.input_size,
         mean=mean, normal=normal, fmt=spec.channel_order, feature_method=quantizer.method.upper(),
         weight_method=quantizer.weight_method.upper(), used_image_num=count, batch_size=quantizer.batch_size,
-        skip_ops=skip,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ LAYOUTS = (
     "yolov5 [1, N, 5 + nc] (cx, cy, w, h, objectness, classes), yolov8 [1, 4 + nc, N] (no objectness) "
     "or yolox [1, N, 5 + nc] (raw: grid offsets, log sizes, objectness, classes)"
 )
-HEAD_HINT = "pass --head yolov5, --head yolov8 or --head yolox"
+HEAD_HINT = "pass --head yolov5 or --head yolov8 (--head yolox for YOLOX's raw rows)"
 #: The box axis must be at least this many times longer than the channel axis to be told apart by size.
 MIN_AXIS_RATIO = 2
 _MAX_METADATA_CHARS = 1_000_000

@@ -145,8 +145,8 @@ def test_inspect_asks_for_head_on_an_ambiguous_shape_and_accepts_it(tmp_path):
     assert "[1, 12, 11]" in err.value.message
     assert inspect_onnx(path, head="yolov5").num_classes == 6
     assert inspect_onnx(path, head="yolov8").num_classes == 8
-    with pytest.raises(ConfigError, match="unknown head 'yolox'"):
-        inspect_onnx(path, head="yolox")
+    with pytest.raises(ConfigError, match="unknown head 'ssd'"):
+        inspect_onnx(path, head="ssd")
 
 
 def test_inspect_rejects_non_detector_outputs_naming_the_shape(tmp_path):
