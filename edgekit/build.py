@@ -80,15 +80,17 @@ class _MethodSearch:
 
     def run(self, methods: list[str], out: Path, *, pick_best: bool):
         """Build ``methods`` in order; the first to pass (``pick_best``: the best) lands at ``out``."""
-        from edgekit.errors import BuildError
+        from edgekit.errors import BuildError, CalibrationError
 
         built: list[tuple[dict, Path]] = []
+        small: list[CalibrationError] = []
         for method in methods:
             folder = self.tmp / f"candidate-{method}"
             try:
                 artifact = self._build(method, folder)
-            except BuildError as exc:
+            except (BuildError, CalibrationError) as exc:
                 self.tried.append({"method": method, "error": exc.message})
+                small += [exc] if isinstance(exc, CalibrationError) else []
                 if len(methods) == 1:
                     raise
                 continue
@@ -97,6 +99,12 @@ class _MethodSearch:
             built.append((self.tried[-1], folder))
             if not pick_best:
                 break
+        if len(small) == len(methods):  # the set is too small for every method: say so, once
+            raise CalibrationError(
+                f"calibration set {self.cs.name!r} ({self.cs.count} images) is too small for every method of "
+                f"{self.be.name}: " + "; ".join(f"{t['method']}: {t['error']}" for t in self.tried),
+                "import a larger set with `edgekit calib import` and give it with --calib",
+            )
         if not built and self.be.int8_source == "qdq":
             built = self._float_fallback(methods[0])
         elif not built:

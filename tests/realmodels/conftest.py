@@ -42,3 +42,16 @@ def ncnn_tools() -> None:
 def mnn_tools() -> None:
     """Skip unless MNN is installed (the ``mnn`` extra)."""
     pytest.importorskip("MNN", reason="the mnn extra is not installed: pip install 'edgekit[mnn]'")
+
+
+@pytest.fixture(scope="session")
+def six_photos_root(tmp_path_factory) -> Path:
+    """A calibration root holding ``six``: one crop of each of six photographs (under most minimums)."""
+    from edgekit.calib import import_set
+
+    root = tmp_path_factory.mktemp("calibration-six")
+    crops = photo_crops(tmp_path_factory.mktemp("six") / "crops", per_photo=1)
+    for extra in sorted(crops.glob("*.png"))[6:]:
+        extra.unlink()
+    import_set(crops, "six", root=root, progress=False)
+    return root

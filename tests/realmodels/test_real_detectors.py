@@ -143,3 +143,27 @@ def test_agreement_ignores_background_anchors_and_counts_lost_detections():
     lost = ref.copy()
     lost[0, 4, 2] = 0.01
     assert agreement([ref], [lost], "yolov8")["kept"] == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_a_set_too_small_for_one_method_builds_with_the_method_that_takes_it(
+    tmp_path, six_photos_root, ncnn_tools
+):
+    artifact = build_artifact(
+        "ncnn", "int8", real_model("nudenet-yolov8n"), tmp_path / "a", calib="six", calib_root=six_photos_root
+    )
+    first, chosen = artifact.meta["calibration_search"][0], artifact.meta["calibration_search"][-1]
+    assert first["method"] == "kl" and "at least 8 images, got 6" in first["error"]
+    assert chosen["method"] == "aciq" and artifact.meta["quantization"]["method"] == "aciq"
+
+
+def test_a_set_too_small_for_every_method_is_one_error_naming_the_minimum(
+    tmp_path, six_photos_root, mnn_tools
+):
+    from edgekit.errors import CalibrationError
+
+    out = tmp_path / "a"
+    with pytest.raises(CalibrationError, match="too small for every method of mnn.*at least 8") as info:
+        build_artifact(
+            "mnn", "int8", real_model("nudenet-yolov8n"), out, calib="six", calib_root=six_photos_root
+        )
+    assert "--calib" in info.value.hint and not out.exists()
