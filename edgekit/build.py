@@ -188,7 +188,7 @@ class _MethodSearch:
         return layer_sensitivity(
             self.source, lambda: self.cs.arrays(spec=self.det.preprocess), method,
             metric=detection_metric(self.det.head), candidates=candidates, num_images=8,
-            reduce_range=form.reduce_range,
+            reduce_range=form.reduce_range, writer=form.layer_writer,
         )  # fmt: skip
 
     def _build(self, method: str, folder: Path, extra_float: list[str] | None = None, options=None):

@@ -211,8 +211,17 @@ def _add_build(sub) -> None:
     p = sub.add_parser(
         "build",
         help="build one artifact (+ artifact.json) from an ONNX model",
-        epilog="example:\n  edgekit build --backend onnxruntime --precision int8 --onnx m.onnx "
-        "--calib shapes-hard --out build/m-int8",
+        description=(
+            "Build one artifact for a runtime. INT8 is judged by its detections: the artifact's decoded,\n"
+            "NMS'd detections on the check images (the calibration images) must keep >= 95 % of FP32's\n"
+            "with a mean score error <= 0.05, or the build is refused and nothing is written."
+        ),
+        epilog="examples:\n"
+        "  edgekit build --backend onnxruntime --precision int8 --onnx yolov8n.onnx --calib street "
+        "--out build/m\n"
+        "  edgekit build -b ncnn -p int8 --onnx yolov8n.onnx --calib street --calibrator auto --out build/n\n"
+        "  edgekit build -b onnxruntime -p int8 --onnx yolox.onnx --head yolox --std 0.00392157 "
+        "--channel-order BGR --calib street --out build/x   # YOLOX: raw rows, 0..255 BGR input",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--backend", "-b", required=True, help="backend name (see `edgekit doctor`)")

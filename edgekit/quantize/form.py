@@ -55,6 +55,20 @@ class QdqForm:
         return quantize_int8
 
     @property
+    def layer_writer(self) -> Callable[..., None]:
+        """The QDQ writer of this layout for one layer alone (what the sensitivity ranking measures).
+
+        Signature ``(prepared, out, cache, method, per_channel, excluded, nodes_to_quantize, reduce_range)``.
+        """
+        if self.layout == "tensorrt":
+            from edgekit.quantize.trt_form import write_trt_layers
+
+            return write_trt_layers
+        from edgekit.quantize.ptq import run_quantize_static
+
+        return run_quantize_static
+
+    @property
     def weight_bits(self) -> int:
         """7 with ``reduce_range``, else 8."""
         return 7 if self.reduce_range else 8

@@ -102,6 +102,7 @@ def layer_sensitivity(
     reduce_range: bool = False,
     input_name: str | None = None,
     progress: bool = False,
+    writer: Callable[..., None] = run_quantize_static,
 ) -> list[tuple[str, float]]:
     """Rank quantizable layers by the model output error each causes when it alone is INT8.
 
@@ -121,6 +122,8 @@ def layer_sensitivity(
             range a CPU without VNNI saturates and the ranking reflects its overflow, not the layers.
         input_name: Graph input to feed (default: the first).
         progress: Show progress bars.
+        writer: The QDQ layout's single-layer writer (:attr:`edgekit.quantize.form.QdqForm.layer_writer`):
+            a layer is ranked in the form the device will run it.
 
     Returns:
         ``[(node_name, error), ...]`` sorted most sensitive first.
@@ -148,7 +151,7 @@ def layer_sensitivity(
         with progress_bar(progress, "layer sensitivity", len(names)) as advance:
             for index, name in enumerate(names):
                 single = workdir / f"single-{index}.onnx"
-                run_quantize_static(prepared, single, cache, method, per_channel, [], [name], reduce_range)
+                writer(prepared, single, cache, method, per_channel, [], [name], reduce_range)
                 scores.append((name, measure(reference, model_outputs(single, batches, feed))))
                 single.unlink()
                 advance()

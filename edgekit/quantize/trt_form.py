@@ -113,8 +113,28 @@ def quantize_trt_qdq(
     )  # fmt: skip
 
 
+def write_trt_layers(
+    prepared: Path,
+    out: Path,
+    cache: Path,
+    method: str,
+    per_channel: bool,
+    excluded: list[str],
+    nodes_to_quantize: list[str] | None = None,
+    reduce_range: bool = False,
+) -> None:
+    """The TensorRT form of only ``nodes_to_quantize`` (the per-layer sensitivity ranking's writer)."""
+    _quantize_static_trt(prepared, out, cache, method, excluded, reduce_range, nodes_to_quantize)
+
+
 def _quantize_static_trt(
-    prepared: Path, out: Path, cache: Path, method: str, excluded: list[str], reduce_range: bool
+    prepared: Path,
+    out: Path,
+    cache: Path,
+    method: str,
+    excluded: list[str],
+    reduce_range: bool,
+    nodes_to_quantize: list[str] | None = None,
 ) -> None:
     """``quantize_static`` with signed symmetric activations, float weights + Q/DQ pairs, float bias."""
     options = {
@@ -130,6 +150,7 @@ def _quantize_static_trt(
         method,
         True,
         excluded,
+        nodes_to_quantize,
         reduce_range=reduce_range,
         signed_activations=True,
         op_types=TRT_OP_TYPES,
