@@ -51,7 +51,8 @@ def build_artifact(
     be = BACKENDS.get(backend)()
     det = inspect_onnx(onnx_path, head=head)
     if preprocess:
-        det = dataclasses.replace(det, preprocess=det.preprocess.model_copy(update=preprocess))
+        spec = type(det.preprocess).model_validate({**det.preprocess.model_dump(), **preprocess})
+        det = dataclasses.replace(det, preprocess=spec)
     cs = CalibrationSet.load(calib, root=calib_root).verify() if calib else None
     with tempfile.TemporaryDirectory(prefix="edgekit-build-") as tmp:
         source = Path(onnx_path)
