@@ -11,6 +11,7 @@ state for a board that is not at hand.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -60,12 +61,12 @@ class QdqForm:
 
         Signature ``(prepared, out, cache, method, per_channel, excluded, nodes_to_quantize, reduce_range)``.
         """
-        if self.layout == "tensorrt":
-            from edgekit.quantize.trt_form import write_trt_layers
-
-            return write_trt_layers
         from edgekit.quantize.ptq import run_quantize_static
 
+        if self.layout == "tensorrt":
+            from edgekit.quantize.trt_form import TRT_WRITER_OPTIONS
+
+            return functools.partial(run_quantize_static, **TRT_WRITER_OPTIONS)
         return run_quantize_static
 
     @property

@@ -142,18 +142,6 @@ def decode_tail_nodes(model: Any) -> list[str]:
     return [node.name for node in graph.node if node.name in tail]
 
 
-def head_convs(model: Any) -> list[Any]:
-    """The detector's head convolutions: its prediction convs and any conv of its decode (DFL).
-
-    These are the layers every runtime keeps in float by default: the prediction convs feed sigmoid
-    and the box decode (a small error in a logit moves a box or a score a lot), and a DFL's fixed conv
-    turns a softmax over box bins into pixels. Returns ``NodeProto`` objects in graph order.
-    """
-    ensure_node_names(model)
-    names = set(keep_float_auto(model))
-    return [node for node in model.graph.node if node.name in names and node.op_type in COMPUTE_OPS]
-
-
 def keep_float_auto(model: Any) -> list[str]:
     """The default float set: prediction convs followed by the decode tail."""
     return prediction_convs(model) + decode_tail_nodes(model)

@@ -113,48 +113,26 @@ def quantize_trt_qdq(
     )  # fmt: skip
 
 
-def write_trt_layers(
-    prepared: Path,
-    out: Path,
-    cache: Path,
-    method: str,
-    per_channel: bool,
-    excluded: list[str],
-    nodes_to_quantize: list[str] | None = None,
-    reduce_range: bool = False,
-) -> None:
-    """The TensorRT form of only ``nodes_to_quantize`` (the per-layer sensitivity ranking's writer)."""
-    _quantize_static_trt(prepared, out, cache, method, excluded, reduce_range, nodes_to_quantize)
+#: ``quantize_static`` settings of the TensorRT form: signed symmetric activations, float weights + Q/DQ
+#: pairs (the form every TensorRT 8.x parser takes), float bias (TensorRT adds it itself).
+TRT_WRITER_OPTIONS: dict = {
+    "signed_activations": True,
+    "op_types": TRT_OP_TYPES,
+    "extra_options": {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "AddQDQPairToWeight": True,
+        "QuantizeBias": False,
+    },
+}
 
 
 def _quantize_static_trt(
-    prepared: Path,
-    out: Path,
-    cache: Path,
-    method: str,
-    excluded: list[str],
-    reduce_range: bool,
-    nodes_to_quantize: list[str] | None = None,
+    prepared: Path, out: Path, cache: Path, method: str, excluded: list[str], reduce_range: bool
 ) -> None:
-    """``quantize_static`` with signed symmetric activations, float weights + Q/DQ pairs, float bias."""
-    options = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "AddQDQPairToWeight": True,  # float weight -> Q -> DQ, the form every TensorRT 8.x parser takes
-        "QuantizeBias": False,  # no INT32 DequantizeLinear: TensorRT adds the float bias itself
-    }
+    """``quantize_static`` in the TensorRT form (:data:`TRT_WRITER_OPTIONS`), per-channel weights."""
     run_quantize_static(
-        prepared,
-        out,
-        cache,
-        method,
-        True,
-        excluded,
-        nodes_to_quantize,
-        reduce_range=reduce_range,
-        signed_activations=True,
-        op_types=TRT_OP_TYPES,
-        extra_options=options,
+        prepared, out, cache, method, True, excluded, reduce_range=reduce_range, **TRT_WRITER_OPTIONS
     )
 
 

@@ -16,7 +16,9 @@ def real_model(name: str) -> Path:
     """The fetched model, or a skip naming the command that fetches it."""
     path = model_path(name)
     if not path.is_file():
-        pytest.skip(f"real model {name} is not fetched ({models()[name]['package']}): run `make real-models`")
+        pytest.skip(
+            reason=f"real model {name} is not fetched ({models()[name]['package']}): run `make real-models`"
+        )
     return path
 
 

@@ -80,10 +80,10 @@ def test_opset_11_model_is_raised_to_13_for_per_channel_int8(tmp_path, photos_ro
 
 
 @pytest.mark.xfail(
-    strict=False,
     reason="open: ncnn's per-tensor KL / ACIQ on this YOLOv8n keeps 86 % of 7 detections or a mean "
     "score error of 0.09 with the tests' 64 photos, even with two more head levels in float (measured); "
     "with 96 crops of six photos ACIQ keeps 100 % at 0.047",
+    strict=False,
 )
 def test_ncnn_int8_default_keeps_the_detections(tmp_path, photos_root, ncnn_tools):
     artifact = _build("nudenet-yolov8n", "ncnn", "int8", tmp_path / "a", photos_root)
@@ -102,9 +102,9 @@ def test_ncnn_refuses_yolox_focus_with_the_op_named(tmp_path, photos_root, ncnn_
 
 
 @pytest.mark.xfail(
-    strict=True,
     reason="MNN 3.6.1: EMA ignores skip_quant_op_names (the head cannot stay float) and KL zeroes every "
     "score; measured 80 % (EMA) / 0 % (KL) of FP32's detections on this model",
+    strict=True,
 )
 def test_mnn_int8_keeps_the_detections(tmp_path, photos_root, mnn_tools):
     artifact = _build("nudenet-yolov8n", "mnn", "int8", tmp_path / "a", photos_root)
