@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from edgekit.backends import mnn_tools as mt
@@ -36,7 +37,8 @@ from edgekit.backends.base import (
     Problem,
     QuantizerOptions,
 )
-from edgekit.backends.mnn_graph import describe
+from edgekit.backends.mnn_float import head_convs, plan, type_float
+from edgekit.backends.mnn_graph import describe, load_graph
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import BuildError, CalibrationError, ConfigError
 
@@ -76,12 +78,24 @@ class MnnQuantizer(QuantizerOptions):
         images: Calibrate on the first ``images`` images of the set (manifest order is the sampling
             order); ``None`` = every image, rounded down to a multiple of ``batch_size`` for EMA. An
             artifact records the number actually used.
+        float_head: Keep the detector's prediction convolutions in float (their outputs become boxes
+            and class scores; :func:`edgekit.backends.mnn_float.head_convs`).
+        float_head_depth: With ``float_head``, also keep in float the convolutions that reach a
+            prediction conv through at most this many others. ``edgekit build`` raises it when no
+            method keeps the detections (:attr:`MnnBackend.fallback`).
+        keep_float: More convolutions (MNN op names) to keep in float.
+        float_layers: The convolutions that run in float (written by the build): the kept ones, and a
+            convolution whose output feeds one of them directly (its output tensor is typed float too).
     """
 
     method: Literal["kl", "ema"] = DEFAULT_METHOD
     weight_method: Literal["max_abs"] = "max_abs"
     batch_size: int = Field(EMA_BATCH, ge=1, le=256)
     images: int | None = Field(None, ge=1)
+    float_head: bool = True
+    float_head_depth: int = Field(0, ge=0, le=8)
+    keep_float: list[str] = []
+    float_layers: list[str] | None = None
 
     @field_validator("method", "weight_method", mode="before")
     @classmethod
@@ -111,6 +125,8 @@ class MnnBackend(Backend):
     quantizer_options = MnnQuantizer
     methods = (DEFAULT_METHOD, *(m for m in ("ema", "kl") if m != DEFAULT_METHOD))
     min_calibration_images = EMA_BATCH
+    #: Quantizer settings ``edgekit build`` tries in turn when no calibration method keeps the detections.
+    fallback = ({"float_head_depth": 1}, {"float_head_depth": 2})
     extra = "mnn"
     runner = "mnn_run.py"
     suffix = ".mnn"
@@ -266,15 +282,31 @@ def quantize_from_set(
         # quantizer ("Reshape error: 35200 -> 4400", SIGSEGV). One image per batch always fits it.
         quantizer = quantizer.model_copy(update={"batch_size": 1})
         log = _run_quantizer(fp32, tmp, spec, quantizer, count)
+    floats = _type_float(log.artifact, quantizer)
     graph = _checked_int8(log.artifact, fp32, calib, options)
     mnn = {
+        "float_head": floats["convs"],
+        "float_tensors": floats["tensors"],
         "quantizer_config": log.config,
         "quantize_s": round(log.seconds, 3),
         "calibration_images": len(images),
         "sidecar_scales": None if log.scales is None else asdict(log.scales),
         "graph": graph,
     }
-    return quantizer.model_copy(update={"images": count}), mnn
+    floats_run = list(graph["float_layers"])
+    return quantizer.model_copy(update={"images": count, "float_layers": floats_run}), mnn
+
+
+def _type_float(model: Path, quantizer: MnnQuantizer) -> dict[str, Any]:
+    """Keep the prediction convolutions (and ``keep_float``) in float by typing their tensors, in place."""
+    graph = load_graph(model)
+    head = head_convs(graph, quantizer.float_head_depth) if quantizer.float_head else []
+    convs = list(dict.fromkeys([*head, *quantizer.keep_float]))
+    chosen = plan(graph, convs)
+    tmp = model.with_name(model.name + ".float")
+    changed = type_float(model, tmp, chosen.indexes())
+    os.replace(tmp, model)
+    return {"convs": convs, "tensors": changed}
 
 
 def _run_quantizer(fp32: Path, tmp: Path, spec: PreprocessSpec, quantizer: MnnQuantizer, count: int):
@@ -287,7 +319,12 @@ def _run_quantizer(fp32: Path, tmp: Path, spec: PreprocessSpec, quantizer: MnnQu
 
 
 def _checked_int8(model: Path, fp32: Path, calib: Any, options: BuildOptions) -> dict[str, Any]:
-    """Structure (some layer is INT8) and numbers (outputs neither all zero nor NaN)."""
+    """Structure (some layer is INT8) and numbers: outputs neither all zero nor NaN, and the same twice.
+
+    MNN 3.6.1's INT8 kernels on x86 were measured to give different outputs from run to run on a real
+    YOLOv8n (C2f blocks: split and concat between INT8 convolutions; max difference 28 to 60 in box
+    coordinates, on AVX-512 and under qemu on AVX2 alone): such a model cannot be judged or deployed.
+    """
     method = options.quantizer.method
     summary = describe(model)
     if summary.int8_layers == 0:
@@ -297,6 +334,16 @@ def _checked_int8(model: Path, fp32: Path, calib: Any, options: BuildOptions) ->
             "the model may have no layer MNN quantizes; build fp16 instead",
         )
     x = next(iter(calib.arrays(limit=1, spec=options.preprocess)))
-    mt.check_outputs_sane(mt.run_mnn(model, x), producer=f"MNN's quantizer (method {method})")
+    first = mt.run_mnn(model, x)
+    mt.check_outputs_sane(first, producer=f"MNN's quantizer (method {method})")
+    again = mt.run_mnn(model, x)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(first, again, strict=True))
+    if moved > 0.0:
+        raise BuildError(
+            f"MNN's INT8 model (method {method}) gives different outputs on two runs of the same image "
+            f"(max difference {moved:.4g}): this MNN build computes some INT8 layer from memory it did not "
+            "write",
+            "try another calibration method (--calibrator), or build fp16",
+        )
     # Boxes and scores are then compared with FP32 on their own by the build's parity check.
     return summary.to_dict()

@@ -30,9 +30,12 @@ class GraphSummary:
     Attributes:
         ops: Number of ops in the model.
         conv_layers: Convolution-like ops (the layers MNN's quantizer can quantize).
-        int8_layers: Those storing int8 weights with INT8 output (``symmetricQuan``).
+        int8_layers: Those that run in INT8: int8 weights with INT8 output (``symmetricQuan``) between an
+            input and an output tensor typed INT8 (see :mod:`edgekit.backends.mnn_float`).
         scale_min: Smallest activation scale (``scaleIn``/``scaleOut``) over the INT8 layers, or 0.
         scale_max: Largest activation scale over the INT8 layers, or 0.
+        float_layers: Convolutions holding int8 weights that run in float (a tensor at either end is
+            not typed INT8), by op name.
     """
 
     ops: int
@@ -40,6 +43,7 @@ class GraphSummary:
     int8_layers: int
     scale_min: float
     scale_max: float
+    float_layers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict (for ``artifact.json``)."""
@@ -66,7 +70,24 @@ def summarize(graph: dict[str, Any]) -> GraphSummary:
     """Count the convolution-like ops of a parsed JSON dump and those that are INT8."""
     ops = graph.get("oplists") or []
     convs = [op.get("main") or {} for op in ops if op.get("type") in _CONV_TYPES]
-    int8 = [m for m in convs if (m.get("symmetricQuan") or {}).get("outputDataType") == "DT_INT8"]
+    typed = {
+        int(d.get("index", 0)): (d.get("quantInfo") or {}).get("type", "DT_INT8")
+        for d in graph.get("extraTensorDescribe") or []
+        if d.get("quantInfo")
+    }
+
+    def runs_int8(op: dict) -> bool:  # MNN runs a conv in INT8 only between two INT8-typed tensors
+        if ((op.get("main") or {}).get("symmetricQuan") or {}).get("outputDataType") != "DT_INT8":
+            return False
+        tensors = [*(op.get("inputIndexes") or [])[:1], *(op.get("outputIndexes") or [])[:1]]
+        return all(typed.get(t) == "DT_INT8" for t in tensors)
+
+    int8 = [op.get("main") or {} for op in ops if op.get("type") in _CONV_TYPES and runs_int8(op)]
+    floats = tuple(
+        op.get("name", "")
+        for op in ops
+        if op.get("type") in _CONV_TYPES and (op.get("main") or {}).get("quanParameter") and not runs_int8(op)
+    )
     scales = [
         float(s)
         for m in int8
@@ -76,7 +97,23 @@ def summarize(graph: dict[str, Any]) -> GraphSummary:
         )
         if s
     ]
-    return GraphSummary(len(ops), len(convs), len(int8), min(scales, default=0.0), max(scales, default=0.0))
+    return GraphSummary(
+        len(ops), len(convs), len(int8), min(scales, default=0.0), max(scales, default=0.0), floats
+    )
+
+
+def load_graph(mnn_path: str | Path) -> dict[str, Any]:
+    """MNN's JSON description of ``mnn_path``, parsed (ops, tensor names, tensor quantization).
+
+    Raises:
+        BuildError: MNN cannot describe the file.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgekit-mnn-json-") as tmp:
+        out = dump_json(mnn_path, Path(tmp) / "model.json")
+        try:
+            return json.loads(out.read_text())
+        except ValueError as exc:
+            raise BuildError(f"MNN's JSON dump of {mnn_path} is not JSON: {exc}", "rebuild it") from exc
 
 
 def describe(mnn_path: str | Path) -> GraphSummary:
@@ -89,10 +126,4 @@ def describe(mnn_path: str | Path) -> GraphSummary:
         >>> describe("out/mnn-int8/model.mnn")  # doctest: +SKIP
         GraphSummary(ops=30, conv_layers=2, int8_layers=2, scale_min=0.002, scale_max=0.0078)
     """
-    with tempfile.TemporaryDirectory(prefix="edgekit-mnn-json-") as tmp:
-        out = dump_json(mnn_path, Path(tmp) / "model.json")
-        try:
-            graph = json.loads(out.read_text())
-        except ValueError as exc:
-            raise BuildError(f"MNN's JSON dump of {mnn_path} is not JSON: {exc}", "rebuild it") from exc
-    return summarize(graph)
+    return summarize(load_graph(mnn_path))

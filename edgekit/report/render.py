@@ -166,6 +166,42 @@ def _calibration(summary: dict[str, Any]) -> list[Block]:
     return [Heading("Calibration set"), Table(["", ""], rows)]
 
 
+#: Why a layer stays float, by where the list came from.
+_FLOAT_WHY = {
+    "keep_float": "the detector's head (its outputs become boxes and scores) and layers the sensitivity "
+    "search found to move the detections most",
+    "float_layers": "the detector's prediction convolutions, and any convolution feeding one directly",
+}
+
+
+def _int8(record: RunRecord) -> list[Block]:
+    """The INT8 build: method, its agreement with FP32's detections, and the layers kept in float."""
+    build = record.node("build")
+    if build is None or build.config.get("precision") != "int8":
+        return []
+    quant = build.extra.get("quantization") or {}
+    quantize = record.node("quantize")
+    source = "float_layers" if quant.get("float_layers") is not None else "keep_float"
+    floats = quant.get(source)
+    if floats is None and quantize is not None:
+        floats = quantize.extra.get("keep_float")
+    detections = ((build.extra.get("parity") or {}).get("detections")) or {}
+    rows = [["method", str(quant.get("method") or NONE)]]
+    if detections:
+        rows += [
+            ["FP32 detections kept (check images)", _num(detections.get("kept"), 3)],
+            ["mean score error", _num(detections.get("score_error"), 4)],
+            ["box IoU with FP32", _num(detections.get("box_iou"), 3)],
+        ]
+    names = list(floats or [])
+    rows.append(["layers kept in float", str(len(names)) if floats is not None else NONE])
+    blocks: list[Block] = [Heading("INT8"), Table(["", ""], rows)]
+    if names:
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        blocks.append(Paragraph(f"{shown}. Why: {_FLOAT_WHY[source]}.", tone="note"))
+    return blocks
+
+
 def _stages(record: RunRecord) -> list[Block]:
     rows = [
         [
@@ -358,6 +394,7 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
         _latency_detail(record),
         _on_device(record),
         _calibration(summary),
+        _int8(record),
         _stages(record),
         _plots(plots),
         _candidates(record),

@@ -45,6 +45,9 @@ def _mnn_skip_reason() -> str | None:
 
 
 KL_TOLERANCE = {"boxes": 3.0, "scores": 0.15}
+#: The toy's prediction conv is fed directly by its only other conv: a float head would leave no INT8
+#: layer (both ends of a float conv are typed float), so the contract's INT8 builds quantize both.
+TOY_INT8 = {"float_head": False}
 
 
 class TestMnnContract(BackendContract):
@@ -56,6 +59,10 @@ class TestMnnContract(BackendContract):
         "int8": {"boxes": 0.1, "scores": 2e-3},  # the default method, EMA
     }
     skip_reason = _mnn_skip_reason()
+
+    def options(self, precision: str) -> dict:
+        options = super().options(precision)
+        return {**options, "quantizer": dict(TOY_INT8)} if precision == "int8" else options
 
     def unsupported_onnx(self, fp32_onnx, work):
         return add_custom_op(
@@ -71,7 +78,10 @@ class TestMnnContract(BackendContract):
     @pytest.fixture(scope="class")
     @classmethod
     def kl_artifact(cls, backend, fp32_onnx, work, calib):
-        options = {**cls().options("int8"), "quantizer": {"method": "KL"}}  # MNN's spelling is accepted
+        options = {
+            **cls().options("int8"),
+            "quantizer": {"method": "KL", **TOY_INT8},
+        }  # MNN's spelling is accepted
         return backend.build(fp32_onnx, options, work / "own_kl", calib=calib, reference=fp32_onnx)
 
     # -- what the artifact records -----------------------------------------------------------------
@@ -89,7 +99,12 @@ class TestMnnContract(BackendContract):
             "weight_method": "max_abs",
             "batch_size": 8,
             "images": 16,
+            "float_head": False,
+            "float_head_depth": 0,
+            "keep_float": [],
+            "float_layers": [],
         }
+        assert meta["mnn"]["float_head"] == [] and meta["mnn"]["float_tensors"] == 0
         ref = meta["calibration"]
         assert (ref["name"], ref["version"], ref["sha256"]) == (calib.name, calib.version, calib.sha256)
         assert ref["spec"]["input_size"] == 32
@@ -200,6 +215,47 @@ class TestMnnContract(BackendContract):
         with pytest.raises(BuildError, match="diverges from FP32 in its detections: 0.0%") as info:
             backend.build(fp32_onnx, self.options("int8"), out, calib=calib, reference=fp32_onnx)
         assert "calibrat" in info.value.hint and not out.exists()
+
+    def test_a_model_whose_two_runs_differ_is_refused(self, backend, fp32_onnx, work, calib, monkeypatch):
+        """MNN 3.6.1's INT8 on x86 gave a real YOLOv8n different outputs from run to run."""
+        from edgekit.backends import mnn_tools
+
+        real, calls = mnn_tools.run_mnn, []
+
+        def drifting(path, x, **kwargs):
+            calls.append(path)
+            return [o + len(calls) for o in real(path, x, **kwargs)]
+
+        monkeypatch.setattr(mnn_tools, "run_mnn", drifting)
+        out = work / "out_drifting"
+        with pytest.raises(BuildError, match="different outputs on two runs of the same image") as info:
+            backend.build(fp32_onnx, self.options("int8"), out, calib=calib, reference=fp32_onnx)
+        assert "--calibrator" in info.value.hint and not out.exists()
+
+    def test_a_float_head_runs_its_convs_in_float(
+        self, artifact, precision, fp32_artifact, eval_inputs, work
+    ):
+        """Typing a conv's input and output tensors float makes MNN run it in float on its int8 weights."""
+        from edgekit.backends import mnn_tools
+        from edgekit.backends.mnn_float import head_convs, plan, type_float
+        from edgekit.backends.mnn_graph import describe, load_graph
+
+        if precision != "int8":
+            return
+        graph = load_graph(artifact.path())
+        head = head_convs(graph)
+        assert len(head) == 1  # the toy's prediction conv
+        floated = work / "toy_float_head.mnn"
+        assert type_float(artifact.path(), floated, plan(graph, head).indexes()) >= 2
+        summary = describe(floated)
+        assert summary.int8_layers == 0 and len(summary.float_layers) == 2  # c1 feeds the head directly
+        x = eval_inputs[:1]
+        fp32 = mnn_tools.run_mnn(fp32_artifact.path(), x)[0]
+        int8 = mnn_tools.run_mnn(artifact.path(), x)[0]
+        head_float = mnn_tools.run_mnn(floated, x)[0]
+        assert np.array_equal(head_float, mnn_tools.run_mnn(floated, x)[0])
+        # float arithmetic on int8 weights: closer to FP32 than the INT8 model (measured 0.0032 vs 0.018)
+        assert np.abs(head_float - fp32).max() < np.abs(int8 - fp32).max()
 
     # -- the device runner -------------------------------------------------------------------------
     def test_runner_prints_one_json_line_and_uses_the_artifacts_threads(self, artifact, work):

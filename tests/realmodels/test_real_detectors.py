@@ -101,15 +101,25 @@ def test_ncnn_refuses_yolox_focus_with_the_op_named(tmp_path, photos_root, ncnn_
     assert not (tmp_path / "a").exists()
 
 
-@pytest.mark.xfail(
-    reason="MNN 3.6.1: EMA ignores skip_quant_op_names (the head cannot stay float) and KL zeroes every "
-    "score; measured 80 % (EMA) / 0 % (KL) of FP32's detections on this model",
-    strict=True,
-)
-def test_mnn_int8_keeps_the_detections(tmp_path, photos_root, mnn_tools):
-    artifact = _build("nudenet-yolov8n", "mnn", "int8", tmp_path / "a", photos_root)
+def test_mnn_int8_keeps_the_detections_or_says_why(tmp_path, photos_root, mnn_tools):
+    """MNN 3.6.1's INT8 of this model gave different outputs from run to run here (x86); KL 0 % kept.
+
+    Where MNN computes it deterministically, the build must keep the detections; where it does not, the
+    build is refused with that reason, names an option, and leaves nothing.
+    """
+    from edgekit.errors import BuildError
+
+    out = tmp_path / "a"
+    try:
+        artifact = _build("nudenet-yolov8n", "mnn", "int8", out, photos_root)
+    except BuildError as exc:
+        assert not out.exists()
+        assert "different outputs on two runs" in exc.message or "in its detections" in exc.message
+        assert "--calib" in exc.hint or "--precision" in exc.hint
+        pytest.xfail(f"MNN refused the real YOLOv8n, with its reason: {exc.message[:300]}")
     figures = _agreement(artifact)
-    assert figures["kept"] >= MIN_KEPT
+    assert figures["kept"] >= MIN_KEPT and figures["score_error"] <= MAX_SCORE_ERROR
+    assert artifact.meta["quantization"]["float_layers"]  # the prediction convs stay float
 
 
 def test_a_refused_int8_build_leaves_nothing_and_names_an_option_build_accepts(tmp_path, photos_root):

@@ -190,3 +190,23 @@ def test_slimming_shows_where_the_accuracy_goes(tmp_path, record):
     assert "Slimming by stage" not in render_markdown(
         RunRecord.new("r2", [], {"name": "local"}, {}), tmp_path
     )
+
+
+def test_an_int8_build_says_which_layers_stayed_float_and_why(tmp_path, record):
+    build = record.node("build")
+    build.extra.update(
+        {
+            "quantization": {"method": "ema", "float_layers": ["/pred8/Conv", "/pred16/Conv"]},
+            "parity": {"detections": {"kept": 1.0, "score_error": 0.0143, "box_iou": 0.9766}},
+        }
+    )
+    text = render_markdown(record, tmp_path)
+    section = text[text.index("## INT8") : text.index("## Stages")]
+    assert "| method | ema |" in section and "| FP32 detections kept (check images) | 1.000 |" in section
+    assert "| box IoU with FP32 | 0.977 |" in section and "| layers kept in float | 2 |" in section
+    assert "/pred8/Conv, /pred16/Conv. Why: the detector's prediction convolutions" in section
+
+
+def test_a_float_build_has_no_int8_section(tmp_path, record):
+    record.node("build").config["precision"] = "fp32"
+    assert "## INT8" not in render_markdown(record, tmp_path)
