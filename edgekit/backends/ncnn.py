@@ -40,6 +40,7 @@ from edgekit.backends.base import (
 )
 from edgekit.backends.ncnn_calibration import MIN_IMAGES, QUANTIZABLE
 from edgekit.backends.ncnn_convert import check_loads, convert_with_pnnx, find_pnnx, import_ncnn, run_ncnn
+from edgekit.backends.ncnn_focus import focus_to_conv
 from edgekit.backends.ncnn_format import NcnnLayer, graph_io, int8_layers, read_param
 from edgekit.backends.ncnn_int8 import Int8Result, build_int8
 from edgekit.errors import BuildError, CalibrationError, ConfigError
@@ -56,8 +57,8 @@ _HOST_THREADS = 2
 _HINTS = {
     "NonMaxSuppression": "keep NMS and box selection out of the exported graph (edgekit decodes and runs "
     "NMS on the runner's output); pnnx leaves NMS as pnnx.Expression, which ncnn cannot load",
-    "Tensor.slice": "strided slices (x[..., ::2, ::2], YOLOv5's Focus) have no ncnn layer: use a 6x6 "
-    "stride-2 Conv instead of Focus (as YOLOv5 v6+ does)",
+    "Tensor.slice": "strided slices have no ncnn layer (edgekit builds a Focus layer's four ::2 slices and "
+    "their concat as one convolution, nothing else): replace the slice in the model, or pick another backend",
     "custom": "pnnx converts standard ONNX ops only: replace the custom op, or pick another backend",
 }
 
@@ -119,16 +120,20 @@ class NcnnBackend(Backend):
     suffix = ".param"
 
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
-        return input_problems(model, options) + op_problems(model)
+        import copy
+
+        rewritten, _ = focus_to_conv(copy.deepcopy(model))  # a Focus layer is built as a convolution
+        return input_problems(model, options) + op_problems(rewritten)
 
     def _build(self, source: BuildSource, options: BuildOptions, work_dir: Path) -> BuildOutput:
         pnnx_source = "torchscript" if source.torch_program else "onnx"
         shape = options.preprocess.input_shape()
         files = dict(FILES)
         with tempfile.TemporaryDirectory(prefix=".pnnx.", dir=work_dir) as tmp:
-            converted = convert_with_pnnx(
-                source.torch_program or source.onnx, shape, tmp, fp16=options.precision == "fp16"
-            )
+            program, focus = source.torch_program, []
+            if program is None:
+                program, focus = _without_focus(source.onnx, Path(tmp))
+            converted = convert_with_pnnx(program, shape, tmp, fp16=options.precision == "fp16")
             param, bin_, int8 = converted.param, converted.bin, None
             if options.precision == "int8":
                 int8 = self._quantize(converted.param, converted.bin, source.calib, options, Path(tmp))
@@ -138,6 +143,8 @@ class NcnnBackend(Backend):
             os.replace(param, work_dir / FILES["model"])
             os.replace(bin_, work_dir / FILES["weights"])
         meta = self._meta(work_dir, options, pnnx_source, int8)
+        if focus:
+            meta["ncnn"]["focus_as_conv"] = focus
         return BuildOutput(files=files, meta=meta)
 
     def _quantize(self, param: Path, bin_: Path, calib: Any, options: BuildOptions, tmp: Path) -> Int8Result:
@@ -366,6 +373,18 @@ def _error(message: str, op: str) -> Problem:
 def _names(names: list[str]) -> str:
     shown = ", ".join(f"'{n}'" for n in names[:5])
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _without_focus(onnx_path: Path, tmp: Path) -> tuple[Path, list[str]]:
+    """The ONNX pnnx converts: ``onnx_path``, or a copy with its Focus layers as convolutions."""
+    import onnx
+
+    model, replaced = focus_to_conv(onnx.load(str(onnx_path)))
+    if not replaced:
+        return onnx_path, []
+    out = tmp / "model_focus_conv.onnx"
+    onnx.save(model, str(out))
+    return out, replaced
 
 
 def strided_slices(model: Any) -> list[str]:

@@ -53,18 +53,21 @@ def tiny_detector_with_trace(onnx_path: Path, pt_path: Path) -> tuple[Path, Path
     return onnx_path, export_torchscript(captured["model"], [1, 3, INPUT_SIZE, INPUT_SIZE], pt_path)
 
 
-def focus_detector_onnx(path: Path) -> Path:
-    """YOLOv5's Focus stem (four strided slices) before a conv and a ``[1, N, 5 + nc]`` head."""
+def focus_detector_onnx(path: Path, focus: bool = True) -> Path:
+    """YOLOv5's Focus stem (four strided slices) before a conv and a ``[1, N, 5 + nc]`` head.
+
+    With ``focus=False`` the stem is one strided slice (``x[..., ::2, ::2]``), which is no Focus layer.
+    """
     import torch
 
     class FocusDetector(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = torch.nn.Conv2d(12, 5 + NUM_CLASSES, 3, 2, 1)
+            self.conv = torch.nn.Conv2d(12 if focus else 3, 5 + NUM_CLASSES, 3, 2, 1)
 
         def forward(self, x):
             parts = [x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]]
-            p = self.conv(torch.cat(parts, 1))
+            p = self.conv(torch.cat(parts, 1) if focus else parts[0])
             return p.flatten(2).permute(0, 2, 1).sigmoid()
 
     x = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE)
@@ -237,9 +240,16 @@ class TestNcnnContract(BackendContract):
             backend.validate_options({"precision": "int8", "quantizer": {"method": "kl", "bogus": 1}})
         assert backend.quantizer_options().method == backend.methods[0]
 
-    def test_strided_slice_is_named_before_pnnx_runs(self, backend, work):
+    def test_a_focus_stem_is_built_as_one_convolution(self, backend, work):
         src = focus_detector_onnx(work / "focus.onnx")
-        out = work / "out_focus"
+        assert [p for p in backend.check(src, self.options("fp32")) if p.severity == "error"] == []
+        artifact = backend.build(src, self.options("fp32"), work / "out_focus", reference=src)
+        assert artifact.meta["ncnn"]["focus_as_conv"]
+        assert artifact.meta["parity"]["outputs"][0]["cosine"] >= 0.9999  # the rewrite is exact in float
+
+    def test_strided_slice_is_named_before_pnnx_runs(self, backend, work):
+        src = focus_detector_onnx(work / "strided.onnx", focus=False)
+        out = work / "out_strided"
         with pytest.raises(UnsupportedOpError, match="Tensor.slice") as info:
             backend.build(src, self.options("fp32"), out)
         assert info.value.ops == ["Tensor.slice"] and "Focus" in info.value.hint

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from edgekit.build import build_artifact
-from edgekit.errors import UnsupportedOpError
 from tests.realmodels.conftest import real_model
 from tests.realmodels.fetch import models
 
@@ -94,11 +93,11 @@ def test_ncnn_int8_default_keeps_the_detections(tmp_path, photos_root, ncnn_tool
     assert artifact.meta["ncnn"]["int8"]["float_layers"]  # the head convs, listed
 
 
-def test_ncnn_refuses_yolox_focus_with_the_op_named(tmp_path, photos_root, ncnn_tools):
-    with pytest.raises(UnsupportedOpError, match="Tensor.slice") as info:
-        _build("ddddocr-yolox", "ncnn", "int8", tmp_path / "a", photos_root)
-    assert "Focus" in info.value.hint
-    assert not (tmp_path / "a").exists()
+def test_ncnn_builds_yolox_with_its_focus_layer_as_a_convolution(tmp_path, photos_root, ncnn_tools):
+    artifact = _build("ddddocr-yolox", "ncnn", "fp32", tmp_path / "a", photos_root)
+    assert artifact.meta["ncnn"]["focus_as_conv"] == ["Concat_40"]
+    figures = _agreement(artifact)
+    assert figures["kept"] == 1.0 and figures["score_error"] < 1e-3 and figures["added"] == 0
 
 
 def test_mnn_int8_keeps_the_detections_or_says_why(tmp_path, photos_root, mnn_tools):
