@@ -51,7 +51,11 @@ def one(name: str, runtime: str, calibrator: str, root: Path, work: Path) -> dic
     figures = art.meta["parity"].get("detections") or {}
     quant = art.meta.get("quantization") or {}
     search = art.meta.get("calibration_search") or []
-    float_layers = quant.get("keep_float") or (art.meta.get("ncnn", {}).get("int8") or {}).get("float_layers")
+    float_layers = (
+        quant.get("keep_float")
+        or quant.get("float_layers")
+        or (art.meta.get("ncnn", {}).get("int8") or {}).get("float_layers")
+    )
     return {
         **row,
         "method": quant.get("method"),
