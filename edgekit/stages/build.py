@@ -55,6 +55,8 @@ def build_stage(
             artifact, extra = _auto(
                 ctx, plan, (onnx_path, reference, torch_program), cs, qreq.max_drop, val, out
             )
+        elif own and qreq.method == "default":
+            artifact, extra = _first_passing(ctx, backend, (onnx_path, reference, torch_program), cs, out)
         else:
             quantizer = backend.quantizer_options(method=method) if own else ctx.quantizer
             options = _options(ctx, quantizer)
@@ -124,6 +126,39 @@ def build_on_device(ctx: RunContext, plan, staged: Path, out: Path) -> Artifact:
 
     with plan.transport_factory() as transport:
         return Agent(transport).build_on_device(staged, out, progress=ctx.progress)
+
+
+def _first_passing(ctx: RunContext, backend, sources: tuple, cs, out: Path) -> tuple[Artifact, dict]:
+    """``--calibrator default`` for a self-quantizing backend, as ``edgekit build`` does it.
+
+    The backend's methods in order, then its declared fallback settings (more of the head in float)
+    with each method; the first build whose detections pass the FP32 check ships. A failed build leaves
+    nothing at ``out``. What was tried is recorded on the node.
+    """
+    onnx_path, reference, torch_program = sources
+    tried: list[dict[str, Any]] = []
+    small: list[CalibrationError] = []
+    for update in ({}, *backend.fallback):
+        for method in backend.methods:
+            try:
+                options = _options(ctx, backend.quantizer_options(method=method, **update))
+                artifact = backend.build(
+                    onnx_path, options, out, calib=cs, reference=reference, torch_program=torch_program
+                )
+            except (BuildError, CalibrationError) as exc:
+                tried.append({"method": method, **update, "error": exc.message})
+                small += [exc] if isinstance(exc, CalibrationError) else []
+                continue
+            figures = (artifact.meta.get("parity") or {}).get("detections") or {}
+            tried.append({"method": method, **update, **{k: figures.get(k) for k in ("kept", "score_error")}})
+            return artifact, {"calibration_search": tried}
+    if len(small) == len(tried):
+        raise small[0]
+    raise BuildError(
+        f"no calibration method of {backend.name} keeps FP32's detections: "
+        + "; ".join(f"{t['method']}: {t['error']}" for t in tried),
+        "calibrate on more (and more varied) images (--calib), or try another target",
+    )
 
 
 def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: Path):
