@@ -118,8 +118,8 @@ def table(headers: list[str], rows: list[list]) -> str:
 def cached_steps(recipe: str) -> list[Path]:
     """The compress cache's finished steps (``step_<i>.pt``, in order) of ``recipe``'s latest run.
 
-    A recipe's folder is ``<recipe>-<16 hex digits of the reference node>``
-    (``edgekit.stages.model.compress_workdir``), so ``default`` does not pick up ``default-fpgm``'s.
+    A recipe's folder is ``<recipe>-<16 hex digits of its inputs>`` (``edgekit.stages.model.compress_key``),
+    so ``default`` does not pick up ``default-fpgm``'s (nor a control's, ``<recipe>-control-<key>``).
     """
     root = cache_dir() / "compress"
     folders = [

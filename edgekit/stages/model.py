@@ -153,11 +153,32 @@ def reference_stage(ctx: RunContext, req, model, val):
     return model
 
 
-def compress_workdir(recipe, parent_id: str) -> Path:
-    """The cache folder of a recipe's steps (and its control) on the model of node ``parent_id``."""
+def compress_workdir(recipe, key: str) -> Path:
+    """The cache folder of a recipe's steps (or its control) for the inputs hashed into ``key``."""
     from edgekit.models.zoo import cache_dir
 
-    return cache_dir() / "compress" / f"{recipe.name}-{parent_id}"
+    return cache_dir() / "compress" / f"{recipe.name}-{key}"
+
+
+def compress_key(ctx: RunContext, recipe, model) -> str:
+    """What a recipe's result depends on, hashed: the model's content, the data, the input spec, the schedule.
+
+    Not the target: ``make deploy TARGET=rpi4-ncnn`` after ``make deploy TARGET=local`` finds the same
+    compressed model instead of fine-tuning it again.
+    """
+    from edgekit.fsutil import stable_hash
+    from edgekit.models.train import model_hash
+
+    data = ctx.record.node("data")
+    return stable_hash(
+        {
+            "recipe": recipe.name,
+            "model": model_hash(model),
+            "data": data.config if data else None,
+            "spec": ctx.spec.model_dump(mode="json"),
+            "epochs_scale": ctx.epochs_scale,
+        }
+    )
 
 
 def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
@@ -170,7 +191,7 @@ def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
         return model
     with stage(ctx, "compress"):
         train = InMemorySplit(YoloDataset(root, "train"), ctx.spec)
-        workdir = compress_workdir(recipe, ctx.record.nodes[-1].id)
+        workdir = compress_workdir(recipe, compress_key(ctx, recipe, model))
         cctx = CompressContext(
             train=train,
             val=val,
@@ -274,7 +295,7 @@ def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
         ref_epochs = (train_node.extra or {}).get("epochs") or train_node.config["train"]["epochs"]
         spent = recipe_epochs(recipe, lambda: len(prunable_convs(model, ctx.spec.input_shape())))
         epochs = float(ref_epochs) + spent * ctx.epochs_scale
-        workdir = compress_workdir(recipe, ctx.record.node("reference").id)
+        workdir = compress_workdir(recipe, "control-" + compress_key(ctx, recipe, model))
         result = train_control(
             model,
             epochs,

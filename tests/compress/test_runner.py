@@ -78,3 +78,31 @@ def test_appending_a_step_reuses_the_steps_before_it(model, make_ctx, tmp_path):
     ctx = make_ctx(workdir=workdir)
     _, nodes = runner.run_recipe(model, changed, ctx)
     assert [n["cached"] for n in nodes] == [True, False, False]
+
+
+def test_the_compress_cache_is_keyed_by_its_inputs_not_by_the_target(tmp_path):
+    """deploy to rpi4-ncnn after local finds the same compressed model (no second fine-tune)."""
+    from edgekit.compress.recipe import load_recipe
+    from edgekit.config import load_target
+    from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
+    from edgekit.pipeline import target_spec
+    from edgekit.report.record import RunRecord
+    from edgekit.stages.context import RunContext
+    from edgekit.stages.model import compress_key
+
+    def ctx(target_name: str, dataset: str = "builtin shapes") -> RunContext:
+        target = load_target(target_name)
+        record = RunRecord.new("r", [], target.model_dump(mode="json"), {"name": "default"})
+        record.child("data", {"dataset": dataset})
+        record.child("reference", {"target": target_name})  # the chain's ids differ per target
+        return RunContext(target=target, run_dir=tmp_path, record=record, spec=target_spec(target))
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    recipe, model = load_recipe("default"), TinyYolo(TinyYoloConfig(num_classes=6))
+    local, rpi = ctx("local"), ctx("rpi4-ncnn")
+    assert local.record.node("reference").id != rpi.record.node("reference").id
+    assert compress_key(local, recipe, model) == compress_key(rpi, recipe, model)
+    assert compress_key(ctx("local", "my-data/"), recipe, model) != compress_key(local, recipe, model)
+    other = TinyYolo(TinyYoloConfig(num_classes=6))
+    assert compress_key(local, recipe, other) != compress_key(local, recipe, model)  # other weights
