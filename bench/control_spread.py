@@ -51,8 +51,8 @@ def cached_model(name: str):
 
 def measure(name: str, seed: int, control: dict, kept: dict, progress: bool) -> dict:
     """Train recipe ``name``'s control (``control``: the bench's seed-0 one) with ``seed``; its row."""
-    from edgekit.compress.commands import build_context
     from edgekit.compress.control import train_control
+    from edgekit.compress.inputs import build_context
     from edgekit.data.shapes import ShapesConfig, builtin_dataset
     from edgekit.export.onnx import model_macs_params
     from edgekit.models.zoo import cache_dir

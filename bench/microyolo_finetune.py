@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from common import cached_steps
 
-    from edgekit.compress.commands import build_context
     from edgekit.compress.context import evaluate_map
     from edgekit.compress.finetune import finetune
+    from edgekit.compress.inputs import build_context
     from edgekit.compress.recipe import FinetuneSpec
     from edgekit.data.shapes import ShapesConfig, builtin_dataset
     from edgekit.export.onnx import model_macs_params

@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekit.compress.commands import build_context  # noqa: E402
 from edgekit.compress.context import evaluate_map  # noqa: E402
+from edgekit.compress.inputs import build_context  # noqa: E402
 from edgekit.compress.recipe import SlimSpec, load_recipe  # noqa: E402
 from edgekit.compress.slimming import SlimStep  # noqa: E402
 from edgekit.data.shapes import ShapesConfig, builtin_dataset  # noqa: E402

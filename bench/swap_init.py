@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekit.compress.commands import build_context  # noqa: E402
 from edgekit.compress.context import evaluate_map  # noqa: E402
+from edgekit.compress.inputs import build_context  # noqa: E402
 from edgekit.compress.recipe import SwapSpec  # noqa: E402
 from edgekit.compress.swap import SwapStep  # noqa: E402
 from edgekit.compress.teacher_init import START_GAIN  # noqa: E402

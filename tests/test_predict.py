@@ -13,12 +13,12 @@ from PIL import Image
 from torch import nn
 
 from edgekit.backends.base import Artifact
+from edgekit.cli.predict import add_parser
 from edgekit.data.dataset import YoloDataset
 from edgekit.errors import ConfigError, DataError, EdgekitError
 from edgekit.export.onnx import export_onnx
 from edgekit.models.user import detect_head, inspect_onnx
 from edgekit.predict import format_table, predict, to_json
-from edgekit.predict_commands import add_parser
 from edgekit.registry import get_backend
 
 SIZE = 160

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.calib import CalibrationSet
-from edgekit.calib.commands import add_parser
+from edgekit.cli.calib import add_parser
 from edgekit.errors import CalibrationError, ConfigError
 from tests.calib.conftest import tiny_conv_onnx
 

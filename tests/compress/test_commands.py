@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from edgekit.compress.commands import add_parser
+from edgekit.cli.compress import add_parser
 from edgekit.errors import ConfigError, ModelError
 from edgekit.report.record import RunRecord
 

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from edgekit.calib.calibration_set import CalibrationSet, parse_ref
 from edgekit.calib.manifest import MANIFEST, list_versions, read_manifest
-from edgekit.cli_types import non_negative_int, positive_int
+from edgekit.cli.types import non_negative_int, positive_int
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError
 

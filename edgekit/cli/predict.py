@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgekit.cli_types import positive_int
+from edgekit.cli.types import positive_int
 from edgekit.errors import ConfigError, EdgekitError
 
 EPILOG = """examples:

@@ -41,3 +41,7 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (a seed)."""
     return int(_number(text, int, 0, True, "an integer >= 0"))
+
+
+#: Every backend's calibration methods (the plan checks the target backend has the one asked for).
+CALIBRATORS = ["default", "auto", "minmax", "entropy", "percentile", "kl", "ema", "aciq"]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgekit.cli_types import positive_int
+from edgekit.cli.types import positive_int
 
 EPILOG = """examples:
   edgekit reference                      # 160 px, written to edgekit/models/weights/
