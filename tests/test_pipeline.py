@@ -357,7 +357,7 @@ def test_default_calibrator_of_a_self_quantizing_backend_tries_the_next_setting(
     tmp_path, shapes_root, trained, monkeypatch
 ):
     """deploy's default calibrator is edgekit build's: methods in order, then more of the head in float."""
-    from edgekit.backends import mnn
+    from edgekit.backends.mnn import backend as mnn
     from edgekit.errors import BuildError
 
     real = mnn._checked_int8

@@ -21,7 +21,7 @@ from edgekit.errors import BuildError, CalibrationError, ConfigError, Unsupporte
 if importlib.util.find_spec("_tools") is None or importlib.util.find_spec("MNN") is None:
     pytest.skip(reason="needs the mnn extra (pip install 'edgekit[mnn]')", allow_module_level=True)
 
-from edgekit.backends import mnn_tools as mt  # noqa: E402
+from edgekit.backends.mnn import tools as mt  # noqa: E402
 
 SIZE = 64
 N_CALIB = 32
@@ -352,7 +352,7 @@ def test_write_letterboxed_images_refuses_normalised_arrays(work):
 
 def test_run_mnn_keeps_the_callers_stdout_clean(fp32):
     code = (
-        "import json, numpy as np; from edgekit.backends.mnn_tools import run_mnn; "
+        "import json, numpy as np; from edgekit.backends.mnn.tools import run_mnn; "
         f"out = run_mnn({str(fp32)!r}, np.zeros((1, 3, {SIZE}, {SIZE}), np.float32)); "
         "print(json.dumps([list(o.shape) for o in out]))"
     )

@@ -115,7 +115,7 @@ class TestMnnContract(BackendContract):
         assert meta["mnn"]["calibration_images"] == 16
 
     def test_int8_is_really_int8_and_smaller(self, artifact, precision, fp32_artifact):
-        from edgekit.backends.mnn_graph import describe
+        from edgekit.backends.mnn.graph import describe
 
         fp32_bytes = fp32_artifact.path().stat().st_size
         assert describe(fp32_artifact.path()).int8_layers == 0
@@ -173,7 +173,7 @@ class TestMnnContract(BackendContract):
     def test_admm_is_refused_with_the_reason(
         self, backend, fp32_onnx, work, calib, monkeypatch, quantizer, reason
     ):
-        from edgekit.backends import mnn_tools
+        from edgekit.backends.mnn import tools as mnn_tools
 
         monkeypatch.setattr(mnn_tools, "run_tool", lambda *a, **k: pytest.fail("no MNN tool may run"))
         out = work / "out_admm"
@@ -218,7 +218,7 @@ class TestMnnContract(BackendContract):
 
     def test_a_model_whose_two_runs_differ_is_refused(self, backend, fp32_onnx, work, calib, monkeypatch):
         """MNN 3.6.1's INT8 on x86 gave a real YOLOv8n different outputs from run to run."""
-        from edgekit.backends import mnn_tools
+        from edgekit.backends.mnn import tools as mnn_tools
 
         real, calls = mnn_tools.run_mnn, []
 
@@ -236,9 +236,9 @@ class TestMnnContract(BackendContract):
         self, artifact, precision, fp32_artifact, eval_inputs, work
     ):
         """Typing a conv's input and output tensors float makes MNN run it in float on its int8 weights."""
-        from edgekit.backends import mnn_tools
-        from edgekit.backends.mnn_float import head_convs, plan, type_float
-        from edgekit.backends.mnn_graph import describe, load_graph
+        from edgekit.backends.mnn import tools as mnn_tools
+        from edgekit.backends.mnn.floats import head_convs, plan, type_float
+        from edgekit.backends.mnn.graph import describe, load_graph
 
         if precision != "int8":
             return

@@ -11,9 +11,9 @@
   evaluation sees, up to 8-bit rounding. Feature ADMM is refused (it segfaults in 3.6.1 and writes an
   all-zero model).
 
-Every tool runs in a subprocess through :mod:`edgekit.backends.mnn_tools` (no pip, no telemetry, a
+Every tool runs in a subprocess through :mod:`edgekit.backends.mnn.tools` (no pip, no telemetry, a
 segfault cannot kill edgekit); a built INT8 model is checked by structure (how many convolutions are
-INT8, :mod:`edgekit.backends.mnn_graph`) and by numbers (not all zero, then the FP32 parity check).
+INT8, :mod:`edgekit.backends.mnn.graph`) and by numbers (not all zero, then the FP32 parity check).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from edgekit.backends import mnn_tools as mt
 from edgekit.backends.base import (
     Artifact,
     Backend,
@@ -37,8 +36,9 @@ from edgekit.backends.base import (
     Problem,
     QuantizerOptions,
 )
-from edgekit.backends.mnn_float import head_convs, plan, type_float
-from edgekit.backends.mnn_graph import describe, load_graph
+from edgekit.backends.mnn import tools as mt
+from edgekit.backends.mnn.floats import head_convs, plan, type_float
+from edgekit.backends.mnn.graph import describe, load_graph
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import BuildError, CalibrationError, ConfigError
 
@@ -79,7 +79,7 @@ class MnnQuantizer(QuantizerOptions):
             order); ``None`` = every image, rounded down to a multiple of ``batch_size`` for EMA. An
             artifact records the number actually used.
         float_head: Keep the detector's prediction convolutions in float (their outputs become boxes
-            and class scores; :func:`edgekit.backends.mnn_float.head_convs`).
+            and class scores; :func:`edgekit.backends.mnn.floats.head_convs`).
         float_head_depth: With ``float_head``, also keep in float the convolutions that reach a
             prediction conv through at most this many others. ``edgekit build`` raises it when no
             method keeps the detections (:attr:`MnnBackend.fallback`).

@@ -5,7 +5,7 @@ model stores ``weight``, an INT8 one stores ``quanParameter`` (int8 weights, the
 activation scales) and ``symmetricQuan`` with ``outputDataType: DT_INT8``. Counting those tells, from
 the file alone, whether the quantizer really quantized the model and how much of it.
 
-The dump runs ``mnnconvert -f MNN --JsonFile`` through :mod:`edgekit.backends.mnn_tools`' safe tool
+The dump runs ``mnnconvert -f MNN --JsonFile`` through :mod:`edgekit.backends.mnn.tools`' safe tool
 runner (a subprocess, no pip, no telemetry).
 """
 
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends import mnn_tools
+from edgekit.backends.mnn import tools as mnn_tools
 from edgekit.errors import BuildError
 
 _CONV_TYPES = ("Convolution", "ConvolutionDepthwise", "Deconvolution", "DeconvolutionDepthwise")
@@ -31,7 +31,7 @@ class GraphSummary:
         ops: Number of ops in the model.
         conv_layers: Convolution-like ops (the layers MNN's quantizer can quantize).
         int8_layers: Those that run in INT8: int8 weights with INT8 output (``symmetricQuan``) between an
-            input and an output tensor typed INT8 (see :mod:`edgekit.backends.mnn_float`).
+            input and an output tensor typed INT8 (see :mod:`edgekit.backends.mnn.floats`).
         scale_min: Smallest activation scale (``scaleIn``/``scaleOut``) over the INT8 layers, or 0.
         scale_max: Largest activation scale over the INT8 layers, or 0.
         float_layers: Convolutions holding int8 weights that run in float (a tensor at either end is

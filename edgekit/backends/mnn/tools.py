@@ -15,8 +15,8 @@ Why it looks like this (measured, see ``research/toolchains-a.md``):
 - Feature ``ADMM`` segfaults after writing an all-zero model; it is refused up front.
 
 The runtime half (:func:`run_mnn`, :func:`check_outputs_sane`, :func:`mnn_version`) lives in
-:mod:`edgekit.backends.mnn_runtime` and the calibration-folder half (:func:`calibration_images`,
-:func:`write_letterboxed_images`) in :mod:`edgekit.backends.mnn_calib`; both are re-exported here. Nothing
+:mod:`edgekit.backends.mnn.runtime` and the calibration-folder half (:func:`calibration_images`,
+:func:`write_letterboxed_images`) in :mod:`edgekit.backends.mnn.calib`; both are re-exported here. Nothing
 imports ``MNN`` at module import time.
 """
 
@@ -38,14 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends.mnn_calib import (
+from edgekit.backends.mnn.calib import (
     IMAGE_SUFFIXES,
     ScaleSummary,
     calibration_images,
     scale_summary,
     write_letterboxed_images,
 )
-from edgekit.backends.mnn_runtime import (
+from edgekit.backends.mnn.runtime import (
     INSTALL_HINT,
     TESTED_MNN_VERSION,
     check_outputs_sane,
