@@ -15,7 +15,7 @@ from tests.backends.ncnn_models import SIZE, TinyDetector, synthetic_images
 def ncnn_tools() -> None:
     """Skip unless the ncnn wheel and pnnx are installed (the ``ncnn`` extra)."""
     pytest.importorskip("ncnn", reason="the ncnn extra is not installed: pip install 'edgekit[ncnn]'")
-    from edgekit.backends.ncnn_convert import find_pnnx
+    from edgekit.backends.ncnn.convert import find_pnnx
 
     try:
         find_pnnx()
@@ -40,14 +40,14 @@ def detector() -> TinyDetector:
 
 @pytest.fixture(scope="session")
 def detector_pt(detector, tmp_path_factory):
-    from edgekit.backends.ncnn_convert import export_torchscript
+    from edgekit.backends.ncnn.convert import export_torchscript
 
     return export_torchscript(detector, [1, 3, SIZE, SIZE], tmp_path_factory.mktemp("ts") / "det.pt")
 
 
 @pytest.fixture(scope="session")
 def fp32_model(ncnn_tools, detector_pt, tmp_path_factory):
-    from edgekit.backends.ncnn_convert import convert_with_pnnx
+    from edgekit.backends.ncnn.convert import convert_with_pnnx
 
     return convert_with_pnnx(detector_pt, [1, 3, SIZE, SIZE], tmp_path_factory.mktemp("fp32"), fp16=False)
 
@@ -64,7 +64,7 @@ def eval_images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="session")
 def int8_results(fp32_model, calib_images, tmp_path_factory):
-    from edgekit.backends.ncnn_int8 import build_int8
+    from edgekit.backends.ncnn.int8 import build_int8
 
     return {
         method: build_int8(

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit.backends.ncnn_convert import (
+from edgekit.backends.ncnn.convert import (
     check_layer_types,
     check_loads,
     convert_with_pnnx,
     export_torchscript,
     run_ncnn,
 )
-from edgekit.backends.ncnn_format import (
+from edgekit.backends.ncnn.format import (
     TAG_FP16,
     TAG_FP32,
     format_param,

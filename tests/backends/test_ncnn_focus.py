@@ -10,8 +10,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgekit.backends.ncnn import strided_slices  # noqa: E402
-from edgekit.backends.ncnn_focus import focus_to_conv  # noqa: E402
+from edgekit.backends.ncnn.backend import strided_slices  # noqa: E402
+from edgekit.backends.ncnn.focus import focus_to_conv  # noqa: E402
 
 
 def _focus_model(size: int = 8, offsets=((0, 0), (1, 0), (0, 1), (1, 1)), axes_first: int = 2):

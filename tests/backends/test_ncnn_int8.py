@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from edgekit.backends.ncnn_calibration import (
+from edgekit.backends.ncnn.calibration import (
     Int8Table,
     aciq_clip,
     find_ncnn2table,
@@ -15,8 +15,8 @@ from edgekit.backends.ncnn_calibration import (
     run_ncnn2table,
     weight_scales,
 )
-from edgekit.backends.ncnn_convert import load_net, run_ncnn
-from edgekit.backends.ncnn_format import (
+from edgekit.backends.ncnn.convert import load_net, run_ncnn
+from edgekit.backends.ncnn.format import (
     TAG_FP16,
     TAG_INT8,
     LayerWeights,
@@ -24,7 +24,7 @@ from edgekit.backends.ncnn_format import (
     read_param,
     read_weights,
 )
-from edgekit.backends.ncnn_int8 import build_int8, quantize_ncnn, read_table
+from edgekit.backends.ncnn.int8 import build_int8, quantize_ncnn, read_table
 from edgekit.errors import BuildError, CalibrationError, ConfigError
 
 METHODS = ("kl", "aciq")

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgekit.backends.ncnn_format import TAG_FP16, TAG_FP32, TAG_INT8, read_param, read_weights, weight_layout
+from edgekit.backends.ncnn.format import TAG_FP16, TAG_FP32, TAG_INT8, read_param, read_weights, weight_layout
 from edgekit.errors import BuildError, CalibrationError, ConfigError, MissingExtraError, UnsupportedOpError
 from edgekit.fsutil import sha256_file
 from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, BackendContract, make_tiny_detector_onnx
@@ -26,7 +26,7 @@ from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, BackendCont
 def _missing_tools() -> str | None:
     if importlib.util.find_spec("ncnn") is None:
         return "the ncnn runtime is not installed: pip install 'edgekit[ncnn]'"
-    from edgekit.backends.ncnn_convert import find_pnnx
+    from edgekit.backends.ncnn.convert import find_pnnx
 
     try:
         find_pnnx()
@@ -39,7 +39,7 @@ def tiny_detector_with_trace(onnx_path: Path, pt_path: Path) -> tuple[Path, Path
     """The contract's tiny detector as ONNX and as a TorchScript trace of the very same module."""
     import torch
 
-    from edgekit.backends.ncnn_convert import export_torchscript
+    from edgekit.backends.ncnn.convert import export_torchscript
 
     captured = {}
     export = torch.onnx.export

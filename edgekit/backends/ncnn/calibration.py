@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.ncnn_convert import import_ncnn, load_net
-from edgekit.backends.ncnn_format import LayerWeights, NcnnLayer, input_channels, read_param
+from edgekit.backends.ncnn.convert import import_ncnn, load_net
+from edgekit.backends.ncnn.format import LayerWeights, NcnnLayer, input_channels, read_param
 from edgekit.errors import BuildError, CalibrationError, MissingExtraError
 from edgekit.fsutil import atomic_write_text
 

@@ -1,6 +1,6 @@
 """ncnn INT8 models written by edgekit, as ncnn2int8 does (it is not in the ncnn wheel or in Debian).
 
-:func:`build_int8` calibrates (:mod:`edgekit.backends.ncnn_calibration`), writes the table and then the
+:func:`build_int8` calibrates (:mod:`edgekit.backends.ncnn.calibration`), writes the table and then the
 int8 model following ``tools/quantize/ncnn2int8.cpp`` and ``tools/modelwriter.h`` in Tencent/ncnn:
 
 * a quantized layer's weights become int8 (tag ``0x000D4B38``), its param gets ``8=int8_scale_term``
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.ncnn_calibration import (
+from edgekit.backends.ncnn.calibration import (
     METHODS,
     MIN_IMAGES,
     QUANTIZABLE,
@@ -39,8 +39,8 @@ from edgekit.backends.ncnn_calibration import (
     scale_count,
     weight_scales,
 )
-from edgekit.backends.ncnn_convert import check_loads, run_ncnn
-from edgekit.backends.ncnn_format import (
+from edgekit.backends.ncnn.convert import check_loads, run_ncnn
+from edgekit.backends.ncnn.format import (
     TAG_FP16,
     TAG_INT8,
     LayerWeights,

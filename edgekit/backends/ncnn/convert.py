@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.ncnn_format import NcnnLayer, graph_io, input_channels, int8_layers, read_param
+from edgekit.backends.ncnn.format import NcnnLayer, graph_io, input_channels, int8_layers, read_param
 from edgekit.errors import (
     BuildError,
     ConfigError,
@@ -191,7 +191,7 @@ def _check_source(source: Path) -> Path:
     if source.suffix.lower() not in _SOURCES:
         raise ModelError(
             f"pnnx converts TorchScript (.pt) or ONNX (.onnx), not {source.name}",
-            "export with edgekit.backends.ncnn_convert.export_torchscript",
+            "export with edgekit.backends.ncnn.convert.export_torchscript",
         )
     return source.resolve()
 

@@ -73,7 +73,7 @@ def focus_to_conv(model: Any) -> tuple[Any, list[str]]:
 
     Example:
         >>> model, replaced = focus_to_conv(onnx.load("yolox.onnx"))  # doctest: +SKIP
-        >>> replaced
+        >>> replaced  # doctest: +SKIP
         ['Concat_40']
     """
     from onnx import helper, numpy_helper

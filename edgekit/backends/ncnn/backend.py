@@ -6,7 +6,7 @@
   where the CPU has them; on x86 the host check computes in fp32, so fp16 arithmetic error is only
   seen on the board).
 * **int8** is the fp32 conversion calibrated on the calibration set with KL or ACIQ
-  (:func:`edgekit.backends.ncnn_int8.build_int8`); layers left in float store fp16 weights, as
+  (:func:`edgekit.backends.ncnn.int8.build_int8`); layers left in float store fp16 weights, as
   ncnn2int8 does, and compute in fp32. The runner must set ``opt.use_int8_inference`` or ncnn outputs
   NaN, so the sidecar's ``runtime`` block says which flags to set.
 
@@ -38,11 +38,11 @@ from edgekit.backends.base import (
     dims,
     graph_inputs,
 )
-from edgekit.backends.ncnn_calibration import MIN_IMAGES, QUANTIZABLE
-from edgekit.backends.ncnn_convert import check_loads, convert_with_pnnx, find_pnnx, import_ncnn, run_ncnn
-from edgekit.backends.ncnn_focus import focus_to_conv
-from edgekit.backends.ncnn_format import NcnnLayer, graph_io, int8_layers, read_param
-from edgekit.backends.ncnn_int8 import Int8Result, build_int8
+from edgekit.backends.ncnn.calibration import MIN_IMAGES, QUANTIZABLE
+from edgekit.backends.ncnn.convert import check_loads, convert_with_pnnx, find_pnnx, import_ncnn, run_ncnn
+from edgekit.backends.ncnn.focus import focus_to_conv
+from edgekit.backends.ncnn.format import NcnnLayer, graph_io, int8_layers, read_param
+from edgekit.backends.ncnn.int8 import Int8Result, build_int8
 from edgekit.errors import BuildError, CalibrationError, ConfigError
 from edgekit.fsutil import sha256_file
 
@@ -181,7 +181,7 @@ class NcnnBackend(Backend):
         meta: dict[str, Any] = {"ncnn": block, "runtime": runtime_flags(options.precision, options.threads)}
         if int8 is not None:
             block["int8"] = {
-                "tool": "edgekit.backends.ncnn_int8 (ncnn2table + ncnn2int8)",
+                "tool": "edgekit.backends.ncnn.int8 (ncnn2table + ncnn2int8)",
                 "images": int8.images,
                 "cosine_vs_fp32": round(int8.cosine, 6),
                 "float_layers": [layer.name for layer in layers if _kept_float(layer)],
