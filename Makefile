@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgekit-installed
 # The TFLite converter (litert-torch PT2E) pins jax, torchao and its own TFLite stack: an environment of
-# its own, called through a subprocess (edgekit/converters/litert_pt2e.py), never mixed into .venv.
+# its own, called through a subprocess (edgekit/backends/tflm/converters/litert_pt2e.py), never mixed into .venv.
 TFLITE_VENV  := .venv-tflite
 TFLITE_STAMP := $(TFLITE_VENV)/.edgekit-installed
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from edgekit.backends.tflm_bundle import BundleSpec, TensorInfo, c_array, resolver_methods, write_bundle
+from edgekit.backends.tflm.bundle import BundleSpec, TensorInfo, c_array, resolver_methods, write_bundle
 
 SKIP_NO_ARM = "arm-none-eabi-gcc not installed (make system-deps installs Debian gcc-arm-none-eabi)"
 

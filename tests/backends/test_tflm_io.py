@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.backends.tflm_io import bundle_notes, io_spec
-from edgekit.converters.output_groups import channel_groups
+from edgekit.backends.tflm.converters.output_groups import channel_groups
+from edgekit.backends.tflm.io import bundle_notes, io_spec
 from edgekit.errors import BuildError
 from edgekit.runners.tflm_run import assemble, tflite_outputs
 

@@ -210,7 +210,7 @@ def test_a_conv_after_a_max_pool_gets_the_bias_of_the_scale_it_reads(tmp_path):
 def test_the_bias_check_names_a_conv_quantized_for_another_input_scale():
     from types import SimpleNamespace
 
-    from edgekit.converters.tflite_graph import bias_scale_mismatches
+    from edgekit.backends.tflm.converters.tflite_graph import bias_scale_mismatches
 
     info = [{"scale": 0.05}, {"scale": [0.01, 0.02]}, {"scale": [0.0005, 0.001]}, {"scale": [0.0004, 0.0008]}]
     good = SimpleNamespace(inputs=[0, 1, 2])

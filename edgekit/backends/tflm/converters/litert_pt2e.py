@@ -13,8 +13,8 @@ Exit codes: 0 ok; 2 bad input, a model litert cannot lower, or a result that is 
 (one line ``litert_pt2e: error: ...`` on stderr, the report still written with ``"ok": false``).
 
 Example:
-    .venv-tflite/bin/python edgekit/converters/litert_pt2e.py --program det.pt2 --calib calib.npy \\
-        --out det_int8.tflite --layout NHWC --per-channel --report det_int8.json
+    .venv-tflite/bin/python edgekit/backends/tflm/converters/litert_pt2e.py --program det.pt2 \\
+        --calib calib.npy --out det_int8.tflite --layout NHWC --per-channel --report det_int8.json
 """
 
 from __future__ import annotations

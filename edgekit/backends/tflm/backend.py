@@ -42,17 +42,17 @@ from edgekit.backends.base import (
     QuantizerOptions,
 )
 from edgekit.backends.onnxruntime import require_module, unknown_op_problems
-from edgekit.backends.tflm_bundle import (
+from edgekit.backends.tflm.bundle import (
     RESOLVER_METHODS,
     BundleSpec,
     compile_model_data,
     write_bundle,
 )
-from edgekit.backends.tflm_io import bundle_notes, io_spec, tensor_info
+from edgekit.backends.tflm.io import bundle_notes, io_spec, tensor_info
 from edgekit.errors import BudgetExceededError, BuildError, MissingExtraError, ModelError, UnsupportedOpError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONVERTER = Path(__file__).resolve().parents[1] / "converters" / "litert_pt2e.py"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CONVERTER = Path(__file__).resolve().parent / "converters" / "litert_pt2e.py"
 MODEL_FILE = "model.tflite"
 #: A user ONNX's own decode (its graph after the prediction convs), run by the runner with ONNX Runtime.
 TAIL_FILE = "decode_tail.onnx"

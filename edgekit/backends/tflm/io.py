@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from edgekit.backends.tflm_bundle import TensorInfo
+from edgekit.backends.tflm.bundle import TensorInfo
 from edgekit.errors import BuildError
 
 
