@@ -29,7 +29,7 @@ from edgekit.backends.base import (
     BuildSource,
     Problem,
 )
-from edgekit.backends.onnxruntime import (
+from edgekit.backends.onnxruntime.backend import (
     OrtQdq,
     _copy_model,
     checker_problems,

@@ -41,7 +41,7 @@ from edgekit.backends.base import (
     Problem,
     QuantizerOptions,
 )
-from edgekit.backends.onnxruntime import require_module, unknown_op_problems
+from edgekit.backends.onnxruntime.backend import require_module, unknown_op_problems
 from edgekit.backends.tflm.bundle import (
     RESOLVER_METHODS,
     BundleSpec,
