@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgekit.backends.base import BuildOptions  # noqa: E402
+from edgekit.backends.tensorrt.form import check_trt_qdq, quantize_trt_qdq  # noqa: E402
 from edgekit.bench_run import bench_run  # noqa: E402
 from edgekit.calib import import_set  # noqa: E402
 from edgekit.device.agent import Agent  # noqa: E402
@@ -38,7 +39,6 @@ from edgekit.errors import HostUnreachableError  # noqa: E402
 from edgekit.export.onnx import export_onnx  # noqa: E402
 from edgekit.quantize import quantize_int8  # noqa: E402
 from edgekit.quantize.form import host_qdq_form  # noqa: E402
-from edgekit.quantize.trt_form import check_trt_qdq, quantize_trt_qdq  # noqa: E402
 from edgekit.registry import get_backend  # noqa: E402
 from edgekit.report.record import RunRecord  # noqa: E402
 from tests.device.fakeboard.fakeboard import load_ramp, make_fakeboard, start_sysfs_writer, true_energy_j  # noqa: E402

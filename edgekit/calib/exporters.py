@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.calib.trt_cache import DEFAULT_VERSION, calibrator_for, scale_from_range, write_trt_cache
+from edgekit.backends.tensorrt.cache import DEFAULT_VERSION, calibrator_for, scale_from_range, write_trt_cache
 from edgekit.data.preprocess import letterbox, load_image, to_tensor
 from edgekit.errors import CalibrationError, ConfigError, ModelError
 from edgekit.fsutil import atomic_dir, atomic_write_json, atomic_write_text

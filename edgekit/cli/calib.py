@@ -355,7 +355,7 @@ def _trt_method_and_algo(method: str | None, algo: str | None) -> tuple[str, str
 
     Neither given: entropy / EntropyCalibration2, the calibrator ``trtexec --calib`` builds with.
     """
-    from edgekit.calib.trt_cache import DEFAULT_ALGO, calibrator_for, method_for
+    from edgekit.backends.tensorrt.cache import DEFAULT_ALGO, calibrator_for, method_for
 
     if method is None:
         method = method_for(algo or DEFAULT_ALGO)

@@ -48,7 +48,7 @@ class QdqForm:
         Signature ``(fp32, out, calibration, *, method, reduce_range, keep_float, progress) -> QuantResult``.
         """
         if self.layout == "tensorrt":
-            from edgekit.quantize.trt_form import quantize_trt_qdq
+            from edgekit.backends.tensorrt.form import quantize_trt_qdq
 
             return quantize_trt_qdq
         from edgekit.quantize.ptq import quantize_int8
@@ -64,7 +64,7 @@ class QdqForm:
         from edgekit.quantize.ptq import run_quantize_static
 
         if self.layout == "tensorrt":
-            from edgekit.quantize.trt_form import TRT_WRITER_OPTIONS
+            from edgekit.backends.tensorrt.form import TRT_WRITER_OPTIONS
 
             return functools.partial(run_quantize_static, **TRT_WRITER_OPTIONS)
         return run_quantize_static

@@ -205,7 +205,8 @@ def calibrate_and_write(
     """The steps every QDQ layout shares: prepare, calibrate once, resolve float nodes, write, summarize.
 
     ``write(prepared, quantized, cache, excluded)`` writes the layout's QDQ model (ONNX Runtime's here,
-    TensorRT's in :mod:`edgekit.quantize.trt_form`); the result replaces ``out_path`` only when it returns.
+    TensorRT's in :mod:`edgekit.backends.tensorrt.form`); the result replaces ``out_path`` only when it
+    returns.
     """
     check_method(method)
     start = time.perf_counter()
@@ -248,7 +249,7 @@ def run_quantize_static(
     """Call ``quantize_static`` with ranges from an ORT calibration cache (no calibration pass).
 
     The default is ONNX Runtime's CPU layout (unsigned asymmetric activations); ``signed_activations``
-    with ``extra_options`` gives other runtimes' layouts (TensorRT: :mod:`edgekit.quantize.trt_form`).
+    with ``extra_options`` gives other runtimes' layouts (TensorRT: :mod:`edgekit.backends.tensorrt.form`).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 

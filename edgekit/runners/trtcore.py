@@ -354,7 +354,7 @@ def _check_build_request(major: int, int8: bool, fp16: bool, calib: str | None) 
     if major >= 11 and calib:
         raise ValueError(
             "TensorRT 11 removed --calib (strongly typed networks only): build from a TensorRT-form QDQ "
-            "model, which carries its INT8 scales (edgekit.quantize.trt_form.quantize_trt_qdq)"
+            "model, which carries its INT8 scales (edgekit.backends.tensorrt.form.quantize_trt_qdq)"
         )
     if major >= 11 and fp16:
         raise ValueError(

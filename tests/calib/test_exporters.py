@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgekit.backends.tensorrt.cache import read_trt_cache
 from edgekit.calib import CalibrationSet, import_set
-from edgekit.calib.trt_cache import read_trt_cache
 from edgekit.data.preprocess import PreprocessSpec, letterbox, load_image
 from edgekit.errors import ConfigError, ModelError
 from tests.calib.conftest import SPEC, tiny_conv_onnx

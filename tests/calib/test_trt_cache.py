@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.calib.trt_cache import decode_scale, read_trt_cache, version_tag, write_trt_cache
+from edgekit.backends.tensorrt.cache import decode_scale, read_trt_cache, version_tag, write_trt_cache
 from edgekit.errors import CalibrationError, ConfigError
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.backends.tensorrt.form import check_trt_qdq, quantize_trt_qdq
 from edgekit.device.transport import LocalTransport
-from edgekit.quantize.trt_form import check_trt_qdq, quantize_trt_qdq
 from tests.contract.backend_contract import INPUT_SIZE, BackendContract
 from tests.device.fakeboard.fakeboard import make_fakeboard
 

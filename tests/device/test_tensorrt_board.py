@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from edgekit.backends.base import Artifact, BuildOptions
+from edgekit.backends.tensorrt.form import quantize_trt_qdq
 from edgekit.bench_run import bench_run
 from edgekit.device.agent import Agent
 from edgekit.device.transport import LocalTransport
 from edgekit.errors import DeviceError, ModelError
 from edgekit.quantize import quantize_int8
-from edgekit.quantize.trt_form import quantize_trt_qdq
 from edgekit.registry import get_backend
 from edgekit.report.record import RunRecord
 from tests.device.fakeboard.fakeboard import make_fakeboard

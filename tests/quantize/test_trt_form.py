@@ -18,9 +18,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekit.backends.tensorrt.form import check_trt_qdq, quantize_trt_qdq, trt_form_note
 from edgekit.export.onnx import export_onnx, ort_session
 from edgekit.quantize.ptq import quantize_int8
-from edgekit.quantize.trt_form import check_trt_qdq, quantize_trt_qdq, trt_form_note
 from tests.quantize.conftest import skip_if_saturating
 
 SIZE = 160  # the reference detector's input (tests/conftest.py spec)

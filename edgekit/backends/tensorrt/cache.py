@@ -81,7 +81,7 @@ def calibrator_for(method: str, algo: str | None = None) -> str:
             f"calibration method {method!r} cannot be exported as a TensorRT calibration cache: "
             f"{_NO_TRT_CALIBRATOR[method]}",
             f"export with --method {' or '.join(METHOD_ALGOS)}, or ship a TensorRT-form QDQ model "
-            "(edgekit.quantize.trt_form.quantize_trt_qdq), which carries any method's scales itself",
+            "(edgekit.backends.tensorrt.form.quantize_trt_qdq), which carries any method's scales itself",
         )
     if method not in METHOD_ALGOS:
         raise ConfigError(f"unknown calibration method {method!r}", f"use one of {', '.join(METHOD_ALGOS)}")

@@ -4,7 +4,7 @@ An engine is specific to the GPU and the TensorRT version that built it, so the 
 What the host does (``build_location = "device"``):
 
 - INT8: the pipeline's quantize stage writes the QDQ ONNX in the form TensorRT's explicit quantization
-  accepts (:func:`edgekit.quantize.trt_form.quantize_trt_qdq`: signed INT8, symmetric activations,
+  accepts (:func:`edgekit.backends.tensorrt.form.quantize_trt_qdq`: signed INT8, symmetric activations,
   per-channel weights on the output axis); :meth:`TensorRTBackend._check` refuses a QDQ model that
   breaks those rules (ONNX Runtime's default unsigned asymmetric QDQ, for one), naming each violation.
 - :meth:`build` stages ``model.onnx`` (role ``source``) and checks it on the host with ONNX Runtime
@@ -86,11 +86,11 @@ class TensorRTBackend(Backend):
                     "precision int8 for TensorRT needs a QDQ ONNX in TensorRT's form; "
                     "this one has no Q/DQ nodes",
                     "quantize it with the tensorrt layout (edgekit deploy does; in Python: "
-                    "edgekit.quantize.trt_form.quantize_trt_qdq)",
+                    "edgekit.backends.tensorrt.form.quantize_trt_qdq)",
                 )
             )
         elif options.precision == "int8":
-            from edgekit.quantize.trt_form import check_trt_qdq
+            from edgekit.backends.tensorrt.form import check_trt_qdq
 
             violations = check_trt_qdq(model)
             if violations:
@@ -102,7 +102,7 @@ class TensorRTBackend(Backend):
                         + "; ".join(violations[:3])
                         + more,
                         "quantize the FP32 model with the tensorrt layout (edgekit deploy does; in Python: "
-                        "edgekit.quantize.trt_form.quantize_trt_qdq), not with ONNX Runtime's defaults",
+                        "edgekit.backends.tensorrt.form.quantize_trt_qdq), not with ONNX Runtime's defaults",
                     )
                 )
         elif quantized:
