@@ -116,11 +116,17 @@ class _MethodSearch:
                 + "; ".join(f"{t['method']}: {t['error']}" for t in self.tried),
                 "calibrate on more (and more varied) images with --calib, or build fp16/fp32 (--precision)",
             )
-        chosen, folder = max(
-            built, key=lambda b: (b[0].get("kept") or 0.0, -(b[0].get("score_error") or 0.0))
-        )
+        chosen, folder = self._best(built)
+        if pick_best and self._too_lossy(chosen):  # every method loses too much: the fallbacks too
+            good = lambda entry: not self._too_lossy(entry)  # noqa: E731
+            built += (
+                self._float_fallback(methods[0], good)
+                if self.be.int8_source == "qdq"
+                else self._option_fallback(methods, good)
+            )
+            chosen, folder = self._best(built)
         kept = chosen.get("kept")
-        if pick_best and kept is not None and (1.0 - kept) * 100.0 > self.max_drop:
+        if pick_best and self._too_lossy(chosen):
             raise BuildError(
                 f"the best calibration method of {self.be.name} ({chosen['method']}) keeps {kept:.1%} of "
                 f"FP32's detections, more than --max-drop {self.max_drop:g} points lost",
@@ -128,7 +134,16 @@ class _MethodSearch:
             )
         return self._land(folder, out)
 
-    def _float_fallback(self, method: str) -> list[tuple[dict, Path]]:
+    @staticmethod
+    def _best(built: list[tuple[dict, Path]]) -> tuple[dict, Path]:
+        """The candidate keeping the most of FP32's detections, then the lowest score error."""
+        return max(built, key=lambda b: (b[0].get("kept") or 0.0, -(b[0].get("score_error") or 0.0)))
+
+    def _too_lossy(self, entry: dict) -> bool:
+        kept = entry.get("kept")
+        return kept is not None and (1.0 - kept) * 100.0 > self.max_drop
+
+    def _float_fallback(self, method: str, good=lambda entry: True) -> list[tuple[dict, Path]]:
         """Keep the layers that move the detections most in float, 1, 2, 4 then 8 of them, until one passes.
 
         Layers are ranked by :func:`edgekit.quantize.sensitivity.layer_sensitivity` with the detection
@@ -138,6 +153,7 @@ class _MethodSearch:
         from edgekit.quantize.sensitivity import detection_metric, layer_sensitivity
 
         ranking = self._ranking(method, layer_sensitivity, detection_metric)
+        found: list[tuple[dict, Path]] = []
         for count in FLOAT_FALLBACK:
             extra = [name for name, _ in ranking[:count]]
             if len(extra) < count and count > 1:
@@ -156,13 +172,16 @@ class _MethodSearch:
             }
             entry["why"] = "most sensitive layers by their effect on the detections' scores"
             self.tried.append(entry)
-            return [(entry, folder)]
-        return []
+            if good(entry):
+                return [(entry, folder)]
+            found.append((entry, folder))
+        return found
 
-    def _option_fallback(self, methods: list[str]) -> list[tuple[dict, Path]]:
+    def _option_fallback(self, methods: list[str], good=lambda entry: True) -> list[tuple[dict, Path]]:
         """The backend's declared :attr:`~edgekit.backends.base.Backend.fallback` settings, in turn."""
         from edgekit.errors import BuildError
 
+        found: list[tuple[dict, Path]] = []
         for index, update in enumerate(self.be.fallback):
             for method in methods:
                 folder = self.tmp / f"candidate-{method}-fallback{index}"
@@ -174,8 +193,10 @@ class _MethodSearch:
                 figures = artifact.meta["parity"].get("detections") or {}
                 entry = {"method": method, **update, **{k: figures.get(k) for k in ("kept", "score_error")}}
                 self.tried.append(entry)
-                return [(entry, folder)]
-        return []
+                if good(entry):
+                    return [(entry, folder)]
+                found.append((entry, folder))
+        return found
 
     def _ranking(self, method, layer_sensitivity, detection_metric) -> list[tuple[str, float]]:
         from edgekit.backends.onnx_io import load_onnx

@@ -1,0 +1,53 @@
+"""``edgekit build``'s calibration search: default takes the first method that passes, auto the best,
+and auto goes on to the fallbacks when every method loses more than --max-drop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from edgekit.build import _MethodSearch
+from edgekit.errors import BuildError
+
+
+def _search(tmp_path, kept_by_method: dict[str, float], fallback_kept: list[float], max_drop=5.0):
+    be = SimpleNamespace(name="toy", int8_source="qdq", fallback=())
+    search = _MethodSearch(
+        be, None, tmp_path / "m.onnx", SimpleNamespace(name="s", count=16), tmp_path, 1, max_drop
+    )
+    calls: list[str] = []
+
+    def build(method, folder, extra_float=None, options=None):
+        calls.append(f"{method}+{len(extra_float or [])}")
+        kept = (
+            kept_by_method[method] if not extra_float else fallback_kept[len(calls) - len(kept_by_method) - 1]
+        )
+        return SimpleNamespace(meta={"parity": {"detections": {"kept": kept, "score_error": 0.01}}})
+
+    search._build = build
+    search._ranking = lambda *a: [(f"conv{i}", 1.0) for i in range(8)]
+    search._land = lambda folder, out: folder
+    return search, calls
+
+
+def test_auto_goes_on_to_the_float_fallback_when_every_method_loses_too_much(tmp_path):
+    search, calls = _search(tmp_path, {"minmax": 0.923, "entropy": 0.85}, [0.923, 1.0])
+    folder = search.run(["minmax", "entropy"], tmp_path / "out", pick_best=True)
+    assert calls == ["minmax+0", "entropy+0", "minmax+1", "minmax+2"]
+    assert Path(folder).name == "candidate-minmax-float2"
+    assert search.tried[-1]["float_layers"] == ["conv0", "conv1"]
+
+
+def test_auto_refuses_when_nothing_is_within_max_drop_and_says_which_option(tmp_path):
+    search, _ = _search(tmp_path, {"minmax": 0.9}, [0.9, 0.9, 0.9, 0.9])
+    with pytest.raises(BuildError, match="more than --max-drop 5 points") as info:
+        search.run(["minmax"], tmp_path / "out", pick_best=True)
+    assert "--max-drop" in info.value.hint
+
+
+def test_default_keeps_the_first_method_that_builds(tmp_path):
+    search, calls = _search(tmp_path, {"minmax": 0.96, "entropy": 1.0}, [])
+    folder = search.run(["minmax", "entropy"], tmp_path / "out", pick_best=False)
+    assert calls == ["minmax+0"] and Path(folder).name == "candidate-minmax"
