@@ -36,9 +36,10 @@ def build_artifact(
 
     Every build is judged by its detections against FP32 on the check images (the calibration
     images). ``method="default"`` tries the backend's calibration methods in order and keeps the first
-    whose detections pass; ``"auto"`` builds every method and keeps the one that keeps the most of
-    FP32's detections (then the lowest score error), refusing when it loses more than ``max_drop``
-    percentage points of them; a named method is built alone.
+    whose detections pass (a self-quantizing backend tries each method with its declared fallbacks, more
+    of the head in float, before the next method); ``"auto"`` builds every method and keeps the one that
+    keeps the most of FP32's detections (then the lowest score error), refusing when it loses more than
+    ``max_drop`` percentage points of them; a named method is built alone.
 
     Example:
         >>> build_artifact("onnxruntime", "fp32", Path("m.onnx"), Path("build/m"))  # doctest: +SKIP
@@ -85,6 +86,7 @@ class _MethodSearch:
 
         built: list[tuple[dict, Path]] = []
         small: list[CalibrationError] = []
+        own = self.be.int8_source != "qdq"
         for method in methods:
             folder = self.tmp / f"candidate-{method}"
             try:
@@ -94,6 +96,10 @@ class _MethodSearch:
                 small += [exc] if isinstance(exc, CalibrationError) else []
                 if len(methods) == 1:
                     raise
+                if own and not pick_best and isinstance(exc, BuildError):  # this method, more head float
+                    built = self._option_fallback([method])
+                    if built:
+                        break
                 continue
             figures = artifact.meta["parity"].get("detections") or {}
             self.tried.append({"method": method, **{k: figures.get(k) for k in ("kept", "score_error")}})
@@ -106,9 +112,9 @@ class _MethodSearch:
                 f"{self.be.name}: " + "; ".join(f"{t['method']}: {t['error']}" for t in self.tried),
                 "import a larger set with `edgekit calib import` and give it with --calib",
             )
-        if not built and self.be.int8_source == "qdq":
+        if not built and not own:
             built = self._float_fallback(methods[0])
-        elif not built:
+        elif not built and pick_best:
             built = self._option_fallback(methods)
         if not built:
             raise BuildError(

@@ -153,21 +153,8 @@ def check_parity(backend: Any, artifact: Any, reference: Path | None, calib: Any
 
 
 def _judged(backend: Any, artifact: Any, refs: list, gots: list, head: str, tol: Any, raw_error: Any) -> dict:
-    """The detection check; an INT8 model whose raw outputs are within the raw tolerance also passes.
-
-    With no detection on the check images, the raw outputs decide. (The raw pass is kept for now: the
-    contract's toy detectors and ncnn's KL on the built-in reference sit at the detection limits.)
-    """
-    try:
-        figures = _check_detections(backend, artifact, refs, gots, head, tol)
-    except BuildError:
-        if raw_error is not None or tol.raw_checked:
-            raise
-        from edgekit.backends.agreement import agreement
-
-        figures = agreement([r[0] for r in refs], [np.asarray(g[0]) for g in gots], head)
-        figures["note"] = "below the detection tolerance; passed by its raw outputs (raw tolerance)"
-        return figures
+    """The detections decide; with no detection on the check images, the raw outputs decide."""
+    figures = _check_detections(backend, artifact, refs, gots, head, tol)
     if not figures["detections"] and raw_error is not None:
         raise raw_error
     return figures

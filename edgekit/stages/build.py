@@ -131,15 +131,15 @@ def build_on_device(ctx: RunContext, plan, staged: Path, out: Path) -> Artifact:
 def _first_passing(ctx: RunContext, backend, sources: tuple, cs, out: Path) -> tuple[Artifact, dict]:
     """``--calibrator default`` for a self-quantizing backend, as ``edgekit build`` does it.
 
-    The backend's methods in order, then its declared fallback settings (more of the head in float)
-    with each method; the first build whose detections pass the FP32 check ships. A failed build leaves
+    The backend's methods in order, each with its declared fallback settings (more of the head in float)
+    before the next method; the first build whose detections pass the FP32 check ships. A failed build leaves
     nothing at ``out``. What was tried is recorded on the node.
     """
     onnx_path, reference, torch_program = sources
     tried: list[dict[str, Any]] = []
     small: list[CalibrationError] = []
-    for update in ({}, *backend.fallback):
-        for method in backend.methods:
+    for method in backend.methods:
+        for update in ({}, *backend.fallback):
             try:
                 options = _options(ctx, backend.quantizer_options(method=method, **update))
                 artifact = backend.build(

@@ -31,7 +31,6 @@ from tests.contract.backend_contract import (
     BackendContract,
     add_custom_op,
     make_calibration_set,
-    ort_fp32_outputs,
 )
 
 
@@ -44,7 +43,6 @@ def _mnn_skip_reason() -> str | None:
     return None
 
 
-KL_TOLERANCE = {"boxes": 3.0, "scores": 0.15}
 #: The toy's prediction conv is fed directly by its only other conv: a float head would leave no INT8
 #: layer (both ends of a float conv are typed float), so the contract's INT8 builds quantize both.
 TOY_INT8 = {"float_head": False}
@@ -74,15 +72,6 @@ class TestMnnContract(BackendContract):
     @classmethod
     def fp32_artifact(cls, backend, fp32_onnx, work, calib):
         return backend.build(fp32_onnx, cls().options("fp32"), work / "own_fp32", calib=calib)
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def kl_artifact(cls, backend, fp32_onnx, work, calib):
-        options = {
-            **cls().options("int8"),
-            "quantizer": {"method": "KL", **TOY_INT8},
-        }  # MNN's spelling is accepted
-        return backend.build(fp32_onnx, options, work / "own_kl", calib=calib, reference=fp32_onnx)
 
     # -- what the artifact records -----------------------------------------------------------------
     def test_artifact_records_quantizer_and_calibration(self, artifact, precision, calib):
@@ -139,21 +128,15 @@ class TestMnnContract(BackendContract):
         if precision == "int8":
             assert artifact.meta["parity"]["outputs"][0]["max_abs"] > 1e-3  # measured 0.018
 
-    def test_kl_is_the_other_method_and_within_its_tolerance(
-        self, backend, kl_artifact, eval_inputs, fp32_onnx
-    ):
-        from edgekit.runners import detcore
-
-        assert backend.methods == ("ema", "kl") and kl_artifact.meta["quantization"]["method"] == "kl"
-        assert kl_artifact.meta["mnn"]["quantizer_config"]["feature_quantize_method"] == "KL"
-        scales = kl_artifact.meta["mnn"]["sidecar_scales"]
-        assert scales["nonzero"] > 0 and scales["min_scale"] > 0  # KL's side-car holds real scales
-        refs = ort_fp32_outputs(fp32_onnx, eval_inputs)
-        for x, ref in zip(eval_inputs, refs, strict=True):
-            got = detcore.candidates(backend.infer(kl_artifact, x[None])[0], "yolov5", conf=0.0)
-            want = detcore.candidates(ref, "yolov5", conf=0.0)
-            np.testing.assert_allclose(got[:, :4], want[:, :4], rtol=0, atol=KL_TOLERANCE["boxes"])
-            np.testing.assert_allclose(got[:, 4], want[:, 4], rtol=0, atol=KL_TOLERANCE["scores"])
+    def test_kl_is_the_other_method_and_is_judged_by_its_detections(self, backend, fp32_onnx, work, calib):
+        """MNN 3.6.1's KL on the toy keeps 8 % of FP32's detections (raw outputs within 3 px / 0.15 of
+        FP32's): the detection check refuses it, and nothing is left."""
+        assert backend.methods == ("ema", "kl")
+        options = {**self.options("int8"), "quantizer": {"method": "KL", **TOY_INT8}}  # MNN's spelling
+        out = work / "own_kl"
+        with pytest.raises(BuildError, match="mnn int8 output 'output' diverges from FP32 in its detections"):
+            backend.build(fp32_onnx, options, out, calib=calib, reference=fp32_onnx)
+        assert not out.exists()
 
     # -- refusals ----------------------------------------------------------------------------------
     def test_int8_without_a_calibration_set_is_refused(self, backend, fp32_onnx, work):
