@@ -115,7 +115,7 @@ def test_mnn_int8_keeps_the_detections_or_says_why(tmp_path, photos_root, mnn_to
         assert not out.exists()
         assert "different outputs on two runs" in exc.message or "in its detections" in exc.message
         assert "--calib" in exc.hint or "--precision" in exc.hint
-        pytest.xfail(f"MNN refused the real YOLOv8n, with its reason: {exc.message[:300]}")
+        pytest.xfail(reason=f"MNN refused the real YOLOv8n, with its reason: {exc.message[:300]}")
     figures = _agreement(artifact)
     assert figures["kept"] >= MIN_KEPT and figures["score_error"] <= MAX_SCORE_ERROR
     assert artifact.meta["quantization"]["float_layers"]  # the prediction convs stay float
