@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ class Int8Result:
         images: Calibration images used.
         cosine: Cosine similarity of int8 vs fp32 ncnn outputs on the first calibration image.
         warnings: Things the caller should know (skipped layers, fp16 input, sparse histograms).
+        ranking: ``[(layer, cost), ...]`` of a sensitivity ranking, worst first (set by the caller).
     """
 
     table: Path
@@ -87,6 +88,7 @@ class Int8Result:
     images: int
     cosine: float
     warnings: list[str] = field(default_factory=list)
+    ranking: list[tuple[str, float]] = field(default_factory=list)
 
 
 def build_int8(
@@ -101,6 +103,7 @@ def build_int8(
     float_storage: str = "fp16",
     fuse_requantize: bool = True,
     min_images: int | None = None,
+    more_float: Callable[[Int8Table], Collection[str]] | None = None,
 ) -> Int8Result:
     """Calibrate an fp32 ncnn model and write its int8 table, param and bin.
 
@@ -116,6 +119,8 @@ def build_int8(
         float_storage: How layers kept in float store weights: ``"fp16"`` (ncnn2int8) or ``"fp32"``.
         fuse_requantize: Let a conv feeding int8 convs output int8 directly, as ncnn2int8 does.
         min_images: Override :data:`MIN_IMAGES` for the method.
+        more_float: Given the full table, names further layers to keep in float (a sensitivity
+            ranking, :mod:`edgekit.backends.ncnn.sensitivity`); their scales are dropped from the table.
 
     Raises:
         CalibrationError: Too few images, a bad image, or a layer whose input is zero on every image.
@@ -138,6 +143,13 @@ def build_int8(
         {w.layer.name: weight_scales(w, method) for w in targets},
         {name: np.array([s], np.float32) for name, s in activation_scales(stats, method).items()},
     )
+    ranked = list(more_float(table)) if more_float is not None else []
+    if ranked:
+        table = Int8Table(
+            {n: s for n, s in table.weight_scales.items() if n not in ranked},
+            {n: s for n, s in table.activation_scales.items() if n not in ranked},
+            table.other,
+        )
     result = Int8Result(
         *(Path(out_dir) / name for name in OUTPUT_NAMES),
         method=method,
@@ -146,7 +158,9 @@ def build_int8(
         quantized_layers=0,
         images=stats.images,
         cosine=math.nan,
-        warnings=_input_warnings(targets, skip_layers) + stats.warnings,
+        warnings=_input_warnings(targets, skip_layers)
+        + [f"layer '{name}' kept in float (ranked sensitive)" for name in ranked]
+        + stats.warnings,
     )
     options = {"float_storage": float_storage, "fuse_requantize": fuse_requantize}
     return _write_outputs(param, bin, table, result, calibration, options)
