@@ -162,11 +162,17 @@ BACKENDS: Registry[Any] = Registry(
         "mnn": "edgekit.backends.mnn:MnnBackend",
         "ncnn": "edgekit.backends.ncnn:NcnnBackend",
         "tflm": "edgekit.backends.tflm:TflmBackend",
+        "openvino": "edgekit.backends.openvino:OpenVinoBackend",
     },
-    extras={"mnn": "mnn", "ncnn": "ncnn", "tflm": "tflite"},
-    runtimes={"onnxruntime": "onnxruntime", "mnn": "MNN", "ncnn": "ncnn", "tflm": "tflite_micro"},
-    hint="this version builds onnxruntime, mnn, ncnn, tflm and tensorrt (on the Jetson): use --target "
-    "local (onnxruntime), rk3588-mnn, rpi4-ncnn or jetson, or a target YAML with one of those backends",
+    extras={"mnn": "mnn", "ncnn": "ncnn", "tflm": "tflite", "openvino": "openvino"},
+    runtimes={
+        "onnxruntime": "onnxruntime",
+        "mnn": "MNN",
+        "ncnn": "ncnn",
+        "tflm": "tflite_micro",
+        "openvino": "openvino",
+    },
+    hint="use a target `edgekit targets` lists, or a target YAML with a backend `edgekit doctor` lists",
 )
 """Every backend edgekit knows; TensorRT has no extra because it is built on the Jetson itself."""
 

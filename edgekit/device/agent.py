@@ -36,6 +36,21 @@ from edgekit.fsutil import atomic_dir, atomic_write_json, sha256_file
 from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
+BACKENDS_DIR = Path(__file__).resolve().parent.parent / "backends"
+
+
+def runner_path(name: str) -> Path:
+    """A device-side file by name: a shared one in ``edgekit/runners/``, else a backend's own.
+
+    A backend added as one package keeps its runner in ``edgekit/backends/<backend>/<name>``.
+    """
+    shared = RUNNERS_DIR / name
+    if shared.is_file():
+        return shared
+    owned = sorted(BACKENDS_DIR.glob(f"*/{name}"))
+    return owned[0] if owned else shared
+
+
 SHARED_RUNNER_FILES = ("detcore.py", "runcore.py", "powercore.py", "statecore.py")
 MISSING_RUNTIME_EXIT = 3
 """A runner's exit code for "the runtime is not installed on this device"."""
@@ -232,7 +247,7 @@ class Agent:
         remote_art = posixpath.join(work, "artifact")
         for rel in artifact.all_files():
             self._push(artifact.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
-        runner = RUNNERS_DIR / (runner_name or artifact.runner)
+        runner = runner_path(runner_name or artifact.runner)
         extra = (artifact.runner, *artifact.meta.get("runner_files", ()), *getattr(self.sampler, "files", ()))
         self._push_runner(runner.name, work, extra)
         argv = [self.python, posixpath.join(work, runner.name), "--artifact", remote_art]
@@ -245,7 +260,7 @@ class Agent:
     def _push_runner(self, runner: str, work: str, extra: tuple[str, ...] = ()) -> None:
         names = dict.fromkeys((runner, *SHARED_RUNNER_FILES, *extra))
         for name in names:
-            self._push(RUNNERS_DIR / name, posixpath.join(work, name))
+            self._push(runner_path(name), posixpath.join(work, name))
 
     def _push(self, local: Path, remote: str) -> None:
         if not local.is_file():

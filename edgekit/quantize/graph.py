@@ -151,3 +151,31 @@ def unknown_nodes(model: Any, names: list[str]) -> list[str]:
     """Return the names in ``names`` that are not nodes of ``model``."""
     known = set(node_names(model))
     return [name for name in names if name not in known]
+
+
+def feeding_convs(model: Any, convs: list[str], depth: int) -> list[str]:
+    """Convs that reach one of ``convs`` through at most ``depth - 1`` other convs (``depth`` 0: none).
+
+    With the prediction convs, ``depth`` 1 adds the convs right before them (a YOLOv8 head's branch
+    convs), 2 the ones before those. Non-conv nodes (activations, splits, concats) are walked through.
+    """
+    producers = _producers(model.graph)
+    by_name = {node.name: node for node in model.graph.node}
+    found: set[str] = set()
+    frontier = [by_name[name] for name in convs if name in by_name]
+    for _ in range(depth):
+        level: set[str] = set()
+        stack = [producers[i] for node in frontier for i in node.input if i in producers]
+        seen: set[str] = set()
+        while stack:
+            node = stack.pop()
+            if node.name in seen or node.op_type in _SHAPE_ONLY_OPS:
+                continue
+            seen.add(node.name)
+            if node.op_type == "Conv":
+                level.add(node.name)
+            else:
+                stack.extend(producers[i] for i in node.input if i in producers)
+        found |= level - set(convs)
+        frontier = [by_name[name] for name in level]
+    return [node.name for node in model.graph.node if node.name in found]

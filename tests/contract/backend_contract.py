@@ -33,7 +33,7 @@ import pytest
 
 from edgekit.backends.base import ARTIFACT_JSON, Artifact
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.device.agent import RUNNERS_DIR, Agent
+from edgekit.device.agent import Agent, runner_path
 from edgekit.device.transport import LocalTransport
 from edgekit.errors import BuildError, ModelError, UnsupportedOpError
 from edgekit.fsutil import sha256_file
@@ -234,7 +234,7 @@ class BackendContract:
             assert (artifact.dir / rel).stat().st_size > 0
         assert meta["input"]["shape"] == [1, 3, INPUT_SIZE, INPUT_SIZE]
         assert meta["output"]["num_classes"] == NUM_CLASSES
-        assert (RUNNERS_DIR / meta["runner"]).is_file()
+        assert runner_path(meta["runner"]).is_file()
 
     def test_runtime_loads_the_artifact(self, backend, artifact):
         reloaded = Artifact.load(artifact.dir)
@@ -313,7 +313,7 @@ class BackendContract:
         model.write_bytes(model.read_bytes() + b"\0")
         with pytest.raises(ModelError, match="sha256 mismatch"):
             Artifact.load(copy)
-        runner = RUNNERS_DIR / artifact.runner
+        runner = runner_path(artifact.runner)
         argv = [sys.executable, str(runner), "--artifact", str(copy)]
         res = LocalTransport().run(argv, timeout=60, check=False)
         assert res.exit_code != 0 and res.stdout == ""

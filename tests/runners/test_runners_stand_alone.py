@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 RUNNERS = Path(__file__).resolve().parents[2] / "edgekit" / "runners"
+#: A backend added as one package keeps its runner in its package (``backends/<name>/<name>_run.py``).
+OWNED = sorted((RUNNERS.parent / "backends").glob("*/*_run.py"))
 
 
 def _imports(path: Path) -> set[str]:
@@ -20,6 +22,6 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted(RUNNERS.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(RUNNERS.glob("*.py")) + OWNED, ids=lambda p: p.name)
 def test_a_device_side_file_does_not_import_edgekit(path):
     assert "edgekit" not in _imports(path), f"{path.name} imports edgekit; a board has the runner files only"
