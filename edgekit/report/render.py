@@ -198,7 +198,8 @@ def _int8(record: RunRecord) -> list[Block]:
     blocks: list[Block] = [Heading("INT8"), Table(["", ""], rows)]
     if names:
         shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-        blocks.append(Paragraph(f"{shown}. Why: {_FLOAT_WHY[source]}.", tone="note"))
+        why = quant.get("float_why") or _FLOAT_WHY[source]  # a backend may state its own reason
+        blocks.append(Paragraph(f"{shown}. Why: {why}.", tone="note"))
     return blocks
 
 

@@ -32,7 +32,13 @@ from edgekit.backends.base import (
     Problem,
     QuantizerOptions,
 )
-from edgekit.backends.openvino.nncf_ptq import METHODS, import_nncf, quantize, runtime_precisions
+from edgekit.backends.openvino.nncf_ptq import (
+    METHODS,
+    AccuracyControl,
+    import_nncf,
+    quantize,
+    runtime_precisions,
+)
 from edgekit.errors import BuildError, CalibrationError, ConfigError, MissingExtraError
 
 FILES = {"model": "model.xml", "weights": "model.bin"}
@@ -59,7 +65,14 @@ class OvQuantizer(QuantizerOptions):
             through fewer than this many other convs (``edgekit build`` raises it when no method keeps
             the detections: :attr:`OpenVinoBackend.fallback`).
         keep_float: More ONNX node names to keep in float.
+        accuracy_control: Use NNCF's accuracy-controlled quantization: it ranks the quantized layers by
+            their effect on edgekit's detection metric (per image: the share of FP32's detections kept
+            minus their mean score error, on up to 16 calibration images) and puts the worst back to
+            float until the metric drops by at most ``max_metric_drop``. ``edgekit build`` tries it
+            when no method keeps the detections (:attr:`OpenVinoBackend.fallback`).
+        max_metric_drop: The drop ``accuracy_control`` allows.
         float_layers: Convolutions the compiled model runs in float (written by the build).
+        float_why: Why they are float (written by the build; the report prints it).
         quantized_layers: Convolutions it runs in INT8 (written by the build).
     """
 
@@ -69,7 +82,10 @@ class OvQuantizer(QuantizerOptions):
     float_head: bool = True
     float_head_depth: int = Field(0, ge=0, le=8)
     keep_float: list[str] = []
+    accuracy_control: bool = False
+    max_metric_drop: float = Field(0.03, gt=0, le=0.5)
     float_layers: list[str] | None = None
+    float_why: str | None = None
     quantized_layers: int | None = None
 
 
@@ -90,7 +106,7 @@ class OpenVinoBackend(Backend):
     quantizer_options = OvQuantizer
     methods = METHODS
     #: Quantizer settings ``edgekit build`` tries in turn when no method keeps the detections.
-    fallback = ({"float_head_depth": 1}, {"float_head_depth": 2})
+    fallback = ({"float_head_depth": 1}, {"accuracy_control": True})
     min_calibration_images = 1
     extra = "openvino"
     runner = "openvino_run.py"
@@ -143,7 +159,10 @@ class OpenVinoBackend(Backend):
                     "build fp32 or fp16 (--precision): this CPU plugin has no INT8 kernels for it",
                 )
             floats = sorted(n for p, names in precisions.items() if p not in ("u8", "i8") for n in names)
-            results = {"quantized_layers": len(int8), "float_layers": floats}
+            why = "the detector's prediction convolutions and decode" if options.quantizer.float_head else ""
+            if options.quantizer.accuracy_control:
+                why += (" and " if why else "") + "the layers NNCF's accuracy control put back to float"
+            results = {"quantized_layers": len(int8), "float_layers": floats, "float_why": why or None}
             meta["quantization"] = options.quantizer.model_copy(update=results).model_dump(mode="json")
         return BuildOutput(files=dict(FILES), meta=meta)
 
@@ -177,8 +196,20 @@ class OpenVinoBackend(Backend):
         return quantize(
             named, _arrays(calib, options.preprocess, images), method=quantizer.method,
             subset_size=images or calib.count, fast_bias_correction=quantizer.fast_bias_correction,
-            ignored=ignored,
+            ignored=ignored, control=self._control(options),
         )  # fmt: skip
+
+    @staticmethod
+    def _control(options: BuildOptions) -> AccuracyControl | None:
+        quantizer = options.quantizer
+        if not quantizer.accuracy_control:
+            return None
+        if options.head is None:
+            raise ConfigError(
+                "accuracy_control measures the detections, but the model's output layout is unknown",
+                "give --head (yolov5, yolov8 or yolox)",
+            )
+        return AccuracyControl(options.head, max_drop=quantizer.max_metric_drop)
 
     def _load_check(self, artifact: Artifact) -> None:
         self._compiled_model(artifact)
