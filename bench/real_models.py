@@ -1,7 +1,7 @@
 """Issue 41: real detectors others published, INT8 on every CPU runtime, judged by agreement with FP32.
 
 For each real model (tests/realmodels/models.json, fetched by `make real-models`) x runtime (ONNX
-Runtime, ncnn, MNN, the TensorRT QDQ form checked in ONNX Runtime) x calibrator (``default``: the
+Runtime, ncnn, MNN, the TensorRT QDQ form checked in ONNX Runtime, OpenVINO) x calibrator (``default``: the
 backend's methods in order, the first that keeps the detections; ``auto``: the best of them all), one
 `edgekit build` on 96 crops of scikit-image's photographs: FP32 detections kept (same class, IoU >= 0.5),
 mean score error, the method chosen, the layers kept in float, or the refusal. This is agreement with
@@ -30,7 +30,7 @@ from edgekit.calib import import_set  # noqa: E402
 from edgekit.errors import EdgekitError  # noqa: E402
 from tests.realmodels.fetch import fetch, models, photo_crops  # noqa: E402
 
-RUNTIMES = ("onnxruntime", "ncnn", "mnn", "tensorrt")
+RUNTIMES = ("onnxruntime", "ncnn", "mnn", "tensorrt", "openvino")
 #: The heavy 1024 px layout model is measured on ONNX Runtime only (its opset-12 route).
 ONLY = {"doclaynet-yolov8n": ("onnxruntime",)}
 STATE = RESULTS / "real-models-state.json"

@@ -124,6 +124,17 @@ def test_ncnn_int8_keeps_yolox_detections_with_its_most_sensitive_layers_in_floa
     assert artifact.meta["quantization"]["quantized_layers"] >= 40  # most of the model still runs INT8
 
 
+def test_openvino_int8_default_keeps_the_detections(tmp_path, photos_root):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'edgekit[openvino]'")
+    pytest.importorskip("nncf", reason="NNCF is not installed: pip install 'edgekit[openvino]'")
+    artifact = _build("nudenet-yolov8n", "openvino", "int8", tmp_path / "a", photos_root)
+    figures = _agreement(artifact)
+    assert figures["kept"] >= MIN_KEPT and figures["score_error"] <= MAX_SCORE_ERROR
+    quant = artifact.meta["quantization"]
+    assert quant["quantized_layers"] >= 40 and quant["float_layers"] and quant["float_why"]
+    assert artifact.meta["openvino"]["convolutions"]["u8"] == quant["quantized_layers"]
+
+
 def test_mnn_int8_keeps_the_detections_or_says_why(tmp_path, photos_root, mnn_tools):
     """MNN 3.6.1's INT8 of this model gave different outputs from run to run here (x86); KL 0 % kept.
 
