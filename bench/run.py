@@ -11,6 +11,7 @@ SCRIPTS = [
     "deploy_time.py",
     "quantization.py",
     "runtimes.py",
+    "openvino_vs_ort.py",
     "real_models.py",
     "swap_init.py",
     "compression.py",
