@@ -21,7 +21,7 @@ from common import SPEC, save, setup, table
 
 from edgekit.backends.base import Artifact
 from edgekit.calib import import_set
-from edgekit.device.agent import Agent
+from edgekit.device.agent import Agent, runner_path
 from edgekit.device.transport import LocalTransport
 from edgekit.errors import BuildError
 from edgekit.export.onnx import export_onnx, export_torchscript
@@ -81,7 +81,7 @@ def bare_loop_p50(art: Artifact, x: np.ndarray, threads: int, iterations: int) -
     """The runtime's own call timed in a plain loop (the runner's Runtime class, no agent, no runner)."""
     sys.path.insert(0, str(RUNNERS))
     name = art.runner.removesuffix(".py")
-    spec = importlib.util.spec_from_file_location(name, RUNNERS / art.runner)
+    spec = importlib.util.spec_from_file_location(name, runner_path(art.runner))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     runtime_cls = next(

@@ -67,7 +67,7 @@ class Artifact:
 
     @property
     def runner(self) -> str:
-        """File name of the device-side runner in ``edgekit/runners/``."""
+        """File name of the device-side runner (in its backend's package; see ``agent.runner_path``)."""
         return self.meta["runner"]
 
 

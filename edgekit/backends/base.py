@@ -9,10 +9,11 @@ A backend turns an ONNX file into an *artifact*: a folder with the runtime's mod
      "output": {"name", "head", "shape", "num_classes", "class_names"},
      "quantization": {...}, "tools": {...}, "runtime": {"threads": null}, "runner": "ort_run.py"}
 
-Adding a backend (TensorRT, MNN, ncnn, TFLite Micro) = subclass :class:`Backend` in
-``edgekit/backends/<name>.py`` (class attributes + ``_check`` + ``_build`` + ``_load_check``), a runner
-``edgekit/runners/<name>_run.py``, a contract test subclassing ``tests/contract/backend_contract.py``,
-one line in :data:`edgekit.registry.BACKENDS` and a ``targets/<board>.yaml``.
+Adding a backend = one package ``edgekit/backends/<name>/`` holding a :class:`Backend` subclass (class
+attributes + ``_check`` + ``_build`` + ``_load_check`` + ``_infer``), its tools and its device-side runner
+``<name>_run.py`` (stdlib + the runtime + ``runcore.py``; never edgekit), a contract test subclassing
+``tests/contract/backend_contract.py``, one line in :data:`edgekit.registry.BACKENDS`, a
+``targets/<board>.yaml`` and its pip extra (OpenVINO was added this way).
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ class Backend:
             instead keep their most sensitive layers in float.
         parity: Tolerance per precision of the post-build check against FP32.
         extra: Pip extra that installs the runtime (``None`` = ships with edgekit).
-        runner: File name of the device-side runner in ``edgekit/runners/``.
+        runner: File name of the device-side runner, kept in the backend's package (the shared cores it
+            imports, ``runcore.py`` and ``detcore.py``, are in ``edgekit/runners/``).
         runner_files: Other runner-side modules it imports (pushed beside it; ``runcore.py`` and
             ``detcore.py`` always are).
         suffix: Suffix of the main model file (``.onnx``, ``.engine``, ``.mnn``...).

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgekit.device.agent import RUNNERS_DIR
+from edgekit.device.agent import runner_path
 from edgekit.errors import BuildError, CalibrationError, ConfigError, UnsupportedOpError
 from tests.contract.backend_contract import (
     EVAL_IMAGES,
@@ -242,7 +242,7 @@ class TestMnnContract(BackendContract):
 
     # -- the device runner -------------------------------------------------------------------------
     def test_runner_prints_one_json_line_and_uses_the_artifacts_threads(self, artifact, work):
-        runner = RUNNERS_DIR / artifact.runner
+        runner = runner_path(artifact.runner)
         argv = [sys.executable, str(runner), "--artifact", str(artifact.dir), "--iterations", "3",
                 "--min-seconds", "0", "--warmup", "1", "--min-warmup-s", "0"]  # fmt: skip
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)

@@ -90,7 +90,7 @@ class TestTflmContract(BackendContract):
         import numpy as np
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgekit.runners.tflm_run import TflmRuntime, dequantize, tflite_outputs
+        from edgekit.backends.tflm.tflm_run import TflmRuntime, dequantize, tflite_outputs
 
         tflm = artifact.meta["tflm"]
         lite = Interpreter(model_path=str(artifact.dir / artifact.files["model"]))

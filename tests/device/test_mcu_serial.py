@@ -74,9 +74,9 @@ def _bench(art, tmp_path, board: Board, evals):
 
 def test_the_board_over_serial_gives_the_interpreters_outputs_and_its_own_cycles(artifact, tmp_path):
     art, calib = artifact
+    from edgekit.backends.tflm.tflm_run import TflmRuntime
     from edgekit.data.preprocess import PreprocessSpec
     from edgekit.runners import detcore
-    from edgekit.runners.tflm_run import TflmRuntime
 
     evals = np.concatenate(list(calib.arrays(spec=PreprocessSpec(input_size=INPUT_SIZE))))[-4:]
     board = Board(art.dir)
@@ -108,7 +108,7 @@ def test_a_board_that_stops_answering_is_one_clear_error_and_nothing_is_left(art
 
 def test_a_board_running_another_model_is_refused(artifact, tmp_path):
     art, _ = artifact
-    from edgekit.runners import mcu_serial_run as serial
+    from edgekit.backends.tflm import mcu_serial_run as serial
 
     board = Board(art.dir)
     try:

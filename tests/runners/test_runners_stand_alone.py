@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 RUNNERS = Path(__file__).resolve().parents[2] / "edgekit" / "runners"
-#: A backend added as one package keeps its runner in its package (``backends/<name>/<name>_run.py``).
-OWNED = sorted((RUNNERS.parent / "backends").glob("*/*_run.py"))
+#: Each backend keeps its runner (and the stdlib cores only it uses) in its own package.
+OWNED = sorted((RUNNERS.parent / "backends").glob("*/*_run.py")) + [
+    RUNNERS.parent / "backends/tensorrt/trtcore.py"
+]
 
 
 def _imports(path: Path) -> set[str]:

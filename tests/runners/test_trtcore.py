@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.runners import trtcore
-from edgekit.runners.trtcore import (
+from edgekit.backends.tensorrt import trtcore
+from edgekit.backends.tensorrt.trtcore import (
     TRT_MISSING,
     build_argv,
     drift,

@@ -8,7 +8,7 @@
 * :mod:`.graph`: what a ``.mnn`` holds (MNN's JSON dump, summarised).
 * :mod:`.floats`: convolutions of an INT8 ``.mnn`` kept in float (a detector's prediction convs).
 
-The device-side runner is ``edgekit/runners/mnn_run.py``.
+The device-side runner is ``mnn_run.py`` here (the shared cores it imports are in ``edgekit/runners/``).
 """
 
 from edgekit.backends.mnn.backend import (

@@ -8,7 +8,7 @@
 * :mod:`.calibration`: activation and weight scales (KL, ACIQ).
 * :mod:`.int8`: the INT8 model (``ncnn2int8``'s job) from those scales.
 
-The device-side runner is ``edgekit/runners/ncnn_run.py``.
+The device-side runner is ``ncnn_run.py`` here (the shared cores it imports are in ``edgekit/runners/``).
 """
 
 from edgekit.backends.ncnn.backend import NcnnBackend, NcnnQuantizer

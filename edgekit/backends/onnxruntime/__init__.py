@@ -3,7 +3,7 @@
 * :mod:`.backend`: the :class:`OnnxRuntimeBackend` (fp32, fp16, INT8 from a QDQ ONNX made by
   :mod:`edgekit.quantize` in the form the device's CPU wants).
 
-The device-side runner is ``edgekit/runners/ort_run.py``.
+The device-side runner is ``ort_run.py`` here (the shared cores it imports are in ``edgekit/runners/``).
 """
 
 from edgekit.backends.onnxruntime.backend import OnnxRuntimeBackend, OrtQdq

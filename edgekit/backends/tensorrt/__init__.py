@@ -5,7 +5,7 @@
 * :mod:`.form`: the QDQ form TensorRT's explicit quantization accepts (signed symmetric INT8).
 * :mod:`.cache`: TensorRT's calibration-cache file (``edgekit calib export --format tensorrt``).
 
-The device-side runners are ``edgekit/runners/trt_run.py`` and ``trtcore.py``.
+The device-side runners are ``trt_run.py`` and ``trtcore.py`` here.
 """
 
 from edgekit.backends.tensorrt.backend import TensorRTBackend

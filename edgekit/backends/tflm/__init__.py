@@ -6,7 +6,7 @@
 * :mod:`.bundle`: the C sources (model array, op resolver, I/O description).
 * ``converters/``: the scripts run in the TFLite environment (``.venv-tflite``) through a subprocess.
 
-The device-side runners are ``edgekit/runners/tflm_run.py`` and ``mcu_serial_run.py``.
+The device-side runners are ``tflm_run.py`` and ``mcu_serial_run.py`` here.
 """
 
 from edgekit.backends.tflm.backend import CONVERTER, TflmBackend, _check_ops, converter_python

@@ -191,7 +191,7 @@ class TflmBackend(Backend):
 
     def _runtime(self, artifact: Artifact) -> Any:
         require_module("backend", self.name, "tflite_micro", self.extra)
-        from edgekit.runners.tflm_run import TflmRuntime
+        from edgekit.backends.tflm.tflm_run import TflmRuntime
 
         return TflmRuntime(artifact.meta, str(artifact.dir), None)
 

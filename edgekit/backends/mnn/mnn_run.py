@@ -24,7 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_HERE = Path(__file__).resolve().parent
+# On a board the shared cores (runcore.py, detcore.py) are pushed beside this file; in a checkout they are
+# in edgekit/runners/.
+sys.path[:0] = [str(_HERE)] + (
+    [] if (_HERE / "runcore.py").is_file() else [str(_HERE.parents[1] / "runners")]
+)
 
 import runcore  # noqa: E402
 

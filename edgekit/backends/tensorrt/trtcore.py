@@ -1,7 +1,8 @@
 """trtexec on the device: find it, build its argv for the TensorRT version at hand, parse what it prints.
 
 STDLIB ONLY: this file is copied to the Jetson beside the other runner files and must not import numpy or
-edgekit; the host imports the same file (``from edgekit.runners import trtcore``) to parse recorded output.
+edgekit; the host imports the same file (``from edgekit.backends.tensorrt import trtcore``) to parse
+recorded output.
 
 Formats (NVIDIA/TensorRT ``samples/common/sampleReporting.cpp``, ``sampleOptions.cpp``, 8.0 ... 11.x):
 

@@ -18,7 +18,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_HERE = Path(__file__).resolve().parent
+# On a board the shared cores (runcore.py, detcore.py) are pushed beside this file; in a checkout they are
+# in edgekit/runners/.
+sys.path[:0] = [str(_HERE)] + (
+    [] if (_HERE / "runcore.py").is_file() else [str(_HERE.parents[1] / "runners")]
+)
 
 import numpy as np  # noqa: E402
 import runcore  # noqa: E402
