@@ -172,7 +172,16 @@ def bench_extra(result, rt) -> dict[str, Any]:
         "guard": result.guard,
         "warnings": state_warnings(result.state_before, rt),
         "device_latency_ms": _device_latency(result.raw),
+        "runtime_report": {k: v for k, v in result.raw.items() if k not in _RUNNER_KEYS} or None,
     }
+
+
+#: Keys every runner's JSON line has (``runcore.run``); anything else is the runtime's own report (an
+#: MCU's cycle counts, OpenVINO's precision and per-layer times), kept as ``runtime_report``.
+_RUNNER_KEYS = frozenset(
+    ("runner", "runtime", "runtime_version", "threads", "first_ms", "warmup_ms", "warmup_settled",
+     "latencies_ms", "wall_s", "window", "eval", "pinned", "device")
+)  # fmt: skip
 
 
 def _device_latency(raw: dict[str, Any]) -> dict[str, Any] | None:
