@@ -356,6 +356,29 @@ def _layers(record: RunRecord) -> list[Block]:
     return [Heading(f"Per-layer table ({node.stage})"), Table(keys, rows, numeric)]
 
 
+def _runtime_layers(record: RunRecord) -> list[Block]:
+    """The slowest layers as the runtime's own profiler timed them on the device (OpenVINO reports them)."""
+    bench = record.node("bench")
+    report = (bench.extra.get("runtime_report") or {}) if bench else {}
+    for runtime, figures in report.items():
+        layers = figures.get("layers") if isinstance(figures, dict) else None
+        if not layers:
+            continue
+        rows = [
+            [row.get("layer"), row.get("type"), row.get("kernel"), _num(row.get("ms"), 4)] for row in layers
+        ]
+        note = (
+            f"{runtime}'s profiling counters, mean over its profiled runs (a second compiled model, outside "
+            f"the timed loop); inference precision {figures.get('inference_precision', NONE)}."
+        )
+        return [
+            Heading(f"Slowest layers on the device ({runtime})"),
+            Table(["layer", "type", "kernel", "ms"], rows, frozenset({3})),
+            Paragraph(note, tone="note"),
+        ]
+    return []
+
+
 def _environment(record: RunRecord) -> list[Block]:
     tools: dict[str, list[str]] = {}
     for n in record.nodes:
@@ -400,6 +423,7 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
         _plots(plots),
         _candidates(record),
         _layers(record),
+        _runtime_layers(record),
         teacher_init_blocks(record),
         slimming_blocks(record),
         training_curve_blocks(record),

@@ -210,3 +210,25 @@ def test_an_int8_build_says_which_layers_stayed_float_and_why(tmp_path, record):
 def test_a_float_build_has_no_int8_section(tmp_path, record):
     record.node("build").config["precision"] = "fp32"
     assert "## INT8" not in render_markdown(record, tmp_path)
+
+
+def test_a_backend_states_its_own_reason_for_float_layers(tmp_path, record):
+    record.node("build").extra["quantization"] = {
+        "method": "minmax",
+        "float_layers": ["/model.2/cv1/conv/Conv/WithoutBiases"],
+        "float_why": "the layers NNCF's accuracy control put back to float",
+    }
+    text = render_markdown(record, tmp_path)
+    assert "WithoutBiases. Why: the layers NNCF's accuracy control put back to float." in text
+
+
+def test_the_runtimes_own_per_layer_times_are_reported(tmp_path, record):
+    layers = [{"layer": "/stem/Conv", "type": "Convolution", "kernel": "brgconv_avx512_I8", "ms": 0.1673}]
+    report = {"openvino": {"device": "CPU", "inference_precision": "f32", "layers": layers}}
+    record.node("bench").extra["runtime_report"] = report
+    text = render_markdown(record, tmp_path)
+    section = text[text.index("## Slowest layers on the device (openvino)") :]
+    assert "| /stem/Conv | Convolution | brgconv_avx512_I8 | 0.1673 |" in section
+    assert "inference precision f32" in section
+    del record.node("bench").extra["runtime_report"]
+    assert "Slowest layers" not in render_markdown(record, tmp_path)
