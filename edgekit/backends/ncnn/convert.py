@@ -362,24 +362,41 @@ def run_ncnn(
         >>> outs[0].shape  # doctest: +SKIP
         (1, 21, 500)
     """
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise DataError(f"run_ncnn takes one (1, C, H, W) input, got shape {x.shape}", "pass x[None]")
+    return run_ncnn_many(param, bin, [x], int8=int8, fp16=fp16, threads=threads)
+
+
+def run_ncnn_many(
+    param: str | Path,
+    bin: str | Path,  # noqa: A002
+    xs: list[np.ndarray],
+    *,
+    int8: bool,
+    fp16: bool,
+    threads: int = 1,
+) -> list[np.ndarray]:
+    """:func:`run_ncnn` on each input with one loaded net: every output of every input, in order."""
     layers = read_param(param)
     channels = input_channels(layers)
-    if channels is not None and x.shape[1] != channels:
-        raise DataError(
-            f"the model takes {channels} input channels, the input has {x.shape[1]}",
-            "preprocess the input as the model expects (ncnn would silently compute garbage)",
-        )
+    for x in xs:
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise DataError(f"run_ncnn takes one (1, C, H, W) input, got shape {x.shape}", "pass x[None]")
+        if channels is not None and x.shape[1] != channels:
+            raise DataError(
+                f"the model takes {channels} input channels, the input has {x.shape[1]}",
+                "preprocess the input as the model expects (ncnn would silently compute garbage)",
+            )
     ncnn = import_ncnn()
     inputs, outputs = graph_io(layers)
     net = load_net(param, bin, int8=int8, fp16=fp16, threads=threads)
-    extractor = net.create_extractor()
-    extractor.input(inputs[0], ncnn.Mat(np.ascontiguousarray(x[0], dtype=np.float32)).clone())
     results = []
-    for name in outputs:
-        ret, mat = extractor.extract(name)
-        if ret != 0:
-            raise BuildError(f"ncnn failed to compute output {name!r} (code {ret})", "check the input shape")
-        results.append(np.array(mat, dtype=np.float32)[None])
+    for x in xs:
+        extractor = net.create_extractor()
+        extractor.input(inputs[0], ncnn.Mat(np.ascontiguousarray(x[0], dtype=np.float32)).clone())
+        for name in outputs:
+            ret, mat = extractor.extract(name)
+            if ret != 0:
+                raise BuildError(
+                    f"ncnn failed to compute output {name!r} (code {ret})", "check the input shape"
+                )
+            results.append(np.array(mat, dtype=np.float32)[None])
     return results

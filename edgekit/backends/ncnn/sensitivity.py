@@ -22,28 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends.ncnn.calibration import Int8Table
-from edgekit.backends.ncnn.convert import import_ncnn, load_net
-from edgekit.backends.ncnn.format import graph_io, read_param
-from edgekit.errors import BuildError
+from edgekit.backends.ncnn.convert import run_ncnn_many
 
 Score = Callable[[list[np.ndarray], list[np.ndarray]], float]
-
-
-def run_all(param: Path, bin_: Path, images: Sequence[np.ndarray], *, int8: bool) -> list[np.ndarray]:
-    """Every output of every image, in order, from one loaded net (float32, batch dim restored)."""
-    ncnn = import_ncnn()
-    inputs, outputs = graph_io(read_param(param))
-    net = load_net(param, bin_, int8=int8, fp16=False, threads=1)
-    results = []
-    for x in images:
-        extractor = net.create_extractor()
-        extractor.input(inputs[0], ncnn.Mat(np.ascontiguousarray(x[0], dtype=np.float32)).clone())
-        for name in outputs:
-            ret, mat = extractor.extract(name)
-            if ret != 0:
-                raise BuildError(f"ncnn failed to compute output {name!r} (code {ret})", "check the input")
-            results.append(np.array(mat, dtype=np.float32)[None])
-    return results
 
 
 def rank_layers(
@@ -69,7 +50,7 @@ def rank_layers(
     """
     from edgekit.backends.ncnn.int8 import quantize_ncnn
 
-    reference = run_all(param, bin_, images, int8=False)
+    reference = run_ncnn_many(param, bin_, list(images), int8=False, fp16=False)
     names = [name for name in table.activation_scales if name in table.weight_scales]
     costs: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix=".rank.") as tmp:
@@ -77,7 +58,16 @@ def rank_layers(
         for done, name in enumerate(names, 1):
             alone = Int8Table({name: table.weight_scales[name]}, {name: table.activation_scales[name]})
             quantize_ncnn(param, bin_, alone, one_param, one_bin)
-            costs.append((name, float(score(reference, run_all(one_param, one_bin, images, int8=True)))))
+            costs.append(
+                (
+                    name,
+                    float(
+                        score(
+                            reference, run_ncnn_many(one_param, one_bin, list(images), int8=True, fp16=False)
+                        )
+                    ),
+                )
+            )
             if progress is not None:
                 progress(done, len(names))
     order = {name: i for i, name in enumerate(names)}
