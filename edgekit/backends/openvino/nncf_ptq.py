@@ -123,8 +123,8 @@ class AccuracyControl:
 
     Attributes:
         head: The output layout (``yolov5``, ``yolov8``, ``yolox``).
-        max_drop: Largest drop of the metric allowed (absolute; per image the metric is the share of
-            FP32's detections kept minus their mean score error, 1.0 for FP32 itself).
+        max_drop: Largest drop of the metric allowed (absolute; the metric is the share of FP32's
+            detections kept minus their mean score error over the check images, 1.0 for FP32 itself).
         images: Calibration images the metric is measured on.
         max_float: Most rounds of putting layers back to float.
     """
@@ -135,24 +135,28 @@ class AccuracyControl:
     max_float: int = 16
 
     def validation(self, refs: list[np.ndarray], data: list[np.ndarray]) -> Callable:
-        """NNCF's ``validation_fn``: per check image, FP32's detections kept minus their score error.
+        """NNCF's ``validation_fn``: FP32's detections kept minus their mean score error.
 
-        An image where FP32 detects nothing counts ``1 - mean |score error|`` of its active anchors.
+        The metric is pooled over the images (as the build's check pools them: a detector may find
+        nothing in most of them); each image's own value, used by NNCF to rank, is the same figure on that
+        image alone, or ``1 - mean |score error|`` of its active anchors where FP32 detects nothing.
         """
         from edgekit.backends.agreement import agreement
         from edgekit.quantize.sensitivity import detection_metric
 
         anchors = detection_metric(self.head)
 
-        def value(ref: np.ndarray, got: np.ndarray) -> float:
-            figures = agreement([ref], [got], self.head)
+        def value(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+            figures = agreement(ref, got, self.head)
             if figures["kept"] is None:
-                return 1.0 - anchors([ref], [got])
+                return 1.0 - anchors(ref, got)
             return float(figures["kept"]) - float(figures["score_error"] or 0.0)
 
         def validate(compiled: Any, items: Iterable[int]) -> tuple[float, list[float]]:
-            values = [value(refs[i], np.asarray(compiled({0: data[i]})[0])) for i in items]
-            return float(np.mean(values)), values
+            items = list(items)
+            gots = [np.asarray(compiled({0: data[i]})[0]) for i in items]
+            ref = [refs[i] for i in items]
+            return value(ref, gots), [value([r], [g]) for r, g in zip(ref, gots, strict=True)]
 
         return validate
 
