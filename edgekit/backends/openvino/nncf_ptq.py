@@ -27,7 +27,7 @@ import numpy as np
 from edgekit.errors import BuildError, MissingExtraError
 
 #: Activation range estimators edgekit offers (``OvQuantizer.method``), best guess first.
-METHODS = ("minmax", "mean_minmax")
+METHODS = ("mean_minmax", "minmax")
 
 
 def import_nncf() -> Any:
