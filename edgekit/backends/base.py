@@ -379,7 +379,13 @@ class Backend:
                     f"needs at least {self.min_calibration_images}",
                     "import a larger set with `edgekit calib import`",
                 )
-            update["quantizer"] = options.quantizer or self.quantizer_options()
+            quantizer = update["quantizer"] = options.quantizer or self.quantizer_options()
+            images = getattr(quantizer, "images", None)
+            if images is not None and images > calib.count:
+                raise CalibrationError(
+                    f"quantizer images={images} but calibration set {calib.name!r} has {calib.count}",
+                    "lower images, or import a larger set with `edgekit calib import`",
+                )
         if calib is not None and (own_int8 or options.calibration is None) and options.precision == "int8":
             update["calibration"] = CalibrationRef(**calib.ref(), spec=spec)
         return options.model_copy(update=update)

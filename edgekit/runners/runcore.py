@@ -331,6 +331,13 @@ def save_npy(path: str, array: np.ndarray) -> None:
     Path(tmp).replace(path)
 
 
+#: Keys of every runner's JSON line; a runtime's ``report()`` adds its own beside them.
+RESULT_KEYS = frozenset(
+    ("runner", "runtime", "runtime_version", "threads", "first_ms", "warmup_ms", "warmup_settled",
+     "latencies_ms", "wall_s", "window", "eval", "pinned", "device")
+)  # fmt: skip
+
+
 def run(runtime_cls, runner: str, argv: list[str] | None = None) -> int:
     """The whole runner: load, warm up, time, evaluate, print one JSON line.
 

@@ -172,16 +172,15 @@ def bench_extra(result, rt) -> dict[str, Any]:
         "guard": result.guard,
         "warnings": state_warnings(result.state_before, rt),
         "device_latency_ms": _device_latency(result.raw),
-        "runtime_report": {k: v for k, v in result.raw.items() if k not in _RUNNER_KEYS} or None,
+        "runtime_report": _runtime_report(result.raw),
     }
 
 
-#: Keys every runner's JSON line has (``runcore.run``); anything else is the runtime's own report (an
-#: MCU's cycle counts, OpenVINO's precision and per-layer times), kept as ``runtime_report``.
-_RUNNER_KEYS = frozenset(
-    ("runner", "runtime", "runtime_version", "threads", "first_ms", "warmup_ms", "warmup_settled",
-     "latencies_ms", "wall_s", "window", "eval", "pinned", "device")
-)  # fmt: skip
+def _runtime_report(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """What a runtime reported beside the runner's own keys (an MCU's cycles, OpenVINO's layer times)."""
+    from edgekit.runners.runcore import RESULT_KEYS
+
+    return {k: v for k, v in raw.items() if k not in RESULT_KEYS} or None
 
 
 def _device_latency(raw: dict[str, Any]) -> dict[str, Any] | None:

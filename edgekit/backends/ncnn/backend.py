@@ -45,7 +45,7 @@ from edgekit.backends.ncnn.focus import focus_to_conv
 from edgekit.backends.ncnn.format import NcnnLayer, graph_io, int8_layers, read_param
 from edgekit.backends.ncnn.int8 import Int8Result, build_int8
 from edgekit.backends.ncnn.sensitivity import rank_layers
-from edgekit.errors import BuildError, CalibrationError, ConfigError
+from edgekit.errors import BuildError, ConfigError
 from edgekit.fsutil import sha256_file
 from edgekit.progress import track
 
@@ -160,12 +160,7 @@ class NcnnBackend(Backend):
 
     def _quantize(self, param: Path, bin_: Path, calib: Any, options: BuildOptions, tmp: Path) -> Int8Result:
         quantizer = options.quantizer
-        images = quantizer.images
-        if images is not None and images > calib.count:
-            raise CalibrationError(
-                f"quantizer images={images} but calibration set {calib.name!r} has {calib.count}",
-                "lower images, or import a larger set with `edgekit calib import`",
-            )
+        images = quantizer.images  # not more than the set holds: Backend._with_calibration checks
         keep = float_layers(quantizer, read_param(param))
         source = calibration_arrays(calib, options.preprocess, images)
         ranked = None
