@@ -11,9 +11,8 @@ state for a board that is not at hand.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from edgekit.runners.runcore import cpu_features, int8_dot
@@ -31,8 +30,14 @@ class QdqForm:
         reason: Why, in words the report shows ("7-bit weights: the device's CPU lacks VNNI ...").
         int8_dot: The device's INT8 dot-product instruction (``vnni``, ``vpmaddubsw``, ``sdot``...).
         cpu_source: Where the CPU facts came from (``this host``, a target YAML, ``not stated``).
-        layout: Which QDQ writer: ``onnxruntime`` (unsigned asymmetric activations, ONNX Runtime's
-            CPU defaults) or ``tensorrt`` (signed symmetric INT8, TensorRT's explicit quantization).
+        layout: The name of the QDQ layout (``onnxruntime``: unsigned asymmetric activations, ONNX
+            Runtime's CPU defaults; a backend with a layout of its own names it).
+        label: What the record and report call an artifact of this layout.
+        writer: The function that writes this layout (default: :func:`edgekit.quantize.ptq.quantize_int8`),
+            ``(fp32, out, calibration, *, method, reduce_range, keep_float, progress) -> QuantResult``.
+        single_layer_writer: Its writer for one layer alone, what the sensitivity ranking measures
+            (default: :func:`edgekit.quantize.ptq.run_quantize_static`),
+            ``(prepared, out, cache, method, per_channel, excluded, nodes_to_quantize, reduce_range)``.
     """
 
     reduce_range: bool = False
@@ -40,33 +45,26 @@ class QdqForm:
     int8_dot: str = "unknown"
     cpu_source: str = "not stated"
     layout: str = "onnxruntime"
+    label: str = "QDQ"
+    writer: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+    single_layer_writer: Callable[..., None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def quantizer(self) -> Callable[..., Any]:
-        """The function that writes this layout.
-
-        Signature ``(fp32, out, calibration, *, method, reduce_range, keep_float, progress) -> QuantResult``.
-        """
-        if self.layout == "tensorrt":
-            from edgekit.backends.tensorrt.form import quantize_trt_qdq
-
-            return quantize_trt_qdq
+        """The function that writes this layout (:attr:`writer`)."""
+        if self.writer is not None:
+            return self.writer
         from edgekit.quantize.ptq import quantize_int8
 
         return quantize_int8
 
     @property
     def layer_writer(self) -> Callable[..., None]:
-        """The QDQ writer of this layout for one layer alone (what the sensitivity ranking measures).
-
-        Signature ``(prepared, out, cache, method, per_channel, excluded, nodes_to_quantize, reduce_range)``.
-        """
+        """This layout's writer for one layer alone (:attr:`single_layer_writer`)."""
+        if self.single_layer_writer is not None:
+            return self.single_layer_writer
         from edgekit.quantize.ptq import run_quantize_static
 
-        if self.layout == "tensorrt":
-            from edgekit.backends.tensorrt.form import TRT_WRITER_OPTIONS
-
-            return functools.partial(run_quantize_static, **TRT_WRITER_OPTIONS)
         return run_quantize_static
 
     @property
@@ -86,7 +84,8 @@ class QdqForm:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``artifact.json`` and the record."""
-        return {**asdict(self), "weight_bits": self.weight_bits}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
+        return {**data, "weight_bits": self.weight_bits}
 
 
 def ort_qdq_form(cpu: dict[str, Any] | None, source: str = "not stated") -> QdqForm:
@@ -117,12 +116,6 @@ def ort_qdq_form(cpu: dict[str, Any] | None, source: str = "not stated") -> QdqF
         f"({dot}) saturate with full-range weights"
     )
     return QdqForm(True, reason, dot, source)
-
-
-def tensorrt_qdq_form(source: str = "TensorRT on the device's GPU") -> QdqForm:
-    """TensorRT's explicit-quantization layout (the GPU's INT8 kernels need no weight-range cut)."""
-    reason = "8-bit weights, TensorRT explicit quantization (signed INT8, symmetric, per-channel weights)"
-    return QdqForm(False, reason, "tensorrt", source, layout="tensorrt")
 
 
 def host_qdq_form() -> QdqForm:

@@ -84,7 +84,7 @@ def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path
             "qdq_form": form.to_dict(),
         },
         fields,
-        label=f"INT8 PTQ ({result.method}, {_layout_label(form)}, per-channel {weights}; "
+        label=f"INT8 PTQ ({result.method}, {form.label}, per-channel {weights}; "
         f"{_float_label(result.excluded_nodes)})",
         metrics={**ctx.deployed_stats, "size_bytes": int(result.size_bytes)},
         inputs={"calibration": cs.sha256},
@@ -101,10 +101,6 @@ def _weights_label(reduce_range: bool, form) -> str:
         return form.reason
     bits = 7 if reduce_range else 8
     return f"{bits}-bit weights: measured best on the device by --calibrator auto ({form.int8_dot})"
-
-
-def _layout_label(form) -> str:
-    return "TensorRT-form QDQ" if form.layout == "tensorrt" else "QDQ"
 
 
 def _float_label(excluded: list[str]) -> str:

@@ -58,3 +58,19 @@ class TestOpenVinoContract(BackendContract):
         report = json.loads(done.stdout)["openvino"]
         assert report["inference_precision"] in ("f32", "f16") and report["device"] == "CPU"
         assert report["layers"] and all(row["ms"] >= 0 and row["layer"] for row in report["layers"])
+
+    def test_float_ranked_that_leaves_nothing_int8_is_refused_and_leaves_nothing(
+        self, backend, fp32_onnx, work, calib
+    ):
+        """The tiny model has one activation quantizer (its prediction conv is float): bypassing it leaves
+        no INT8 convolution. (The ranking itself is checked on the real YOLOX in tests/realmodels.)"""
+        if self.skip_reason:
+            pytest.skip(reason=self.skip_reason)
+        from edgekit.errors import BuildError
+
+        out = work / "ranked"
+        options = {**self.options("int8"), "quantizer": {"float_ranked": 1}}
+        with pytest.raises(BuildError) as caught:
+            backend.build(fp32_onnx, options, out, calib=calib, reference=fp32_onnx)
+        assert "float_ranked" in caught.value.message and "--precision" in caught.value.hint
+        assert not out.exists()

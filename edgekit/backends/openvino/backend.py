@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -36,14 +37,21 @@ from edgekit.backends.base import (
 from edgekit.backends.openvino.nncf_ptq import (
     METHODS,
     AccuracyControl,
+    fp32_outputs,
     quantize,
+    read_onnx,
     runtime_precisions,
 )
+from edgekit.backends.openvino.sensitivity import activation_quantizers, bypass, rank_quantizers
 from edgekit.errors import BuildError, ConfigError, MissingExtraError
+from edgekit.fsutil import sha256_file
+from edgekit.progress import track
 
 FILES = {"model": "model.xml", "weights": "model.bin"}
 #: The precision the runner asks OpenVINO's CPU plugin for, per artifact precision.
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+#: Calibration images an activation quantizer's INT8 cost is measured on (``float_ranked``).
+RANK_IMAGES = 8
 _UNSUPPORTED = re.compile(r"(?:not supported|unsupported|No conversion rule)[^\n]*?([A-Z][A-Za-z0-9_]+)")
 _OP_HINT = "replace the op in the model (or export with another opset), or pick another backend"
 
@@ -66,12 +74,18 @@ class OvQuantizer(QuantizerOptions):
             through fewer than this many other convs (``edgekit build`` raises it when no method keeps
             the detections: :attr:`OpenVinoBackend.fallback`).
         keep_float: More ONNX node names to keep in float.
+        float_ranked: Also bypass this many of NNCF's activation quantizers, those whose INT8 alone costs
+            the detections most (:mod:`.sensitivity`: each kept alone, measured in OpenVINO on
+            ``RANK_IMAGES`` calibration images); the layers they feed compute in float. ``edgekit
+            build`` raises it when no method keeps the detections (:attr:`OpenVinoBackend.fallback`).
         accuracy_control: Use NNCF's accuracy-controlled quantization: it ranks the quantized layers by
             their effect on edgekit's detection metric (per image: the share of FP32's detections kept
             minus their mean score error, on up to 16 calibration images) and puts the worst back to
             float until the metric drops by at most ``max_metric_drop``. ``edgekit build`` tries it
             when no method keeps the detections (:attr:`OpenVinoBackend.fallback`).
         max_metric_drop: The drop ``accuracy_control`` allows.
+        sensitivity: The ranking ``float_ranked`` used: metric and the costliest quantizers (written by
+            the build).
         float_layers: Convolutions the compiled model runs in float (written by the build).
         float_why: Why they are float (written by the build; the report prints it).
         quantized_layers: Convolutions it runs in INT8 (written by the build).
@@ -83,8 +97,10 @@ class OvQuantizer(QuantizerOptions):
     float_head: bool = True
     float_head_depth: int = Field(0, ge=0, le=8)
     keep_float: list[str] = []
+    float_ranked: int = Field(0, ge=0, le=64)
     accuracy_control: bool = False
     max_metric_drop: float = Field(0.03, gt=0, le=0.5)
+    sensitivity: dict[str, Any] | None = None
     float_layers: list[str] | None = None
     float_why: str | None = None
     quantized_layers: int | None = None
@@ -107,15 +123,19 @@ class OpenVinoBackend(Backend):
     quantizer_options = OvQuantizer
     methods = METHODS
     #: Quantizer settings ``edgekit build`` tries in turn when no method keeps the detections.
-    fallback = ({"float_head_depth": 1}, {"accuracy_control": True})
+    fallback = ({"float_head_depth": 1}, {"float_ranked": 4}, {"float_ranked": 8}, {"accuracy_control": True})
     min_calibration_images = 1
     extra = "openvino"
     runner = "openvino_run.py"
     suffix = ".xml"
 
+    #: Rankings of ``float_ranked`` kept for the process (the search's successive counts rank once).
+    _rankings: ClassVar[dict[tuple[Any, ...], list[tuple[str, float]]]] = {}
+
     def __init__(self) -> None:
         self._compiled: dict[tuple[str, str], Any] = {}
         self._nncf: str | None = None  # NNCF's version when the last build was its INT8
+        self._sensitivity: dict[str, Any] | None = None  # the last INT8 build's float_ranked ranking
 
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
         ov = _import_openvino()
@@ -157,6 +177,12 @@ class OpenVinoBackend(Backend):
         }
         if options.precision == "int8":
             int8 = [n for p in ("u8", "i8") for n in precisions.get(p, [])]
+            if not int8 and self._sensitivity:
+                raise BuildError(
+                    f"bypassing {len(self._sensitivity['bypassed'])} activation quantizers (float_ranked) left no "
+                    f"convolution of the model in INT8 ({meta['openvino']})",
+                    "build fp32 or fp16 (--precision): too little of this model is INT8 to be worth it",
+                )
             if not int8:
                 raise BuildError(
                     f"OpenVINO runs no convolution of the model in INT8 on this CPU ({meta['openvino']})",
@@ -164,9 +190,17 @@ class OpenVinoBackend(Backend):
                 )
             floats = sorted(n for p, names in precisions.items() if p not in ("u8", "i8") for n in names)
             why = "the detector's prediction convolutions and decode" if options.quantizer.float_head else ""
+            if options.quantizer.float_ranked:
+                why += (" and " if why else "") + (
+                    f"the layers fed by the {options.quantizer.float_ranked} activation quantizers whose INT8 "
+                    f"alone costs the detections most (on {RANK_IMAGES} calibration images)"
+                )
             if options.quantizer.accuracy_control:
                 why += (" and " if why else "") + "the layers NNCF's accuracy control put back to float"
-            results = {"quantized_layers": len(int8), "float_layers": floats, "float_why": why or None}
+            results = {
+                "quantized_layers": len(int8), "float_layers": floats, "float_why": why or None,
+                "sensitivity": self._sensitivity,
+            }  # fmt: skip
             meta["quantization"] = options.quantizer.model_copy(update=results).model_dump(mode="json")
         return BuildOutput(files=dict(FILES), meta=meta)
 
@@ -192,11 +226,52 @@ class OpenVinoBackend(Backend):
         ignored = list(dict.fromkeys([*head, *quantizer.keep_float]))
         named = tmp / "named.onnx"
         onnx.save(model, str(named))
-        return quantize(
-            named, _arrays(calib, options.preprocess, images), method=quantizer.method,
-            subset_size=images or calib.count, fast_bias_correction=quantizer.fast_bias_correction,
-            ignored=ignored, control=self._control(options),
+        arrays = _arrays(calib, options.preprocess, images)
+        int8 = quantize(
+            named, arrays, method=quantizer.method, subset_size=images or calib.count,
+            fast_bias_correction=quantizer.fast_bias_correction, ignored=ignored, control=self._control(options),
         )  # fmt: skip
+        self._sensitivity = None
+        if quantizer.float_ranked:
+            ranking = self._ranking(int8, named, arrays, options, ignored)
+            chosen = [name for name, _ in ranking[: quantizer.float_ranked]]
+            bypass(int8, set(chosen))
+            self._sensitivity = {
+                "metric": "mean |score error| of FP32's active anchors, the quantizer alone in INT8",
+                "images": RANK_IMAGES,
+                "bypassed": chosen,
+                "top": [{"quantizer": n, "cost": round(c, 5)} for n, c in ranking[:32]],
+            }
+        return int8
+
+    def _ranking(
+        self, int8: Any, named: Path, arrays: Callable[[], Iterable[np.ndarray]], options: BuildOptions,
+        ignored: list[str],
+    ) -> list[tuple[str, float]]:  # fmt: skip
+        from edgekit.quantize.sensitivity import detection_metric
+
+        if options.head is None:
+            raise ConfigError(
+                "float_ranked ranks quantizers by their effect on the detections; the output layout is unknown",
+                "give --head (yolov5, yolov8 or yolox)",
+            )
+        quantizer = options.quantizer
+        images = [np.ascontiguousarray(x, dtype=np.float32) for _, x in zip(range(RANK_IMAGES), arrays(), strict=False)]
+        digest = hashlib.sha256()
+        for x in arrays():
+            digest.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        key = (
+            sha256_file(named), digest.hexdigest(), quantizer.method, quantizer.fast_bias_correction,
+            tuple(ignored), options.head,
+        )  # fmt: skip
+        if key not in self._rankings:
+            reference = fp32_outputs(read_onnx(named), images)
+            total = len(activation_quantizers(int8))
+            with track(total, "OpenVINO: ranking activation quantizers by their INT8 cost") as advance:
+                self._rankings[key] = rank_quantizers(
+                    int8, reference, images, detection_metric(options.head), lambda: advance()
+                )
+        return self._rankings[key]
 
     @staticmethod
     def _control(options: BuildOptions) -> AccuracyControl | None:

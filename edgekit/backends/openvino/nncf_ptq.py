@@ -100,7 +100,7 @@ def quantize(
             from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
             check = list(range(min(control.images, len(data))))
-            refs = _outputs(model, [data[i] for i in check])
+            refs = fp32_outputs(model, [data[i] for i in check])
             validate = control.validation(refs, data)
             return nncf.quantize_with_accuracy_control(
                 model, dataset, nncf.Dataset(check), validate, max_drop=control.max_drop,
@@ -161,7 +161,7 @@ class AccuracyControl:
         return validate
 
 
-def _outputs(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
+def fp32_outputs(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
     """The FP32 model's first output per input, computed in f32."""
     import openvino as ov
 

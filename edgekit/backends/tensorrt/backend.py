@@ -36,7 +36,8 @@ from edgekit.backends.onnxruntime.backend import (
     require_module,
     unknown_op_problems,
 )
-from edgekit.quantize.form import QdqForm, tensorrt_qdq_form
+from edgekit.backends.tensorrt.form import tensorrt_qdq_form
+from edgekit.quantize.form import QdqForm
 
 ENGINE_FILE = "model.engine"
 SOURCE_FILE = "model.onnx"

@@ -23,6 +23,7 @@ it. The next conv quantizes the ReLU's output, which is where TensorRT wants the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -34,9 +35,10 @@ from edgekit.errors import BuildError, ModelError
 from edgekit.quantize.calibrators import (
     Calibration,
 )
+from edgekit.quantize.form import QdqForm
 from edgekit.quantize.ptq import QuantResult, calibrate_and_write, run_quantize_static
 
-__all__ = ["TRT_OP_TYPES", "check_trt_qdq", "quantize_trt_qdq", "trt_form_note"]
+__all__ = ["TRT_OP_TYPES", "check_trt_qdq", "quantize_trt_qdq", "tensorrt_qdq_form", "trt_form_note"]
 
 #: Ops whose inputs get Q/DQ: the weighted ops, plus MaxPool/Resize, which are exact in INT8 and let
 #: INT8 tensors flow through the neck. Relu/Clip are left out (see the module docstring).
@@ -55,6 +57,15 @@ def trt_form_note() -> str:
         "TensorRT explicit quantization: signed INT8 (QInt8), symmetric (zero points 0), "
         "per-channel weights on the output-channel axis, per-tensor activations, float bias, QDQ opset >= 13"
     )
+
+
+def tensorrt_qdq_form(source: str = "TensorRT on the device's GPU") -> QdqForm:
+    """TensorRT's explicit-quantization layout (the GPU's INT8 kernels need no weight-range cut)."""
+    reason = "8-bit weights, TensorRT explicit quantization (signed INT8, symmetric, per-channel weights)"
+    return QdqForm(
+        False, reason, "tensorrt", source, layout="tensorrt", label="TensorRT-form QDQ",
+        writer=quantize_trt_qdq, single_layer_writer=functools.partial(run_quantize_static, **TRT_WRITER_OPTIONS),
+    )  # fmt: skip
 
 
 def quantize_trt_qdq(
