@@ -14,7 +14,7 @@ from edgekit.backends.base import BuildOptions
 from edgekit.data.dataset import YoloDataset
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.data.shapes import ShapesConfig, builtin_dataset
-from edgekit.device.agent import Agent
+from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.transport import LocalTransport
 from edgekit.models.train import InMemorySplit, map_from_candidates
 from edgekit.models.zoo import cache_dir, converged_reference
@@ -76,13 +76,15 @@ def device_eval(
         BACKENDS.get("onnxruntime")().build(onnx_path, options, out)
         res = Agent(LocalTransport(), python=python).bench(
             out,
-            bench_input=inputs[:1],
-            eval_inputs=inputs,
-            warmup=2 if python else 50,
-            min_warmup_s=0.0 if python else 1.0,
-            iterations=iterations,
-            min_seconds=min_seconds,
-            threads=threads,
+            BenchPlan(
+                bench_input=inputs[:1],
+                eval_inputs=inputs,
+                warmup=2 if python else 50,
+                min_warmup_s=0.0 if python else 1.0,
+                iterations=iterations,
+                min_seconds=min_seconds,
+                threads=threads,
+            ),
             progress=False,
         )
         size = (out / "model.onnx").stat().st_size

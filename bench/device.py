@@ -32,7 +32,7 @@ from edgekit.backends.base import BuildOptions  # noqa: E402
 from edgekit.backends.tensorrt.form import check_trt_qdq, quantize_trt_qdq  # noqa: E402
 from edgekit.bench_run import bench_run  # noqa: E402
 from edgekit.calib import import_set  # noqa: E402
-from edgekit.device.agent import Agent  # noqa: E402
+from edgekit.device.agent import Agent, BenchPlan  # noqa: E402
 from edgekit.device.power import energy_per_inference  # noqa: E402
 from edgekit.device.transport import LocalTransport  # noqa: E402
 from edgekit.errors import HostUnreachableError  # noqa: E402
@@ -62,12 +62,14 @@ def agent_overhead(work: Path, fp32: Path, val, rounds: int) -> dict:
                     t = time.monotonic()
                     res = Agent(transport, python=sys.executable).bench(
                         art.dir,
-                        bench_input=inputs[:1],
-                        warmup=50,
-                        min_warmup_s=1.0,
-                        iterations=500,
-                        min_seconds=3.0,
-                        threads=2,
+                        BenchPlan(
+                            bench_input=inputs[:1],
+                            warmup=50,
+                            min_warmup_s=1.0,
+                            iterations=500,
+                            min_seconds=3.0,
+                            threads=2,
+                        ),
                         progress=False,
                     )
                     wall = time.monotonic() - t

@@ -29,7 +29,7 @@ from edgekit.calib import import_set  # noqa: E402
 from edgekit.data.dataset import YoloDataset  # noqa: E402
 from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.data.shapes import builtin_dataset  # noqa: E402
-from edgekit.device.agent import Agent  # noqa: E402
+from edgekit.device.agent import Agent, BenchPlan  # noqa: E402
 from edgekit.device.transport import LocalTransport  # noqa: E402
 from edgekit.export.onnx import export_onnx  # noqa: E402
 from edgekit.models.train import InMemorySplit, map_from_candidates  # noqa: E402
@@ -54,10 +54,10 @@ mnn_backend.MIN_PART_COSINE = -1.0
 
 
 def _evaluate(folder: Path, inputs: np.ndarray, val) -> dict:
-    res = Agent(LocalTransport()).bench(
-        folder, bench_input=inputs[:1], eval_inputs=inputs, warmup=5, min_warmup_s=0.2,
-        iterations=100, min_seconds=1.0, threads=2, progress=False,
-    )  # fmt: skip
+    plan = BenchPlan(
+        inputs[:1], inputs, warmup=5, min_warmup_s=0.2, iterations=100, min_seconds=1.0, threads=2
+    )
+    res = Agent(LocalTransport()).bench(folder, plan, progress=False)
     return {**map_from_candidates(val, res.detections), "p50_ms": res.stats["p50"]}
 
 

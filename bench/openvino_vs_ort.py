@@ -22,7 +22,7 @@ from common import SPEC, save, setup, table
 
 from edgekit.build import build_artifact
 from edgekit.calib import import_set
-from edgekit.device.agent import Agent
+from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.transport import LocalTransport
 from edgekit.export.onnx import export_onnx
 from edgekit.models.train import map_from_candidates
@@ -31,10 +31,11 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 def timed(art, x: np.ndarray, threads: int, seconds: float, val=None) -> dict:
-    res = Agent(LocalTransport()).bench(
-        art.dir, bench_input=x[:1], eval_inputs=x if val is not None else None, warmup=50,
-        min_warmup_s=1.0, iterations=300, min_seconds=seconds, threads=threads, progress=False,
+    plan = BenchPlan(
+        x[:1], x if val is not None else None, warmup=50, min_warmup_s=1.0, iterations=300,
+        min_seconds=seconds, threads=threads,
     )  # fmt: skip
+    res = Agent(LocalTransport()).bench(art.dir, plan, progress=False)
     out = {"p50": res.stats["p50"], "p99": res.stats["p99"], "raw": res.raw}
     if val is not None:
         out.update(map_from_candidates(val, res.detections))

@@ -21,7 +21,7 @@ from common import SPEC, save, setup, table
 
 from edgekit.backends.base import Artifact
 from edgekit.calib import import_set
-from edgekit.device.agent import Agent, runner_path
+from edgekit.device.agent import Agent, BenchPlan, runner_path
 from edgekit.device.transport import LocalTransport
 from edgekit.errors import BuildError
 from edgekit.export.onnx import export_onnx, export_torchscript
@@ -62,13 +62,15 @@ def runner_stats(
 ) -> dict:
     res = Agent(LocalTransport()).bench(
         art.dir,
-        bench_input=inputs[:1],
-        eval_inputs=inputs if val is not None else None,
-        warmup=50,
-        min_warmup_s=1.0,
-        iterations=iterations,
-        min_seconds=seconds,
-        threads=threads,
+        BenchPlan(
+            bench_input=inputs[:1],
+            eval_inputs=inputs if val is not None else None,
+            warmup=50,
+            min_warmup_s=1.0,
+            iterations=iterations,
+            min_seconds=seconds,
+            threads=threads,
+        ),
         progress=False,
     )
     out = {"p50": res.stats["p50"], "p90": res.stats["p90"]}

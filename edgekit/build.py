@@ -11,7 +11,7 @@ from edgekit.errors import ConfigError
 #: ``edgekit build --calibrator auto``: percentage points of FP32's detections the chosen method may lose.
 DEFAULT_MAX_DROP = 5.0
 #: Layers kept in float, in turn, when no calibration method keeps the detections (QDQ backends).
-FLOAT_FALLBACK = (1, 2, 4, 8, 16)
+FLOAT_FALLBACK = (1, 2, 4, 8, 16, 32)
 
 
 def build_artifact(
@@ -150,7 +150,7 @@ class _MethodSearch:
         return kept is not None and (1.0 - kept) * 100.0 > self.max_drop
 
     def _float_fallback(self, method: str, good=lambda entry: True) -> list[tuple[dict, Path]]:
-        """Keep the layers that move the detections most in float, 1, 2, 4, 8 then 16, until one passes.
+        """Keep the layers that move the detections most in float, 1, 2, 4, 8, 16 then 32, until one passes.
 
         Layers are ranked by :func:`edgekit.quantize.sensitivity.layer_sensitivity` with the detection
         metric (each layer alone in INT8, its effect on the active anchors' scores).

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit.backends.base import Artifact
 from edgekit.data.preprocess import Letterbox, preprocess_file
-from edgekit.device.agent import Agent
+from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.transport import Transport
 from edgekit.errors import DataError, DeviceError
 from edgekit.fsutil import atomic_write_bytes
@@ -135,14 +135,16 @@ def _run(agent: Agent, artifact: Artifact, tensors: np.ndarray, conf: float, thr
     # One timed iteration, no warm-up: the runner is only used for its outputs here.
     result = agent.bench(
         artifact.dir,
-        bench_input=tensors[:1],
-        eval_inputs=tensors,
-        warmup=0,
-        min_warmup_s=0.0,
-        iterations=1,
-        min_seconds=0.0,
-        threads=threads,
-        conf=conf,
+        BenchPlan(
+            bench_input=tensors[:1],
+            eval_inputs=tensors,
+            warmup=0,
+            min_warmup_s=0.0,
+            iterations=1,
+            min_seconds=0.0,
+            threads=threads,
+            conf=conf,
+        ),
         progress=False,
     )
     if result.detections is None or len(result.detections) != len(tensors):

@@ -56,6 +56,48 @@ MISSING_RUNTIME_EXIT = 3
 """A runner's exit code for "the runtime is not installed on this device"."""
 
 
+@dataclass(frozen=True)
+class BenchPlan:
+    """What :meth:`Agent.bench` runs on the device, and for how long.
+
+    Attributes:
+        bench_input: The timing input, in the artifact's input shape.
+        eval_inputs: ``(N, C, H, W)`` stack of preprocessed eval images, or ``None``.
+        warmup: Minimum warm-up iterations.
+        min_warmup_s: Minimum warm-up seconds (then on until latency settles, at most 5x as long).
+        iterations: Minimum timed iterations.
+        min_seconds: Minimum timed seconds.
+        threads: Intra-op threads; ``None`` = the artifact's ``runtime.threads``.
+        conf: Score threshold for eval candidate rows.
+        timeout: Seconds before the run is killed (``None`` = no limit).
+        cpus: Cores to pin the runner to on the device (``None`` = no pinning).
+        idle_s: Idle baseline before the timed window (only when the sampler measures).
+        guard: The host's reference output on ``bench_input`` and its tolerance.
+        runner: Another runner file for the same artifact (an MCU's ``mcu_serial_run.py``).
+        runner_args: Extra arguments for the runner (``--port /dev/ttyACM0``...).
+
+    Example:
+        >>> plan = BenchPlan(np.zeros((1, 3, 32, 32), np.float32), iterations=20, min_seconds=0.0)
+        >>> plan.warmup, plan.threads
+        (10, None)
+    """
+
+    bench_input: np.ndarray
+    eval_inputs: np.ndarray | None = None
+    warmup: int = 10
+    min_warmup_s: float = 2.0
+    iterations: int = 1000
+    min_seconds: float = 30.0
+    threads: int | None = None
+    conf: float = 0.001
+    timeout: float | None = None
+    cpus: list[int] | None = None
+    idle_s: float = 0.0
+    guard: Guard | None = None
+    runner: str | None = None
+    runner_args: tuple[str, ...] = ()
+
+
 @dataclass
 class BenchResult:
     """One benchmark run of one artifact on one device.
@@ -142,8 +184,8 @@ class Agent:
     Example:
         >>> from edgekit.device.transport import LocalTransport
         >>> agent = Agent(LocalTransport())
-        >>> res = agent.bench("runs/x/build", bench_input=x, eval_inputs=None,  # doctest: +SKIP
-        ...                   warmup=10, iterations=200, min_seconds=2, threads=2)
+        >>> plan = BenchPlan(x, warmup=10, iterations=200, min_seconds=2, threads=2)  # doctest: +SKIP
+        >>> res = agent.bench("runs/x/build", plan)  # doctest: +SKIP
         >>> res.stats["p99"], res.fps  # doctest: +SKIP
     """
 
@@ -152,45 +194,13 @@ class Agent:
         self.sampler = sampler or NullSampler()
         self.python = python or getattr(transport, "default_python", "python3")
 
-    def bench(
-        self,
-        artifact_dir: str | Path,
-        *,
-        bench_input: np.ndarray,
-        eval_inputs: np.ndarray | None = None,
-        warmup: int = 10,
-        min_warmup_s: float = 2.0,
-        iterations: int = 1000,
-        min_seconds: float = 30.0,
-        threads: int | None = None,
-        conf: float = 0.001,
-        timeout: float | None = None,
-        progress: bool = True,
-        cpus: list[int] | None = None,
-        idle_s: float = 0.0,
-        guard: Guard | None = None,
-        runner: str | None = None,
-        runner_args: list[str] | None = None,
-    ) -> BenchResult:
+    def bench(self, artifact_dir: str | Path, plan: BenchPlan, *, progress: bool = True) -> BenchResult:
         """Push the artifact and runner, time it, collect eval detections, clean up.
 
         Args:
             artifact_dir: A built artifact folder (verified before anything is pushed).
-            bench_input: The timing input, in the artifact's input shape.
-            eval_inputs: ``(N, C, H, W)`` stack of preprocessed eval images, or ``None``.
-            warmup: Minimum warm-up iterations.
-            min_warmup_s: Minimum warm-up seconds (then on until latency settles, ≤ 5x as long).
-            iterations: Minimum timed iterations.
-            min_seconds: Minimum timed seconds.
-            threads: Intra-op threads; ``None`` = the artifact's ``runtime.threads``.
-            conf: Score threshold for eval candidate rows.
-            timeout: Seconds before the run is killed (``None`` = no limit).
+            plan: What to run and how long (:class:`BenchPlan`).
             progress: Draw a progress bar from the runner's ``@progress`` lines.
-            cpus: Cores to pin the runner to on the device (``None`` = no pinning).
-            idle_s: Idle baseline before the timed window (only when the sampler measures).
-            guard: The host's reference output on ``bench_input`` and its tolerance.
-            runner: Another runner file for the same artifact (an MCU's ``mcu_serial_run.py``).
-            runner_args: Extra arguments for the runner (``--port /dev/ttyACM0``...).
 
         Raises:
             ModelError: The artifact is missing or tampered with.
@@ -202,23 +212,25 @@ class Agent:
         work = self.transport.mkdtemp()
         try:
             with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as host_tmp:
-                argv = self._stage(artifact, work, Path(host_tmp), bench_input, eval_inputs, runner)
-                argv += list(runner_args or [])
-                argv += _runner_flags(warmup, min_warmup_s, iterations, min_seconds, threads, conf)
-                argv += ["--cpus", ",".join(map(str, cpus))] if cpus else []
+                argv = self._stage(
+                    artifact, work, Path(host_tmp), plan.bench_input, plan.eval_inputs, plan.runner
+                )
+                argv += list(plan.runner_args)
+                argv += _runner_flags(plan)
+                argv += ["--cpus", ",".join(map(str, plan.cpus))] if plan.cpus else []
                 argv += ["--output-out", posixpath.join(work, "guard.npy")]
                 before = self.state(work)
-                deadline = (timeout or 4 * 3600.0) + idle_s + 60
+                deadline = (plan.timeout or 4 * 3600.0) + plan.idle_s + 60
                 self.sampler.start(SamplerSession(self.transport, work, self.python, deadline))
                 try:
-                    idle = self._idle(idle_s)
-                    result = self._run(argv, timeout, progress)
+                    idle = self._idle(plan.idle_s)
+                    result = self._run(argv, plan.timeout, progress)
                 finally:
                     samples = self.sampler.stop()
                 after = self.state(work)
                 raw = parse_runner_output(result)
                 dets = self._fetch_eval(raw, work, Path(host_tmp))
-                guard_record = self._check_guard(guard, work, Path(host_tmp))
+                guard_record = self._check_guard(plan.guard, work, Path(host_tmp))
         finally:
             self.transport.remove(work)
         res = self._result(raw, dets, samples, before, after, idle)
@@ -444,9 +456,8 @@ def _completed_meta(meta: dict, info: dict, built: dict, final: Path, where: str
     return out
 
 
-def _runner_flags(
-    warmup: int, min_warmup_s: float, iterations: int, min_seconds: float, threads: int | None, conf: float
-) -> list[str]:
-    flags = ["--warmup", str(warmup), "--min-warmup-s", str(min_warmup_s)]
-    flags += ["--iterations", str(iterations), "--min-seconds", str(min_seconds), "--conf", str(conf)]
-    return flags + (["--threads", str(threads)] if threads is not None else [])
+def _runner_flags(plan: BenchPlan) -> list[str]:
+    flags = ["--warmup", str(plan.warmup), "--min-warmup-s", str(plan.min_warmup_s)]
+    flags += ["--iterations", str(plan.iterations), "--min-seconds", str(plan.min_seconds)]
+    flags += ["--conf", str(plan.conf)]
+    return flags + (["--threads", str(plan.threads)] if plan.threads is not None else [])

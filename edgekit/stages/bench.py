@@ -48,7 +48,7 @@ def run_on_device(
     target: Target, transport, artifact_dir: Path, x, eval_x, *, progress: bool, iterations=None
 ):
     """Bench ``artifact_dir`` on the target's device with its sampler, idle baseline and guard."""
-    from edgekit.device.agent import Agent
+    from edgekit.device.agent import Agent, BenchPlan
     from edgekit.device.power import sampler_for
 
     rt = target.runtime
@@ -56,18 +56,20 @@ def run_on_device(
     idle_s = target.power.idle_s if target.connection.type == "ssh" else min(target.power.idle_s, 2.0)
     return Agent(transport, sampler=sampler).bench(
         artifact_dir,
-        bench_input=x,
-        eval_inputs=eval_x,
-        warmup=rt.warmup,
-        min_warmup_s=rt.min_warmup_s,
-        iterations=iterations or rt.iterations,
-        min_seconds=rt.min_seconds if iterations is None else 0.0,
-        threads=rt.threads,
-        cpus=rt.cpu_affinity,
+        BenchPlan(
+            bench_input=x,
+            eval_inputs=eval_x,
+            warmup=rt.warmup,
+            min_warmup_s=rt.min_warmup_s,
+            iterations=iterations or rt.iterations,
+            min_seconds=rt.min_seconds if iterations is None else 0.0,
+            threads=rt.threads,
+            cpus=rt.cpu_affinity,
+            idle_s=idle_s,
+            guard=host_guard(artifact_dir, x),
+            **serial_runner(rt.serial),
+        ),
         progress=progress,
-        idle_s=idle_s,
-        guard=host_guard(artifact_dir, x),
-        **serial_runner(rt.serial),
     )
 
 
@@ -76,7 +78,7 @@ def serial_runner(serial) -> dict[str, Any]:
     if serial is None:
         return {}
     args = ["--port", serial.port, "--baud", str(serial.baud), "--timeout", str(serial.timeout)]
-    return {"runner": "mcu_serial_run.py", "runner_args": args}
+    return {"runner": "mcu_serial_run.py", "runner_args": tuple(args)}
 
 
 def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:

@@ -24,16 +24,18 @@ def measure(ctx: RunContext, transport_factory, artifact_dir: Path, val) -> dict
 
 
 def _bench(transport, artifact_dir: Path, inputs, ctx: RunContext):
-    from edgekit.device.agent import Agent
+    from edgekit.device.agent import Agent, BenchPlan
 
     return Agent(transport).bench(
         artifact_dir,
-        bench_input=inputs[:1],
-        eval_inputs=inputs,
-        warmup=5,
-        min_warmup_s=0.0,
-        iterations=50,
-        min_seconds=0.0,
-        threads=ctx.target.runtime.threads,
+        BenchPlan(
+            bench_input=inputs[:1],
+            eval_inputs=inputs,
+            warmup=5,
+            min_warmup_s=0.0,
+            iterations=50,
+            min_seconds=0.0,
+            threads=ctx.target.runtime.threads,
+        ),
         progress=False,
     )

@@ -33,7 +33,7 @@ import pytest
 
 from edgekit.backends.base import ARTIFACT_JSON, Artifact
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.device.agent import Agent, runner_path
+from edgekit.device.agent import Agent, BenchPlan, runner_path
 from edgekit.device.transport import LocalTransport
 from edgekit.errors import BuildError, ModelError, UnsupportedOpError
 from edgekit.fsutil import sha256_file
@@ -211,15 +211,17 @@ class BackendContract:
         inputs = cls.in_layout(artifact, eval_inputs)
         return agent.bench(
             artifact.dir,
-            bench_input=inputs[:1],
-            eval_inputs=inputs,
-            warmup=2,
-            min_warmup_s=0.0,
-            iterations=20,
-            min_seconds=0.1,
-            threads=1,
-            conf=0.0,
-            timeout=120,
+            BenchPlan(
+                bench_input=inputs[:1],
+                eval_inputs=inputs,
+                warmup=2,
+                min_warmup_s=0.0,
+                iterations=20,
+                min_seconds=0.1,
+                threads=1,
+                conf=0.0,
+                timeout=120,
+            ),
             progress=False,
         )
 

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgekit.backends.base import BuildOptions
-from edgekit.device.agent import Agent
+from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.power import NOT_MEASURED, NullSampler, PowerSampler, energy_per_inference
 from edgekit.device.runner_io import parse_runner_output
 from edgekit.device.transport import CommandResult, LocalTransport
@@ -100,14 +100,14 @@ def artifact_dir(tmp_path_factory) -> Path:
     return get_backend("onnxruntime").build(_tiny_onnx(work / "tiny.onnx"), opts, work / "art").dir
 
 
-BENCH = dict(
-    warmup=2, min_warmup_s=0.0, iterations=30, min_seconds=0.05, threads=1, timeout=60, progress=False
-)
+BENCH = dict(warmup=2, min_warmup_s=0.0, iterations=30, min_seconds=0.05, threads=1, timeout=60)
 
 
 def test_bench_without_sensor_reports_none_never_zero(artifact_dir, tmp_path):
     x = np.random.default_rng(3).random((1, 3, 16, 16), dtype=np.float32)
-    res = Agent(LocalTransport(root=tmp_path)).bench(artifact_dir, bench_input=x, eval_inputs=None, **BENCH)
+    res = Agent(LocalTransport(root=tmp_path)).bench(
+        artifact_dir, BenchPlan(bench_input=x, eval_inputs=None, **BENCH), progress=False
+    )
     assert (res.power_w, res.energy_mj, res.power_note) == (None, None, NOT_MEASURED)
     assert res.detections is None and res.runtime == "onnxruntime" and res.threads == 1
     assert len(res.latencies_ms) >= 30 and res.fps == pytest.approx(len(res.latencies_ms) / res.wall_s)
@@ -121,7 +121,9 @@ def test_bench_with_a_sampler_integrates_over_the_runner_window(artifact_dir, tm
     x = np.zeros((1, 3, 16, 16), np.float32)
     evals = np.random.default_rng(4).random((3, 3, 16, 16), dtype=np.float32)
     agent = Agent(LocalTransport(root=tmp_path), sampler=ConstantSampler())
-    res = agent.bench(artifact_dir, bench_input=x, eval_inputs=evals, conf=0.0, **BENCH)
+    res = agent.bench(
+        artifact_dir, BenchPlan(bench_input=x, eval_inputs=evals, conf=0.0, **BENCH), progress=False
+    )
     assert res.power_w == pytest.approx(5.0)
     window = res.raw["window"]["t1"] - res.raw["window"]["t0"]
     assert res.energy_mj == pytest.approx(5.0 * window * 1e3 / len(res.latencies_ms))
@@ -139,7 +141,7 @@ def test_garbage_runner_output_is_a_device_error_and_work_dir_is_cleaned(artifac
     agent = Agent(LocalTransport(root=tmp_path), python="/bin/echo")
     x = np.zeros((1, 3, 16, 16), np.float32)
     with pytest.raises(DeviceError, match="cannot read the runner's result") as info:
-        agent.bench(artifact_dir, bench_input=x, **BENCH)
+        agent.bench(artifact_dir, BenchPlan(bench_input=x, **BENCH), progress=False)
     assert "ort_run.py --artifact" in info.value.message  # the stdout tail is shown
     assert list(tmp_path.iterdir()) == []
 
@@ -148,7 +150,7 @@ def test_failing_runner_raises_with_its_error_line(artifact_dir, tmp_path):
     agent = Agent(LocalTransport(root=tmp_path))
     wrong = np.zeros((1, 3, 32, 32), np.float32)
     with pytest.raises(DeviceError, match="expects") as info:
-        agent.bench(artifact_dir, bench_input=wrong, **BENCH)
+        agent.bench(artifact_dir, BenchPlan(bench_input=wrong, **BENCH), progress=False)
     assert "exited 2" in info.value.message
     assert list(tmp_path.iterdir()) == []
 
@@ -160,7 +162,9 @@ def test_tampered_artifact_is_refused_before_pushing(artifact_dir, tmp_path):
     shutil.copytree(artifact_dir, copy)
     (copy / "model.onnx").write_bytes(b"x" + (copy / "model.onnx").read_bytes())
     with pytest.raises(ModelError, match="sha256 mismatch"):
-        Agent(LocalTransport(root=tmp_path)).bench(copy, bench_input=np.zeros((1, 3, 16, 16)), **BENCH)
+        Agent(LocalTransport(root=tmp_path)).bench(
+            copy, BenchPlan(bench_input=np.zeros((1, 3, 16, 16)), **BENCH)
+        )
 
 
 def test_parse_runner_output_rejects_several_lines():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.device.agent import Agent
+from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.transport import LocalTransport
 from edgekit.errors import DeviceError, RemoteCommandError
 from edgekit.registry import get_backend
@@ -58,17 +58,19 @@ class Board:
 def _bench(art, tmp_path, board: Board, evals):
     return Agent(LocalTransport(root=tmp_path)).bench(
         art.dir,
-        bench_input=evals[:1],
-        eval_inputs=evals,
-        warmup=2,
-        min_warmup_s=0.0,
-        iterations=10,
-        min_seconds=0.0,
-        conf=0.0,
-        timeout=120,
+        BenchPlan(
+            bench_input=evals[:1],
+            eval_inputs=evals,
+            warmup=2,
+            min_warmup_s=0.0,
+            iterations=10,
+            min_seconds=0.0,
+            conf=0.0,
+            timeout=120,
+            runner="mcu_serial_run.py",
+            runner_args=tuple(["--port", board.path, "--timeout", "2"]),
+        ),
         progress=False,
-        runner="mcu_serial_run.py",
-        runner_args=["--port", board.path, "--timeout", "2"],
     )
 
 

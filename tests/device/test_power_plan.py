@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from edgekit.config import PowerSpec, load_target
-from edgekit.device.agent import Agent
+from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.power import (
     SAMPLERS,
     DeviceSampler,
@@ -47,7 +47,7 @@ def test_meter_samples_are_moved_onto_the_devices_clock_with_the_offset_recorded
     meter = MeterSampler([sys.executable, "-c", script], scope="USB-C meter at the board's input")
     x = np.zeros((1, 3, 16, 16), np.float32)
     res = Agent(LocalTransport(root=tmp_path), sampler=meter).bench(
-        artifact_dir, bench_input=x, idle_s=0.3, **BENCH
+        artifact_dir, BenchPlan(bench_input=x, idle_s=0.3, **BENCH), progress=False
     )
     assert res.power_w == pytest.approx(4.5) and res.idle_w == pytest.approx(4.5)
     assert res.energy_dynamic_mj == pytest.approx(0.0, abs=1e-9)
@@ -59,7 +59,7 @@ def test_a_device_sampler_that_dies_is_not_measured_with_its_reason(artifact_dir
     x = np.zeros((1, 3, 16, 16), np.float32)
     sampler = DeviceSampler("ina3221", 20)  # this host has no INA3221 rails
     res = Agent(LocalTransport(root=tmp_path), sampler=sampler).bench(
-        artifact_dir, bench_input=x, idle_s=0.2, **BENCH
+        artifact_dir, BenchPlan(bench_input=x, idle_s=0.2, **BENCH), progress=False
     )
     assert res.power_w is None and res.energy_mj is None
     assert res.power_note.startswith("not measured") and "INA3221" in res.power_note.upper()

@@ -9,7 +9,9 @@
 * **int8** is NNCF's post-training quantization on the calibration set (:mod:`.nncf_ptq`), with the
   detector's prediction convs and decode kept in float (the ONNX graph's head, as for ONNX Runtime).
   The build counts the convolutions the compiled model runs in u8/i8 and refuses an "INT8" artifact
-  with none.
+  with none. When no range estimator keeps the detections, ``edgekit build`` keeps one more head level
+  in float, then bypasses the activation quantizers that cost the detections most (ranked in OpenVINO,
+  :mod:`.sensitivity`), then tries NNCF's accuracy control (:attr:`OpenVinoBackend.fallback`).
 """
 
 from __future__ import annotations
@@ -179,8 +181,8 @@ class OpenVinoBackend(Backend):
             int8 = [n for p in ("u8", "i8") for n in precisions.get(p, [])]
             if not int8 and self._sensitivity:
                 raise BuildError(
-                    f"bypassing {len(self._sensitivity['bypassed'])} activation quantizers (float_ranked) left no "
-                    f"convolution of the model in INT8 ({meta['openvino']})",
+                    f"bypassing {len(self._sensitivity['bypassed'])} activation quantizers (float_ranked) "
+                    f"left no convolution of the model in INT8 ({meta['openvino']})",
                     "build fp32 or fp16 (--precision): too little of this model is INT8 to be worth it",
                 )
             if not int8:
@@ -192,8 +194,8 @@ class OpenVinoBackend(Backend):
             why = "the detector's prediction convolutions and decode" if options.quantizer.float_head else ""
             if options.quantizer.float_ranked:
                 why += (" and " if why else "") + (
-                    f"the layers fed by the {options.quantizer.float_ranked} activation quantizers whose INT8 "
-                    f"alone costs the detections most (on {RANK_IMAGES} calibration images)"
+                    f"the layers fed by the {options.quantizer.float_ranked} activation quantizers whose "
+                    f"INT8 alone costs the detections most (on {RANK_IMAGES} calibration images)"
                 )
             if options.quantizer.accuracy_control:
                 why += (" and " if why else "") + "the layers NNCF's accuracy control put back to float"
@@ -229,7 +231,8 @@ class OpenVinoBackend(Backend):
         arrays = _arrays(calib, options.preprocess, images)
         int8 = quantize(
             named, arrays, method=quantizer.method, subset_size=images or calib.count,
-            fast_bias_correction=quantizer.fast_bias_correction, ignored=ignored, control=self._control(options),
+            fast_bias_correction=quantizer.fast_bias_correction, ignored=ignored,
+            control=self._control(options),
         )  # fmt: skip
         self._sensitivity = None
         if quantizer.float_ranked:
@@ -252,11 +255,15 @@ class OpenVinoBackend(Backend):
 
         if options.head is None:
             raise ConfigError(
-                "float_ranked ranks quantizers by their effect on the detections; the output layout is unknown",
+                "float_ranked ranks quantizers by their effect on the detections; the output layout is "
+                "unknown",
                 "give --head (yolov5, yolov8 or yolox)",
             )
         quantizer = options.quantizer
-        images = [np.ascontiguousarray(x, dtype=np.float32) for _, x in zip(range(RANK_IMAGES), arrays(), strict=False)]
+        images = [
+            np.ascontiguousarray(x, dtype=np.float32)
+            for _, x in zip(range(RANK_IMAGES), arrays(), strict=False)
+        ]
         digest = hashlib.sha256()
         for x in arrays():
             digest.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())

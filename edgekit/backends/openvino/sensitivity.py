@@ -53,7 +53,7 @@ def _constant(node: Any) -> bool:
 
 
 def bypass(model: Any, names: set[str]) -> int:
-    """Bypass the named ``FakeQuantize`` ops in place: their consumers read the float input. Returns how many."""
+    """Bypass the named ``FakeQuantize`` ops in place (their consumers read the float input); how many."""
     done = 0
     for op in model.get_ordered_ops():
         if op.get_type_name() == "FakeQuantize" and op.get_friendly_name() in names:

@@ -62,9 +62,10 @@ def trt_form_note() -> str:
 def tensorrt_qdq_form(source: str = "TensorRT on the device's GPU") -> QdqForm:
     """TensorRT's explicit-quantization layout (the GPU's INT8 kernels need no weight-range cut)."""
     reason = "8-bit weights, TensorRT explicit quantization (signed INT8, symmetric, per-channel weights)"
+    single = functools.partial(run_quantize_static, **TRT_WRITER_OPTIONS)
     return QdqForm(
         False, reason, "tensorrt", source, layout="tensorrt", label="TensorRT-form QDQ",
-        writer=quantize_trt_qdq, single_layer_writer=functools.partial(run_quantize_static, **TRT_WRITER_OPTIONS),
+        writer=quantize_trt_qdq, single_layer_writer=single,
     )  # fmt: skip
 
 
