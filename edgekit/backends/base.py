@@ -179,6 +179,8 @@ class Backend:
         runner_files: Other runner-side modules it imports (pushed beside it; ``runcore.py`` and
             ``detcore.py`` always are).
         suffix: Suffix of the main model file (``.onnx``, ``.engine``, ``.mnn``...).
+        calibration_export: Module writing the calibration files the runtime's own tools read
+            (``edgekit calib export``; see :mod:`edgekit.calib.exporters`), or ``None``.
 
     Device builds (``build_location = "device"``): on the host, :meth:`build` runs ``_build`` as a
     *staging* step: it writes what the device needs (e.g. ``model.onnx`` in the runtime's QDQ form)
@@ -210,6 +212,7 @@ class Backend:
     runner: ClassVar[str] = ""
     runner_files: ClassVar[tuple[str, ...]] = ()
     suffix: ClassVar[str] = ""
+    calibration_export: ClassVar[str | None] = None
 
     # -- public template -------------------------------------------------------------------------
     def check(self, onnx_path: str | Path, options: BuildOptions | dict | None = None) -> list[Problem]:

@@ -123,28 +123,43 @@ def _add_import(sub: argparse._SubParsersAction, fmt: type) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction, fmt: type) -> None:
+    from edgekit.calib.exporters import formats
+
+    found = formats()
     p = sub.add_parser(
         "export",
-        help="write a set for onnxruntime, mnn, ncnn, tensorrt or tflite",
+        help=f"write a set in the calibration files of a runtime's own tools ({', '.join(found)})",
         formatter_class=fmt,
         epilog="examples:\n  edgekit calib export shapes --format mnn --out build/mnn-calib\n"
         "  edgekit calib export shapes@v2 --format tensorrt --onnx m.onnx --out build/trt --trt-version 8.5.2",  # noqa: E501
     )
     p.add_argument("set", metavar="NAME[@vK]")
-    p.add_argument("--format", required=True, choices=["onnxruntime", "mnn", "ncnn", "tensorrt", "tflite"])
+    p.add_argument("--format", required=True, choices=list(found), help="the runtime whose files to write")
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --force)")
-    p.add_argument("--onnx", type=Path, help="fp32 ONNX model (tensorrt: activation ranges come from it)")
-    p.add_argument("--limit", type=positive_int, help="export only the first N images")
-    p.add_argument("--method", help="mnn: EMA|KL; ncnn: kl|aciq; tensorrt: minmax|entropy|percentile")
-    p.add_argument("--trt-version", default=None, help="TensorRT version for the cache header (default 8502)")
+    takes_onnx = [name for name, module in found.items() if "onnx" in _write_parameters(module)]
     p.add_argument(
-        "--algo",
-        default=None,
-        help="TensorRT calibrator in the header; follows --method (minmax: MinMaxCalibration, "
-        "entropy: EntropyCalibration2; without either: entropy, the calibrator trtexec --calib uses)",
+        "--onnx", type=Path, help=f"fp32 ONNX model ({', '.join(takes_onnx)}: activation ranges come from it)"
     )
+    p.add_argument("--limit", type=positive_int, help="export only the first N images")
+    methods = [f"{name}: {'|'.join(m.METHODS)}" for name, m in found.items() if getattr(m, "METHODS", ())]
+    p.add_argument("--method", help="; ".join(methods))
+    for name, module in found.items():
+        for flag, dest, text in getattr(module, "CLI_OPTIONS", ()):
+            p.add_argument(
+                flag,
+                dest=f"format_{dest}",
+                metavar=dest.upper(),
+                default=None,
+                help=f"--format {name}: {text}",
+            )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _root(p).set_defaults(func=cmd_export)
+
+
+def _write_parameters(module) -> list[str]:
+    import inspect
+
+    return [n for n in inspect.signature(module.write).parameters if n != "ctx"]
 
 
 def _triple(text: str) -> tuple[float, float, float]:
@@ -315,48 +330,41 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``edgekit calib export``."""
+    from edgekit.calib.exporters import exporter
+
     cs = CalibrationSet.load(args.set, root=args.root)
-    kw: dict = {"limit": args.limit, "overwrite": args.force}
-    kw.update(_format_options(args))
-    files = cs.export(args.format, args.out, **kw)
+    module = exporter(args.format)
+    options = _format_options(args, module)
+    files = cs.export(args.format, args.out, limit=args.limit, overwrite=args.force, **options)
     con = _console()
     con.print(f"exported {cs.name} v{cs.version} for {args.format}: {len(files)} files in {args.out}")
-    if kw.get("algo") not in (None, "EntropyCalibration2"):
-        # trtexec's own calibrator is an IInt8EntropyCalibrator2; TensorRT does not reuse a cache made
-        # for another calibrator, so this one is for a builder that uses the named calibrator.
-        con.print(
-            f"note: the header names {kw['algo']}; trtexec --calib calibrates with EntropyCalibration2 "
-            "and will not reuse it (build with a matching IInt8 calibrator, or use --method entropy)"
-        )
+    for note in getattr(module, "cli_notes", lambda kw: [])(options):
+        con.print(f"note: {note}")
     return 0
 
 
-def _format_options(args: argparse.Namespace) -> dict:
-    fmt = args.format
-    if args.onnx is not None and fmt != "tensorrt":
-        raise ConfigError(f"--onnx is only used by --format tensorrt, not {fmt}", "drop --onnx")
-    if (args.trt_version or args.algo) and fmt != "tensorrt":
-        raise ConfigError("--trt-version/--algo only apply to --format tensorrt", "drop them")
+def _format_options(args: argparse.Namespace, module) -> dict:
+    """The format's ``write`` arguments from the command line; a flag of another format is an error."""
+    from edgekit.calib.exporters import formats
+
+    fmt, params = args.format, _write_parameters(module)
+    if args.onnx is not None and "onnx" not in params:
+        takes = [name for name, m in formats().items() if "onnx" in _write_parameters(m)]
+        raise ConfigError(f"--onnx is only used by --format {' or '.join(takes)}, not {fmt}", "drop --onnx")
+    own = {dest for _, dest, _ in getattr(module, "CLI_OPTIONS", ())}
+    given = {k.removeprefix("format_"): v for k, v in vars(args).items() if k.startswith("format_") and v}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        flags = [
+            f for m in formats().values() for f, dest, _ in getattr(m, "CLI_OPTIONS", ()) if dest in foreign
+        ]
+        raise ConfigError(f"{'/'.join(flags)} do not apply to --format {fmt}", "drop them")
+    if hasattr(module, "cli_kwargs"):
+        return module.cli_kwargs(args.method, args.onnx, given)
     kw: dict = {}
-    if fmt == "tensorrt":
-        method, algo = _trt_method_and_algo(args.method, args.algo)
-        kw = {"onnx": args.onnx, "version": args.trt_version or "8502", "method": method, "algo": algo}
-    elif fmt == "mnn" and args.method:
-        kw["feature_method"] = args.method
-    elif fmt == "ncnn" and args.method:
-        kw["method"] = args.method
-    elif args.method:
-        raise ConfigError(f"--method does not apply to --format {fmt}", "drop --method")
+    if args.method:
+        option = getattr(module, "METHOD_OPTION", None)
+        if option is None:
+            raise ConfigError(f"--method does not apply to --format {fmt}", "drop --method")
+        kw[option] = args.method
     return kw
-
-
-def _trt_method_and_algo(method: str | None, algo: str | None) -> tuple[str, str]:
-    """The calibration method and the header calibrator that names it (each one follows the other).
-
-    Neither given: entropy / EntropyCalibration2, the calibrator ``trtexec --calib`` builds with.
-    """
-    from edgekit.backends.tensorrt.cache import DEFAULT_ALGO, calibrator_for, method_for
-
-    if method is None:
-        method = method_for(algo or DEFAULT_ALGO)
-    return method, calibrator_for(method, algo)

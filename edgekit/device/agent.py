@@ -441,7 +441,7 @@ def _completed_meta(meta: dict, info: dict, built: dict, final: Path, where: str
     out = json.loads(json.dumps(meta))
     out["files"]["model"] = model_file
     out["sha256"][model_file] = sha256_file(final / model_file)
-    version = built.get("tensorrt_version") or built.get("runtime_version") or "unknown"
+    version = built.get("runtime_version") or "unknown"
     out["tools"] = {**out.get("tools", {}), out["backend"]: version}
     out["device_build"] = {
         **info,

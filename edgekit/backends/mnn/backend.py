@@ -130,6 +130,7 @@ class MnnBackend(Backend):
     extra = "mnn"
     runner = "mnn_run.py"
     suffix = ".mnn"
+    calibration_export = "edgekit.backends.mnn.calib_export"
 
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
         problems = layout_problems(options) + op_problems(model)

@@ -129,6 +129,7 @@ class NcnnBackend(Backend):
     extra = "ncnn"
     runner = "ncnn_run.py"
     suffix = ".param"
+    calibration_export = "edgekit.backends.ncnn.calib_export"
 
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
         import copy

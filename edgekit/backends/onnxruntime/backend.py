@@ -88,6 +88,7 @@ class OnnxRuntimeBackend(Backend):
     extra = None
     runner = "ort_run.py"
     suffix = ".onnx"
+    calibration_export = "edgekit.backends.onnxruntime.calib_export"
 
     def qdq_form(self, cpu: dict | None, source: str = "not stated") -> QdqForm:
         """The QDQ form for ONNX Runtime on the device's CPU: 7-bit weights on x86 without VNNI."""

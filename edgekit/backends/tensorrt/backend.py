@@ -69,6 +69,7 @@ class TensorRTBackend(Backend):
     runner = "trt_run.py"
     runner_files = ("trtcore.py",)
     suffix = ".engine"
+    calibration_export = "edgekit.backends.tensorrt.calib_export"
 
     def qdq_form(self, cpu: dict | None, source: str = "not stated") -> QdqForm:
         """TensorRT's explicit-quantization layout, whatever the Jetson's CPU."""

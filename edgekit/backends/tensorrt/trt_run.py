@@ -136,7 +136,7 @@ def build(args, meta: dict) -> dict:
     return {
         "mode": "build",
         "engine": Path(args.engine_out).name,
-        "tensorrt_version": parsed.get("version"),
+        "runtime_version": parsed.get("version"),
         "seconds": round(time.monotonic() - start, 3),
         "argv": argv[1:],
         "warnings": parsed.get("warnings", []),
@@ -169,7 +169,7 @@ def check(args, meta: dict) -> dict:
     return {
         "mode": "check",
         "output_shape": list(y.shape),
-        "tensorrt_version": parsed.get("version"),
+        "runtime_version": parsed.get("version"),
         "passed": True,
     }
 

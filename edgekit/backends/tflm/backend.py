@@ -110,6 +110,7 @@ class TflmBackend(Backend):
     extra = "tflite"
     runner = "tflm_run.py"
     suffix = ".tflite"
+    calibration_export = "edgekit.backends.tflm.calib_export"
 
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
         problems = unknown_op_problems(model)

@@ -1,0 +1,47 @@
+"""The layout's rule for backends: no module outside ``edgekit/backends/`` switches on a backend's name.
+
+A backend's facts are attributes and methods of its class (or modules its class names); code elsewhere
+asks the backend. Help texts and docstrings may mention a backend as an example, so only names used as
+values are counted: compared with (``==``, ``in``), used as a dict key, or passed as a choice.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from edgekit.registry import BACKENDS
+
+ROOT = Path(__file__).resolve().parents[1] / "edgekit"
+#: The registry is the one place that lists the backends (one line each).
+ALLOWED = {ROOT / "registry.py"}
+
+
+def _switches(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    found = []
+    # ``tools={"onnxruntime": version}``: the library a step used (ONNX Runtime's quantizer), not a backend
+    tools = {id(k.value) for k in ast.walk(tree) if isinstance(k, ast.keyword) and k.arg == "tools"}
+    for node in ast.walk(tree):
+        values: list[ast.AST] = []
+        if isinstance(node, ast.Compare):
+            values = [node.left, *node.comparators]
+            for comp in node.comparators:
+                if isinstance(comp, (ast.Tuple, ast.List, ast.Set)):
+                    values += comp.elts
+        elif isinstance(node, ast.Dict) and id(node) not in tools:
+            values = [k for k in node.keys if k is not None]
+        elif isinstance(node, ast.keyword) and node.arg == "choices":
+            values = list(getattr(node.value, "elts", []))
+        found += [(v.lineno, v.value) for v in values if isinstance(v, ast.Constant) and v.value in names]
+    return found
+
+
+def test_no_module_outside_backends_switches_on_a_backend_name():
+    names = set(BACKENDS.names()) | {"tflite"}  # tflite: the TFLite Micro backend's file format
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.is_relative_to(ROOT / "backends") or path in ALLOWED:
+            continue
+        for line, name in _switches(ast.parse(path.read_text()), names):
+            offenders.append(f"{path.relative_to(ROOT.parent)}:{line}: {name!r}")
+    assert not offenders, "backend names switched on outside edgekit/backends/:\n" + "\n".join(offenders)
