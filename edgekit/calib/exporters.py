@@ -116,9 +116,7 @@ def exporter(fmt: str) -> ModuleType:
     """
     found = formats()
     if fmt not in found:
-        raise ConfigError(
-            f"unknown calibration export format {fmt!r}", f"use one of: {', '.join(found)}"
-        )
+        raise ConfigError(f"unknown calibration export format {fmt!r}", f"use one of: {', '.join(found)}")
     return found[fmt]
 
 

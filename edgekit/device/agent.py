@@ -192,6 +192,13 @@ class Agent:
     def __init__(self, transport: Transport, sampler: PowerSampler | None = None, python: str | None = None):
         self.transport = transport
         self.sampler = sampler or NullSampler()
+        if not isinstance(self.sampler, PowerSampler):  # runtime_checkable: every declared member
+            missing = [m for m in ("name", "rails", "files", "measures", "note", "facts", "start", "stop")
+                       if not hasattr(self.sampler, m)]  # fmt: skip
+            raise ConfigError(
+                f"power sampler {type(self.sampler).__name__} lacks {', '.join(missing)}",
+                "give it every member of edgekit.device.power.PowerSampler",
+            )
         self.python = python or getattr(transport, "default_python", "python3")
 
     def bench(self, artifact_dir: str | Path, plan: BenchPlan, *, progress: bool = True) -> BenchResult:
@@ -260,7 +267,7 @@ class Agent:
         for rel in artifact.all_files():
             self._push(artifact.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
         runner = runner_path(runner_name or artifact.runner)
-        extra = (artifact.runner, *artifact.meta.get("runner_files", ()), *getattr(self.sampler, "files", ()))
+        extra = (artifact.runner, *artifact.meta.get("runner_files", ()), *self.sampler.files)
         self._push_runner(runner.name, work, extra)
         argv = [self.python, posixpath.join(work, runner.name), "--artifact", remote_art]
         argv += ["--inputs", self._push_array(x, "input.npy", work, host_tmp)]
@@ -292,7 +299,7 @@ class Agent:
         return remote
 
     def _idle(self, idle_s: float) -> tuple[float, float] | None:
-        if not getattr(self.sampler, "measures", False) or idle_s <= 0:
+        if not self.sampler.measures or idle_s <= 0:
             return None
         t0 = self.transport.monotonic()
         time.sleep(idle_s)
@@ -407,12 +414,12 @@ class Agent:
 
     def _energy(self, res: BenchResult, samples: list, window: dict, idle: tuple | None) -> None:
         sampler = self.sampler
-        res.power_facts = dict(getattr(sampler, "facts", {}) or {})
-        if not getattr(sampler, "measures", False):
-            res.power_note = getattr(sampler, "note", "") or NOT_MEASURED
+        res.power_facts = dict(sampler.facts)
+        if not sampler.measures:
+            res.power_note = sampler.note or NOT_MEASURED
             return
         if not samples:
-            res.power_note = getattr(sampler, "note", "") or "not measured: no power samples were recorded"
+            res.power_note = sampler.note or "not measured: no power samples were recorded"
             return
         t0, t1 = float(window.get("t0", 0.0)), float(window.get("t1", 0.0))
         gap = coverage_gap(samples, t0, t1)

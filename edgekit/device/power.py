@@ -69,10 +69,15 @@ class PowerSampler(Protocol):
         files: Runner files the agent pushes beside the runner for this sampler.
         measures: False for the null sampler (no idle baseline is taken then).
         note: After :meth:`stop`, why nothing was measured (empty when it was).
+        facts: Sensor, interval, clock and scope of the trace, for the record (may grow in :meth:`stop`).
     """
 
     name: str
     rails: str
+    files: tuple[str, ...]
+    measures: bool
+    note: str
+    facts: dict[str, Any]
 
     def start(self, session: SamplerSession | None = None) -> None:
         """Begin sampling."""
@@ -99,7 +104,7 @@ class NullSampler:
     files: tuple[str, ...] = ()
     measures = False
     note = NOT_MEASURED
-    facts: dict = {}
+    facts: dict[str, Any] = {}
 
     def start(self, session: SamplerSession | None = None) -> None:
         """Nothing to start."""

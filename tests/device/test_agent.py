@@ -84,7 +84,10 @@ class ConstantSampler:
 
     name = "constant"
     rails = "test rail"
+    files: tuple[str, ...] = ()
     measures = True
+    note = ""
+    facts: dict = {}
 
     def start(self, session=None) -> None:
         self.t0 = time.monotonic()
