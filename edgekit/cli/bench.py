@@ -41,6 +41,7 @@ def cmd_bench(args) -> int:
     """Handle ``edgekit bench``."""
     from edgekit.bench_run import bench_run
     from edgekit.report.record import RunRecord
+    from edgekit.report.summary import Summary
 
     run_dir = bench_run(
         args.target,
@@ -53,18 +54,18 @@ def cmd_bench(args) -> int:
         command=sys.argv,
         progress=not args.json,
     )
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = Summary.model_validate_json((run_dir / "summary.json").read_text())
     if args.json:
-        print(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2))
+        print(json.dumps({**summary.model_dump(mode="json"), "run_dir": str(run_dir)}, indent=2))
         return 0
     bench = RunRecord.load(run_dir / "record.json").node("bench")
-    lat = summary["latency_ms"]
+    lat = summary.latency_ms
     print(
-        f"{bench.metrics['latency_ms']['n']} runs: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f}, "
-        f"p99 {lat['p99']:.3f} ms, {summary['fps']:.1f} FPS; power: {bench.extra['power_note']}"
+        f"{bench.metrics['latency_ms']['n']} runs: p50 {lat.p50:.3f} ms, p90 {lat.p90:.3f}, "
+        f"p99 {lat.p99:.3f} ms, {summary.fps:.1f} FPS; power: {bench.extra['power_note']}"
     )
-    if summary["deployed"].get("map50_95") is not None:
-        print(f"mAP@0.5:0.95 from the device's outputs: {summary['deployed']['map50_95']:.4f}")
+    if summary.deployed.map50_95 is not None:
+        print(f"mAP@0.5:0.95 from the device's outputs: {summary.deployed.map50_95:.4f}")
     for flag in bench.extra.get("throttling") or []:
         print(f"warning: {flag}")
     print(f"run folder: {run_dir}")

@@ -15,7 +15,7 @@ from typing import Any
 from edgekit.errors import DataError
 from edgekit.fsutil import atomic_write_text
 from edgekit.report.record import RunRecord
-from edgekit.report.summary import build_summary
+from edgekit.report.summary import Summary
 from edgekit.report.templates import Heading, Image, Paragraph, Table, to_html, to_markdown
 
 NONE = "not measured"
@@ -27,23 +27,23 @@ class RunPoint:
     """One run on the comparison: its summary, and its coordinates on the front."""
 
     run: Path
-    summary: dict[str, Any]
+    summary: Summary
 
     @property
     def accuracy(self) -> float | None:
         """mAP@0.5:0.95 from the device's outputs."""
-        return self.summary["deployed"].get("map50_95")
+        return self.summary.deployed.map50_95
 
     @property
     def latency(self) -> float | None:
         """Latency p50 on the device (ms)."""
-        return self.summary["latency_ms"].get("p50")
+        return self.summary.latency_ms.p50
 
     @property
     def label(self) -> str:
         """``target/backend/precision/recipe``."""
         s = self.summary
-        return f"{s['target']}/{s['backend']}/{s['precision']}/{s['recipe']}"
+        return f"{s.target}/{s.backend}/{s.precision}/{s.recipe}"
 
 
 def load_points(runs: list[str | Path]) -> list[RunPoint]:
@@ -51,7 +51,7 @@ def load_points(runs: list[str | Path]) -> list[RunPoint]:
     points = []
     for run in map(Path, runs):
         record = RunRecord.load(run / "record.json")
-        points.append(RunPoint(run, build_summary(record)))
+        points.append(RunPoint(run, Summary.of(record)))
     if len(points) < 2:
         raise DataError("--compare needs at least two run folders", "pass two or more runs/<id> folders")
     return points
@@ -63,7 +63,11 @@ def dominated(points: list[RunPoint]) -> list[bool]:
     Runs without both coordinates are never on the front (and never dominate).
 
     Example:
-        >>> mk = lambda a, l: RunPoint(Path("."), {"deployed": {"map50_95": a}, "latency_ms": {"p50": l}})
+        >>> from edgekit.report.record import RunRecord
+        >>> def mk(a, l):
+        ...     s = Summary.of(RunRecord.new("r", [], {"name": "local"}, {"name": "none"}))
+        ...     s.deployed.map50_95, s.latency_ms.p50 = a, l
+        ...     return RunPoint(Path("."), s)
         >>> dominated([mk(0.5, 1.0), mk(0.4, 2.0), mk(0.6, 3.0)])
         [False, True, False]
     """
@@ -95,19 +99,19 @@ def _size(value: Any) -> str:
 
 
 def _row(p: RunPoint, is_dominated: bool) -> list[str]:
-    s, lat = p.summary, p.summary["latency_ms"]
+    s, lat = p.summary, p.summary.latency_ms
     return [
         p.run.name,
-        str(s["target"]),
-        str(s["backend"]),
-        str(s["precision"]),
-        str(s["recipe"]),
+        str(s.target),
+        str(s.backend),
+        str(s.precision),
+        str(s.recipe),
         _num(p.accuracy, 3),
-        _num(lat.get("p50"), 3),
-        _num(lat.get("p99"), 3),
-        _num(s.get("fps"), 0),
-        _size(s["deployed"].get("artifact_bytes")),
-        _num(s.get("energy_mj_per_inference"), 2, " mJ"),
+        _num(lat.p50, 3),
+        _num(lat.p99, 3),
+        _num(s.fps, 0),
+        _size(s.deployed.artifact_bytes),
+        _num(s.energy_mj_per_inference, 2, " mJ"),
         "dominated" if is_dominated else "on the front",
     ]
 

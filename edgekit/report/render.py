@@ -10,7 +10,7 @@ from edgekit.report.compression import NONE, slimming_blocks, teacher_init_block
 from edgekit.report.compression import fmt_num as _num
 from edgekit.report.plots import draw_all
 from edgekit.report.record import RunRecord, latency_warnings
-from edgekit.report.summary import build_summary
+from edgekit.report.summary import Summary
 from edgekit.report.templates import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
 PLOTS_DIR = "report_files"
@@ -50,8 +50,8 @@ def _delta(ref: float | None, dep: float | None) -> str:
     return "" if ref is None or dep is None else f"{dep - ref:+.3f}"
 
 
-def _title(summary: dict[str, Any]) -> str:
-    parts = [str(summary[k]) for k in ("target", "backend", "precision") if summary.get(k)]
+def _title(summary: Summary) -> str:
+    parts = [str(v) for v in (summary.target, summary.backend, summary.precision) if v]
     return "edgekit report: " + (" · ".join(parts) or "run")
 
 
@@ -79,28 +79,23 @@ def _status_blocks(record: RunRecord) -> list[Block]:
     return blocks
 
 
-def _headline(record: RunRecord, summary: dict[str, Any]) -> list[Block]:
-    ref, dep, lat = summary["reference"], summary["deployed"], summary["latency_ms"]
+def _headline(record: RunRecord, summary: Summary) -> list[Block]:
+    ref, dep, lat = summary.reference, summary.deployed, summary.latency_ms
     ref_node, bench = record.node("reference"), record.node("bench")
     ref_size = ref_node.metric("size_bytes") if ref_node else None
     ref_lat = (ref_node.metric("latency_ms") if ref_node else None) or {}
     bench_lat = (bench.metric("latency_ms") if bench else None) or {}
     rows = [
-        ["parameters", _si(ref["params"]), _si(dep["params"]), _ratio(ref["params"], dep["params"])],
-        ["MACs", _si(ref["macs"]), _si(dep["macs"]), _ratio(ref["macs"], dep["macs"])],
-        ["size", _bytes(ref_size), _bytes(dep["artifact_bytes"]), _ratio(ref_size, dep["artifact_bytes"])],
-        ["mAP@0.5", _num(ref["map50"], 3), _num(dep["map50"], 3), _delta(ref["map50"], dep["map50"])],
-        [
-            "mAP@0.5:0.95",
-            _num(ref["map50_95"], 3),
-            _num(dep["map50_95"], 3),
-            _delta(ref["map50_95"], dep["map50_95"]),
-        ],
-        ["latency p50 (ms)", _num(ref_lat.get("p50"), 2), _num(lat["p50"], 2), ""],
+        ["parameters", _si(ref.params), _si(dep.params), _ratio(ref.params, dep.params)],
+        ["MACs", _si(ref.macs), _si(dep.macs), _ratio(ref.macs, dep.macs)],
+        ["size", _bytes(ref_size), _bytes(dep.artifact_bytes), _ratio(ref_size, dep.artifact_bytes)],
+        ["mAP@0.5", _num(ref.map50, 3), _num(dep.map50, 3), _delta(ref.map50, dep.map50)],
+        ["mAP@0.5:0.95", _num(ref.map50_95, 3), _num(dep.map50_95, 3), _delta(ref.map50_95, dep.map50_95)],
+        ["latency p50 (ms)", _num(ref_lat.get("p50"), 2), _num(lat.p50, 2), ""],
         ["latency p99 (ms)", _num(ref_lat.get("p99"), 2), _num(bench_lat.get("p99"), 2), ""],
-        ["FPS", _num(ref_node.metric("fps") if ref_node else None, 1), _num(summary["fps"], 1), ""],
-        ["power (W)", NONE, _num(summary["power_w"], 2), ""],
-        ["energy per inference (mJ)", NONE, _num(summary["energy_mj_per_inference"], 2), ""],
+        ["FPS", _num(ref_node.metric("fps") if ref_node else None, 1), _num(summary.fps, 1), ""],
+        ["power (W)", NONE, _num(summary.power_w, 2), ""],
+        ["energy per inference (mJ)", NONE, _num(summary.energy_mj_per_inference, 2), ""],
     ]
     for row in rows:
         row[1:3] = [NOT_MEASURED if cell == NONE else cell for cell in row[1:3]]
@@ -154,14 +149,14 @@ def _control(record: RunRecord) -> list[Block]:
     ]
 
 
-def _calibration(summary: dict[str, Any]) -> list[Block]:
-    calib = summary["calibration"]
-    if calib["name"] is None:
+def _calibration(summary: Summary) -> list[Block]:
+    calib = summary.calibration
+    if calib.name is None:
         return [Heading("Calibration set"), Paragraph("none (this build was not calibrated)", tone="note")]
     rows = [
-        ["name", str(calib["name"])],
-        ["version", str(calib["version"])],
-        ["sha256", str(calib["sha256"])],
+        ["name", str(calib.name)],
+        ["version", str(calib.version)],
+        ["sha256", str(calib.sha256)],
     ]
     return [Heading("Calibration set"), Table(["", ""], rows)]
 
@@ -405,9 +400,9 @@ def _find_plots(run_dir: Path) -> dict[str, Path]:
 
 def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[Block]]:
     """Assemble the report's content once, for every output format; return ``(title, blocks)``."""
-    summary = build_summary(record)
+    summary = Summary.of(record)
     title = _title(summary)
-    intro = f"run {record.run_id}, created {record.created}, recipe {summary['recipe'] or NONE}"
+    intro = f"run {record.run_id}, created {record.created}, recipe {summary.recipe or NONE}"
     blocks: list[Block] = [Heading(title, 1), Paragraph(intro, tone="note")]
     if record.command:
         blocks.append(Paragraph(" ".join(record.command), label="Command:"))

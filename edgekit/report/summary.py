@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from edgekit.fsutil import atomic_write_json
-from edgekit.report.record import Node, RunRecord
+from edgekit.report.record import Gate, Node, RunRecord
 
 LATENCY_KEYS = ("mean", "p50", "p90", "p99")
 
@@ -63,7 +65,83 @@ def _control(record: RunRecord) -> dict[str, Any] | None:
     }
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelFigures(_Strict):
+    """A model's size and accuracy (``None``: not measured)."""
+
+    params: float | None = None
+    macs: float | None = None
+    map50: float | None = None
+    map50_95: float | None = None
+
+
+class DeployedFigures(ModelFigures):
+    """The deployed model's figures: mAP from the device's own outputs, and the artifact's size."""
+
+    artifact_bytes: int | None = None
+
+
+class Latency(_Strict):
+    """Per-inference latency on the device, milliseconds."""
+
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+
+class CalibrationRef(_Strict):
+    """Which calibration set (name, version, content hash) the INT8 build used."""
+
+    name: str | None = None
+    version: int | None = None
+    sha256: str | None = None
+
+
+class ControlFigures(ModelFigures):
+    """``--control``: the compressed architecture trained from scratch, and recipe − control in points."""
+
+    epochs: float | None = None
+    recipe_minus_control: dict[str, float | None] | float | None = None
+
+
+class Summary(_Strict):
+    """The schema of ``summary.json``: every key always present, ``None`` where nothing was measured.
+
+    The report and ``edgekit report --compare`` read this model, not the record's free-form extras.
+    """
+
+    target: str | None
+    backend: str | None
+    precision: str | None
+    recipe: str | None
+    reference: ModelFigures
+    deployed: DeployedFigures
+    latency_ms: Latency
+    fps: float | None
+    power_w: float | None
+    energy_mj_per_inference: float | None
+    calibration: CalibrationRef
+    control: ControlFigures | None
+    gates: dict[str, Gate]
+    run_id: str
+    status: str
+
+    @classmethod
+    def of(cls, record: RunRecord) -> Summary:
+        """The summary of ``record`` (see :func:`build_summary`)."""
+        return cls.model_validate(_flatten(record))
+
+
 def build_summary(record: RunRecord) -> dict[str, Any]:
+    """:class:`Summary` of ``record`` as the JSON-ready dict written to ``summary.json``."""
+    return Summary.of(record).model_dump(mode="json")
+
+
+def _flatten(record: RunRecord) -> dict[str, Any]:
     """Flatten a record into the summary schema of DESIGN.md (plus gates, run id and status).
 
     ``reference`` comes from the ``reference`` node; ``deployed`` params/MACs from the last
@@ -92,7 +170,7 @@ def build_summary(record: RunRecord) -> dict[str, Any]:
         "energy_mj_per_inference": bench.metric("energy_mj_per_inference") if bench else None,
         "calibration": _calibration(record),
         "control": _control(record),
-        "gates": {name: gate.model_dump() for name, gate in record.gates.items()},
+        "gates": dict(record.gates),
         "run_id": record.run_id,
         "status": record.status,
     }
