@@ -65,9 +65,9 @@ def bench_run(
     with atomic_dir(run_dir) as work:
         record = RunRecord.new(run_dir.name, command or [], target.model_dump(mode="json"), {"name": "bench"})
         ctx = RunContext(target, work, record, artifact.preprocess, progress)
-        _artifact_node(ctx, artifact)
+        built = _artifact_node(ctx, artifact)
         with transport_factory() as transport:
-            _measure(ctx, artifact, val, transport, iterations)
+            _measure(ctx, built, artifact, val, transport, iterations)
         record.status = "ok"
         _write(ctx)
     return run_dir
@@ -101,13 +101,11 @@ def _eval_split(data: str | Path, artifact):  # noqa: ANN001, ANN202
     return InMemorySplit(YoloDataset(root, "val"), artifact.preprocess)
 
 
-def _artifact_node(ctx, artifact) -> None:  # noqa: ANN001
+def _artifact_node(ctx, artifact):  # noqa: ANN001, ANN202
     from edgekit.stages.build import artifact_size
-    from edgekit.stages.context import add_node
+    from edgekit.stages.context import Built, add_node
 
     size = artifact_size(artifact)
-    ctx.artifact_bytes = size
-    ctx.head = artifact.meta["output"].get("head")
     add_node(
         ctx,
         "artifact",
@@ -116,17 +114,18 @@ def _artifact_node(ctx, artifact) -> None:  # noqa: ANN001
         label=f"{artifact.backend} {artifact.precision} artifact {artifact.dir.name}",
         metrics={"size_bytes": size},
     )
+    return Built(artifact.dir, size)
 
 
-def _measure(ctx, artifact, val, transport, iterations) -> None:  # noqa: ANN001
+def _measure(ctx, built, artifact, val, transport, iterations) -> None:  # noqa: ANN001
     from edgekit.stages.bench import bench_and_eval, bench_only
 
     if val is not None:
-        bench_and_eval(ctx, artifact.dir, val, transport)
+        bench_and_eval(ctx, built, val, transport, {})
         return
     shape = [int(d) for d in artifact.meta["input"]["shape"]]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    bench_only(ctx, artifact.dir, x, transport, iterations)
+    bench_only(ctx, built, x, transport, iterations)
 
 
 def _write(ctx) -> None:  # noqa: ANN001

@@ -239,26 +239,30 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
     from edgekit.stages.quantize import qat_stage, quantize_stage
 
     req, target = plan.request, plan.target
-    train_root, val = ms.data_stage(ctx, req)
-    model = ms.model_stage(ctx, req, train_root)
-    model = ms.reference_stage(ctx, req, model, val)
-    model = ms.compress_stage(ctx, plan.recipe, model, train_root, val)
-    fp32, ts = ms.export_stage(ctx, req, model, val, program=plan.backend_cls.torch_program)
-    source, cs, qreq = fp32, None, quantize_request(req, plan.recipe)
+    data = ms.data_stage(ctx, req)
+    state = ms.model_stage(ctx, req, data)
+    state = ms.reference_stage(ctx, state, data.val)
+    state = ms.compress_stage(ctx, plan.recipe, state, data)
+    exported = ms.export_stage(ctx, state, data.val, program=plan.backend_cls.torch_program)
+    facts, cs, qreq, quantized = state.facts, None, quantize_request(req, plan.recipe), None
     if target.precision == "int8":
         with stage(ctx, "calibration"):  # a missing or tampered set stops the run here, recorded
-            cs = ensure_calibration_set(ctx, req.calib, req.data, train_root)
+            cs = ensure_calibration_set(ctx, req.calib, req.data, data.root)
         ctx.record.calibration = cs.ref()
         quant = plan.recipe.quantize_step()
         if quant is not None and quant.type == "qat":
-            source = qat_stage(ctx, plan, model)
+            quantized = qat_stage(ctx, plan, state.model, facts)
         elif plan.backend_cls.int8_source == "qdq":
-            source = quantize_stage(ctx, plan, qreq, fp32, cs, val)
-    artifact = build_stage(ctx, plan, source, reference=fp32, cs=cs, qreq=qreq, val=val, torch_program=ts)
+            quantized = quantize_stage(ctx, plan, qreq, exported.onnx, cs, data.val, facts)
+    built = build_stage(
+        ctx, plan, quantized.onnx if quantized else exported.onnx, reference=exported.onnx, cs=cs,
+        qreq=qreq, val=data.val, facts=facts, quantizer=quantized.quantizer if quantized else None,
+        torch_program=exported.program,
+    )  # fmt: skip
     with plan.transport_factory() as transport:
-        bench_and_eval(ctx, artifact, val, transport)
+        bench_and_eval(ctx, built, data.val, transport, facts.stats)
     if req.control:
-        ms.control_stage(ctx, plan.recipe, model, train_root, val)
+        ms.control_stage(ctx, plan.recipe, state.model, data)
 
 
 def _write_outputs(ctx: RunContext) -> None:

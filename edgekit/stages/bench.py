@@ -11,7 +11,7 @@ import numpy as np
 from edgekit.config import Target
 from edgekit.errors import ConfigError
 from edgekit.report.record import latency_stats
-from edgekit.stages.context import RunContext, add_node, eval_tensors, stage
+from edgekit.stages.context import Built, RunContext, add_node, eval_tensors, stage
 
 if TYPE_CHECKING:
     from edgekit.device.runner_io import Guard
@@ -81,37 +81,39 @@ def serial_runner(serial) -> dict[str, Any]:
     return {"runner": "mcu_serial_run.py", "runner_args": tuple(args)}
 
 
-def bench_and_eval(ctx: RunContext, artifact_dir: Path, val, transport) -> None:
-    """Run the artifact on the device: timing loop + eval set; add the ``eval`` and ``bench`` nodes."""
+def bench_and_eval(ctx: RunContext, built: Built, val, transport, stats: dict[str, int]) -> None:
+    """Run the artifact on the device: timing loop + eval set; add the ``eval`` and ``bench`` nodes.
+
+    ``stats``: params / MACs of the deployed model (the eval node carries them).
+    """
     from edgekit.models.train import map_from_candidates
 
     with stage(ctx, "bench") as fields:
         inputs = eval_tensors(val)
-        result = run_on_device(ctx.target, transport, artifact_dir, inputs[:1], inputs, progress=ctx.progress)
+        result = run_on_device(ctx.target, transport, built.dir, inputs[:1], inputs, progress=ctx.progress)
         scores = map_from_candidates(val, result.detections)
-    dep = ctx.deployed_stats
     add_node(
         ctx,
         "eval",
         {"images": len(val), "conf": 0.001, "iou": 0.5},
         dict(fields),
         label=f"mAP from the device's own outputs ({len(val)} images)",
-        metrics={**dep, "size_bytes": ctx.artifact_bytes, **scores},
+        metrics={**stats, "size_bytes": built.size_bytes, **scores},
         tools={result.runtime: result.runtime_version},
     )
-    add_bench_node(ctx, result, transport, fields, scores)
+    add_bench_node(ctx, result, transport, fields, scores, built.size_bytes)
 
 
-def bench_only(ctx: RunContext, artifact_dir: Path, x: np.ndarray, transport, iterations: int | None) -> None:
+def bench_only(ctx: RunContext, built: Built, x: np.ndarray, transport, iterations: int | None) -> None:
     """Time the artifact on the device without an eval set; add the ``bench`` node."""
     with stage(ctx, "bench") as fields:
         result = run_on_device(
-            ctx.target, transport, artifact_dir, x, None, progress=ctx.progress, iterations=iterations
+            ctx.target, transport, built.dir, x, None, progress=ctx.progress, iterations=iterations
         )
-    add_bench_node(ctx, result, transport, fields, {})
+    add_bench_node(ctx, result, transport, fields, {}, built.size_bytes)
 
 
-def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dict) -> None:
+def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dict, size_bytes: int) -> None:
     """The ``bench`` node: latency distribution, FPS, power and energy (or why not), device state."""
     rt = ctx.target.runtime
     metrics = {
@@ -119,7 +121,7 @@ def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dic
         "fps": round(result.fps, 2),
         "first_ms": round(result.first_ms, 3),
         **scores,
-        "size_bytes": ctx.artifact_bytes,
+        "size_bytes": size_bytes,
     }
     metrics.update(power_metrics(result))
     add_node(

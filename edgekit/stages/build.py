@@ -17,16 +17,16 @@ from edgekit.backends.base import Artifact, BuildOptions
 from edgekit.errors import BuildError, CalibrationError
 from edgekit.quantize.auto import choose
 from edgekit.stages.candidates import measure
-from edgekit.stages.context import RunContext, add_node, fp32_map50_95, stage
+from edgekit.stages.context import Built, ModelFacts, RunContext, add_node, fp32_map50_95, stage
 
 
-def _options(ctx: RunContext, quantizer: Any) -> BuildOptions:
+def _options(ctx: RunContext, facts: ModelFacts, quantizer: Any) -> BuildOptions:
     return BuildOptions(
         precision=ctx.target.precision,
         threads=ctx.target.runtime.threads,
-        head=ctx.head,
-        class_names=ctx.class_names,
-        num_classes=len(ctx.class_names),
+        head=facts.head,
+        class_names=list(facts.class_names),
+        num_classes=len(facts.class_names),
         preprocess=ctx.spec,
         quantizer=quantizer,
         limits=ctx.target.limits.model_dump() if any(ctx.target.limits.model_dump().values()) else None,
@@ -42,9 +42,14 @@ def build_stage(
     cs,
     qreq,
     val,
+    facts: ModelFacts,
+    quantizer: Any = None,
     torch_program: Path | None = None,
-) -> Path:
-    """Build the target's artifact into ``run_dir/artifact``; add the ``build`` node."""
+) -> Built:
+    """Build the target's artifact into ``run_dir/artifact``; add the ``build`` node.
+
+    ``quantizer``: the options of the quantize stage that made ``onnx_path`` (a QDQ backend's INT8).
+    """
     backend = plan.backend_cls()
     out = ctx.run_dir / "artifact"
     own = ctx.target.precision == "int8" and backend.int8_source == "calibration"
@@ -53,20 +58,21 @@ def build_stage(
     with stage(ctx, "build") as fields:
         if method == "auto":
             artifact, extra = _auto(
-                ctx, plan, (onnx_path, reference, torch_program), cs, qreq.max_drop, val, out
+                ctx, plan, (onnx_path, reference, torch_program), cs, qreq.max_drop, (val, facts), out
             )
         elif own and qreq.method == "default":
-            artifact, extra = _first_passing(ctx, backend, (onnx_path, reference, torch_program), cs, out)
+            artifact, extra = _first_passing(
+                ctx, backend, (onnx_path, reference, torch_program), cs, out, facts
+            )
         else:
-            quantizer = backend.quantizer_options(method=method) if own else ctx.quantizer
-            options = _options(ctx, quantizer)
+            options = _options(ctx, facts, backend.quantizer_options(method=method) if own else quantizer)
             where = ctx.run_dir / "staged" if backend.build_location == "device" else out
             artifact = backend.build(
                 onnx_path, options, where, calib=cs, reference=reference, torch_program=torch_program
             )
             if backend.build_location == "device":
                 artifact = build_on_device(ctx, plan, where, out)
-    ctx.artifact_bytes = artifact_size(artifact)
+    size = artifact_size(artifact)
     quant = artifact.meta.get("quantization") or {}
     how = f" ({quant['method']}, {backend.name}'s own quantizer)" if own else ""
     add_node(
@@ -80,7 +86,7 @@ def build_stage(
         },
         fields,
         label=_label(backend, ctx.target.precision, how, artifact.meta.get("device_build")),
-        metrics={**ctx.deployed_stats, "size_bytes": ctx.artifact_bytes},
+        metrics={**facts.stats, "size_bytes": size},
         inputs={"calibration": cs.sha256} if own else {},
         outputs={f"artifact/{k}": v for k, v in artifact.meta.get("sha256", {}).items()},
         tools=artifact.meta.get("tools", {}),
@@ -91,7 +97,7 @@ def build_stage(
             **extra,
         },
     )
-    return out
+    return Built(out, size)
 
 
 def artifact_size(artifact: Artifact) -> int:
@@ -128,7 +134,9 @@ def build_on_device(ctx: RunContext, plan, staged: Path, out: Path) -> Artifact:
         return Agent(transport).build_on_device(staged, out, progress=ctx.progress)
 
 
-def _first_passing(ctx: RunContext, backend, sources: tuple, cs, out: Path) -> tuple[Artifact, dict]:
+def _first_passing(
+    ctx: RunContext, backend, sources: tuple, cs, out: Path, facts: ModelFacts
+) -> tuple[Artifact, dict]:
     """``--calibrator default`` for a self-quantizing backend, as ``edgekit build`` does it.
 
     The backend's methods in order, each with its declared fallback settings (more of the head in float)
@@ -141,7 +149,7 @@ def _first_passing(ctx: RunContext, backend, sources: tuple, cs, out: Path) -> t
     for method in backend.methods:
         for update in ({}, *backend.fallback):
             try:
-                options = _options(ctx, backend.quantizer_options(method=method, **update))
+                options = _options(ctx, facts, backend.quantizer_options(method=method, **update))
                 artifact = backend.build(
                     onnx_path, options, out, calib=cs, reference=reference, torch_program=torch_program
                 )
@@ -161,9 +169,13 @@ def _first_passing(ctx: RunContext, backend, sources: tuple, cs, out: Path) -> t
     )
 
 
-def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: Path):
-    """Build every method of the backend's quantizer, measure each on the target, ship the best."""
+def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, eval_on: tuple, out: Path):
+    """Build every method of the backend's quantizer, measure each on the target, ship the best.
+
+    ``eval_on``: (the val split the candidates are scored on, the model's facts).
+    """
     onnx_path, reference, torch_program = sources
+    val, facts = eval_on
     backend = plan.backend_cls()
     base = fp32_map50_95(ctx)
     candidates: list[dict[str, Any]] = []
@@ -171,7 +183,7 @@ def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, val, out: 
         for method in backend.methods:
             folder = Path(tmp) / f"int8-{method}"
             try:
-                options = _options(ctx, backend.quantizer_options(method=method))
+                options = _options(ctx, facts, backend.quantizer_options(method=method))
                 art = backend.build(
                     onnx_path, options, folder, calib=cs, reference=reference, torch_program=torch_program
                 )

@@ -1,6 +1,9 @@
-"""What every deploy stage shares: the run context (typed), the stage timer and the record node writer.
+"""What every deploy stage shares: the run context, the stage results, the stage timer and the node writer.
 
-Stages talk through files in the run folder and through the record; nothing here keeps global state.
+A stage takes what it needs as arguments and returns a small result (:class:`DataResult`,
+:class:`ModelState`, :class:`Exported`, :class:`Quantized`, :class:`Built`); the pipeline, the only
+module that knows every stage, hands one stage's result to the next. The run context holds the run's
+settings, its folder and its record, never a fact one stage leaves for another.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from edgekit.report.record import Node, RunRecord, now_iso
 
 @dataclass
 class RunContext:
-    """What the stages of one run share: where it goes, and the facts earlier stages established.
+    """Where one run goes and how: its target, folder, record and settings (no stage writes here).
 
     Attributes:
         target: The resolved target.
@@ -31,11 +34,6 @@ class RunContext:
         progress: Draw progress bars / lines.
         calib_root: Folder of the managed calibration sets.
         epochs_scale: Multiplies every training schedule.
-        class_names: The dataset's classes (data stage).
-        head: Output layout of the model (``None`` = detected from the ONNX output shape).
-        deployed_stats: Params/MACs of the model that is deployed (reference, then compress).
-        artifact_bytes: Size of the built artifact's files (build stage).
-        quantizer: How the INT8 model is made (quantize stage for QDQ backends, build stage otherwise).
     """
 
     target: Target
@@ -45,15 +43,66 @@ class RunContext:
     progress: bool = True
     calib_root: Path = Path("calibration")
     epochs_scale: float = 1.0
-    class_names: list[str] = field(default_factory=list)
-    head: str | None = None
-    deployed_stats: dict[str, int] = field(default_factory=dict)
-    artifact_bytes: int | None = None
-    quantizer: Any = None
 
     def save(self) -> None:
         """Persist the record (atomic) after every stage."""
         self.record.save(self.run_dir / "record.json")
+
+
+@dataclass(frozen=True)
+class DataResult:
+    """The data stage's result: the dataset folder, its val split in memory and its class names."""
+
+    root: Path
+    val: Any
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What later stages need to know of the model they deploy.
+
+    Attributes:
+        class_names: The classes it predicts (the dataset's).
+        head: Its output layout (``None`` = read from the ONNX output when built).
+        stats: Params / MACs of the model as it is deployed (after compression).
+    """
+
+    class_names: tuple[str, ...] = ()
+    head: str | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """The model between stages (a torch module or a user ONNX) and its facts."""
+
+    model: Any
+    facts: ModelFacts
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The export stage's result: the FP32 ONNX and, if the backend takes one, the torch program."""
+
+    onnx: Path
+    program: Path | None = None
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """The quantize stage's result: the INT8 QDQ ONNX and the quantizer options that made it."""
+
+    onnx: Path
+    quantizer: Any
+
+
+@dataclass(frozen=True)
+class Built:
+    """The build stage's result: the artifact folder and the bytes the device holds."""
+
+    dir: Path
+    size_bytes: int
 
 
 @contextmanager

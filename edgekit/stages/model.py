@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,16 @@ from typing import Any
 from edgekit.data.dataset import YoloDataset
 from edgekit.errors import ConfigError
 from edgekit.fsutil import sha256_file
-from edgekit.stages.context import RunContext, add_node, model_stats, stage
+from edgekit.stages.context import (
+    DataResult,
+    Exported,
+    ModelFacts,
+    ModelState,
+    RunContext,
+    add_node,
+    model_stats,
+    stage,
+)
 
 
 def float_view(model):
@@ -22,7 +32,7 @@ def float_view(model):
 PARITY_ATOL = 1e-3  # pixels / probabilities: FP32 ONNX vs torch on real inputs
 
 
-def data_stage(ctx: RunContext, req) -> tuple[Path, Any]:
+def data_stage(ctx: RunContext, req) -> DataResult:
     """Resolve the dataset (built-in shapes set unless ``--data``) and load its val split into memory."""
     from edgekit.data.shapes import ShapesConfig, builtin_dataset
     from edgekit.models.train import InMemorySplit
@@ -36,19 +46,19 @@ def data_stage(ctx: RunContext, req) -> tuple[Path, Any]:
             root = builtin_dataset(cache_dir(), shapes, progress=ctx.progress)
             config = {"dataset": "builtin shapes", **shapes.__dict__}
         val = InMemorySplit(YoloDataset(root, "val"), ctx.spec)
-    ctx.class_names = YoloDataset(root, "val").names
+    names = tuple(YoloDataset(root, "val").names)
     add_node(
         ctx,
         "data",
         config,
         fields,
-        label=f"{root.name}: {len(val)} val images, {len(ctx.class_names)} classes",
+        label=f"{root.name}: {len(val)} val images, {len(names)} classes",
         extra={"root": str(root)},
     )
-    return root, val
+    return DataResult(root, val, names)
 
 
-def model_stage(ctx: RunContext, req, root: Path):
+def model_stage(ctx: RunContext, req, data: DataResult) -> ModelState:
     """The model to deploy: the cached/trained reference detector, a user torch model, or a user ONNX file."""
     from edgekit.models.zoo import (
         converged_reference,
@@ -57,6 +67,7 @@ def model_stage(ctx: RunContext, req, root: Path):
         shipped_dir,
     )
 
+    root, head = data.root, None
     extra: dict[str, Any] = {}
     with stage(ctx, "model") as fields:
         if req.model.endswith(".onnx"):
@@ -69,17 +80,17 @@ def model_stage(ctx: RunContext, req, root: Path):
                     f"'{ctx.target.name}' is set to {ctx.spec.input_size} px",
                     f"set input_size: {det.preprocess.input_size} in {ctx.target.source}",
                 )
-            if det.num_classes != len(ctx.class_names):
+            if det.num_classes != len(data.class_names):
                 raise ConfigError(
                     f"{req.model} predicts {det.num_classes} classes but the dataset has "
-                    f"{len(ctx.class_names)}",
+                    f"{len(data.class_names)}",
                     "evaluate it on a dataset with the same classes (--data)",
                 )
             if not det.static:
                 from edgekit.models.user import static_copy
 
                 det.path = static_copy(det, ctx.run_dir / "model_static.onnx")
-            ctx.head = det.head
+            head = det.head
             config, label, model = (
                 {"onnx": str(req.model), "sha256": sha256_file(req.model)},
                 "user ONNX",
@@ -115,7 +126,7 @@ def model_stage(ctx: RunContext, req, root: Path):
         label=label,
         **({"extra": extra} if extra else {}),
     )
-    return model
+    return ModelState(model, ModelFacts(data.class_names, head))
 
 
 def onnx_candidates(onnx_path: Path, val, head: str) -> list:
@@ -128,10 +139,11 @@ def onnx_candidates(onnx_path: Path, val, head: str) -> list:
     return [candidates(sess.run(None, {name: val.tensor(i)})[0], head) for i in range(len(val))]
 
 
-def reference_stage(ctx: RunContext, req, model, val):
+def reference_stage(ctx: RunContext, state: ModelState, val) -> ModelState:
     """FP32 accuracy and cost of the model before compression, evaluated on this host."""
     from edgekit.models.train import evaluate, map_from_candidates
 
+    model = state.model
     with stage(ctx, "reference") as fields:
         if hasattr(model, "path") and str(getattr(model, "path", "")).endswith(".onnx"):
             from edgekit.export.onnx import onnx_info
@@ -141,7 +153,6 @@ def reference_stage(ctx: RunContext, req, model, val):
             stats = {"params": int(info["params"]), "size_bytes": int(info["size_bytes"])}
         else:
             scores, stats = evaluate(model, val), model_stats(model, ctx.spec)
-    ctx.deployed_stats = {k: v for k, v in stats.items() if k in ("params", "macs")}
     add_node(
         ctx,
         "reference",
@@ -150,7 +161,8 @@ def reference_stage(ctx: RunContext, req, model, val):
         label="FP32 reference (host)",
         metrics={**stats, **scores},
     )
-    return model
+    deployed = {k: v for k, v in stats.items() if k in ("params", "macs")}
+    return ModelState(model, dataclasses.replace(state.facts, stats=deployed))
 
 
 def compress_workdir(recipe, key: str) -> Path:
@@ -181,20 +193,21 @@ def compress_key(ctx: RunContext, recipe, model) -> str:
     )
 
 
-def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
+def compress_stage(ctx: RunContext, recipe, state: ModelState, data: DataResult) -> ModelState:
     """Run the recipe's torch steps (pruning, swaps, distillation, QAT) with per-step nodes."""
     from edgekit.compress.context import CompressContext
     from edgekit.compress.runner import run_recipe
     from edgekit.models.train import InMemorySplit
 
     if not recipe.torch_steps():
-        return model
+        return state
+    model = state.model
     with stage(ctx, "compress"):
-        train = InMemorySplit(YoloDataset(root, "train"), ctx.spec)
+        train = InMemorySplit(YoloDataset(data.root, "train"), ctx.spec)
         workdir = compress_workdir(recipe, compress_key(ctx, recipe, model))
         cctx = CompressContext(
             train=train,
-            val=val,
+            val=data.val,
             spec=ctx.spec,
             workdir=workdir,
             progress=ctx.progress,
@@ -204,17 +217,16 @@ def compress_stage(ctx: RunContext, recipe, model, root: Path, val):
         for node in nodes:
             add_node(ctx, node.pop("stage"), node.pop("config", {}), {}, **node)
     stats = model_stats(float_view(model), ctx.spec)
-    ctx.deployed_stats = {k: v for k, v in stats.items() if k != "size_bytes"}
-    return model
+    deployed = {k: v for k, v in stats.items() if k != "size_bytes"}
+    return ModelState(model, dataclasses.replace(state.facts, stats=deployed))
 
 
-def export_stage(ctx: RunContext, req, model, val, program: str | None = None) -> tuple[Path, Path | None]:
+def export_stage(ctx: RunContext, state: ModelState, val, program: str | None = None) -> Exported:
     """Torch → ONNX (opset 17) with an FP32 parity check against ONNX Runtime; ONNX inputs are copied.
 
     With ``program`` (the backend's ``torch_program``) a torch model is also written in that form:
     ``torchscript`` → ``model_fp32.pt`` (pnnx converts a trace more faithfully), ``export-raw`` →
     ``model_raw.pt2`` (a ``torch.export`` program of the raw prediction maps, with its decode beside it).
-    Returns ``(onnx, torch program or None)``.
     """
     from edgekit.export.onnx import (
         check_parity,
@@ -224,8 +236,7 @@ def export_stage(ctx: RunContext, req, model, val, program: str | None = None) -
         onnx_info,
     )
 
-    path = ctx.run_dir / "model_fp32.onnx"
-    ts_path = None
+    model, path, ts_path = state.model, ctx.run_dir / "model_fp32.onnx", None
     with stage(ctx, "export") as fields:
         if hasattr(model, "head") and isinstance(getattr(model, "path", None), (str, Path)):
             shutil.copyfile(model.path, path)
@@ -247,7 +258,7 @@ def export_stage(ctx: RunContext, req, model, val, program: str | None = None) -
                 ts_path = export_raw_program(model, ctx.spec.input_shape(), ctx.run_dir / "model_raw.pt2")
         info = onnx_info(path)
     outputs = {p.name: sha256_file(p) for p in (path, ts_path) if p is not None}
-    metrics = {**ctx.deployed_stats, "size_bytes": int(info["size_bytes"])}
+    metrics = {**state.facts.stats, "size_bytes": int(info["size_bytes"])}
     add_node(
         ctx,
         "export",
@@ -263,7 +274,7 @@ def export_stage(ctx: RunContext, req, model, val, program: str | None = None) -
         extra={"parity": parity, "ops": info.get("ops")},
         tools=_tools("torch", "onnx", "onnxruntime"),
     )
-    return path, ts_path
+    return Exported(path, ts_path)
 
 
 def _tools(*names: str) -> dict[str, str]:
@@ -278,7 +289,7 @@ def _tools(*names: str) -> dict[str, str]:
     return out
 
 
-def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
+def control_stage(ctx: RunContext, recipe, model, data: DataResult) -> None:
     """``--control``: the compressed architecture trained from scratch for the same epochs; recipe − control.
 
     The node's parent is the last compression step (the model it is the control of), so the deploy chain
@@ -299,8 +310,8 @@ def control_stage(ctx: RunContext, recipe, model, root: Path, val) -> None:
         result = train_control(
             model,
             epochs,
-            lambda: InMemorySplit(YoloDataset(root, "train"), ctx.spec),
-            val,
+            lambda: InMemorySplit(YoloDataset(data.root, "train"), ctx.spec),
+            data.val,
             ctx.spec.input_shape(),
             workdir,
             ctx.progress,

@@ -16,7 +16,7 @@ from typing import Any
 
 from edgekit.fsutil import sha256_file
 from edgekit.stages.candidates import measure
-from edgekit.stages.context import RunContext, add_node, fp32_map50_95, stage
+from edgekit.stages.context import ModelFacts, Quantized, RunContext, add_node, fp32_map50_95, stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +42,10 @@ def device_qdq_form(ctx: RunContext, backend):
     return backend.qdq_form(cpu, source)
 
 
-def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path, cs, val) -> Path:
-    """Quantize ``onnx_path`` to INT8 QDQ from ``cs``; add the ``quantize`` node; return the QDQ path."""
+def quantize_stage(
+    ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path, cs, val, facts: ModelFacts
+) -> Quantized:
+    """Quantize ``onnx_path`` to INT8 QDQ from ``cs``; add the ``quantize`` node; return the QDQ model."""
     backend = plan.backend_cls()
     out = ctx.run_dir / "model_int8.onnx"
     form = device_qdq_form(ctx, backend)
@@ -52,7 +54,7 @@ def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path
         arrays = lambda: cs.arrays(spec=ctx.spec)  # noqa: E731 - a fresh iterator per calibration pass
         extra: dict[str, Any] = {}
         if method == "auto":
-            result, extra = _auto(ctx, plan, onnx_path, (arrays, cs), qreq.max_drop, val, out, form)
+            result, extra = _auto(ctx, plan, onnx_path, (arrays, cs), qreq.max_drop, (val, facts), out, form)
         else:
             result = form.quantizer(
                 onnx_path,
@@ -64,7 +66,7 @@ def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path
                 progress=ctx.progress,
             )
     weights = _weights_label(result.reduce_range, form)
-    ctx.quantizer = backend.quantizer_options(
+    quantizer = backend.quantizer_options(
         method=result.method,
         per_channel=result.per_channel,
         weight_bits=result.weight_bits,
@@ -73,7 +75,7 @@ def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path
         scales_sha256=result.scales_sha256,
         quantized_nodes=result.quantized_nodes,
     )
-    info = {**ctx.quantizer.model_dump(), "int8_dot": form.int8_dot, "cpu_source": form.cpu_source}
+    info = {**quantizer.model_dump(), "int8_dot": form.int8_dot, "cpu_source": form.cpu_source}
     add_node(
         ctx,
         "quantize",
@@ -86,13 +88,13 @@ def quantize_stage(ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path
         fields,
         label=f"INT8 PTQ ({result.method}, {form.label}, per-channel {weights}; "
         f"{_float_label(result.excluded_nodes)})",
-        metrics={**ctx.deployed_stats, "size_bytes": int(result.size_bytes)},
+        metrics={**facts.stats, "size_bytes": int(result.size_bytes)},
         inputs={"calibration": cs.sha256},
         outputs={out.name: sha256_file(out)},
         extra={**info, "calibration": cs.ref(), "spec": ctx.spec.model_dump(mode="json"), **extra},
         tools={"onnxruntime": _ort_version()},
     )
-    return out
+    return Quantized(out, quantizer)
 
 
 def _weights_label(reduce_range: bool, form) -> str:
@@ -116,18 +118,23 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, val, out: Path, form):
-    """``calib``: (fresh-iterator factory of the set's arrays, the set itself for the builds' check)."""
+def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, eval_on, out: Path, form):
+    """``--calibrator auto`` for a QDQ backend: every candidate built and scored on the target.
+
+    ``calib``: (fresh-iterator factory of the set's arrays, the set itself for the builds' check);
+    ``eval_on``: (the val split the candidates are scored on, the model's facts).
+    """
     from edgekit.quantize.auto import auto_calibrate
 
     arrays, cs = calib
+    val, facts = eval_on
 
     base = fp32_map50_95(ctx)
     with tempfile.TemporaryDirectory(prefix="edgekit-auto-") as tmp:
         res = auto_calibrate(
             onnx_path,
             arrays,
-            _qdq_evaluator(ctx, plan, val, cs, Path(tmp), onnx_path),
+            _qdq_evaluator(ctx, plan, (val, facts), cs, Path(tmp), onnx_path),
             max_drop=max_drop,
             baseline_map50_95=base,
             weight_ranges=form.auto_weight_ranges(),
@@ -145,7 +152,7 @@ def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, val, o
     return result, extra | {"warnings": res.warnings}
 
 
-def _qdq_evaluator(ctx: RunContext, plan, val, cs, workdir: Path, fp32: Path):
+def _qdq_evaluator(ctx: RunContext, plan, eval_on, cs, workdir: Path, fp32: Path):
     """Build each QDQ candidate for the target and score it from the device's own outputs.
 
     Each build runs the FP32 check on the calibration images, as the shipped artifact's build does: on
@@ -154,6 +161,7 @@ def _qdq_evaluator(ctx: RunContext, plan, val, cs, workdir: Path, fp32: Path):
     """
     from edgekit.backends.base import BuildOptions
 
+    val, facts = eval_on
     counter = {"n": 0}
 
     def evaluate(qdq_path: Path) -> dict[str, Any]:
@@ -163,8 +171,8 @@ def _qdq_evaluator(ctx: RunContext, plan, val, cs, workdir: Path, fp32: Path):
             precision="int8",
             threads=ctx.target.runtime.threads,
             preprocess=ctx.spec,
-            head=ctx.head,
-            num_classes=len(ctx.class_names),
+            head=facts.head,
+            num_classes=len(facts.class_names),
         )
         backend = plan.backend_cls()
         if backend.build_location == "device":
@@ -181,22 +189,22 @@ def _qdq_evaluator(ctx: RunContext, plan, val, cs, workdir: Path, fp32: Path):
     return evaluate
 
 
-def qat_stage(ctx: RunContext, plan, model) -> Path:
+def qat_stage(ctx: RunContext, plan, model, facts: ModelFacts) -> Quantized:
     """INT8 from a QAT model: its QDQ export (no calibration pass)."""
     from edgekit.compress.qat import export_qdq
 
     out = ctx.run_dir / "model_int8.onnx"
     with stage(ctx, "quantize") as fields:
         export_qdq(model, ctx.spec.input_shape(), out)
-    ctx.quantizer = plan.backend_cls().quantizer_options(method="qat", per_channel=True)
+    quantizer = plan.backend_cls().quantizer_options(method="qat", per_channel=True)
     add_node(
         ctx,
         "quantize",
         {"method": "qat"},
         fields,
         label="INT8 from QAT (QDQ export of the fake-quant model)",
-        metrics={**ctx.deployed_stats, "size_bytes": out.stat().st_size},
+        metrics={**facts.stats, "size_bytes": out.stat().st_size},
         outputs={out.name: sha256_file(out)},
-        extra=ctx.quantizer.model_dump(),
+        extra=quantizer.model_dump(),
     )
-    return out
+    return Quantized(out, quantizer)
