@@ -10,8 +10,6 @@ from edgekit.errors import ConfigError
 
 #: ``edgekit build --calibrator auto``: percentage points of FP32's detections the chosen method may lose.
 DEFAULT_MAX_DROP = 5.0
-#: Layers kept in float, in turn, when no calibration method keeps the detections (QDQ backends).
-FLOAT_FALLBACK = (1, 2, 4, 8, 16, 32)
 
 
 def build_artifact(
@@ -66,8 +64,9 @@ def build_artifact(
                 _check_prequantized(be, onnx_path)
                 options = det.build_options(precision=precision, threads=threads)
                 return be.build(source, options, out, calib=cs, reference=None)
+            plan = _int8_plan(be, method, cs, onnx_path, max_drop)
             search = _MethodSearch(be, det, source, cs, Path(tmp), threads, max_drop)
-            return search.run(_methods(be, method, cs, onnx_path), out, pick_best=method == "auto")
+            return search.run(plan, out)
         options = det.build_options(precision=precision, threads=threads)
         return be.build(source, options, out, calib=cs, reference=source)
 
@@ -78,11 +77,14 @@ class _MethodSearch:
     def __init__(self, be, det, source: Path, cs, tmp: Path, threads, max_drop: float) -> None:
         self.be, self.det, self.source, self.cs, self.tmp = be, det, source, cs, tmp
         self.threads, self.max_drop = threads, max_drop
+        self.fallback: tuple = ()  # the plan's (run)
         self.tried: list[dict] = []
 
-    def run(self, methods: list[str], out: Path, *, pick_best: bool):
-        """Build ``methods`` in order; the first to pass (``pick_best``: the best) lands at ``out``."""
+    def run(self, plan, out: Path):
+        """Build the plan's methods in order; the first to pass (a ``best`` search: the best) lands at out."""
         from edgekit.errors import BuildError, CalibrationError
+
+        methods, pick_best, self.fallback = list(plan.methods), plan.search == "best", plan.fallback
 
         built: list[tuple[dict, Path]] = []
         small: list[CalibrationError] = []
@@ -160,7 +162,7 @@ class _MethodSearch:
 
         ranking = self._ranking(method, layer_sensitivity, detection_metric)
         found: list[tuple[dict, Path]] = []
-        for count in FLOAT_FALLBACK:
+        for count in self.fallback:
             extra = [name for name, _ in ranking[:count]]
             if len(extra) < count and count > 1:
                 break
@@ -188,7 +190,7 @@ class _MethodSearch:
         from edgekit.errors import BuildError
 
         found: list[tuple[dict, Path]] = []
-        for index, update in enumerate(self.be.fallback):
+        for index, update in enumerate(self.fallback):
             for method in methods:
                 folder = self.tmp / f"candidate-{method}-fallback{index}"
                 try:
@@ -264,22 +266,17 @@ def _copy_tree(src: Path, dst: Path) -> None:
     tmp.replace(dst)
 
 
-def _methods(be, method: str, cs, onnx_path: Path) -> list[str]:
-    """The calibration methods to try: the backend's own, in order, for ``default`` and ``auto``."""
+def _int8_plan(be, method: str, cs, onnx_path: Path, max_drop: float):
+    """The INT8 decision of ``edgekit build`` (:func:`edgekit.backends.int8_plan.decide_int8`)."""
+    from edgekit.backends.int8_plan import decide_int8
+
     if cs is None:
         raise ConfigError(
             f"{onnx_path} is an FP32 model and int8 was asked without a calibration set",
             "give --calib NAME (see `edgekit calib list`)"
             + (" or a QDQ ONNX" if be.int8_source == "qdq" else ""),
         )
-    if method in ("default", "auto"):
-        return list(be.methods)
-    if method not in be.methods:
-        raise ConfigError(
-            f"calibrator '{method}' is not a method of backend {be.name}",
-            f"use one of: default, auto, {', '.join(be.methods)} (--calibrator)",
-        )
-    return [method]
+    return decide_int8(type(be), method, max_drop=max_drop, deploy=False)
 
 
 def _check_prequantized(be, onnx_path: Path) -> None:

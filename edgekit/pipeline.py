@@ -7,6 +7,7 @@ it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
@@ -14,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.backends.int8_plan import Int8Plan, decide_int8
 from edgekit.config import Target, load_target
 from edgekit.data.preprocess import PreprocessSpec
+from edgekit.device.transport import DeviceSession
 from edgekit.errors import ConfigError, EdgekitError, GateError
 from edgekit.fsutil import atomic_write_json, make_run_dir
 from edgekit.report.record import RunRecord
@@ -79,6 +82,7 @@ class Plan:
     recipe: Any
     backend_cls: type
     transport_factory: Any
+    int8: Int8Plan | None = None
 
     def describe(self) -> dict:
         """A plain-dict view of the plan (for ``--dry-run``)."""
@@ -90,7 +94,7 @@ class Plan:
             *[f"compress:{s.type}" for s in self.recipe.torch_steps()],
             "export",
         ]
-        if self.target.precision == "int8" and self.backend_cls.int8_source == "qdq":
+        if self.int8 is not None and self.int8.quantize_stage:
             stages.append("quantize")
         stages += ["build", "eval", "bench", *(["control"] if r.control else []), "report"]
         return {
@@ -102,6 +106,7 @@ class Plan:
             "recipe": self.recipe.name,
             "calibration": r.calib or "(made from the dataset's calib split)",
             "stages": stages,
+            "int8": self.int8.describe() if self.int8 else None,
             "out": str(r.out),
             "gates": {"max_map_drop": r.max_map_drop, "max_p99_ms": r.max_p99_ms},
         }
@@ -143,37 +148,20 @@ def make_plan(request: DeployRequest) -> Plan:
 
         CalibrationSet.load(request.calib, root=Path(request.calib_root))
     backend_cls, transport_factory = check_target_ready(target, request.device)
-    if target.precision == "int8":
-        _check_int8_plan(request, recipe, target, backend_cls)
+    int8 = int8_plan(request, recipe, backend_cls) if target.precision == "int8" else None
     _check_model_source(request, backend_cls, target.precision)
-    return Plan(request, target, recipe, backend_cls, transport_factory)
+    return Plan(request, target, recipe, backend_cls, transport_factory, int8)
 
 
-def _check_int8_plan(request: DeployRequest, recipe: Any, target: Target, backend_cls: type) -> None:
-    """A calibrator the backend has, and a QAT recipe only where INT8 comes from a QDQ ONNX."""
-    quant = recipe.quantize_step()
-    if quant is not None and quant.type == "qat" and backend_cls.int8_source != "qdq":
-        raise ConfigError(
-            f"recipe '{recipe.name}' makes INT8 by QAT (a QDQ ONNX), but backend {backend_cls.name} "
-            "quantizes the FP32 model itself with its own quantizer",
-            "use a recipe with a ptq step for this target",
-        )
-    method = quantize_request(request, recipe).method
-    if method not in (*backend_cls.methods, "auto", "default"):
-        raise ConfigError(
-            f"calibrator '{method}' is not a method of backend {backend_cls.name} (target '{target.name}')",
-            f"use one of: {', '.join(backend_cls.methods)}, auto, or default",
-        )
-
-
-def quantize_request(request: DeployRequest, recipe: Any):
-    """The INT8 settings of a run: ``--calibrator``/``--max-drop`` over the recipe's ptq step."""
-    from edgekit.stages.quantize import QuantizeRequest
-
+def int8_plan(request: DeployRequest, recipe: Any, backend_cls: type) -> Int8Plan:
+    """The run's INT8 decision: ``--calibrator``/``--max-drop`` over the recipe's ptq (or qat) step."""
     quant = recipe.quantize_step()
     method = request.calibrator or getattr(quant, "method", "default")
     max_drop = request.max_drop if request.max_drop is not None else getattr(quant, "max_drop", 1.0)
-    return QuantizeRequest(method=method, keep_float=getattr(quant, "keep_float", "auto"), max_drop=max_drop)
+    return decide_int8(
+        backend_cls, method, qat=quant is not None and quant.type == "qat", max_drop=max_drop,
+        keep_float=getattr(quant, "keep_float", "auto"), recipe=f"recipe '{recipe.name}'",
+    )  # fmt: skip
 
 
 def _check_model_source(request: DeployRequest, backend_cls: type, precision: str) -> None:
@@ -210,8 +198,9 @@ def run_plan(plan: Plan) -> Path:
     ctx = RunContext(
         target, run_dir, record, target_spec(target), req.progress, Path(req.calib_root), req.epochs_scale
     )
+    session = DeviceSession(plan.transport_factory)  # one connection for every stage that needs the board
     try:
-        _run_stages(ctx, plan)
+        _run_stages(ctx, dataclasses.replace(plan, transport_factory=session))
     except BaseException as exc:
         if isinstance(exc, EdgekitError) and not record.nodes:
             shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything finished: no empty folder
@@ -220,6 +209,8 @@ def run_plan(plan: Plan) -> Path:
             record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         _write_outputs(ctx)  # the folder keeps what finished, and the record says where it stopped
         raise
+    finally:
+        session.close()
     _apply_gates(ctx, req)
     return run_dir
 
@@ -238,25 +229,24 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
     from edgekit.stages.calibration import ensure_calibration_set
     from edgekit.stages.quantize import qat_stage, quantize_stage
 
-    req, target = plan.request, plan.target
+    req = plan.request
     data = ms.data_stage(ctx, req)
     state = ms.model_stage(ctx, req, data)
     state = ms.reference_stage(ctx, state, data.val)
     state = ms.compress_stage(ctx, plan.recipe, state, data)
     exported = ms.export_stage(ctx, state, data.val, program=plan.backend_cls.torch_program)
-    facts, cs, qreq, quantized = state.facts, None, quantize_request(req, plan.recipe), None
-    if target.precision == "int8":
+    facts, cs, quantized, int8 = state.facts, None, None, plan.int8
+    if int8 is not None:
         with stage(ctx, "calibration"):  # a missing or tampered set stops the run here, recorded
             cs = ensure_calibration_set(ctx, req.calib, req.data, data.root)
         ctx.record.calibration = cs.ref()
-        quant = plan.recipe.quantize_step()
-        if quant is not None and quant.type == "qat":
+        if int8.source == "qat":
             quantized = qat_stage(ctx, plan, state.model, facts)
-        elif plan.backend_cls.int8_source == "qdq":
-            quantized = quantize_stage(ctx, plan, qreq, exported.onnx, cs, data.val, facts)
+        elif int8.source == "qdq":
+            quantized = quantize_stage(ctx, plan, int8, exported.onnx, cs, data.val, facts)
     built = build_stage(
         ctx, plan, quantized.onnx if quantized else exported.onnx, reference=exported.onnx, cs=cs,
-        qreq=qreq, val=data.val, facts=facts, quantizer=quantized.quantizer if quantized else None,
+        int8=int8, val=data.val, facts=facts, quantizer=quantized.quantizer if quantized else None,
         torch_program=exported.program,
     )  # fmt: skip
     with plan.transport_factory() as transport:

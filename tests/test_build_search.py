@@ -8,8 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from edgekit.backends.int8_plan import FLOAT_FALLBACK, Int8Plan
 from edgekit.build import _MethodSearch
 from edgekit.errors import BuildError
+
+
+def _plan(methods: list[str], pick_best: bool) -> Int8Plan:
+    """A QDQ backend's ``edgekit build`` plan: ``auto`` (the best) or ``default`` (the first to pass)."""
+    search = "best" if pick_best else "first_passing"
+    return Int8Plan("toy", "qdq", "auto", tuple(methods), search, "host", 5.0, "auto", FLOAT_FALLBACK)
 
 
 def _search(tmp_path, kept_by_method: dict[str, float], fallback_kept: list[float], max_drop=5.0):
@@ -34,7 +41,7 @@ def _search(tmp_path, kept_by_method: dict[str, float], fallback_kept: list[floa
 
 def test_auto_goes_on_to_the_float_fallback_when_every_method_loses_too_much(tmp_path):
     search, calls = _search(tmp_path, {"minmax": 0.923, "entropy": 0.85}, [0.923, 1.0])
-    folder = search.run(["minmax", "entropy"], tmp_path / "out", pick_best=True)
+    folder = search.run(_plan(["minmax", "entropy"], True), tmp_path / "out")
     assert calls == ["minmax+0", "entropy+0", "minmax+1", "minmax+2"]
     assert Path(folder).name == "candidate-minmax-float2"
     assert search.tried[-1]["float_layers"] == ["conv0", "conv1"]
@@ -43,11 +50,11 @@ def test_auto_goes_on_to_the_float_fallback_when_every_method_loses_too_much(tmp
 def test_auto_refuses_when_nothing_is_within_max_drop_and_says_which_option(tmp_path):
     search, _ = _search(tmp_path, {"minmax": 0.9}, [0.9, 0.9, 0.9, 0.9])
     with pytest.raises(BuildError, match="more than --max-drop 5 points") as info:
-        search.run(["minmax"], tmp_path / "out", pick_best=True)
+        search.run(_plan(["minmax"], True), tmp_path / "out")
     assert "--max-drop" in info.value.hint
 
 
 def test_default_keeps_the_first_method_that_builds(tmp_path):
     search, calls = _search(tmp_path, {"minmax": 0.96, "entropy": 1.0}, [])
-    folder = search.run(["minmax", "entropy"], tmp_path / "out", pick_best=False)
+    folder = search.run(_plan(["minmax", "entropy"], False), tmp_path / "out")
     assert calls == ["minmax+0"] and Path(folder).name == "candidate-minmax"

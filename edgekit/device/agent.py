@@ -30,6 +30,7 @@ from edgekit.device.power import (
     idle_power,
 )
 from edgekit.device.runner_io import Guard, RunnerProgress, parse_json_line, parse_runner_output
+from edgekit.device.state import DeviceState
 from edgekit.device.transport import CommandResult, Transport
 from edgekit.errors import ConfigError, DeviceError, RemoteCommandError
 from edgekit.fsutil import atomic_dir, atomic_write_json, sha256_file
@@ -152,8 +153,8 @@ class BenchResult:
     idle_w: float | None = None
     power_samples: int | None = None
     power_facts: dict[str, Any] = field(default_factory=dict)
-    state_before: dict[str, Any] = field(default_factory=dict)
-    state_after: dict[str, Any] = field(default_factory=dict)
+    state_before: DeviceState = field(default_factory=DeviceState)
+    state_after: DeviceState = field(default_factory=DeviceState)
     throttling: list[str] = field(default_factory=list)
     guard: dict[str, Any] = field(default_factory=dict)
 
@@ -244,8 +245,11 @@ class Agent:
         res.guard = guard_record
         return res
 
-    def state(self, work: str) -> dict[str, Any]:
+    def state(self, work: str) -> DeviceState:
         """The device's state (board, L4T, power mode, clocks, governors, temperatures, throttling)."""
+        return DeviceState.from_report(self._state_report(work))
+
+    def _state_report(self, work: str) -> dict[str, Any]:
         script = posixpath.join(work, "statecore.py")
         res = self.transport.run([self.python, script, "state"], timeout=60, check=False)
         try:
@@ -387,7 +391,13 @@ class Agent:
         return {**record, **guard.check(got)}
 
     def _result(
-        self, raw: dict, dets: list | None, samples: list, before: dict, after: dict, idle: tuple | None
+        self,
+        raw: dict,
+        dets: list | None,
+        samples: list,
+        before: DeviceState,
+        after: DeviceState,
+        idle: tuple | None,
     ) -> BenchResult:
         lat = [float(v) for v in raw["latencies_ms"]]
         res = BenchResult(
@@ -402,13 +412,13 @@ class Agent:
             stats=latency_stats(lat),
             detections=dets,
             device=dict(raw.get("device") or {}),
-            thermal_before=before.get("thermal") or None,
-            thermal_after=after.get("thermal") or None,
+            thermal_before=before.thermal or None,
+            thermal_after=after.thermal or None,
             raw=raw,
             state_before=before,
             state_after=after,
         )
-        res.throttling = _throttle_flags(before, after, lat)
+        res.throttling = _throttle_flags(before.raw, after.raw, lat)
         self._energy(res, samples, raw.get("window") or {}, idle)
         return res
 

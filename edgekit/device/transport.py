@@ -382,3 +382,41 @@ def _kill(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         proc.kill()
     proc.wait()
+
+
+class DeviceSession:
+    """One connection to a run's device, opened on first use and shared by every stage until :meth:`close`.
+
+    ``with session() as transport:`` hands out the same open transport each time (a stage's ``with``
+    does not close it), so ``--calibrator auto``'s candidates, a device build and the bench use one SSH
+    session instead of opening their own. Closing stops anything still running on the device.
+
+    Example:
+        >>> session = DeviceSession(LocalTransport)
+        >>> with session() as a, session() as b:
+        ...     a is b
+        True
+        >>> session.close()
+    """
+
+    def __init__(self, factory: Callable[[], Transport]) -> None:
+        self._factory = factory
+        self._transport: Transport | None = None
+
+    def __call__(self) -> DeviceSession:
+        """Stand in for a transport factory: ``with session() as transport``."""
+        return self
+
+    def __enter__(self) -> Transport:
+        if self._transport is None:
+            self._transport = self._factory()
+        return self._transport
+
+    def __exit__(self, *exc: object) -> None:
+        """Keep the connection for the next stage (:meth:`close` ends it)."""
+
+    def close(self) -> None:
+        """Close the connection if one was opened."""
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            transport.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgekit.device.state import DeviceState
 from edgekit.fsutil import atomic_write_text
 from edgekit.report.compression import NONE, slimming_blocks, teacher_init_blocks, training_curve_blocks
 from edgekit.report.compression import fmt_num as _num
@@ -279,15 +280,14 @@ def _on_device(record: RunRecord) -> list[Block]:
             else f"not checked ({guard.get('reason')})"
         )
         rows.append(["correctness guard (fixed input)", verdict])
-    before, after = extra.get("state_before") or {}, extra.get("state_after") or {}
-    for key, label in (("model", "board"), ("l4t", "L4T"), ("nvpmodel", "power mode")):
-        if before.get(key):
-            value = before[key]["name"] if isinstance(before[key], dict) else before[key]
+    before = DeviceState.from_report(extra.get("state_before"))
+    after = DeviceState.from_report(extra.get("state_after"))
+    for value, label in ((before.model, "board"), (before.l4t, "L4T"), (before.power_mode, "power mode")):
+        if value:
             rows.append([label, str(value)])
-    if before.get("thermal") or after.get("thermal"):
-        hottest = lambda state: max((state.get("thermal") or {}).values(), default=None)  # noqa: E731
+    if before.thermal or after.thermal:
         rows.append(
-            ["hottest zone before / after (°C)", f"{_num(hottest(before), 1)} / {_num(hottest(after), 1)}"]
+            ["hottest zone before / after (°C)", f"{_num(before.hottest, 1)} / {_num(after.hottest, 1)}"]
         )
     blocks: list[Block] = [Heading("On the device", 3), Table(["", "value"], rows)]
     flags = list(extra.get("throttling") or []) + list(extra.get("warnings") or [])

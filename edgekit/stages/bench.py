@@ -134,7 +134,7 @@ def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dic
             "threads": result.threads,
             "device": transport.name,
             "power": ctx.target.power.model_dump(mode="json"),
-            "device_state": device_identity(result.state_before),
+            "device_state": result.state_before.identity(),
         },
         dict(fields),
         label=f"{len(result.latencies_ms)} timed runs on {transport.name}",
@@ -169,12 +169,12 @@ def bench_extra(result, rt) -> dict[str, Any]:
         "power_samples_in_window": result.power_samples,
         "thermal_before": result.thermal_before,
         "thermal_after": result.thermal_after,
-        "state_before": result.state_before,
-        "state_after": result.state_after,
+        "state_before": result.state_before.raw,
+        "state_after": result.state_after.raw,
         "throttling": result.throttling,
         "warmup_settled": result.raw.get("warmup_settled"),
         "guard": result.guard,
-        "warnings": state_warnings(result.state_before, rt),
+        "warnings": result.state_before.warnings(rt.power_mode, rt.governor),
         "device_latency_ms": _device_latency(result.raw),
         "runtime_report": _runtime_report(result.raw),
     }
@@ -191,39 +191,6 @@ def _device_latency(raw: dict[str, Any]) -> dict[str, Any] | None:
     """An MCU's own per-inference time (cycles / core clock), beside the host's round trips."""
     values = raw.get("device_latency_ms")
     return {k: round(v, 4) for k, v in latency_stats(values).items()} if values else None
-
-
-def state_warnings(state: dict[str, Any], rt) -> list[str]:
-    """The device is not in the state the target asks for (power mode, governor): say so, measure anyway."""
-    out = []
-    mode = (state.get("nvpmodel") or {}).get("name")
-    if rt.power_mode and mode and mode != rt.power_mode:
-        out.append(
-            f"the board runs power mode {mode}, the target asks for {rt.power_mode} (sudo nvpmodel -m <id>)"
-        )
-    governors = {c.get("governor") for c in (state.get("cpus") or {}).values() if c.get("governor")}
-    if rt.governor and governors and governors != {rt.governor}:
-        found = ", ".join(sorted(governors))
-        out.append(
-            f"CPU governor is {found}, the target asks for {rt.governor} (cpufreq-set -g {rt.governor})"
-        )
-    return out
-
-
-def device_identity(state: dict[str, Any]) -> dict[str, Any]:
-    """The device facts that make a different measurement: board, L4T, power mode, governors, max clocks.
-
-    They go into the bench node's config, so the same artifact measured in another power mode or on
-    another board is a different node id.
-    """
-    cpus = state.get("cpus") or {}
-    return {
-        "model": state.get("model"),
-        "l4t": state.get("l4t"),
-        "nvpmodel": (state.get("nvpmodel") or {}).get("name"),
-        "governors": sorted({c.get("governor") for c in cpus.values() if c.get("governor")}),
-        "max_khz": sorted({c.get("max_khz") for c in cpus.values() if c.get("max_khz")}),
-    }
 
 
 def check_target_ready(target: Target, device: str | None) -> tuple[type, Callable[[], Any]]:

@@ -40,7 +40,7 @@ def build_stage(
     *,
     reference: Path,
     cs,
-    qreq,
+    int8,
     val,
     facts: ModelFacts,
     quantizer: Any = None,
@@ -52,17 +52,17 @@ def build_stage(
     """
     backend = plan.backend_cls()
     out = ctx.run_dir / "artifact"
-    own = ctx.target.precision == "int8" and backend.int8_source == "calibration"
-    method = (backend.methods[0] if qreq.method == "default" else qreq.method) if own else None
+    own = int8 is not None and int8.source == "calibration"
+    method = int8.method if own else None
     extra: dict[str, Any] = {}
     with stage(ctx, "build") as fields:
-        if method == "auto":
+        if own and int8.search == "best":
             artifact, extra = _auto(
-                ctx, plan, (onnx_path, reference, torch_program), cs, qreq.max_drop, (val, facts), out
+                ctx, plan, (onnx_path, reference, torch_program), cs, int8, (val, facts), out
             )
-        elif own and qreq.method == "default":
+        elif own and int8.search == "first_passing":
             artifact, extra = _first_passing(
-                ctx, backend, (onnx_path, reference, torch_program), cs, out, facts
+                ctx, backend, int8, (onnx_path, reference, torch_program), cs, (out, facts)
             )
         else:
             options = _options(ctx, facts, backend.quantizer_options(method=method) if own else quantizer)
@@ -134,9 +134,7 @@ def build_on_device(ctx: RunContext, plan, staged: Path, out: Path) -> Artifact:
         return Agent(transport).build_on_device(staged, out, progress=ctx.progress)
 
 
-def _first_passing(
-    ctx: RunContext, backend, sources: tuple, cs, out: Path, facts: ModelFacts
-) -> tuple[Artifact, dict]:
+def _first_passing(ctx: RunContext, backend, int8, sources: tuple, cs, into: tuple) -> tuple[Artifact, dict]:
     """``--calibrator default`` for a self-quantizing backend, as ``edgekit build`` does it.
 
     The backend's methods in order, each with its declared fallback settings (more of the head in float)
@@ -144,10 +142,11 @@ def _first_passing(
     nothing at ``out``. What was tried is recorded on the node.
     """
     onnx_path, reference, torch_program = sources
+    out, facts = into
     tried: list[dict[str, Any]] = []
     small: list[CalibrationError] = []
-    for method in backend.methods:
-        for update in ({}, *backend.fallback):
+    for method in int8.methods:
+        for update in ({}, *int8.fallback):
             try:
                 options = _options(ctx, facts, backend.quantizer_options(method=method, **update))
                 artifact = backend.build(
@@ -169,18 +168,18 @@ def _first_passing(
     )
 
 
-def _auto(ctx: RunContext, plan, sources: tuple, cs, max_drop: float, eval_on: tuple, out: Path):
+def _auto(ctx: RunContext, plan, sources: tuple, cs, int8, eval_on: tuple, out: Path):
     """Build every method of the backend's quantizer, measure each on the target, ship the best.
 
     ``eval_on``: (the val split the candidates are scored on, the model's facts).
     """
     onnx_path, reference, torch_program = sources
     val, facts = eval_on
-    backend = plan.backend_cls()
+    backend, max_drop = plan.backend_cls(), int8.max_drop
     base = fp32_map50_95(ctx)
     candidates: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-auto-") as tmp:
-        for method in backend.methods:
+        for method in int8.methods:
             folder = Path(tmp) / f"int8-{method}"
             try:
                 options = _options(ctx, facts, backend.quantizer_options(method=method))

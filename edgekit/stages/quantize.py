@@ -14,24 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgekit.backends.int8_plan import Int8Plan
 from edgekit.fsutil import sha256_file
 from edgekit.stages.candidates import measure
 from edgekit.stages.context import ModelFacts, Quantized, RunContext, add_node, fp32_map50_95, stage
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizeRequest:
-    """What the quantize stage needs from the deploy request.
-
-    Attributes:
-        method: Calibration method or ``auto``; ``default`` = the backend's first method.
-        keep_float: ``auto``, node names, or None.
-        max_drop: mAP@0.5:0.95 points ``auto`` may lose.
-    """
-
-    method: str
-    keep_float: Any = "auto"
-    max_drop: float = 1.0
 
 
 def device_qdq_form(ctx: RunContext, backend):
@@ -43,18 +29,18 @@ def device_qdq_form(ctx: RunContext, backend):
 
 
 def quantize_stage(
-    ctx: RunContext, plan, qreq: QuantizeRequest, onnx_path: Path, cs, val, facts: ModelFacts
+    ctx: RunContext, plan, int8: Int8Plan, onnx_path: Path, cs, val, facts: ModelFacts
 ) -> Quantized:
     """Quantize ``onnx_path`` to INT8 QDQ from ``cs``; add the ``quantize`` node; return the QDQ model."""
     backend = plan.backend_cls()
     out = ctx.run_dir / "model_int8.onnx"
     form = device_qdq_form(ctx, backend)
-    method = backend.methods[0] if qreq.method == "default" else qreq.method
+    method = int8.method
     with stage(ctx, "quantize") as fields:
         arrays = lambda: cs.arrays(spec=ctx.spec)  # noqa: E731 - a fresh iterator per calibration pass
         extra: dict[str, Any] = {}
         if method == "auto":
-            result, extra = _auto(ctx, plan, onnx_path, (arrays, cs), qreq.max_drop, (val, facts), out, form)
+            result, extra = _auto(ctx, plan, onnx_path, (arrays, cs), int8.max_drop, (val, facts), out, form)
         else:
             result = form.quantizer(
                 onnx_path,
@@ -62,7 +48,7 @@ def quantize_stage(
                 arrays,
                 method=method,
                 reduce_range=form.reduce_range,
-                keep_float=qreq.keep_float,
+                keep_float=int8.keep_float,
                 progress=ctx.progress,
             )
     weights = _weights_label(result.reduce_range, form)
@@ -81,7 +67,7 @@ def quantize_stage(
         "quantize",
         {
             "method": method,
-            "keep_float": qreq.keep_float,
+            "keep_float": int8.keep_float,
             "calibration": cs.ref(),
             "qdq_form": form.to_dict(),
         },
