@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends.base import BuildOptions
+from edgekit.core.registry import BACKENDS
 from edgekit.data.dataset import YoloDataset
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.data.shapes import ShapesConfig, builtin_dataset
@@ -18,7 +19,6 @@ from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.transport import LocalTransport
 from edgekit.models.train import InMemorySplit, map_from_candidates
 from edgekit.models.zoo import cache_dir, converged_reference
-from edgekit.registry import BACKENDS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEC = PreprocessSpec(input_size=160)

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgekit.compress.recipe import load_recipe  # noqa: E402
-from edgekit.fsutil import atomic_write_json, stable_hash  # noqa: E402
+from edgekit.core.files import atomic_write_json, stable_hash  # noqa: E402
 from edgekit.pipeline import DeployRequest, deploy  # noqa: E402
 
 FULL = ["default", "l1", "fpgm", "slim", "progressive", "distill", "microyolo", "mcu", "qat"]

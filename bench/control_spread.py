@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekit.fsutil import atomic_write_json, stable_hash  # noqa: E402
+from edgekit.core.files import atomic_write_json, stable_hash  # noqa: E402
 
 STATE = REPO / "bench" / "results" / "compression-state.json"
 OUT = REPO / "bench" / "results" / "control-spread.json"

@@ -78,10 +78,8 @@ def walk(rev: str) -> dict:
         data = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
             archive.extractall(root, filter="data")
-        done = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(root), str(Path(tmp) / "runs"), str(Path(tmp) / "calibration")],
-            cwd=root, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        argv = [sys.executable, "-c", _PROBE, str(root), str(Path(tmp) / "runs"), str(Path(tmp) / "calib")]
+        done = subprocess.run(argv, cwd=root, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"deploy at {rev} failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])

@@ -32,14 +32,14 @@ from edgekit.backends.base import BuildOptions  # noqa: E402
 from edgekit.backends.tensorrt.form import check_trt_qdq, quantize_trt_qdq  # noqa: E402
 from edgekit.bench_run import bench_run  # noqa: E402
 from edgekit.calib import import_set  # noqa: E402
+from edgekit.core.errors import HostUnreachableError  # noqa: E402
+from edgekit.core.registry import get_backend  # noqa: E402
 from edgekit.device.agent import Agent, BenchPlan  # noqa: E402
 from edgekit.device.power import energy_per_inference  # noqa: E402
 from edgekit.device.transport import LocalTransport  # noqa: E402
-from edgekit.errors import HostUnreachableError  # noqa: E402
 from edgekit.export.onnx import export_onnx  # noqa: E402
 from edgekit.quantize import quantize_int8  # noqa: E402
 from edgekit.quantize.form import host_qdq_form  # noqa: E402
-from edgekit.registry import get_backend  # noqa: E402
 from edgekit.report.record import RunRecord  # noqa: E402
 from tests.device.fakeboard.fakeboard import load_ramp, make_fakeboard, start_sysfs_writer, true_energy_j  # noqa: E402
 from tests.device.sshbed import SshServer, netns_available, sshd_available  # noqa: E402

@@ -23,7 +23,7 @@ from common import save, table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekit.config import load_target  # noqa: E402
+from edgekit.core.config import load_target  # noqa: E402
 from edgekit.pipeline import DeployRequest, deploy  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "mcu.json"

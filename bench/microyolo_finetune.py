@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekit.fsutil import atomic_write_json  # noqa: E402
+from edgekit.core.files import atomic_write_json  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "microyolo-finetune.json"
 

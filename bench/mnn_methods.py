@@ -26,6 +26,7 @@ from bench.common import save, table  # noqa: E402
 from edgekit.backends.base import PARITY, BuildOptions, Parity  # noqa: E402
 from edgekit.backends.mnn import backend as mnn_backend  # noqa: E402
 from edgekit.calib import import_set  # noqa: E402
+from edgekit.core.registry import BACKENDS  # noqa: E402
 from edgekit.data.dataset import YoloDataset  # noqa: E402
 from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.data.shapes import builtin_dataset  # noqa: E402
@@ -34,7 +35,6 @@ from edgekit.device.transport import LocalTransport  # noqa: E402
 from edgekit.export.onnx import export_onnx  # noqa: E402
 from edgekit.models.train import InMemorySplit, map_from_candidates  # noqa: E402
 from edgekit.models.zoo import cache_dir, reference_detector, reference_train_config  # noqa: E402
-from edgekit.registry import BACKENDS  # noqa: E402
 from tests.conftest import TEST_SHAPES, TRAIN_SCALE  # noqa: E402
 
 SPEC = PreprocessSpec(input_size=160)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgekit.build import build_artifact  # noqa: E402
 from edgekit.calib import import_set  # noqa: E402
-from edgekit.errors import EdgekitError  # noqa: E402
+from edgekit.core.errors import EdgekitError  # noqa: E402
 from tests.realmodels.fetch import fetch, models, photo_crops  # noqa: E402
 
 RUNTIMES = ("onnxruntime", "ncnn", "mnn", "tensorrt", "openvino")

@@ -21,14 +21,14 @@ from common import SPEC, save, setup, table
 
 from edgekit.backends.base import Artifact
 from edgekit.calib import import_set
+from edgekit.core.errors import BuildError
+from edgekit.core.registry import BACKENDS
 from edgekit.device.agent import Agent, BenchPlan, runner_path
 from edgekit.device.transport import LocalTransport
-from edgekit.errors import BuildError
 from edgekit.export.onnx import export_onnx, export_torchscript
 from edgekit.models.train import map_from_candidates
 from edgekit.quantize import quantize_int8
 from edgekit.quantize.form import host_qdq_form
-from edgekit.registry import BACKENDS
 
 RUNNERS = Path(__file__).resolve().parents[1] / "edgekit" / "runners"
 PLAN = {"onnxruntime": ("fp32", "int8"), "mnn": ("fp32", "fp16", "int8"), "ncnn": ("fp32", "fp16", "int8")}

@@ -28,9 +28,9 @@ from edgekit.compress.context import evaluate_map  # noqa: E402
 from edgekit.compress.inputs import build_context  # noqa: E402
 from edgekit.compress.recipe import SlimSpec, load_recipe  # noqa: E402
 from edgekit.compress.slimming import SlimStep  # noqa: E402
+from edgekit.core.files import atomic_write_json, stable_hash  # noqa: E402
 from edgekit.data.shapes import ShapesConfig, builtin_dataset  # noqa: E402
 from edgekit.export.onnx import model_macs_params  # noqa: E402
-from edgekit.fsutil import atomic_write_json, stable_hash  # noqa: E402
 from edgekit.models.zoo import cache_dir, converged_reference  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "slim_stages.json"

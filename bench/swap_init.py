@@ -31,8 +31,8 @@ from edgekit.compress.inputs import build_context  # noqa: E402
 from edgekit.compress.recipe import SwapSpec  # noqa: E402
 from edgekit.compress.swap import SwapStep  # noqa: E402
 from edgekit.compress.teacher_init import START_GAIN  # noqa: E402
+from edgekit.core.files import atomic_write_json, stable_hash  # noqa: E402
 from edgekit.data.shapes import ShapesConfig, builtin_dataset  # noqa: E402
-from edgekit.fsutil import atomic_write_json, stable_hash  # noqa: E402
 from edgekit.models.zoo import cache_dir, converged_reference  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "swap_init.json"

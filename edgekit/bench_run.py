@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 
 
 def bench_run(
@@ -47,8 +47,8 @@ def bench_run(
         DeviceError: Anything the device did wrong (nothing is written then).
     """
     from edgekit.backends.base import Artifact
-    from edgekit.config import load_target
-    from edgekit.fsutil import atomic_dir
+    from edgekit.core.config import load_target
+    from edgekit.core.files import atomic_dir
     from edgekit.report.record import RunRecord
     from edgekit.stages.bench import check_target_ready
     from edgekit.stages.context import RunContext

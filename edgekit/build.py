@@ -6,7 +6,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 
 #: ``edgekit build --calibrator auto``: percentage points of FP32's detections the chosen method may lose.
 DEFAULT_MAX_DROP = 5.0
@@ -44,8 +44,8 @@ def build_artifact(
     """
     from edgekit.backends.parity import is_qdq
     from edgekit.calib import CalibrationSet
+    from edgekit.core.registry import BACKENDS
     from edgekit.models.user import inspect_onnx, static_copy
-    from edgekit.registry import BACKENDS
 
     be = BACKENDS.get(backend)()
     det = inspect_onnx(onnx_path, head=head)
@@ -82,7 +82,7 @@ class _MethodSearch:
 
     def run(self, plan, out: Path):
         """Build the plan's methods in order; the first to pass (a ``best`` search: the best) lands at out."""
-        from edgekit.errors import BuildError, CalibrationError
+        from edgekit.core.errors import BuildError, CalibrationError
 
         methods, pick_best, self.fallback = list(plan.methods), plan.search == "best", plan.fallback
 
@@ -157,7 +157,7 @@ class _MethodSearch:
         Layers are ranked by :func:`edgekit.quantize.sensitivity.layer_sensitivity` with the detection
         metric (each layer alone in INT8, its effect on the active anchors' scores).
         """
-        from edgekit.errors import BuildError
+        from edgekit.core.errors import BuildError
         from edgekit.quantize.sensitivity import detection_metric, layer_sensitivity
 
         ranking = self._ranking(method, layer_sensitivity, detection_metric)
@@ -187,7 +187,7 @@ class _MethodSearch:
 
     def _option_fallback(self, methods: list[str], good=lambda entry: True) -> list[tuple[dict, Path]]:
         """The backend's declared :attr:`~edgekit.backends.base.Backend.fallback` settings, in turn."""
-        from edgekit.errors import BuildError
+        from edgekit.core.errors import BuildError
 
         found: list[tuple[dict, Path]] = []
         for index, update in enumerate(self.fallback):
@@ -238,13 +238,13 @@ class _MethodSearch:
         import os
 
         from edgekit.backends.base import ARTIFACT_JSON, Artifact
-        from edgekit.fsutil import atomic_write_json
+        from edgekit.core.files import atomic_write_json
 
         meta = json.loads((folder / ARTIFACT_JSON).read_text())
         meta["calibration_search"] = self.tried
         atomic_write_json(folder / ARTIFACT_JSON, meta)
         if out.exists():
-            from edgekit.errors import ConfigError
+            from edgekit.core.errors import ConfigError
 
             raise ConfigError(f"{out} already exists", "give a new --out folder, or remove it")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends.int8_plan import Int8Plan, decide_int8
-from edgekit.config import Target, load_target
+from edgekit.core.config import Target, load_target
+from edgekit.core.errors import ConfigError, EdgekitError, GateError
+from edgekit.core.files import atomic_write_json, make_run_dir
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.device.transport import DeviceSession
-from edgekit.errors import ConfigError, EdgekitError, GateError
-from edgekit.fsutil import atomic_write_json, make_run_dir
 from edgekit.report.record import RunRecord
 from edgekit.stages import RunContext, add_node, model_stats, stage
 from edgekit.stages.bench import check_target_ready
@@ -167,7 +167,7 @@ def int8_plan(request: DeployRequest, recipe: Any, backend_cls: type) -> Int8Pla
 def _check_model_source(request: DeployRequest, backend_cls: type, precision: str) -> None:
     """Missing files, corrupt ONNX and ops the target cannot run fail here, before any work."""
     from edgekit.backends.base import raise_for_problems
-    from edgekit.errors import ModelError
+    from edgekit.core.errors import ModelError
 
     for label, value in (("model", request.model), ("weights", request.weights)):
         if value and (value.endswith((".onnx", ".pt", ".pth")) and not Path(value).is_file()):

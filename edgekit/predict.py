@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.base import Artifact
+from edgekit.core.errors import DataError, DeviceError
+from edgekit.core.files import atomic_write_bytes
+from edgekit.core.progress import track
 from edgekit.data.preprocess import Letterbox, preprocess_file
 from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.transport import Transport
-from edgekit.errors import DataError, DeviceError
-from edgekit.fsutil import atomic_write_bytes
-from edgekit.progress import track
 from edgekit.runners.detcore import nms
 
 #: Images per runner call: bounds host memory for the stacked float tensors (640 px: ~5 MB each).

@@ -10,7 +10,7 @@ import pytest
 
 from edgekit.backends.int8_plan import FLOAT_FALLBACK, Int8Plan
 from edgekit.build import _MethodSearch
-from edgekit.errors import BuildError
+from edgekit.core.errors import BuildError
 
 
 def _plan(methods: list[str], pick_best: bool) -> Int8Plan:

@@ -1,7 +1,7 @@
 import pytest
 
-from edgekit.config import all_targets, load_target, parse_target
-from edgekit.errors import ConfigError
+from edgekit.core.config import all_targets, load_target, parse_target
+from edgekit.core.errors import ConfigError
 
 
 def test_shipped_targets_load_and_alias_resolves():

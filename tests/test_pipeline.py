@@ -97,7 +97,7 @@ def test_int8_map_is_computed_from_the_device_outputs_and_stays_close_to_fp32(in
 def test_default_recipe_prunes_and_gates_fail_after_writing(tmp_path, shapes_root, trained):
     import yaml
 
-    from edgekit.errors import GateError
+    from edgekit.core.errors import GateError
 
     # the default recipe's steps with a 1-epoch fine-tune (its 20 epochs are for real deploys, not CI)
     recipe = yaml.safe_load(open(REPO / "recipes" / "default.yaml"))
@@ -153,7 +153,7 @@ def test_control_trains_the_compressed_architecture_from_scratch_and_reports_rec
 
 
 def test_control_needs_the_builtin_reference_and_a_compressing_recipe(tmp_path, shapes_root):
-    from edgekit.errors import ConfigError
+    from edgekit.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--control"):
         make_plan(_request(tmp_path, shapes_root, recipe="none", control=True))
@@ -172,7 +172,7 @@ def test_jetson_here_quantizes_in_tensorrts_form_stages_and_stops_at_the_missing
     tmp_path, shapes_root, trained
 ):
     """No GPU, no TensorRT here: the host side runs, the device build says what to install, no number."""
-    from edgekit.errors import DeviceError
+    from edgekit.core.errors import DeviceError
 
     with pytest.raises(DeviceError, match="sudo apt install tensorrt"):
         deploy(_request(tmp_path, shapes_root, target="jetson", device="local", recipe="none", run_id="j"))
@@ -187,7 +187,7 @@ def test_jetson_here_quantizes_in_tensorrts_form_stages_and_stops_at_the_missing
 
 
 def test_plan_refuses_a_calibrator_the_backend_lacks_and_qat_on_a_self_quantizer(tmp_path, shapes_root):
-    from edgekit.errors import ConfigError
+    from edgekit.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="calibrator 'kl' is not a method of backend onnxruntime"):
         make_plan(_request(tmp_path, shapes_root, calibrator="kl"))
@@ -271,7 +271,7 @@ BACKENDS_METHODS = {"mnn": ("kl", "ema"), "ncnn": ("kl", "aciq")}
 def _mcu_target(tmp_path, base: str, **limits) -> str:
     import yaml
 
-    from edgekit.config import load_target
+    from edgekit.core.config import load_target
 
     spec = yaml.safe_load(open(load_target(base).source))
     spec.update({"input_size": 160, "name": f"{base}-160"})
@@ -342,7 +342,7 @@ def test_a_user_onnx_deploys_to_an_mcu_with_its_own_decode(tmp_path, shapes_root
 def test_an_mcu_too_small_for_the_model_stops_at_the_build_with_needed_and_available(
     tmp_path, shapes_root, trained
 ):
-    from edgekit.errors import BudgetExceededError
+    from edgekit.core.errors import BudgetExceededError
 
     target = _mcu_target(tmp_path, "stm32f4")
     with pytest.raises(BudgetExceededError, match=r"RAM \d+ KB needed .*192 KB available"):
@@ -358,7 +358,7 @@ def test_default_calibrator_of_a_self_quantizing_backend_tries_the_next_setting(
 ):
     """deploy's default calibrator is edgekit build's: each method, then it with more of the head float."""
     from edgekit.backends.mnn import backend as mnn
-    from edgekit.errors import BuildError
+    from edgekit.core.errors import BuildError
 
     real = mnn._checked_int8
 

@@ -14,12 +14,12 @@ from torch import nn
 
 from edgekit.backends.base import Artifact
 from edgekit.cli.predict import add_parser
+from edgekit.core.errors import ConfigError, DataError, EdgekitError
+from edgekit.core.registry import get_backend
 from edgekit.data.dataset import YoloDataset
-from edgekit.errors import ConfigError, DataError, EdgekitError
 from edgekit.export.onnx import export_onnx
 from edgekit.models.user import detect_head, inspect_onnx
 from edgekit.predict import format_table, predict, to_json
-from edgekit.registry import get_backend
 
 SIZE = 160
 
@@ -209,7 +209,7 @@ def test_cli_help_has_examples():
 
 def test_target_local_runs_and_ssh_targets_say_what_is_missing(artifacts, val_images, capsys):
     args = _cli(["predict", "--artifact", str(artifacts["yolov5"]), str(val_images[0]), "--target", "local"])
-    pytest.importorskip("edgekit.config", reason="target loader not in this checkout")
+    pytest.importorskip("edgekit.core.config", reason="target loader not in this checkout")
     assert args.func(args) == 0
     assert "detection(s) in 1 image(s)" in capsys.readouterr().out
     jetson = _cli(

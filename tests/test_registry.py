@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from edgekit.backends.onnxruntime import OnnxRuntimeBackend
-from edgekit.errors import ConfigError, EdgekitError, MissingExtraError
-from edgekit.registry import BACKENDS, MISSING_EXTRA, NOT_BUILT, READY, Registry, get_backend
+from edgekit.core.errors import ConfigError, EdgekitError, MissingExtraError
+from edgekit.core.registry import BACKENDS, MISSING_EXTRA, NOT_BUILT, READY, Registry, get_backend
 
 
 def test_tensorrt_is_a_device_build_backend():

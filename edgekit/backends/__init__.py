@@ -1,4 +1,4 @@
-"""Backends: one module per runtime, found through :data:`edgekit.registry.BACKENDS`.
+"""Backends: one module per runtime, found through :data:`edgekit.core.registry.BACKENDS`.
 
 Nothing here imports a runtime; ``edgekit.backends.base`` holds the contract every backend follows.
 """

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.core.errors import ModelError
+from edgekit.core.files import sha256_file
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import ModelError
-from edgekit.fsutil import sha256_file
 
 ARTIFACT_JSON = "artifact.json"
 SCHEMA_VERSION = 1

@@ -12,7 +12,7 @@ A backend turns an ONNX file into an *artifact*: a folder with the runtime's mod
 Adding a backend = one package ``edgekit/backends/<name>/`` holding a :class:`Backend` subclass (class
 attributes + ``_check`` + ``_build`` + ``_load_check`` + ``_infer``), its tools and its device-side runner
 ``<name>_run.py`` (stdlib + the runtime + ``runcore.py``; never edgekit), a contract test subclassing
-``tests/contract/backend_contract.py``, one line in :data:`edgekit.registry.BACKENDS`, a
+``tests/contract/backend_contract.py``, one line in :data:`edgekit.core.registry.BACKENDS`, a
 ``targets/<board>.yaml`` and its pip extra (OpenVINO was added this way).
 """
 
@@ -47,7 +47,7 @@ from edgekit.backends.options import (  # noqa: E402, F401
     UnparsedQuantizer,
 )
 from edgekit.backends.parity import check_parity, detect_output_head, is_qdq
-from edgekit.errors import (
+from edgekit.core.errors import (
     BuildError,
     CalibrationError,
     ConfigError,
@@ -55,7 +55,7 @@ from edgekit.errors import (
     ModelError,
     UnsupportedOpError,
 )
-from edgekit.fsutil import atomic_dir, atomic_write_json, sha256_file
+from edgekit.core.files import atomic_dir, atomic_write_json, sha256_file
 from edgekit.quantize.form import QdqForm
 
 
@@ -193,7 +193,7 @@ class Backend:
     runs the runner's ``--check`` mode there: the load check of a device build happens on the device.
 
     Example:
-        >>> from edgekit.registry import get_backend
+        >>> from edgekit.core.registry import get_backend
         >>> backend = get_backend("onnxruntime")
         >>> art = backend.build("model.onnx", BuildOptions(precision="fp32"), "out/ort")  # doctest: +SKIP
     """

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 
 #: Layers a QDQ backend keeps in float, in turn, when no calibration method keeps the detections.
 FLOAT_FALLBACK = (1, 2, 4, 8, 16, 32)
@@ -106,7 +106,7 @@ def decide_int8(
         ConfigError: QAT for a backend that quantizes itself, or a calibrator the backend lacks.
 
     Example:
-        >>> from edgekit.registry import BACKENDS
+        >>> from edgekit.core.registry import BACKENDS
         >>> plan = decide_int8(BACKENDS.get("onnxruntime"), "auto", max_drop=1.0)
         >>> plan.source, plan.search, plan.methods[0]
         ('qdq', 'best', 'minmax')

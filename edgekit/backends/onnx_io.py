@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgekit.core.errors import ConfigError, ModelError
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import ConfigError, ModelError
 
 
 def load_onnx(onnx_path: str | Path) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BuildError
+from edgekit.core.errors import BuildError
 
 _HINTS = {
     "int8": "try --calibrator auto (every calibration method, then the most sensitive layers kept in float), "

@@ -19,9 +19,9 @@ from edgekit.calib.manifest import (
     read_manifest,
     set_sha256,
 )
+from edgekit.core.errors import CalibrationError
+from edgekit.core.files import sha256_file
 from edgekit.data.preprocess import PreprocessSpec, preprocess_file
-from edgekit.errors import CalibrationError
-from edgekit.fsutil import sha256_file
 
 _MAX_LISTED = 10
 

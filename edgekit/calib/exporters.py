@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.core.errors import CalibrationError, ConfigError, EdgekitError
+from edgekit.core.files import atomic_dir, atomic_write_json
 from edgekit.data.preprocess import letterbox, load_image, to_tensor
-from edgekit.errors import CalibrationError, ConfigError, EdgekitError
-from edgekit.fsutil import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     from edgekit.calib.calibration_set import CalibrationSet
@@ -94,7 +94,7 @@ def formats() -> dict[str, ModuleType]:
     """Every calibration export format, by name: the modules the registered backends declare."""
     import importlib
 
-    from edgekit.registry import BACKENDS
+    from edgekit.core.registry import BACKENDS
 
     found: dict[str, ModuleType] = {}
     for name in BACKENDS.names():

@@ -38,10 +38,10 @@ from edgekit.calib.manifest import (
     write_version,
 )
 from edgekit.calib.sampling import input_areas, stratified_order
+from edgekit.core.errors import CalibrationError, ConfigError, DataError
+from edgekit.core.files import sha256_bytes
 from edgekit.data.dataset import YoloDataset, read_label_file
 from edgekit.data.preprocess import IMAGE_SUFFIXES, PreprocessSpec, load_image
-from edgekit.errors import CalibrationError, ConfigError, DataError
-from edgekit.fsutil import sha256_bytes
 
 
 @dataclass

@@ -20,9 +20,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgekit.core.errors import CalibrationError
+from edgekit.core.files import atomic_write_json, sha256_bytes
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import CalibrationError
-from edgekit.fsutil import atomic_write_json, sha256_bytes
 
 MANIFEST = "manifest.json"
 VERSIONS = "versions"

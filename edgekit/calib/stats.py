@@ -10,9 +10,9 @@ import numpy as np
 
 from edgekit.calib.manifest import list_versions
 from edgekit.calib.sampling import SIZE_BUCKETS, input_areas, size_bucket
+from edgekit.core.files import atomic_write_bytes
 from edgekit.data.dataset import read_label_file
 from edgekit.data.preprocess import letterbox, load_image
-from edgekit.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     from edgekit.calib.calibration_set import CalibrationSet

@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
 
 #: The command modules of this package, in the order ``edgekit --help`` lists them.
 COMMANDS = ("deploy", "compress", "build", "bench", "predict", "calib", "reference", "report", "info")

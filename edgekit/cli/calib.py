@@ -1,7 +1,7 @@
 """``edgekit calib ...``: import, list, show, verify, diff and export calibration sets.
 
 The main CLI calls :func:`add_parser` and dispatches to ``args.func(args)``; handlers return an exit code
-and raise :class:`~edgekit.errors.EdgekitError` on bad input (the main CLI prints ``error:``/``hint:``).
+and raise :class:`~edgekit.core.errors.EdgekitError` on bad input (the main CLI prints ``error:``/``hint:``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from rich.table import Table
 from edgekit.calib.calibration_set import CalibrationSet, parse_ref
 from edgekit.calib.manifest import MANIFEST, list_versions, read_manifest
 from edgekit.cli.types import non_negative_int, positive_int
+from edgekit.core.errors import ConfigError
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import ConfigError
 
 _MAX_WARNINGS_SHOWN = 10
 

@@ -50,7 +50,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     """``edgekit compress``: run the recipe, save ``model.pt`` and ``record.json``, print a step table."""
     from edgekit.compress.recipe import load_recipe
     from edgekit.compress.runner import run_recipe
-    from edgekit.fsutil import atomic_write_bytes
+    from edgekit.core.files import atomic_write_bytes
     from edgekit.report.record import RunRecord
 
     recipe = load_recipe(args.recipe)  # validated (order, keys) before any data or model is touched

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgekit.cli.output import _print_summary
 from edgekit.cli.types import CALIBRATORS, non_negative_float, positive_float
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
 
 DEPLOY_EPILOG = """examples:
   edgekit deploy --target local                      # the built-in detector and data, this host as the device
@@ -139,7 +139,7 @@ def cmd_deploy(args) -> int:
 
 
 def _print_summary_if_any(exc: EdgekitError) -> None:
-    from edgekit.errors import GateError
+    from edgekit.core.errors import GateError
 
     if isinstance(exc, GateError):
         run_dir = Path(exc.message.rsplit(" ", 1)[-1])

@@ -17,8 +17,8 @@ def cmd_targets(args) -> int:
     """Handle ``edgekit targets``."""
     from rich.table import Table
 
-    from edgekit.config import all_targets
-    from edgekit.registry import BACKENDS
+    from edgekit.core.config import all_targets
+    from edgekit.core.registry import BACKENDS
 
     status = {e.name: e.status for e in BACKENDS.available()}
     table = Table(title="targets (targets/*.yaml)")
@@ -43,7 +43,7 @@ def cmd_doctor(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from edgekit.registry import BACKENDS
+    from edgekit.core.registry import BACKENDS
 
     table = Table(title="backends")
     for col in ("backend", "status", "extra to install"):

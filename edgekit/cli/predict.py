@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.cli.types import positive_int
-from edgekit.errors import ConfigError, EdgekitError
+from edgekit.core.errors import ConfigError, EdgekitError
 
 EPILOG = """examples:
   edgekit predict --artifact runs/abc/build street.jpg bus.png
@@ -95,7 +95,7 @@ def resolve_target(name: str | None, artifact_dir: Path) -> tuple[Any, int | Non
     if name is None:
         return LocalTransport(), None
     from edgekit.backends.base import Artifact
-    from edgekit.config import load_target
+    from edgekit.core.config import load_target
 
     target = load_target(name)
     if target.connection.type != "local":

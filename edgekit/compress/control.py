@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from edgekit.fsutil import atomic_write_json, stable_hash
+from edgekit.core.files import atomic_write_json, stable_hash
 
 CONTROL_LR = 3e-3  # the reference's own schedule (edgekit.models.zoo.reference_train_config)
 CONTROL_SEED = 0

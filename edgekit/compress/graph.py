@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekit.errors import CompressionError
+from edgekit.core.errors import CompressionError
 from edgekit.export.onnx import model_macs_params
 
 Criterion = Callable[[tp.dependency.Group], torch.Tensor]

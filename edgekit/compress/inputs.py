@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekit.errors import ModelError
+from edgekit.core.errors import ModelError
 
 
 def load_model(spec: str, data_root: Path, progress: bool = True) -> nn.Module:

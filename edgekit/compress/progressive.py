@@ -20,10 +20,10 @@ from torch import nn
 from edgekit.compress.finetune import finetune, recalibrate_bn
 from edgekit.compress.graph import CRITERIA, prunable_convs, prune_plan
 from edgekit.compress.step import Step, StepResult
-from edgekit.errors import ConfigError
-from edgekit.fsutil import atomic_write_bytes, stable_hash
+from edgekit.core.errors import ConfigError
+from edgekit.core.files import atomic_write_bytes, stable_hash
+from edgekit.core.progress import track
 from edgekit.models.train import InMemorySplit, evaluate
-from edgekit.progress import track
 
 
 def eval_subset(data: InMemorySplit, limit: int | None) -> InMemorySplit:

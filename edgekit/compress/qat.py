@@ -23,7 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from edgekit.compress.finetune import finetune
 from edgekit.compress.graph import prediction_layers
 from edgekit.compress.step import Step, StepResult
-from edgekit.errors import BuildError
+from edgekit.core.errors import BuildError
 from edgekit.export.onnx import export_onnx
 
 

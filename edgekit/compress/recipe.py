@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 QUANT_TYPES = ("ptq", "qat")

@@ -22,7 +22,7 @@ from torch import nn
 from edgekit.compress.context import CompressContext, measure
 from edgekit.compress.recipe import Recipe
 from edgekit.compress.step import get_step
-from edgekit.fsutil import atomic_write_bytes, atomic_write_json, stable_hash
+from edgekit.core.files import atomic_write_bytes, atomic_write_json, stable_hash
 from edgekit.models.train import model_hash
 
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 
 
 @dataclass

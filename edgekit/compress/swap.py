@@ -12,7 +12,7 @@ from edgekit.compress.context import evaluate_map
 from edgekit.compress.finetune import finetune
 from edgekit.compress.step import Step, StepResult
 from edgekit.compress.teacher_init import channel_maps, hint_loss, init_from_teacher
-from edgekit.errors import CompressionError
+from edgekit.core.errors import CompressionError
 from edgekit.models.microyolo import MicroYolo, MicroYoloConfig
 from edgekit.models.train import TrainHooks
 

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from edgekit.compress.distill import distill_hook
-from edgekit.errors import CompressionError
-from edgekit.progress import track
+from edgekit.core.errors import CompressionError
+from edgekit.core.progress import track
 
 #: A fitted block starts at this fraction of the teacher's per-channel std (60 steps on the converged
 #: reference: normalised error 0.29-0.69 per block at 0.1 and lr 1e-2; 0.31-0.81 at 1.0; 0.41-1.12 at 1.0

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from edgekit.core.errors import DataError
 from edgekit.data.preprocess import IMAGE_SUFFIXES, load_image
-from edgekit.errors import DataError
 
 
 @dataclass(frozen=True)

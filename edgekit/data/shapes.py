@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from edgekit.core.files import atomic_dir, stable_hash
 from edgekit.data.dataset import format_label_lines
-from edgekit.fsutil import atomic_dir, stable_hash
 
 CLASSES = {
     "easy": ["circle", "rectangle", "triangle"],
@@ -191,7 +191,7 @@ def generate_shapes(root: str | Path, cfg: ShapesConfig, progress: bool = True) 
     """
     from PIL import Image
 
-    from edgekit.progress import track
+    from edgekit.core.progress import track
 
     photos = _photo_backgrounds() if cfg.variant == "hard" else []
     total = sum(cfg.splits.values())

@@ -20,6 +20,8 @@ import numpy as np
 
 from edgekit.backends.artifact import ARTIFACT_JSON
 from edgekit.backends.base import Artifact
+from edgekit.core.errors import ConfigError, DeviceError, RemoteCommandError
+from edgekit.core.files import atomic_dir, atomic_write_json, sha256_file
 from edgekit.device.power import (
     NOT_MEASURED,
     NullSampler,
@@ -32,8 +34,6 @@ from edgekit.device.power import (
 from edgekit.device.runner_io import Guard, RunnerProgress, parse_json_line, parse_runner_output
 from edgekit.device.state import DeviceState
 from edgekit.device.transport import CommandResult, Transport
-from edgekit.errors import ConfigError, DeviceError, RemoteCommandError
-from edgekit.fsutil import atomic_dir, atomic_write_json, sha256_file
 from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"

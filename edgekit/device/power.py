@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgekit.errors import ConfigError, DeviceError
+from edgekit.core.errors import ConfigError, DeviceError
 
 Sample = tuple[float, float]
 """``(t_seconds_monotonic, watts)``."""

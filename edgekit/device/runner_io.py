@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.core.errors import DeviceError
 from edgekit.device.transport import CommandResult
-from edgekit.errors import DeviceError
 
 
 @dataclass

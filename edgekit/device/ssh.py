@@ -4,10 +4,10 @@ What it guarantees, whatever the board:
 
 - **Keys only, host keys checked.** Authentication uses the target's ``key_file`` (or the SSH agent);
   passwords are never read. The board's host key must already be in the target's ``known_hosts``:
-  an unknown key or a changed one is a :class:`~edgekit.errors.HostKeyError` carrying the key's
+  an unknown key or a changed one is a :class:`~edgekit.core.errors.HostKeyError` carrying the key's
   SHA256 fingerprint and how to accept it deliberately. Nothing is ever auto-accepted.
 - **Bounded waiting.** Connecting has a timeout and a few retries with backoff, then
-  :class:`~edgekit.errors.HostUnreachableError`. While a command runs, keepalives plus the socket's
+  :class:`~edgekit.core.errors.HostUnreachableError`. While a command runs, keepalives plus the socket's
   ``TCP_USER_TIMEOUT`` turn a dead link into an error within ``dead_after_s`` seconds.
 - **One quoting.** A command is an argv list joined with :func:`shlex.join` exactly once. It runs as
   ``env K=V... setsid -w sh -c WRAP edgekit CWD ARGV...``, where ``WRAP`` (a constant) prints the new
@@ -19,7 +19,7 @@ What it guarantees, whatever the board:
 - **Work folders are the agent's.** :meth:`SSHTransport.mkdtemp` makes them with ``mktemp -d`` under the
   target's ``workdir``; :meth:`SSHTransport.remove` refuses any path outside them.
 - **Uploads land whole.** SFTP writes ``<path>.part`` and renames it; a full disk or an unwritable
-  folder is one :class:`~edgekit.errors.DeviceError` naming the path, with the partial file removed.
+  folder is one :class:`~edgekit.core.errors.DeviceError` naming the path, with the partial file removed.
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekit.device.ssh_process import SSHProcess
-from edgekit.device.transport import CommandResult, LineCallback, check_env
-from edgekit.errors import (
+from edgekit.core.errors import (
     ConfigError,
     DeviceError,
     HostKeyError,
@@ -46,6 +44,8 @@ from edgekit.errors import (
     MissingExtraError,
     RemoteCommandError,
 )
+from edgekit.device.ssh_process import SSHProcess
+from edgekit.device.transport import CommandResult, LineCallback, check_env
 
 WRAP = 'echo "@pgid $$" >&2; cd "$1" || exit 125; shift; exec "$@"'
 """The remote wrapper: report the process group, enter the folder, become the command."""
@@ -124,7 +124,7 @@ class SSHTransport:
 
     @classmethod
     def from_connection(cls, conn: Any) -> SSHTransport:
-        """Build from a target's ``connection:`` block (:class:`~edgekit.config.SSHConnection`)."""
+        """Build from a target's ``connection:`` block (:class:`~edgekit.core.config.SSHConnection`)."""
         return cls(
             conn.host,
             conn.user,

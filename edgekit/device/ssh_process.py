@@ -12,8 +12,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from edgekit.core.errors import DeviceError, HostUnreachableError
 from edgekit.device.transport import CommandResult, LineCallback
-from edgekit.errors import DeviceError, HostUnreachableError
 
 if TYPE_CHECKING:
     from edgekit.device.ssh import SSHTransport

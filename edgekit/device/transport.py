@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
-from edgekit.errors import DeviceError, RemoteCommandError
-from edgekit.fsutil import sha256_file
+from edgekit.core.errors import DeviceError, RemoteCommandError
+from edgekit.core.files import sha256_file
 
 LineCallback = Callable[[str], None]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BuildError, ModelError
-from edgekit.fsutil import atomic_write_bytes, atomic_write_json
+from edgekit.core.errors import BuildError, ModelError
+from edgekit.core.files import atomic_write_bytes, atomic_write_json
 
 REEXPORT_HINT = "re-export the model with `edgekit export` (or edgekit.export.export_onnx)"
 

@@ -3,7 +3,7 @@
 Only the backbone-and-neck ops a detector has before its prediction convs are covered (convolutions,
 activations, pooling, resize, elementwise arithmetic, concat/split/slice, reshapes with constant shapes);
 shape arithmetic (``Shape`` → ``Gather`` → ``Concat`` → ``Reshape``) is folded to constants first, using
-the static input shape. An op outside the list is a :class:`~edgekit.errors.ModelError` naming the op and
+the static input shape. An op outside the list is a :class:`~edgekit.core.errors.ModelError` naming the op and
 its node. Weights become buffers, so ``torch.export`` sees them as constants and the module reproduces
 ONNX Runtime's FP32 output (checked by the caller).
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.errors import ModelError
+from edgekit.core.errors import ModelError
 
 _HINT = (
     "cut the graph before this op, or give the torch model (--model module:factory) so the converter "
@@ -352,9 +352,9 @@ def raw_program_from_onnx(onnx_path: Any, path: Any, head: str, atol: float = 1e
     import onnx
     import onnxruntime as ort
 
-    from edgekit.errors import BuildError
+    from edgekit.core.errors import BuildError
+    from edgekit.core.files import atomic_write_bytes, atomic_write_json
     from edgekit.export.onnx import RAW_DECODE_SUFFIX, load_checked
-    from edgekit.fsutil import atomic_write_bytes, atomic_write_json
     from edgekit.quantize.graph import ensure_node_names, prediction_convs
 
     path = Path(path)

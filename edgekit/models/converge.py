@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from edgekit.core.files import atomic_write_bytes, atomic_write_text
 from edgekit.data.dataset import YoloDataset
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.fsutil import atomic_write_bytes, atomic_write_text
 from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
 from edgekit.models.train import InMemorySplit, TrainConfig, evaluate, train
 

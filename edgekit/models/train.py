@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekit.core.files import atomic_write_bytes, sha256_bytes, stable_hash
+from edgekit.core.progress import track
 from edgekit.data.dataset import Sample, YoloDataset
 from edgekit.data.metrics import coco_map
 from edgekit.data.preprocess import Letterbox, PreprocessSpec, letterbox, to_tensor
-from edgekit.fsutil import atomic_write_bytes, sha256_bytes, stable_hash
 from edgekit.models.loss import build_targets, detection_loss
-from edgekit.progress import track
 from edgekit.runners.detcore import candidates, nms
 
 

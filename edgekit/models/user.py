@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends.base import BuildOptions, dims, graph_inputs
+from edgekit.core.errors import ConfigError, ModelError
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import ConfigError, ModelError
 from edgekit.export.onnx import load_checked
 
 HEAD_OFFSETS = {"yolov5": 5, "yolov8": 4, "yolox": 5}
@@ -375,7 +375,7 @@ def static_copy(detector: OnnxDetector, out_path: str | Path) -> Path:
     """
     import onnx
 
-    from edgekit.fsutil import atomic_write_bytes
+    from edgekit.core.files import atomic_write_bytes
 
     proto = load_checked(detector.path)
     (inp,) = [i for i in graph_inputs(proto) if i.name == detector.input_name]

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from edgekit.core.files import atomic_write_bytes, stable_hash
 from edgekit.data.dataset import YoloDataset
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.fsutil import atomic_write_bytes, stable_hash
 from edgekit.models.converge import ConvergeConfig, converge, load_checkpoint
 from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
 from edgekit.models.train import InMemorySplit, TrainConfig, evaluate, train

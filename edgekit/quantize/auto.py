@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import BuildError, ConfigError
+from edgekit.core.errors import BuildError, ConfigError
 from edgekit.quantize.calibrators import METHODS, Calibration, calibration_source
 from edgekit.quantize.ptq import QuantResult, compare_calibrators, quantize_int8
 from edgekit.quantize.sensitivity import layer_sensitivity

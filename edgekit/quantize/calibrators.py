@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import CalibrationError, ConfigError
+from edgekit.core.errors import CalibrationError, ConfigError
 from edgekit.quantize import graph as qgraph
 
 # Conv/ConvTranspose/Gemm/MatMul hold the weights and the FLOPs, so INT8 pays off there. Relu/Clip
@@ -258,7 +258,7 @@ def raise_opset(model: Any, opset: int) -> Any:
     """
     from onnx import version_converter
 
-    from edgekit.errors import ModelError
+    from edgekit.core.errors import ModelError
 
     current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
     if current >= opset:

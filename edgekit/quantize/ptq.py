@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ConfigError
-from edgekit.fsutil import stable_hash
+from edgekit.core.errors import ConfigError
+from edgekit.core.files import stable_hash
 from edgekit.quantize import graph as qgraph
 from edgekit.quantize.calibrators import (
     METHODS,

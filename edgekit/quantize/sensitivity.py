@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.quantize import graph as qgraph
 from edgekit.quantize.calibrators import (
     Calibration,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import DataError
-from edgekit.fsutil import atomic_write_text
+from edgekit.core.errors import DataError
+from edgekit.core.files import atomic_write_text
 from edgekit.report.record import RunRecord
 from edgekit.report.summary import Summary
 from edgekit.report.templates import Heading, Image, Paragraph, Table, to_html, to_markdown

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgekit.fsutil import atomic_write_bytes
+from edgekit.core.files import atomic_write_bytes
 from edgekit.report.record import RunRecord, nearest_rank
 
 if TYPE_CHECKING:

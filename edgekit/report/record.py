@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgekit import __version__
-from edgekit.errors import DataError
-from edgekit.fsutil import atomic_write_json, stable_hash
+from edgekit.core.errors import DataError
+from edgekit.core.files import atomic_write_json, stable_hash
 
 SCHEMA_VERSION = 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgekit.core.files import atomic_write_text
 from edgekit.device.state import DeviceState
-from edgekit.fsutil import atomic_write_text
 from edgekit.report.compression import NONE, slimming_blocks, teacher_init_blocks, training_curve_blocks
 from edgekit.report.compression import fmt_num as _num
 from edgekit.report.plots import draw_all

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from edgekit.fsutil import atomic_write_json
+from edgekit.core.files import atomic_write_json
 from edgekit.report.record import Gate, Node, RunRecord
 
 LATENCY_KEYS = ("mean", "p50", "p90", "p99")

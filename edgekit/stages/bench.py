@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.config import Target
-from edgekit.errors import ConfigError
+from edgekit.core.config import Target
+from edgekit.core.errors import ConfigError
 from edgekit.report.record import latency_stats
 from edgekit.stages.context import Built, RunContext, add_node, eval_tensors, stage
 
@@ -24,8 +24,8 @@ def host_guard(artifact_dir: Path, x: np.ndarray) -> Guard | None:
     checked and why).
     """
     from edgekit.backends.base import Artifact
+    from edgekit.core.registry import get_backend
     from edgekit.device.runner_io import Guard
-    from edgekit.registry import get_backend
 
     artifact = Artifact.load(artifact_dir)
     backend = get_backend(artifact.backend)
@@ -200,7 +200,7 @@ def check_target_ready(target: Target, device: str | None) -> tuple[type, Callab
         EdgekitError: The backend is not built yet, its runtime is missing, or the device cannot be reached
             by any transport this version has.
     """
-    from edgekit.registry import BACKENDS
+    from edgekit.core.registry import BACKENDS
 
     backend_cls = BACKENDS.get(target.backend)
     if target.precision not in backend_cls.precisions:

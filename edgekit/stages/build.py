@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends.base import Artifact, BuildOptions
-from edgekit.errors import BuildError, CalibrationError
+from edgekit.core.errors import BuildError, CalibrationError
 from edgekit.quantize.auto import choose
 from edgekit.stages.candidates import measure
 from edgekit.stages.context import Built, ModelFacts, RunContext, add_node, fp32_map50_95, stage

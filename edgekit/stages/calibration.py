@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.errors import CalibrationError
+from edgekit.core.errors import CalibrationError
 from edgekit.stages.context import RunContext
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.config import Target
+from edgekit.core.config import Target
+from edgekit.core.errors import EdgekitError
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import EdgekitError
 from edgekit.report.record import Node, RunRecord, now_iso
 
 

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edgekit.core.errors import ConfigError
+from edgekit.core.files import sha256_file
 from edgekit.data.dataset import YoloDataset
-from edgekit.errors import ConfigError
-from edgekit.fsutil import sha256_file
 from edgekit.stages.context import (
     DataResult,
     Exported,
@@ -178,7 +178,7 @@ def compress_key(ctx: RunContext, recipe, model) -> str:
     Not the target: ``make deploy TARGET=rpi4-ncnn`` after ``make deploy TARGET=local`` finds the same
     compressed model instead of fine-tuning it again.
     """
-    from edgekit.fsutil import stable_hash
+    from edgekit.core.files import stable_hash
     from edgekit.models.train import model_hash
 
     data = ctx.record.node("data")

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends.int8_plan import Int8Plan
-from edgekit.fsutil import sha256_file
+from edgekit.core.files import sha256_file
 from edgekit.stages.candidates import measure
 from edgekit.stages.context import ModelFacts, Quantized, RunContext, add_node, fp32_map50_95, stage
 
 
 def device_qdq_form(ctx: RunContext, backend):
     """The QDQ form the target's backend needs on the target's CPU (ONNX Runtime: the weight range)."""
-    from edgekit.config import device_cpu
+    from edgekit.core.config import device_cpu
 
     cpu, source = device_cpu(ctx.target)
     return backend.qdq_form(cpu, source)

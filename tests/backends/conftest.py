@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from edgekit.errors import MissingExtraError
+from edgekit.core.errors import MissingExtraError
 from tests.backends.ncnn_models import SIZE, TinyDetector, synthetic_images
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.errors import BuildError, CalibrationError, ConfigError, UnsupportedOpError
+from edgekit.core.errors import BuildError, CalibrationError, ConfigError, UnsupportedOpError
 
 if importlib.util.find_spec("_tools") is None or importlib.util.find_spec("MNN") is None:
     pytest.skip(reason="needs the mnn extra (pip install 'edgekit[mnn]')", allow_module_level=True)

@@ -21,7 +21,7 @@ from edgekit.backends.ncnn.format import (
     read_weights,
     weight_layout,
 )
-from edgekit.errors import BuildError, DataError, ModelError, UnsupportedOpError
+from edgekit.core.errors import BuildError, DataError, ModelError, UnsupportedOpError
 from tests.backends.ncnn_models import SIZE, StridedSlice
 
 SHAPE = [1, 3, SIZE, SIZE]

@@ -25,7 +25,7 @@ from edgekit.backends.ncnn.format import (
     read_weights,
 )
 from edgekit.backends.ncnn.int8 import build_int8, quantize_ncnn, read_table
-from edgekit.errors import BuildError, CalibrationError, ConfigError
+from edgekit.core.errors import BuildError, CalibrationError, ConfigError
 
 METHODS = ("kl", "aciq")
 # Tolerances vs the fp32 ncnn model on 8 held-out images (outputs span ~0.49 peak to peak).

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from edgekit.backends.tflm import TflmBackend, _check_ops, converter_python
-from edgekit.errors import BuildError, CalibrationError, MissingExtraError, ModelError, UnsupportedOpError
+from edgekit.core.errors import (
+    BuildError,
+    CalibrationError,
+    MissingExtraError,
+    ModelError,
+    UnsupportedOpError,
+)
 from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, make_calibration_set
 
 OPTIONS = {"precision": "int8", "threads": 1, "head": "yolov5", "num_classes": NUM_CLASSES}

@@ -8,7 +8,7 @@ import pytest
 from edgekit.backends.tflm.converters.output_groups import channel_groups
 from edgekit.backends.tflm.io import bundle_notes, io_spec
 from edgekit.backends.tflm.tflm_run import assemble, tflite_outputs
-from edgekit.errors import BuildError
+from edgekit.core.errors import BuildError
 
 # per-channel max |logit| of the 128 px reference's stride-8 map on the calibration set (rounded):
 # box offsets x, y; box sizes w, h; objectness; six classes

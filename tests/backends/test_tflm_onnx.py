@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.errors import ModelError
+from edgekit.core.errors import ModelError
 from tests.contract import test_tflm as contract
 from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, make_calibration_set
 from tests.contract.test_tflm import _missing, _model
@@ -48,9 +48,9 @@ def _layouts():
 
 @pytest.mark.parametrize("layout", ["yolov5", "yolov8", "dfl"])
 def test_an_onnx_detector_builds_full_integer_and_its_own_tail_decodes(layout, calib, tmp_path):
+    from edgekit.core.registry import get_backend
     from edgekit.export.onnx import export_onnx, ort_session
     from edgekit.export.onnx_torch import raw_program_from_onnx
-    from edgekit.registry import get_backend
     from edgekit.runners.detcore import candidates
 
     module, head = _layouts()[layout]

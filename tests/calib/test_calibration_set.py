@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from edgekit.calib import CalibrationSet, import_set, parse_ref
+from edgekit.core.errors import CalibrationError
 from edgekit.data.preprocess import PreprocessSpec, preprocess_file
-from edgekit.errors import CalibrationError
 from tests.calib.conftest import SPEC, tiny_conv_onnx
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from edgekit.calib import CalibrationSet
 from edgekit.cli.calib import add_parser
-from edgekit.errors import CalibrationError, ConfigError
+from edgekit.core.errors import CalibrationError, ConfigError
 from tests.calib.conftest import tiny_conv_onnx
 
 

@@ -8,8 +8,8 @@ from PIL import Image
 
 from edgekit.backends.tensorrt.cache import read_trt_cache
 from edgekit.calib import CalibrationSet, import_set
+from edgekit.core.errors import ConfigError, ModelError
 from edgekit.data.preprocess import PreprocessSpec, letterbox, load_image
-from edgekit.errors import ConfigError, ModelError
 from tests.calib.conftest import SPEC, tiny_conv_onnx
 
 # A non-trivial spec: ImageNet-style mean/std, BGR, so a swapped or unscaled value shows up.

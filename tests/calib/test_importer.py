@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from edgekit.calib import CalibrationSet, import_set
-from edgekit.errors import CalibrationError, ConfigError, DataError
-from edgekit.fsutil import sha256_file
+from edgekit.core.errors import CalibrationError, ConfigError, DataError
+from edgekit.core.files import sha256_file
 from tests.calib.conftest import SPEC, write_image, write_yolo_dataset
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgekit.backends.tensorrt.cache import decode_scale, read_trt_cache, version_tag, write_trt_cache
-from edgekit.errors import CalibrationError, ConfigError
+from edgekit.core.errors import CalibrationError, ConfigError
 
 
 def test_known_sample_decodes_like_tensorrt() -> None:

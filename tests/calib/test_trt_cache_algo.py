@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.backends.tensorrt.cache import calibrator_for, method_for, read_trt_cache
-from edgekit.errors import CalibrationError, ConfigError
+from edgekit.core.errors import CalibrationError, ConfigError
 from tests.calib.conftest import tiny_conv_onnx
 from tests.calib.test_commands import imp, run
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgekit.cli.compress import add_parser
-from edgekit.errors import ConfigError, ModelError
+from edgekit.core.errors import ConfigError, ModelError
 from edgekit.report.record import RunRecord
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgekit.compress.distill import distill_hook, objectness_distill_loss
-from edgekit.errors import CompressionError
+from edgekit.core.errors import CompressionError
 from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
 
 

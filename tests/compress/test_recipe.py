@@ -6,7 +6,7 @@ import pytest
 
 from edgekit.compress.recipe import SlimSpec, available_recipes, load_recipe
 from edgekit.compress.swap import SwapStep
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 
 REQUIRED = {"none", "default", "slim", "progressive", "l1", "fpgm", "microyolo", "distill", "qat"}
 

@@ -83,7 +83,7 @@ def test_appending_a_step_reuses_the_steps_before_it(model, make_ctx, tmp_path):
 def test_the_compress_cache_is_keyed_by_its_inputs_not_by_the_target(tmp_path):
     """deploy to rpi4-ncnn after local finds the same compressed model (no second fine-tune)."""
     from edgekit.compress.recipe import load_recipe
-    from edgekit.config import load_target
+    from edgekit.core.config import load_target
     from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
     from edgekit.pipeline import target_spec
     from edgekit.report.record import RunRecord

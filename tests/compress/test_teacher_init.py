@@ -18,7 +18,7 @@ from edgekit.compress.teacher_init import (
     init_from_teacher,
     match_moments,
 )
-from edgekit.errors import CompressionError
+from edgekit.core.errors import CompressionError
 from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
 
 COPIED = ["stem.0", "neck16.0", "pred16", "route.0", "pred8"]

@@ -32,12 +32,12 @@ import numpy as np
 import pytest
 
 from edgekit.backends.base import ARTIFACT_JSON, Artifact
+from edgekit.core.errors import BuildError, ModelError, UnsupportedOpError
+from edgekit.core.files import sha256_file
+from edgekit.core.registry import BACKENDS
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.device.agent import Agent, BenchPlan, runner_path
 from edgekit.device.transport import LocalTransport
-from edgekit.errors import BuildError, ModelError, UnsupportedOpError
-from edgekit.fsutil import sha256_file
-from edgekit.registry import BACKENDS
 from edgekit.runners import detcore
 
 INPUT_SIZE = 32

@@ -24,8 +24,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from edgekit.core.errors import BuildError, CalibrationError, ConfigError, UnsupportedOpError
 from edgekit.device.agent import runner_path
-from edgekit.errors import BuildError, CalibrationError, ConfigError, UnsupportedOpError
 from tests.contract.backend_contract import (
     EVAL_IMAGES,
     BackendContract,

@@ -18,8 +18,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgekit.backends.ncnn.format import TAG_FP16, TAG_FP32, TAG_INT8, read_param, read_weights, weight_layout
-from edgekit.errors import BuildError, CalibrationError, ConfigError, MissingExtraError, UnsupportedOpError
-from edgekit.fsutil import sha256_file
+from edgekit.core.errors import (
+    BuildError,
+    CalibrationError,
+    ConfigError,
+    MissingExtraError,
+    UnsupportedOpError,
+)
+from edgekit.core.files import sha256_file
 from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, BackendContract, make_tiny_detector_onnx
 
 

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgekit.errors import ConfigError, ModelError, UnsupportedOpError
-from edgekit.registry import BACKENDS
+from edgekit.core.errors import ConfigError, ModelError, UnsupportedOpError
+from edgekit.core.registry import BACKENDS
 from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, BackendContract
 
 

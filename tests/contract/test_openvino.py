@@ -66,7 +66,7 @@ class TestOpenVinoContract(BackendContract):
         no INT8 convolution. (The ranking itself is checked on the real YOLOX in tests/realmodels.)"""
         if self.skip_reason:
             pytest.skip(reason=self.skip_reason)
-        from edgekit.errors import BuildError
+        from edgekit.core.errors import BuildError
 
         out = work / "ranked"
         options = {**self.options("int8"), "quantizer": {"float_ranked": 1}}

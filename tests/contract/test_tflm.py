@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.backends.tflm import converter_python
-from edgekit.errors import MissingExtraError
+from edgekit.core.errors import MissingExtraError
 from tests.backends.test_tflm_bundle import SKIP_NO_ARM
 from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, BackendContract
 
@@ -110,7 +110,7 @@ class TestTflmContract(BackendContract):
         assert dequantize(q, tflm["input"]["scale"], tflm["input"]["zero_point"]).shape[-1] == 3
 
     def test_a_qdq_onnx_is_refused(self, backend, fp32_onnx, work, calib):
-        from edgekit.errors import ModelError
+        from edgekit.core.errors import ModelError
         from edgekit.quantize import quantize_int8
 
         qdq = quantize_int8(fp32_onnx, work / "qdq.onnx", lambda: calib.arrays(), progress=False).path
@@ -121,7 +121,7 @@ class TestTflmContract(BackendContract):
         assert not (work / "out_qdq").exists()
 
     def test_over_budget_is_refused_before_anything_is_written(self, backend, fp32_onnx, work, calib):
-        from edgekit.errors import BudgetExceededError
+        from edgekit.core.errors import BudgetExceededError
 
         options = {**self.options("int8"), "limits": {"flash_kb": 1024, "ram_kb": 4}}
         out = work / "out_budget"

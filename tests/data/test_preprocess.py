@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgekit.core.errors import DataError
 from edgekit.data.preprocess import PreprocessSpec, letterbox, load_image, preprocess_image, to_tensor
-from edgekit.errors import DataError
 
 
 def test_letterbox_keeps_aspect_and_maps_boxes_back():

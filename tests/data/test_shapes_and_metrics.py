@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from edgekit.core.errors import DataError
 from edgekit.data.dataset import YoloDataset
 from edgekit.data.metrics import coco_map
 from edgekit.data.shapes import CLASSES, ShapesConfig, generate_shapes
-from edgekit.errors import DataError
 from edgekit.runners.detcore import candidates, nms
 
 
@@ -35,7 +35,7 @@ def test_generation_is_seeded(tmp_path):
 
 
 def test_generate_refuses_existing_folder_and_leaves_nothing_half_written(tmp_path):
-    from edgekit.errors import EdgekitError
+    from edgekit.core.errors import EdgekitError
 
     cfg = ShapesConfig(variant="easy", splits={"val": 1})
     generate_shapes(tmp_path / "s", cfg, False)

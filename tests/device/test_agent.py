@@ -9,12 +9,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgekit.backends.base import BuildOptions
+from edgekit.core.errors import DeviceError, ModelError
+from edgekit.core.registry import get_backend
 from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.power import NOT_MEASURED, NullSampler, PowerSampler, energy_per_inference
 from edgekit.device.runner_io import parse_runner_output
 from edgekit.device.transport import CommandResult, LocalTransport
-from edgekit.errors import DeviceError, ModelError
-from edgekit.registry import get_backend
 from edgekit.runners import detcore
 
 # -- energy -----------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import yaml
 
 from edgekit.backends.base import BuildOptions
 from edgekit.bench_run import bench_run
-from edgekit.errors import ConfigError, DeviceError, HostKeyError
-from edgekit.registry import get_backend
+from edgekit.core.errors import ConfigError, DeviceError, HostKeyError
+from edgekit.core.registry import get_backend
 from edgekit.report.record import RunRecord
 from tests.device.fakeboard.fakeboard import load_ramp, make_fakeboard, start_sysfs_writer, true_energy_j
 from tests.device.sshbed import SKIP_NO_SSHD, SshServer, netns_available, sshd_available

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit.core.errors import DeviceError, RemoteCommandError
+from edgekit.core.registry import get_backend
 from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.transport import LocalTransport
-from edgekit.errors import DeviceError, RemoteCommandError
-from edgekit.registry import get_backend
 from tests.contract.backend_contract import INPUT_SIZE, NUM_CLASSES, make_calibration_set
 from tests.contract.test_tflm import _missing, _model
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from edgekit.config import PowerSpec, load_target
+from edgekit.core.config import PowerSpec, load_target
+from edgekit.core.errors import ConfigError
 from edgekit.device.agent import Agent, BenchPlan
 from edgekit.device.power import (
     SAMPLERS,
@@ -20,7 +21,6 @@ from edgekit.device.power import (
     sampler_for,
 )
 from edgekit.device.transport import LocalTransport
-from edgekit.errors import ConfigError
 from edgekit.stages.bench import check_target_ready
 from tests.device.test_agent import BENCH, artifact_dir  # noqa: F401 - module fixture reused
 

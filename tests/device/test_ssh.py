@@ -8,9 +8,15 @@ import time
 
 import pytest
 
+from edgekit.core.errors import (
+    ConfigError,
+    DeviceError,
+    HostKeyError,
+    HostUnreachableError,
+    RemoteCommandError,
+)
+from edgekit.core.files import sha256_file
 from edgekit.device.transport import Transport
-from edgekit.errors import ConfigError, DeviceError, HostKeyError, HostUnreachableError, RemoteCommandError
-from edgekit.fsutil import sha256_file
 from tests.device.sshbed import SKIP_NO_SSHD, SshServer, sshd_available
 
 pytest.importorskip("paramiko", reason="paramiko not installed (pip install 'edgekit[ssh]')")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from edgekit.errors import HostUnreachableError
+from edgekit.core.errors import HostUnreachableError
 from tests.device.sshbed import SKIP_NO_NETNS, SKIP_NO_SSHD, SshServer, netns_available, sshd_available
 
 pytest.importorskip("paramiko", reason="paramiko not installed (pip install 'edgekit[ssh]')")

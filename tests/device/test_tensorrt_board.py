@@ -18,11 +18,11 @@ import yaml
 from edgekit.backends.base import Artifact, BuildOptions
 from edgekit.backends.tensorrt.form import quantize_trt_qdq
 from edgekit.bench_run import bench_run
+from edgekit.core.errors import DeviceError, ModelError
+from edgekit.core.registry import get_backend
 from edgekit.device.agent import Agent
 from edgekit.device.transport import LocalTransport
-from edgekit.errors import DeviceError, ModelError
 from edgekit.quantize import quantize_int8
-from edgekit.registry import get_backend
 from edgekit.report.record import RunRecord
 from tests.device.fakeboard.fakeboard import make_fakeboard
 from tests.device.sshbed import SKIP_NO_SSHD, SshServer, netns_available, sshd_available

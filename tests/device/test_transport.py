@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
+from edgekit.core.errors import DeviceError, RemoteCommandError
+from edgekit.core.files import sha256_file
 from edgekit.device.transport import CommandResult, LocalTransport, Transport
-from edgekit.errors import DeviceError, RemoteCommandError
-from edgekit.fsutil import sha256_file
 
 PY = sys.executable
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.errors import BuildError, ModelError
+from edgekit.core.errors import BuildError, ModelError
 from edgekit.export.onnx import check_parity, export_onnx, model_macs_params, onnx_info
 
 SHAPE = (1, 3, 64, 64)

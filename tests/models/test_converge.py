@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from edgekit.core.files import stable_hash
 from edgekit.data.shapes import ShapesConfig, builtin_dataset
-from edgekit.fsutil import stable_hash
 from edgekit.models.converge import ConvergeConfig, best_cycle, load_checkpoint, plateaued
 from edgekit.models.tinyyolo import TinyYoloConfig
 from edgekit.models.zoo import converged_key, converged_reference, dataset_key, shipped_dir

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from edgekit.core.errors import ConfigError, ModelError
+from edgekit.core.registry import get_backend
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import ConfigError, ModelError
 from edgekit.export.onnx import export_onnx, ort_session
 from edgekit.models.tinyyolo import TinyYolo, TinyYoloConfig
 from edgekit.models.user import (
@@ -24,7 +25,6 @@ from edgekit.models.user import (
     parse_names,
     static_copy,
 )
-from edgekit.registry import get_backend
 
 NAMES = ["circle", "rectangle", "triangle", "diamond", "cross", "ring"]
 

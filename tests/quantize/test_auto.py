@@ -16,7 +16,7 @@ import onnx
 import pytest
 import torch
 
-from edgekit.errors import BuildError, ConfigError
+from edgekit.core.errors import BuildError, ConfigError
 from edgekit.quantize.auto import auto_calibrate
 from tests.quantize.conftest import HOST_FORM
 from tests.quantize.test_ptq import export_detector, make_detector, run, structured_images

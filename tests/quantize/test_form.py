@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.config import device_cpu, load_target
+from edgekit.core.config import device_cpu, load_target
 from edgekit.export.onnx import export_onnx
 from edgekit.quantize.form import ort_qdq_form
 from edgekit.quantize.ptq import quantize_int8

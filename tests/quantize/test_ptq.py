@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.errors import CalibrationError, ConfigError
+from edgekit.core.errors import CalibrationError, ConfigError
 from edgekit.export.onnx import export_onnx, ort_session
 from edgekit.quantize import graph as qgraph
 from edgekit.quantize.ptq import compare_calibrators, quantize_int8, summarize, tensor_ranges

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.export.onnx import export_onnx
 from edgekit.quantize.sensitivity import layer_sensitivity
 from tests.quantize.conftest import HOST_FORM, skip_if_saturating

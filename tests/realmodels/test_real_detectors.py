@@ -101,8 +101,8 @@ def test_ncnn_int8_keeps_yolox_detections_with_its_most_sensitive_layers_in_floa
 ):
     """ACIQ with the head alone in float loses YOLOX detections; ranked layers in float keep them."""
     from edgekit.calib import CalibrationSet
+    from edgekit.core.registry import get_backend
     from edgekit.models.user import inspect_onnx
-    from edgekit.registry import get_backend
 
     det = inspect_onnx(real_model("ddddocr-yolox"))
     spec = det.preprocess.model_validate(
@@ -142,8 +142,8 @@ def test_openvino_int8_of_yolox_keeps_the_detections_with_its_costliest_quantize
     pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'edgekit[openvino]'")
     pytest.importorskip("nncf", reason="NNCF is not installed: pip install 'edgekit[openvino]'")
     from edgekit.calib import CalibrationSet
+    from edgekit.core.registry import get_backend
     from edgekit.models.user import inspect_onnx
-    from edgekit.registry import get_backend
 
     det = inspect_onnx(real_model("ddddocr-yolox"))
     spec = det.preprocess.model_validate(
@@ -167,7 +167,7 @@ def test_mnn_int8_keeps_the_detections_or_says_why(tmp_path, photos_root, mnn_to
     Where MNN computes it deterministically, the build must keep the detections; where it does not, the
     build is refused with that reason, names an option, and leaves nothing.
     """
-    from edgekit.errors import BuildError
+    from edgekit.core.errors import BuildError
 
     out = tmp_path / "a"
     try:
@@ -184,7 +184,7 @@ def test_mnn_int8_keeps_the_detections_or_says_why(tmp_path, photos_root, mnn_to
 
 def test_a_refused_int8_build_leaves_nothing_and_names_an_option_build_accepts(tmp_path, photos_root):
     from edgekit.cli import build_parser
-    from edgekit.errors import BuildError
+    from edgekit.core.errors import BuildError
 
     out = tmp_path / "a"
     try:
@@ -229,7 +229,7 @@ def test_a_set_too_small_for_one_method_builds_with_the_method_that_takes_it(
 def test_a_set_too_small_for_every_method_is_one_error_naming_the_minimum(
     tmp_path, six_photos_root, mnn_tools
 ):
-    from edgekit.errors import CalibrationError
+    from edgekit.core.errors import CalibrationError
 
     out = tmp_path / "a"
     with pytest.raises(CalibrationError, match="too small for every method of mnn.*at least 8") as info:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.cli import main
-from edgekit.errors import DataError
+from edgekit.core.errors import DataError
 from edgekit.report.compare import dominated, load_points, render_compare
 from tests.report.conftest import build_record
 

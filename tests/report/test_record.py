@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from edgekit.errors import DataError, EdgekitError
+from edgekit.core.errors import DataError, EdgekitError
 from edgekit.report.record import Node, RunRecord, latency_stats, latency_warnings, node_id
 from edgekit.report.summary import build_summary, write_summary
 

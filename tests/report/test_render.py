@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edgekit.errors import DataError
+from edgekit.core.errors import DataError
 from edgekit.report.plots import accuracy_vs_cost, gamma_histogram, latency_histogram
 from edgekit.report.record import RunRecord
 from edgekit.report.render import render_markdown, render_run

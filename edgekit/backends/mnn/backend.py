@@ -39,8 +39,8 @@ from edgekit.backends.base import (
 from edgekit.backends.mnn import tools as mt
 from edgekit.backends.mnn.floats import head_convs, plan, type_float
 from edgekit.backends.mnn.graph import describe, load_graph
+from edgekit.core.errors import BuildError, CalibrationError, ConfigError
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import BuildError, CalibrationError, ConfigError
 
 #: Measured on the reference detector (160 px, hard shapes, 64-image calib split, 200 val images, mAP
 #: from the runner's outputs; ``bench/mnn_methods.py``): ORT fp32 0.5018, MNN int8 EMA 0.4947, KL 0.0000

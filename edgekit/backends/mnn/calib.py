@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import CalibrationError
-from edgekit.fsutil import atomic_dir
+from edgekit.core.errors import CalibrationError
+from edgekit.core.files import atomic_dir
 
 #: stb_image decodes these (no WebP/TIFF); PIL checks them first so the tool never sees a bad file.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

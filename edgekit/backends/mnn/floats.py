@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import BuildError
+from edgekit.core.errors import BuildError
 
 _CONV_TYPES = ("Convolution", "ConvolutionDepthwise")
 #: ``DataType`` values of MNN's schema (``schema/default/Type.fbs``).

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends.mnn import tools as mnn_tools
-from edgekit.errors import BuildError
+from edgekit.core.errors import BuildError
 
 _CONV_TYPES = ("Convolution", "ConvolutionDepthwise", "Deconvolution", "DeconvolutionDepthwise")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BuildError, ConfigError, MissingExtraError
+from edgekit.core.errors import BuildError, ConfigError, MissingExtraError
 
 TESTED_MNN_VERSION = "3.6.1"
 INSTALL_HINT = f"install the extra: pip install 'edgekit[mnn]' (tested with MNN=={TESTED_MNN_VERSION})"

@@ -53,7 +53,7 @@ from edgekit.backends.mnn.runtime import (
     model_input_shape,
     run_mnn,
 )
-from edgekit.errors import (
+from edgekit.core.errors import (
     BuildError,
     CalibrationError,
     ConfigError,
@@ -61,7 +61,7 @@ from edgekit.errors import (
     ModelError,
     UnsupportedOpError,
 )
-from edgekit.fsutil import atomic_write_json
+from edgekit.core.files import atomic_write_json
 
 __all__ = [
     "IMAGE_SUFFIXES",

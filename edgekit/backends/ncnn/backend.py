@@ -45,9 +45,9 @@ from edgekit.backends.ncnn.focus import focus_to_conv
 from edgekit.backends.ncnn.format import NcnnLayer, graph_io, int8_layers, read_param
 from edgekit.backends.ncnn.int8 import Int8Result, build_int8
 from edgekit.backends.ncnn.sensitivity import rank_layers
-from edgekit.errors import BuildError, ConfigError
-from edgekit.fsutil import sha256_file
-from edgekit.progress import track
+from edgekit.core.errors import BuildError, ConfigError
+from edgekit.core.files import sha256_file
+from edgekit.core.progress import track
 
 #: Measured through ncnn_run.py on the reference TinyYolo (160 px), mAP@0.5:0.95 drop vs ORT fp32 with
 #: the head in float: KL 0.00 / -0.35 points, ACIQ 0.40 / 0.55 (tests' checkpoint with 64 calibration

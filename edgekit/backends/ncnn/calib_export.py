@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from edgekit.calib.exporters import ExportContext, tool_mean_norm
-from edgekit.errors import ConfigError
-from edgekit.fsutil import atomic_write_text
+from edgekit.core.errors import ConfigError
+from edgekit.core.files import atomic_write_text
 
 FORMAT = "ncnn"
 #: The ``write`` parameter ``edgekit calib export --method`` sets.

@@ -29,8 +29,8 @@ import numpy as np
 
 from edgekit.backends.ncnn.convert import import_ncnn, load_net
 from edgekit.backends.ncnn.format import LayerWeights, NcnnLayer, input_channels, read_param
-from edgekit.errors import BuildError, CalibrationError, MissingExtraError
-from edgekit.fsutil import atomic_write_text
+from edgekit.core.errors import BuildError, CalibrationError, MissingExtraError
+from edgekit.core.files import atomic_write_text
 
 METHODS = ("kl", "aciq")
 MIN_IMAGES = {"kl": 8, "aciq": 1}

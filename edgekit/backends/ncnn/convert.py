@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.ncnn.format import NcnnLayer, graph_io, input_channels, int8_layers, read_param
-from edgekit.errors import (
+from edgekit.core.errors import (
     BuildError,
     ConfigError,
     DataError,
@@ -36,7 +36,7 @@ from edgekit.errors import (
     ModelError,
     UnsupportedOpError,
 )
-from edgekit.fsutil import atomic_write_bytes
+from edgekit.core.files import atomic_write_bytes
 
 BACKEND = "ncnn"
 PNNX_TIMEOUT_S = 600.0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ModelError
+from edgekit.core.errors import ModelError
 
 PARAM_MAGIC = 7767517
 TAG_FP32 = 0x00000000

@@ -52,8 +52,8 @@ from edgekit.backends.ncnn.format import (
     read_weights,
     weight_layout,
 )
-from edgekit.errors import BuildError, CalibrationError, ConfigError
-from edgekit.fsutil import atomic_write_bytes, atomic_write_text
+from edgekit.core.errors import BuildError, CalibrationError, ConfigError
+from edgekit.core.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Int8Result", "Int8Table", "build_int8", "quantize_ncnn", "read_table"]
 OUTPUT_NAMES = ("model.table", "model.int8.param", "model.int8.bin")

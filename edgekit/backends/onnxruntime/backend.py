@@ -21,8 +21,8 @@ from edgekit.backends.base import (
     Problem,
     QuantizerOptions,
 )
+from edgekit.core.registry import require_module
 from edgekit.quantize.form import QdqForm, ort_qdq_form
-from edgekit.registry import require_module
 
 #: ONNX domains whose schemas ``onnx.defs`` knows; ORT's own contrib domains are left to the session.
 _ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")

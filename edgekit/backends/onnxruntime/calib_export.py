@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.calib.exporters import ExportContext
-from edgekit.fsutil import atomic_write_json
+from edgekit.core.files import atomic_write_json
 
 FORMAT = "onnxruntime"
 

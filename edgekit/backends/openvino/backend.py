@@ -45,9 +45,9 @@ from edgekit.backends.openvino.nncf_ptq import (
     runtime_precisions,
 )
 from edgekit.backends.openvino.sensitivity import activation_quantizers, bypass, rank_quantizers
-from edgekit.errors import BuildError, ConfigError, MissingExtraError
-from edgekit.fsutil import sha256_file
-from edgekit.progress import track
+from edgekit.core.errors import BuildError, ConfigError, MissingExtraError
+from edgekit.core.files import sha256_file
+from edgekit.core.progress import track
 
 FILES = {"model": "model.xml", "weights": "model.bin"}
 #: The precision the runner asks OpenVINO's CPU plugin for, per artifact precision.

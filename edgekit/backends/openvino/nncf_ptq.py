@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BuildError, MissingExtraError
+from edgekit.core.errors import BuildError, MissingExtraError
 
 #: Activation range estimators edgekit offers (``OvQuantizer.method``), best guess first.
 METHODS = ("mean_minmax", "minmax")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import CalibrationError, ConfigError
-from edgekit.fsutil import atomic_write_text
+from edgekit.core.errors import CalibrationError, ConfigError
+from edgekit.core.files import atomic_write_text
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 DEFAULT_VERSION = "8502"  # JetPack 5.1 ships TensorRT 8.5.2

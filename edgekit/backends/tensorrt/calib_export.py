@@ -17,8 +17,8 @@ from edgekit.backends.tensorrt.cache import (
     write_trt_cache,
 )
 from edgekit.calib.exporters import ExportContext, activation_ranges
-from edgekit.errors import ConfigError, ModelError
-from edgekit.fsutil import atomic_write_json
+from edgekit.core.errors import ConfigError, ModelError
+from edgekit.core.files import atomic_write_json
 
 FORMAT = "tensorrt"
 #: What `--method` takes (percentile ranges have no TensorRT calibrator to name).

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BuildError, ModelError
+from edgekit.core.errors import BuildError, ModelError
 from edgekit.quantize.calibrators import (
     Calibration,
 )

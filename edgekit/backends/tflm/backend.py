@@ -49,7 +49,13 @@ from edgekit.backends.tflm.bundle import (
     write_bundle,
 )
 from edgekit.backends.tflm.io import bundle_notes, io_spec, tensor_info
-from edgekit.errors import BudgetExceededError, BuildError, MissingExtraError, ModelError, UnsupportedOpError
+from edgekit.core.errors import (
+    BudgetExceededError,
+    BuildError,
+    MissingExtraError,
+    ModelError,
+    UnsupportedOpError,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CONVERTER = Path(__file__).resolve().parent / "converters" / "litert_pt2e.py"
@@ -262,7 +268,7 @@ def _calibration_stack(calib: Any, options: BuildOptions, quant: TflmQuant, path
     arrays = [as_batch(a) for a in calib.arrays(spec=options.preprocess)]
     if quant.images is not None:
         if quant.images > len(arrays):
-            from edgekit.errors import CalibrationError
+            from edgekit.core.errors import CalibrationError
 
             raise CalibrationError(
                 f"quantizer.images = {quant.images}, the calibration set has {len(arrays)}",
@@ -421,7 +427,7 @@ def _compile(folder: Path, options: BuildOptions) -> dict[str, Any]:
     try:
         return compile_model_data(folder, core)
     except ValueError as exc:
-        from edgekit.errors import ConfigError
+        from edgekit.core.errors import ConfigError
 
         raise ConfigError(str(exc), "set limits.core in the target YAML to one of those") from exc
     except RuntimeError as exc:

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from edgekit.backends.tflm.bundle import TensorInfo
-from edgekit.errors import BuildError
+from edgekit.core.errors import BuildError
 
 
 def io_spec(report: dict[str, Any], decode: dict[str, Any], layout: str) -> dict[str, Any]:

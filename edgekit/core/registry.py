@@ -2,7 +2,7 @@
 
 ``import edgekit`` stays light because nothing here imports a runtime: a registry entry is a string
 until :meth:`Registry.get` resolves it. A missing optional runtime becomes a
-:class:`~edgekit.errors.MissingExtraError` naming the pip extra; an entry whose module is not part of
+:class:`~edgekit.core.errors.MissingExtraError` naming the pip extra; an entry whose module is not part of
 this version of edgekit yet says so instead of crashing.
 
 Adding a backend is one line in :data:`BACKENDS` (plus its module, runner, contract test and target
@@ -15,7 +15,7 @@ import importlib
 import importlib.util
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from edgekit.errors import ConfigError, EdgekitError, MissingExtraError
+from edgekit.core.errors import ConfigError, EdgekitError, MissingExtraError
 
 T = TypeVar("T")
 
