@@ -4,7 +4,7 @@ Runs ``deploy(target=local, recipe=none, device=local)`` of the revision's own c
 temp folder, imported from there) with a profiler that records every call into a module of ``edgekit/``
 in the host process (the device-side runner is another process and is not counted). Reported:
 
-* ``files``: distinct ``edgekit/`` files whose code ran;
+* ``files``: distinct ``edgekit/`` files a function of which ran (importing a module is not counted);
 * ``folders``: distinct packages among them;
 * ``climbs``: calls from a module into a module of a *higher* layer of the layout, with the layers
   ``cli`` < entry points (``pipeline``, ``build``, ``bench_run``, ``predict``) < ``stages`` < everything
@@ -42,7 +42,7 @@ def layer(rel):
 
 last = {"file": None}
 def profile(frame, event, arg):
-    if event != "call":
+    if event != "call" or frame.f_code.co_name == "<module>":  # running code, not importing it
         return
     path = frame.f_code.co_filename
     if not path.startswith(str(pkg)):
