@@ -25,6 +25,21 @@ def _build(name: str, backend: str, precision: str, out: Path, root: Path, metho
     )  # fmt: skip
 
 
+def _build_yolox(backend: str, quantizer: dict, out: Path, root: Path):
+    """The real YOLOX's INT8 on ``backend`` with these quantizer options (its 0..255 BGR preprocessing)."""
+    from edgekit.calib import CalibrationSet
+    from edgekit.core.registry import get_backend
+    from edgekit.models.user import inspect_onnx
+
+    det = inspect_onnx(real_model("ddddocr-yolox"))
+    spec = det.preprocess.model_validate(
+        {**det.preprocess.model_dump(), **models()["ddddocr-yolox"]["preprocess"]}
+    )
+    options = {"precision": "int8", "preprocess": spec.model_dump(), "head": det.head, "quantizer": quantizer}
+    cs = CalibrationSet.load("photos", root=root).verify()
+    return get_backend(backend).build(real_model("ddddocr-yolox"), options, out, calib=cs)
+
+
 def _agreement(artifact) -> dict:
     figures = artifact.meta["parity"]["detections"]
     assert figures["detections"] >= 3, (
@@ -100,20 +115,7 @@ def test_ncnn_int8_keeps_yolox_detections_with_its_most_sensitive_layers_in_floa
     tmp_path, photos_root, ncnn_tools
 ):
     """ACIQ with the head alone in float loses YOLOX detections; ranked layers in float keep them."""
-    from edgekit.calib import CalibrationSet
-    from edgekit.core.registry import get_backend
-    from edgekit.models.user import inspect_onnx
-
-    det = inspect_onnx(real_model("ddddocr-yolox"))
-    spec = det.preprocess.model_validate(
-        {**det.preprocess.model_dump(), **models()["ddddocr-yolox"]["preprocess"]}
-    )
-    options = {"precision": "int8", "preprocess": spec.model_dump(), "head": det.head}
-    cs = CalibrationSet.load("photos", root=photos_root).verify()
-    artifact = get_backend("ncnn").build(
-        real_model("ddddocr-yolox"), {**options, "quantizer": {"method": "aciq", "float_ranked": 8}},
-        tmp_path / "a", calib=cs,
-    )  # fmt: skip
+    artifact = _build_yolox("ncnn", {"method": "aciq", "float_ranked": 8}, tmp_path / "a", photos_root)
     figures = _agreement(artifact)
     assert figures["kept"] >= MIN_KEPT and figures["score_error"] <= MAX_SCORE_ERROR
     int8 = artifact.meta["ncnn"]["int8"]
@@ -141,19 +143,7 @@ def test_openvino_int8_of_yolox_keeps_the_detections_with_its_costliest_quantize
     """mean_minmax with the head alone in float: mean score error 0.057 on the YOLOX; ranked, it passes."""
     pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'edgekit[openvino]'")
     pytest.importorskip("nncf", reason="NNCF is not installed: pip install 'edgekit[openvino]'")
-    from edgekit.calib import CalibrationSet
-    from edgekit.core.registry import get_backend
-    from edgekit.models.user import inspect_onnx
-
-    det = inspect_onnx(real_model("ddddocr-yolox"))
-    spec = det.preprocess.model_validate(
-        {**det.preprocess.model_dump(), **models()["ddddocr-yolox"]["preprocess"]}
-    )
-    options = {"precision": "int8", "preprocess": spec.model_dump(), "head": det.head}
-    cs = CalibrationSet.load("photos", root=photos_root).verify()
-    artifact = get_backend("openvino").build(
-        real_model("ddddocr-yolox"), {**options, "quantizer": {"float_ranked": 4}}, tmp_path / "a", calib=cs
-    )
+    artifact = _build_yolox("openvino", {"float_ranked": 4}, tmp_path / "a", photos_root)
     figures = _agreement(artifact)
     assert figures["kept"] >= MIN_KEPT and figures["score_error"] <= MAX_SCORE_ERROR
     quant = artifact.meta["quantization"]
