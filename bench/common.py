@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import BuildOptions
+from edgekit.backends.contract.base import BuildOptions
 from edgekit.core.registry import BACKENDS
 from edgekit.data.dataset import YoloDataset
 from edgekit.data.preprocess import PreprocessSpec

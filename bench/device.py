@@ -28,7 +28,7 @@ from common import SPEC, device_eval, save, setup, table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekit.backends.base import BuildOptions  # noqa: E402
+from edgekit.backends.contract.base import BuildOptions  # noqa: E402
 from edgekit.backends.tensorrt.form import check_trt_qdq, quantize_trt_qdq  # noqa: E402
 from edgekit.bench_run import bench_run  # noqa: E402
 from edgekit.calib import import_set  # noqa: E402

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("EDGEKIT_CACHE", str(REPO / ".cache" / "edgekit"))
 
 from bench.common import save, table  # noqa: E402
-from edgekit.backends.base import PARITY, BuildOptions, Parity  # noqa: E402
+from edgekit.backends.contract.base import PARITY, BuildOptions, Parity  # noqa: E402
 from edgekit.backends.mnn import backend as mnn_backend  # noqa: E402
 from edgekit.calib import import_set  # noqa: E402
 from edgekit.core.registry import BACKENDS  # noqa: E402

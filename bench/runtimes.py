@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from common import SPEC, save, setup, table
 
-from edgekit.backends.base import Artifact
+from edgekit.backends.contract.base import Artifact
 from edgekit.calib import import_set
 from edgekit.core.errors import BuildError
 from edgekit.core.registry import BACKENDS

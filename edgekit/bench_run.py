@@ -46,7 +46,7 @@ def bench_run(
         ConfigError: The artifact's backend is not the target's (both are named), or bad options.
         DeviceError: Anything the device did wrong (nothing is written then).
     """
-    from edgekit.backends.base import Artifact
+    from edgekit.backends.contract.base import Artifact
     from edgekit.core.config import load_target
     from edgekit.core.files import atomic_dir
     from edgekit.report.record import RunRecord

@@ -42,7 +42,7 @@ def build_artifact(
     Example:
         >>> build_artifact("onnxruntime", "fp32", Path("m.onnx"), Path("build/m"))  # doctest: +SKIP
     """
-    from edgekit.backends.parity import is_qdq
+    from edgekit.backends.contract.parity import is_qdq
     from edgekit.calib import CalibrationSet
     from edgekit.core.registry import BACKENDS
     from edgekit.models.user import inspect_onnx, static_copy
@@ -58,7 +58,7 @@ def build_artifact(
         if not det.static:  # runners feed one fixed shape; fix the file's dynamic dims to it
             source = static_copy(det, Path(tmp) / "model_static.onnx")
         if precision == "int8":
-            from edgekit.backends.onnx_io import load_onnx
+            from edgekit.backends.contract.onnx_io import load_onnx
 
             if is_qdq(load_onnx(source)):
                 _check_prequantized(be, onnx_path)
@@ -186,7 +186,7 @@ class _MethodSearch:
         return found
 
     def _option_fallback(self, methods: list[str], good=lambda entry: True) -> list[tuple[dict, Path]]:
-        """The backend's declared :attr:`~edgekit.backends.base.Backend.fallback` settings, in turn."""
+        """The backend's declared :attr:`~edgekit.backends.contract.base.Backend.fallback` settings."""
         from edgekit.core.errors import BuildError
 
         found: list[tuple[dict, Path]] = []
@@ -207,7 +207,7 @@ class _MethodSearch:
         return found
 
     def _ranking(self, method, layer_sensitivity, detection_metric) -> list[tuple[str, float]]:
-        from edgekit.backends.onnx_io import load_onnx
+        from edgekit.backends.contract.onnx_io import load_onnx
         from edgekit.quantize import graph as qgraph
         from edgekit.runners.runcore import cpu_features
 
@@ -237,7 +237,7 @@ class _MethodSearch:
         import json
         import os
 
-        from edgekit.backends.base import ARTIFACT_JSON, Artifact
+        from edgekit.backends.contract.base import ARTIFACT_JSON, Artifact
         from edgekit.core.files import atomic_write_json
 
         meta = json.loads((folder / ARTIFACT_JSON).read_text())
@@ -267,8 +267,8 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def _int8_plan(be, method: str, cs, onnx_path: Path, max_drop: float):
-    """The INT8 decision of ``edgekit build`` (:func:`edgekit.backends.int8_plan.decide_int8`)."""
-    from edgekit.backends.int8_plan import decide_int8
+    """The INT8 decision of ``edgekit build`` (:func:`edgekit.backends.contract.int8_plan.decide_int8`)."""
+    from edgekit.backends.contract.int8_plan import decide_int8
 
     if cs is None:
         raise ConfigError(
@@ -288,7 +288,7 @@ def _check_prequantized(be, onnx_path: Path) -> None:
 
 
 def _quantize(be, src: Path, dst: Path, cs, method: str, det, extra_float: list[str] | None = None):
-    from edgekit.backends.onnx_io import load_onnx
+    from edgekit.backends.contract.onnx_io import load_onnx
     from edgekit.quantize import graph as qgraph
     from edgekit.runners.runcore import cpu_features
 

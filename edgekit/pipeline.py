@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends.int8_plan import Int8Plan, decide_int8
+from edgekit.backends.contract.int8_plan import Int8Plan, decide_int8
 from edgekit.core.config import Target, load_target
 from edgekit.core.errors import ConfigError, EdgekitError, GateError
 from edgekit.core.files import atomic_write_json, make_run_dir
@@ -166,7 +166,7 @@ def int8_plan(request: DeployRequest, recipe: Any, backend_cls: type) -> Int8Pla
 
 def _check_model_source(request: DeployRequest, backend_cls: type, precision: str) -> None:
     """Missing files, corrupt ONNX and ops the target cannot run fail here, before any work."""
-    from edgekit.backends.base import raise_for_problems
+    from edgekit.backends.contract.base import raise_for_problems
     from edgekit.core.errors import ModelError
 
     for label, value in (("model", request.model), ("weights", request.weights)):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import Artifact
+from edgekit.backends.contract.base import Artifact
 from edgekit.core.errors import DataError, DeviceError
 from edgekit.core.files import atomic_write_bytes
 from edgekit.core.progress import track

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgekit.backends.int8_plan import FLOAT_FALLBACK, Int8Plan
+from edgekit.backends.contract.int8_plan import FLOAT_FALLBACK, Int8Plan
 from edgekit.build import _MethodSearch
 from edgekit.core.errors import BuildError
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from edgekit.backends.base import Artifact
+from edgekit.backends.contract.base import Artifact
 from edgekit.cli.predict import add_parser
 from edgekit.core.errors import ConfigError, DataError, EdgekitError
 from edgekit.core.registry import get_backend

@@ -1,9 +1,10 @@
 """Write one calibration set in the form each quantizer wants.
 
 A backend whose runtime reads calibration files declares where its writer is
-(:attr:`edgekit.backends.base.Backend.calibration_export`): a module with ``FORMAT`` (the format's name),
-``write(ctx, **options) -> dict`` and, optionally, ``METHOD_OPTION`` (the option ``--method`` sets),
-``CLI_OPTIONS`` (flags of its own), ``cli_kwargs`` and ``cli_notes`` for ``edgekit calib export``.
+(:attr:`edgekit.backends.contract.base.Backend.calibration_export`): a module with ``FORMAT`` (the
+format's name), ``write(ctx, **options) -> dict`` and, optionally, ``METHOD_OPTION`` (the option
+``--method`` sets), ``CLI_OPTIONS`` (flags of its own), ``cli_kwargs`` and ``cli_notes`` for
+``edgekit calib export``.
 This module holds what every format shares and finds the writers; it names no backend.
 
 Every export holds ``images/`` (the letterboxed canvases at the input size, so a tool that resizes does

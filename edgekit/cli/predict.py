@@ -94,7 +94,7 @@ def resolve_target(name: str | None, artifact_dir: Path) -> tuple[Any, int | Non
 
     if name is None:
         return LocalTransport(), None
-    from edgekit.backends.base import Artifact
+    from edgekit.backends.contract.base import Artifact
     from edgekit.core.config import load_target
 
     target = load_target(name)

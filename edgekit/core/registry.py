@@ -6,7 +6,7 @@ until :meth:`Registry.get` resolves it. A missing optional runtime becomes a
 this version of edgekit yet says so instead of crashing.
 
 Adding a backend is one line in :data:`BACKENDS` (plus its module, runner, contract test and target
-YAML; see ``edgekit/backends/base.py``).
+YAML; see ``edgekit/backends/contract/base.py``).
 """
 
 from __future__ import annotations

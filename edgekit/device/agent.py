@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.artifact import ARTIFACT_JSON
-from edgekit.backends.base import Artifact
+from edgekit.backends.contract.artifact import ARTIFACT_JSON
+from edgekit.backends.contract.base import Artifact
 from edgekit.core.errors import ConfigError, DeviceError, RemoteCommandError
 from edgekit.core.files import atomic_dir, atomic_write_json, sha256_file
 from edgekit.device.power import (

@@ -36,7 +36,7 @@ class Guard:
         Raises:
             DeviceError: Shapes differ or a cosine is under its limit (no speed is reported then).
         """
-        from edgekit.backends.parity import compare
+        from edgekit.backends.contract.parity import compare
 
         if tuple(got.shape) != tuple(self.reference.shape):
             raise DeviceError(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends.base import BuildOptions, dims, graph_inputs
+from edgekit.backends.contract.base import BuildOptions, dims, graph_inputs
 from edgekit.core.errors import ConfigError, ModelError
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.export.onnx import load_checked

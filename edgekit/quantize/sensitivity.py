@@ -53,7 +53,7 @@ def detection_metric(head: str) -> Callable[[list[np.ndarray], list[np.ndarray]]
     ``agreement.SCORE_FLOOR``), read through the head's decode (objectness folded in). Outputs that are
     not the detector's 3-D output are ignored.
     """
-    from edgekit.backends.agreement import SCORE_FLOOR, active_scores
+    from edgekit.backends.contract.agreement import SCORE_FLOOR, active_scores
 
     def score(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
         errors = []

@@ -23,7 +23,7 @@ def host_guard(artifact_dir: Path, x: np.ndarray) -> Guard | None:
     ``None`` when this host cannot run the artifact's backend (the record then says the guard was not
     checked and why).
     """
-    from edgekit.backends.base import Artifact
+    from edgekit.backends.contract.base import Artifact
     from edgekit.core.registry import get_backend
     from edgekit.device.runner_io import Guard
 

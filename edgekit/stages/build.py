@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends.base import Artifact, BuildOptions
+from edgekit.backends.contract.base import Artifact, BuildOptions
 from edgekit.core.errors import BuildError, CalibrationError
 from edgekit.quantize.auto import choose
 from edgekit.stages.candidates import measure

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends.int8_plan import Int8Plan
+from edgekit.backends.contract.int8_plan import Int8Plan
 from edgekit.core.files import sha256_file
 from edgekit.stages.candidates import measure
 from edgekit.stages.context import ModelFacts, Quantized, RunContext, add_node, fp32_map50_95, stage
@@ -145,7 +145,7 @@ def _qdq_evaluator(ctx: RunContext, plan, eval_on, cs, workdir: Path, fp32: Path
     the seeded noise a build without a set falls back to, INT8 activations leave their calibrated
     ranges and a model that holds on images can read 0.92 instead of 0.95 (measured: microyolo-long).
     """
-    from edgekit.backends.base import BuildOptions
+    from edgekit.backends.contract.base import BuildOptions
 
     val, facts = eval_on
     counter = {"n": 0}

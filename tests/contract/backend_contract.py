@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.backends.base import ARTIFACT_JSON, Artifact
+from edgekit.backends.contract.base import ARTIFACT_JSON, Artifact
 from edgekit.core.errors import BuildError, ModelError, UnsupportedOpError
 from edgekit.core.files import sha256_file
 from edgekit.core.registry import BACKENDS

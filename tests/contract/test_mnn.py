@@ -299,7 +299,7 @@ def test_mnn_mean_and_normal_reproduce_the_models_preprocessing():
 
 
 def test_parity_sees_zeroed_scores_that_the_whole_output_hides():
-    from edgekit.backends.parity import compare
+    from edgekit.backends.contract.parity import compare
 
     rng = np.random.default_rng(0)
     ref = np.concatenate([rng.uniform(0, 160, (1, 50, 4)), rng.uniform(0, 1, (1, 50, 4))], -1).astype(

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from edgekit.backends.artifact import Artifact
+from edgekit.backends.contract.artifact import Artifact
 from edgekit.device.agent import runner_path
 from tests.contract.backend_contract import BackendContract
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgekit.backends.base import BuildOptions
+from edgekit.backends.contract.base import BuildOptions
 from edgekit.core.errors import DeviceError, ModelError
 from edgekit.core.registry import get_backend
 from edgekit.device.agent import Agent, BenchPlan

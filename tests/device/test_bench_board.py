@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgekit.backends.base import BuildOptions
+from edgekit.backends.contract.base import BuildOptions
 from edgekit.bench_run import bench_run
 from edgekit.core.errors import ConfigError, DeviceError, HostKeyError
 from edgekit.core.registry import get_backend

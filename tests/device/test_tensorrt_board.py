@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from edgekit.backends.base import Artifact, BuildOptions
+from edgekit.backends.contract.base import Artifact, BuildOptions
 from edgekit.backends.tensorrt.form import quantize_trt_qdq
 from edgekit.bench_run import bench_run
 from edgekit.core.errors import DeviceError, ModelError

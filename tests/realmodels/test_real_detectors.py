@@ -190,7 +190,7 @@ def test_a_refused_int8_build_leaves_nothing_and_names_an_option_build_accepts(t
 
 
 def test_agreement_ignores_background_anchors_and_counts_lost_detections():
-    from edgekit.backends.agreement import agreement
+    from edgekit.backends.contract.agreement import agreement
 
     ref = np.zeros((1, 6, 50), np.float32)
     ref[0, :4] = 100.0

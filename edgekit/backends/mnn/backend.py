@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from edgekit.backends.base import (
+from edgekit.backends.contract.base import (
     Artifact,
     Backend,
     BuildOptions,

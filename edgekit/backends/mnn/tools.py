@@ -259,7 +259,7 @@ def unsupported_ops(onnx_model: Any) -> list[tuple[str, str]]:
         [('ai.edgekit.custom:EdgeKitMagic', 'magic0')]
     """
     if isinstance(onnx_model, str | Path):
-        from edgekit.backends.onnx_io import load_onnx
+        from edgekit.backends.contract.onnx_io import load_onnx
 
         onnx_model = load_onnx(onnx_model)
     known = supported_onnx_ops()

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from edgekit.backends.base import (
+from edgekit.backends.contract.base import (
     Artifact,
     Backend,
     BuildOptions,

@@ -141,7 +141,7 @@ class AccuracyControl:
         nothing in most of them); each image's own value, used by NNCF to rank, is the same figure on that
         image alone, or ``1 - mean |score error|`` of its active anchors where FP32 detects nothing.
         """
-        from edgekit.backends.agreement import agreement
+        from edgekit.backends.contract.agreement import agreement
         from edgekit.quantize.sensitivity import detection_metric
 
         anchors = detection_metric(self.head)

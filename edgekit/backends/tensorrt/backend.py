@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from edgekit.backends.base import (
+from edgekit.backends.contract.base import (
     Artifact,
     Backend,
     BuildOptions,

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgekit.backends.base import (
+from edgekit.backends.contract.base import (
     Artifact,
     Backend,
     BuildOptions,

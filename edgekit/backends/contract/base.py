@@ -25,10 +25,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import ValidationError
 
 # Re-exported: the artifact folder and its sidecar live in their own module.
-from edgekit.backends.artifact import ARTIFACT_JSON, SCHEMA_VERSION, Artifact  # noqa: E402, F401
+from edgekit.backends.contract.artifact import ARTIFACT_JSON, SCHEMA_VERSION, Artifact  # noqa: E402, F401
 
 # Re-exported: backends and callers import these from here.
-from edgekit.backends.onnx_io import (  # noqa: F401
+from edgekit.backends.contract.onnx_io import (  # noqa: F401
     derive_preprocess,
     dims,
     generic_problems,
@@ -39,14 +39,14 @@ from edgekit.backends.onnx_io import (  # noqa: F401
 )
 
 # Re-exported: what to build is described in its own module.
-from edgekit.backends.options import (  # noqa: E402, F401
+from edgekit.backends.contract.options import (  # noqa: E402, F401
     BuildOptions,
     CalibrationRef,
     MemoryLimits,
     QuantizerOptions,
     UnparsedQuantizer,
 )
-from edgekit.backends.parity import check_parity, detect_output_head, is_qdq
+from edgekit.backends.contract.parity import check_parity, detect_output_head, is_qdq
 from edgekit.core.errors import (
     BuildError,
     CalibrationError,
@@ -118,7 +118,7 @@ class Parity:
             each on its own (box pixels dominate the whole-output cosine: zeroed scores still read ~0.97);
             with no detection on the check images, the lowest cosine of the active anchors' scores.
         min_kept: Lowest share of FP32's detections (score >= 0.25) the artifact must keep (same
-            class, IoU >= 0.5; see :mod:`edgekit.backends.agreement`).
+            class, IoU >= 0.5; see :mod:`edgekit.backends.contract.agreement`).
         max_score_error: Highest mean ``|score - score_fp32|`` over the kept detections.
         raw_checked: Whether a detector's raw-output figures (cosine, maximum error, box and score
             cosines) can reject the build, or are only recorded (INT8: errors in background anchors no

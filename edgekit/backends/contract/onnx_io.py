@@ -92,7 +92,7 @@ def infer_num_classes(out_dims: list[int | str], head: str) -> int:
 
 def generic_problems(model: Any, options: Any) -> list[Any]:
     """Problems every backend shares: one 4-D image input, a detector output, matching preprocessing."""
-    from edgekit.backends.base import Problem
+    from edgekit.backends.contract.base import Problem
 
     found = _io_mismatch(model, options)
     return [Problem("error", found[0], found[1])] if found else []

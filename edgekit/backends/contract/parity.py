@@ -5,7 +5,7 @@ MNN's ADMM wrote zeros), so no figure is reported for an artifact before this ch
 inputs (calibration images when a set is at hand, else seeded noise) go through ONNX Runtime on the
 FP32 ONNX and through the backend's own runtime on this host.
 
-A detector is judged by its detections (:mod:`edgekit.backends.agreement`): both outputs are decoded
+A detector is judged by its detections (:mod:`edgekit.backends.contract.agreement`): both outputs are decoded
 and NMS'd, and the artifact must keep FP32's detections with close scores, within the precision's
 tolerance. Raw-tensor figures (cosine, maximum error, the box and score columns' own cosines) are
 recorded for diagnosis; at fp32 and fp16 they are checked too (a converter must compute the same
@@ -118,7 +118,7 @@ def check_parity(backend: Any, artifact: Any, reference: Path | None, calib: Any
     Raises:
         BuildError: Naming the first output whose shape, cosine or error is out of tolerance.
     """
-    from edgekit.backends.base import PARITY_INPUTS
+    from edgekit.backends.contract.base import PARITY_INPUTS
 
     if reference is None:
         return {"checked": False, "reason": "no FP32 reference was given for this QDQ model"}
@@ -166,7 +166,7 @@ DECODABLE_HEADS = ("yolov5", "yolov8", "yolox")
 
 def _check_detections(backend: Any, artifact: Any, refs: list, gots: list, head: str, tol: Any) -> dict:
     """Judge the main output by its detections; raise BuildError when FP32's are not kept."""
-    from edgekit.backends.agreement import agreement
+    from edgekit.backends.contract.agreement import agreement
 
     figures = agreement([r[0] for r in refs], [np.asarray(g[0]) for g in gots], head)
     where = f"{backend.name} {artifact.precision} output '{artifact.meta['output']['name']}'"

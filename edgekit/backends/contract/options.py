@@ -1,7 +1,7 @@
 """What a backend is asked to build: precision, I/O conventions, quantizer options, board limits.
 
 Pydantic models, validated where they enter (target YAML, recipe, CLI) and recorded in ``artifact.json``;
-re-exported by :mod:`edgekit.backends.base`.
+re-exported by :mod:`edgekit.backends.contract.base`.
 """
 
 from __future__ import annotations
