@@ -46,25 +46,42 @@ def _pads(node: Any, attrs: dict[str, Any], rank: int = 2) -> tuple[int, ...]:
     return tuple(pads)
 
 
-def _pad_then(x: torch.Tensor, pads: tuple[int, ...], value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
-    """Split ONNX pads (begin..., end...) into symmetric padding and an explicit F.pad for the rest."""
+def _split_pads(pads: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """ONNX pads (begin..., end...) as (F.pad's extra padding, last axis first; the symmetric part)."""
     rank = len(pads) // 2
     begin, end = pads[:rank], pads[rank:]
     sym = [min(b, e) for b, e in zip(begin, end, strict=True)]
     extra = []
     for b, e, s in reversed(list(zip(begin, end, sym, strict=True))):
         extra += [b - s, e - s]
+    return extra, sym
+
+
+def _pad_then(x: torch.Tensor, pads: tuple[int, ...], value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+    """Split ONNX pads (begin..., end...) into symmetric padding and an explicit F.pad for the rest."""
+    extra, sym = _split_pads(pads)
     if any(extra):
         x = F.pad(x, extra, value=value)
     return x, sym
 
 
 class OnnxModule(nn.Module):
-    """Evaluate an ONNX graph (one input, float) node by node in torch ops."""
+    """Evaluate an ONNX graph (one input, float) node by node in torch ops.
 
-    def __init__(self, model: Any) -> None:
+    With ``trainable=True`` every convolution with constant weights becomes an ``nn.Conv2d`` whose
+    parameters are the exported (BN-folded) weights and bias, so the module can be fine-tuned and
+    torch-pruning's dependency graph finds the convs and the concat / split / add between them; a
+    ``Split`` into equal parts follows the channels its input has after pruning.
+    """
+
+    def __init__(self, model: Any, trainable: bool = False) -> None:
         super().__init__()
         from onnx import numpy_helper
+
+        if trainable:  # a conv whose output is split in equal parts becomes one conv per part
+            from edgekit.export.onnx_prunable import split_conv_outputs
+
+            model, self.splits_rewritten = split_conv_outputs(model)
 
         graph = model.graph
         init_names = {t.name for t in graph.initializer}
@@ -78,7 +95,15 @@ class OnnxModule(nn.Module):
         if not shape or any(d <= 0 for d in shape):
             raise ModelError(f"the input {self.input_name!r} has no static shape {shape}", "export it static")
         self.nodes = _fold_constants(graph, consts, self.input_name, shape)
-        used = {name for node, _ in self.nodes for name in node.input}
+        self.convs = nn.ModuleDict()
+        self._conv_of: dict[str, str] = {}
+        if trainable:
+            self._make_convs(consts)
+        used = {
+            name
+            for node, _ in self.nodes
+            for name in (node.input[:1] if node.name in self._conv_of else node.input)
+        }
         self._buffers_of: dict[str, str] = {}
         for i, (name, value) in enumerate(sorted((k, v) for k, v in consts.items() if k in used)):
             key = f"c{i}"
@@ -92,6 +117,33 @@ class OnnxModule(nn.Module):
                     f"({', '.join(sorted(OPS))})",
                     _HINT,
                 )
+
+    def _make_convs(self, consts: dict[str, np.ndarray]) -> None:
+        for index, (node, attrs) in enumerate(self.nodes):
+            if node.op_type != "Conv" or node.input[1] not in consts:
+                continue
+            weight = consts[node.input[1]]
+            if weight.ndim != 4:
+                continue
+            bias = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            groups = int(attrs.get("group", 1))
+            _, sym = _split_pads(_pads(node, attrs))
+            conv = nn.Conv2d(
+                weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                stride=tuple(attrs.get("strides", [1, 1])), padding=tuple(sym),
+                dilation=tuple(attrs.get("dilations", [1, 1])), groups=groups, bias=bias is not None,
+            )  # fmt: skip
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(np.array(weight, np.float32)))
+                if bias is not None:
+                    conv.bias.copy_(torch.from_numpy(np.array(bias, np.float32)))
+            key = f"conv{index}"
+            self.convs[key] = conv
+            self._conv_of[node.name] = key
+
+    def conv_node(self, key: str) -> str:
+        """The ONNX node name of ``self.convs[key]``."""
+        return next(name for name, k in self._conv_of.items() if k == key)
 
     def const(self, name: str) -> np.ndarray:
         """A constant input's value (for shapes, axes, scales), or raise naming the node."""
@@ -168,6 +220,9 @@ Op = Callable[[OnnxModule, Any, dict, list], Any]
 
 
 def _conv(m: OnnxModule, node, a, args):
+    if node.name in m._conv_of:
+        x, _ = _pad_then(args[0], _pads(node, a))
+        return m.convs[m._conv_of[node.name]](x)
     x, w = args[0], args[1]
     b = args[2] if len(args) > 2 else None
     x, sym = _pad_then(x, _pads(node, a))
@@ -240,6 +295,15 @@ def _split(m: OnnxModule, node, a, args):
     else:
         n = a.get("num_outputs", len(node.output))
         sizes = [args[0].shape[axis] // n] * n
+    if m.convs and len(set(sizes)) == 1:  # equal parts (a C2f's halves) follow the channels after pruning
+        part = args[0].shape[axis] // len(sizes)
+        return tuple(torch.split(args[0], [part] * len(sizes), dim=axis))
+    if sum(sizes) != args[0].shape[axis]:
+        raise ModelError(
+            f"Split node {node.name!r} cuts {sum(sizes)} channels into {sizes}, its input has "
+            f"{args[0].shape[axis]}: unequal parts cannot follow pruning",
+            "keep the convs feeding this split out of pruning",
+        )
     return tuple(torch.split(args[0], sizes, dim=axis))
 
 
@@ -307,6 +371,7 @@ OPS: dict[str, Op] = {
     "Sub": lambda m, n, a, x: x[0] - x[1],
     "Mul": lambda m, n, a, x: x[0] * x[1],
     "Div": lambda m, n, a, x: x[0] / x[1],
+    "MatMul": lambda m, n, a, x: torch.matmul(x[0], x[1]),
     "MaxPool": _pool("max"),
     "AveragePool": _pool("avg"),
     "GlobalAveragePool": lambda m, n, a, x: F.adaptive_avg_pool2d(x[0], 1),
