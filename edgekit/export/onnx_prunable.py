@@ -11,7 +11,6 @@ shape changes.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -55,15 +54,6 @@ def split_conv_outputs(model: Any) -> tuple[Any, int]:
     return model, count
 
 
-def _producers_consumers(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    producers = {out: n for n in graph.node for out in n.output}
-    consumers: dict[str, list[Any]] = defaultdict(list)
-    for n in graph.node:
-        for name in n.input:
-            consumers[name].append(n)
-    return producers, consumers
-
-
 def _parts(split: Any, consts: dict[str, np.ndarray]) -> list[int] | None:
     import onnx
 
@@ -81,7 +71,9 @@ def _parts(split: Any, consts: dict[str, np.ndarray]) -> list[int] | None:
 
 def _rewrite_plan(graph: Any, split: Any, consts: dict[str, np.ndarray]) -> dict | None:
     """The conv and the activation chain between it and ``split``, if the rewrite applies."""
-    producers, consumers = _producers_consumers(graph)
+    from edgekit.quantize.graph import tensor_consumers, tensor_producers
+
+    producers, consumers = tensor_producers(graph), tensor_consumers(graph)
     chain: list[Any] = []
     frontier, conv = [split.input[0]], None
     seen: set[str] = set()
@@ -154,7 +146,10 @@ def _apply(graph: Any, split: Any, plan: dict, consts: dict[str, np.ndarray]) ->
             rename[conv.output[0]] = out
         new_nodes.append(
             onnx.helper.make_node(
-                "Conv", inputs, [rename[conv.output[0]]], name=tag,
+                "Conv",
+                inputs,
+                [rename[conv.output[0]]],
+                name=tag,
                 **{a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute},
             )  # fmt: skip
         )

@@ -18,11 +18,13 @@ _SHAPE_ONLY_OPS = {"Shape", "Size"}
 _DFL_PASSTHROUGH = {"Reshape", "Transpose", "Softmax"}
 
 
-def _producers(graph: Any) -> dict[str, Any]:
+def tensor_producers(graph: Any) -> dict[str, Any]:
+    """The node that writes each tensor of an ONNX graph."""
     return {out: node for node in graph.node for out in node.output if out}
 
 
-def _consumers(graph: Any) -> dict[str, list[Any]]:
+def tensor_consumers(graph: Any) -> dict[str, list[Any]]:
+    """The nodes that read each tensor of an ONNX graph."""
     table: dict[str, list[Any]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
@@ -83,7 +85,7 @@ def _walk_back_to_convs(model: Any) -> tuple[list[Any], set[str]]:
         (prediction conv nodes in graph order, names of the nodes crossed on the way).
     """
     graph = model.graph
-    producers = _producers(graph)
+    producers = tensor_producers(graph)
     stack = [producers[o.name] for o in graph.output if o.name in producers]
     seen: set[str] = set()
     found: set[str] = set()
@@ -129,7 +131,7 @@ def decode_tail_nodes(model: Any) -> list[str]:
         model: An ``onnx.ModelProto``.
     """
     graph = model.graph
-    consumers = _consumers(graph)
+    consumers = tensor_consumers(graph)
     convs, _ = _walk_back_to_convs(model)
     tail: set[str] = set()
     stack = [c for conv in convs for out in conv.output for c in consumers.get(out, [])]
@@ -159,7 +161,7 @@ def feeding_convs(model: Any, convs: list[str], depth: int) -> list[str]:
     With the prediction convs, ``depth`` 1 adds the convs right before them (a YOLOv8 head's branch
     convs), 2 the ones before those. Non-conv nodes (activations, splits, concats) are walked through.
     """
-    producers = _producers(model.graph)
+    producers = tensor_producers(model.graph)
     by_name = {node.name: node for node in model.graph.node}
     found: set[str] = set()
     frontier = [by_name[name] for name in convs if name in by_name]
