@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import tempfile
@@ -236,7 +235,7 @@ class OpenVinoBackend(Backend):
         )  # fmt: skip
         self._sensitivity = None
         if quantizer.float_ranked:
-            ranking = self._ranking(int8, named, arrays, options, ignored)
+            ranking = self._ranking(int8, named, (arrays, calib), options, ignored)
             chosen = [name for name, _ in ranking[: quantizer.float_ranked]]
             bypass(int8, set(chosen))
             self._sensitivity = {
@@ -248,9 +247,12 @@ class OpenVinoBackend(Backend):
         return int8
 
     def _ranking(
-        self, int8: Any, named: Path, arrays: Callable[[], Iterable[np.ndarray]], options: BuildOptions,
-        ignored: list[str],
-    ) -> list[tuple[str, float]]:  # fmt: skip
+        self, int8: Any, named: Path, calibration: tuple, options: BuildOptions, ignored: list[str]
+    ) -> list[tuple[str, float]]:
+        """The ranking for this model, calibration set and quantizer settings (kept for the process).
+
+        ``calibration``: (a fresh-iterator factory of the set's preprocessed arrays, the set).
+        """
         from edgekit.quantize.sensitivity import detection_metric
 
         if options.head is None:
@@ -259,19 +261,17 @@ class OpenVinoBackend(Backend):
                 "unknown",
                 "give --head (yolov5, yolov8 or yolox)",
             )
-        quantizer = options.quantizer
-        images = [
-            np.ascontiguousarray(x, dtype=np.float32)
-            for _, x in zip(range(RANK_IMAGES), arrays(), strict=False)
-        ]
-        digest = hashlib.sha256()
-        for x in arrays():
-            digest.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        quantizer, (arrays, calib) = options.quantizer, calibration
+        spec = options.preprocess.model_dump_json() if options.preprocess else None
         key = (
-            sha256_file(named), digest.hexdigest(), quantizer.method, quantizer.fast_bias_correction,
-            tuple(ignored), options.head,
+            sha256_file(named), calib.sha256, quantizer.images, spec, quantizer.method,
+            quantizer.fast_bias_correction, tuple(ignored), options.head,
         )  # fmt: skip
         if key not in self._rankings:
+            images = [
+                np.ascontiguousarray(x, dtype=np.float32)
+                for _, x in zip(range(RANK_IMAGES), arrays(), strict=False)
+            ]
             reference = fp32_outputs(read_onnx(named), images)
             total = len(activation_quantizers(int8))
             with track(total, "OpenVINO: ranking activation quantizers by their INT8 cost") as advance:
