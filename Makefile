@@ -83,6 +83,7 @@ real-models: $(STAMP)
 deploy: $(STAMP) $(if $(or $(findstring tflm,$(TARGET)),$(findstring stm32,$(TARGET))),$(TFLITE_STAMP))
 	$(BIN)/edgekit deploy --target $(TARGET) --recipe $(RECIPE) --model $(MODEL) \
 	  $(if $(DEVICE),--device $(DEVICE)) $(if $(CALIB),--calib $(CALIB)) \
+	  $(if $(DATA),--data $(DATA)) $(if $(IMAGES),--images $(IMAGES)) $(if $(HEAD),--head $(HEAD)) \
 	  $(if $(CONTROL),--control) $(ARGS)
 
 test: $(STAMP) $(TFLITE_STAMP) system-deps real-models

@@ -40,6 +40,8 @@ class DeployRequest:
         calibrator: Overrides the recipe's PTQ method (``minmax``, ``entropy``, ``percentile``, ``auto``).
         max_drop: mAP@0.5:0.95 points the ``auto`` calibrator may lose (measured on the target's outputs).
         data: YOLO dataset folder for training/eval; default: the built-in hard shapes set.
+        images: Folder of unlabelled images for a user's model without ``data``: 4 in 5 train the
+            distillation, 1 in 5 is held back to measure teacher agreement (default: the built-in images).
         device: ``local`` runs the target's artifact on this host instead of the board.
         out: Folder that receives the run folder.
         max_map_drop: Gate: allowed mAP@0.5:0.95 drop (points) of the deployed artifact vs the reference.
@@ -60,6 +62,7 @@ class DeployRequest:
     calibrator: str | None = None
     max_drop: float | None = None
     data: str | None = None
+    images: str | None = None
     device: str | None = None
     out: Path = Path("runs")
     run_id: str | None = None
@@ -131,11 +134,18 @@ def make_plan(request: DeployRequest) -> Plan:
             f"{target.precision}",
             "pick an int8 target or a recipe without ptq/qat",
         )
-    if request.model.endswith(".onnx") and recipe.torch_steps():
+    if request.model != "builtin":
+        _check_foreign_steps(recipe)
+    if request.images and (request.data or request.model == "builtin"):
         raise ConfigError(
-            f"recipe '{recipe.name}' has torch compression steps, but the model is an ONNX file",
-            "use RECIPE=none (quantization only) or give a torch model (module:factory)",
+            "--images gives unlabelled images for a user's model without labels; this run has "
+            + ("labels (--data)" if request.data else "the built-in model, trained on its own data"),
+            "drop --images" + (", or drop --data to measure teacher agreement" if request.data else ""),
         )
+    if request.images:
+        from edgekit.data.unlabelled import folder_splits
+
+        folder_splits(request.images)  # a missing folder or too few images stops the plan here
     if request.control and (request.model != "builtin" or not recipe.torch_steps()):
         raise ConfigError(
             "--control trains the compressed architecture from scratch for the reference's epochs plus the "
@@ -151,6 +161,38 @@ def make_plan(request: DeployRequest) -> Plan:
     int8 = int8_plan(request, recipe, backend_cls) if target.precision == "int8" else None
     _check_model_source(request, backend_cls, target.precision)
     return Plan(request, target, recipe, backend_cls, transport_factory, int8)
+
+
+#: Steps a user's detector takes (it has no BatchNorm left, no loss of its own, no blocks edgekit knows).
+FOREIGN_STEPS = {"prune", "progressive", "finetune", "distill", "ptq"}
+_FOREIGN_WHY = {
+    "slim": "network slimming trains BatchNorm scales, and an exported model has them folded into its convs",
+    "swap": "the Micro-YOLO swap replaces edgekit's own detector blocks, which a user's model does not have",
+    "qat": "quantization-aware training of a user's model is not built yet",
+}
+
+
+def _check_foreign_steps(recipe: Any) -> None:
+    """A user's detector takes pruning, progressive pruning, distillation and PTQ; refuse the rest now."""
+    from edgekit.compress.recipe import available_recipes
+
+    for i, step in enumerate(recipe.steps):
+        if step.type not in FOREIGN_STEPS:
+            usable = [n for n in available_recipes() if _foreign_ok(n)]
+            raise ConfigError(
+                f"recipe '{recipe.name}' step {i} '{step.type}' cannot apply to a user's model: "
+                f"{_FOREIGN_WHY.get(step.type, 'not supported')}",
+                f"use --recipe {' / '.join(usable)}",
+            )
+
+
+def _foreign_ok(name: str) -> bool:
+    from edgekit.compress.recipe import load_recipe
+
+    try:
+        return all(s.type in FOREIGN_STEPS for s in load_recipe(name).steps)
+    except ConfigError:
+        return False
 
 
 def int8_plan(request: DeployRequest, recipe: Any, backend_cls: type) -> Int8Plan:
@@ -231,14 +273,16 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
 
     req = plan.request
     data = ms.data_stage(ctx, req)
-    state = ms.model_stage(ctx, req, data)
+    state = ms.model_stage(ctx, req, data, trainable=bool(plan.recipe.torch_steps()))
+    if data.metric == "teacher_agreement":
+        data = ms.teacher_labels_stage(ctx, state, data)
     state = ms.reference_stage(ctx, state, data.val)
     state = ms.compress_stage(ctx, plan.recipe, state, data)
     exported = ms.export_stage(ctx, state, data.val, program=plan.backend_cls.torch_program)
     facts, cs, quantized, int8 = state.facts, None, None, plan.int8
     if int8 is not None:
         with stage(ctx, "calibration"):  # a missing or tampered set stops the run here, recorded
-            cs = ensure_calibration_set(ctx, req.calib, req.data, data.root)
+            cs = ensure_calibration_set(ctx, req.calib, req.data, data.root, images=data.images)
         ctx.record.calibration = cs.ref()
         if int8.source == "qat":
             quantized = qat_stage(ctx, plan, state.model, facts)

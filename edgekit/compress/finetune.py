@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.compress.distill import distill_hook
+from edgekit.compress.distill import distill_hook, raw_map_objective
 from edgekit.compress.step import Step, StepResult
 from edgekit.models.train import TrainConfig, TrainHooks, train
 
@@ -57,13 +57,22 @@ def finetune(
     epochs = ctx.epochs(spec.epochs)
     hooks = hooks or TrainHooks()
     weight = getattr(spec, "distill", 0.0)
-    if weight > 0:
+    objective = None
+    if is_foreign(model):  # no loss of its own: distillation from the unpruned model is the whole objective
+        objective = raw_map_objective(model, copy.deepcopy(teacher_of(ctx)), max(weight, 1.0))
+    elif weight > 0:
         teacher = copy.deepcopy(teacher_of(ctx))
         hooks = TrainHooks(extra_loss=distill_hook(teacher, weight), after_step=hooks.after_step)
     cfg = TrainConfig(epochs=epochs, batch_size=getattr(spec, "batch_size", 32), lr=spec.lr, seed=ctx.seed)
     return train(
-        model, ctx.train, cfg, hooks, progress=ctx.progress, description=description, resume_dir=ctx.workdir
-    )
+        model, ctx.train, cfg, hooks, progress=ctx.progress, description=description, resume_dir=ctx.workdir,
+        objective=objective,
+    )  # fmt: skip
+
+
+def is_foreign(model: nn.Module) -> bool:
+    """A user's detector (imported from ONNX): trained by distillation, its head kept whole."""
+    return hasattr(model, "forward_with_maps")
 
 
 class FinetuneStep(Step):

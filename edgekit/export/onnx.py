@@ -29,7 +29,7 @@ def export_onnx(
     *,
     opset: int = 17,
     input_name: str = "images",
-    output_name: str = "output",
+    output_name: str | Sequence[str] = "output",
 ) -> Path:
     """Export a torch module to ONNX, check the graph, and write it atomically.
 
@@ -42,7 +42,7 @@ def export_onnx(
         path: Destination ``.onnx`` file.
         opset: ONNX opset version.
         input_name: Name of the graph input.
-        output_name: Name of the (first) graph output.
+        output_name: Name of the (first) graph output, or the names of every output in order.
 
     Returns:
         The written path.
@@ -72,7 +72,7 @@ def export_onnx(
                 buffer,
                 opset_version=opset,
                 input_names=[input_name],
-                output_names=[output_name],
+                output_names=[output_name] if isinstance(output_name, str) else list(output_name),
                 do_constant_folding=True,
                 dynamo=False,
             )

@@ -173,12 +173,25 @@ def _fold_constants(graph: Any, consts: dict[str, np.ndarray], input_name: str, 
     from onnx import shape_inference
     from onnx.reference import ReferenceEvaluator
 
-    inferred = shape_inference.infer_shapes(onnx.helper.make_model(graph), strict_mode=False).graph
+    bare = onnx.GraphProto()
+    bare.CopyFrom(graph)
+    del bare.value_info[:]  # an exporter's symbolic dims would stay; infer every shape from the static input
+    for value in list(bare.input) + list(bare.output):
+        if value.name == input_name:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shape, strict=False):
+                dim.Clear()
+                dim.dim_value = size
+    inferred = shape_inference.infer_shapes(onnx.helper.make_model(bare), strict_mode=False).graph
     shapes = {
         vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
         for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
     }
     shapes[input_name] = shape
+    unknown = {n.input[0] for n in graph.node if n.op_type == "Shape"} - {
+        k for k, v in shapes.items() if v and all(d > 0 for d in v)
+    }
+    if unknown:  # shape inference lost them (e.g. after a split with computed sizes): run the graph once
+        shapes.update(_run_shapes(graph, input_name, shape, sorted(unknown)))
     kept = []
     for node in graph.node:
         attrs = _attrs(node)
@@ -213,6 +226,24 @@ def _fold_constants(graph: Any, consts: dict[str, np.ndarray], input_name: str, 
             continue
         kept.append((node, attrs))
     return kept
+
+
+def _run_shapes(graph: Any, input_name: str, shape: list[int], names: list[str]) -> dict[str, list[int]]:
+    """The shapes of tensors ``names``, from one ONNX Runtime run of the graph on zeros."""
+    import onnx
+    import onnxruntime as ort
+
+    g = onnx.GraphProto()
+    g.CopyFrom(graph)
+    known = {o.name for o in g.output}
+    g.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in known)
+    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        values = sess.run(names, {input_name: np.zeros(shape, np.float32)})
+    except Exception:  # noqa: BLE001 - without the shapes, the op check below names what is left
+        return {}
+    return {n: list(v.shape) for n, v in zip(names, values, strict=True)}
 
 
 # -- op table: (module, node, attrs, args) -> tensor or tuple ------------------------------------------
@@ -324,6 +355,9 @@ def _slice(m: OnnxModule, node, a, args):
 def _reshape(m: OnnxModule, node, a, args):
     shape = [int(s) for s in m.const(node.input[1])]
     shape = [args[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    batch = args[0].shape[0] if args[0].ndim else 1
+    if shape and shape[0] == 1 and batch > 1 and (-1 in shape or int(np.prod(shape)) * batch == args[0].numel()):
+        shape[0] = batch  # the graph was exported for one image; training runs batches
     return args[0].reshape(shape)
 
 
@@ -343,6 +377,41 @@ def _reduce_mean(m: OnnxModule, node, a, args):
 def _batchnorm(m, node, a, args):
     x, scale, bias, mean, var = args[:5]
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, a.get("epsilon", 1e-5))
+
+
+def _fold(fn: Callable, xs: list) -> torch.Tensor:
+    out = xs[0]
+    for x in xs[1:]:
+        out = fn(out, x)
+    return out
+
+
+def _unsqueeze(m: OnnxModule, node, a, args):
+    x = args[0]
+    for axis in sorted(_axes(m, node, a) or []):
+        x = x.unsqueeze(axis if axis >= 0 else axis + x.ndim + 1)
+    return x
+
+
+def _squeeze(m: OnnxModule, node, a, args):
+    axes = _axes(m, node, a)
+    if axes is None:
+        return args[0].squeeze()
+    return args[0].squeeze(tuple(ax if ax >= 0 else ax + args[0].ndim for ax in axes))
+
+
+def _gather(m: OnnxModule, node, a, args):
+    index = torch.from_numpy(np.asarray(m.const(node.input[1]), np.int64))
+    return torch.index_select(args[0], a.get("axis", 0), index.reshape(-1)).reshape(
+        *args[0].shape[: a.get("axis", 0) % args[0].ndim], *index.shape,
+        *args[0].shape[a.get("axis", 0) % args[0].ndim + 1 :],
+    )  # fmt: skip
+
+
+def _cast(m: OnnxModule, node, a, args):
+    if a.get("to") not in (1, None):  # float32; anything else would change what the graph computes
+        raise ModelError(f"Cast node {node.name!r} casts to ONNX type {a.get('to')}", _HINT)
+    return args[0].float()
 
 
 def _pad(m: OnnxModule, node, a, args):
@@ -388,6 +457,19 @@ OPS: dict[str, Op] = {
     "BatchNormalization": _batchnorm,
     "Pad": _pad,
     "Softmax": lambda m, n, a, x: torch.softmax(x[0], a.get("axis", -1)),
+    "Pow": lambda m, n, a, x: torch.pow(x[0], x[1]),
+    "Exp": lambda m, n, a, x: torch.exp(x[0]),
+    "Log": lambda m, n, a, x: torch.log(x[0]),
+    "Sqrt": lambda m, n, a, x: torch.sqrt(x[0]),
+    "Neg": lambda m, n, a, x: -x[0],
+    "Abs": lambda m, n, a, x: torch.abs(x[0]),
+    "Erf": lambda m, n, a, x: torch.erf(x[0]),
+    "Max": lambda m, n, a, x: _fold(torch.maximum, x),
+    "Min": lambda m, n, a, x: _fold(torch.minimum, x),
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Gather": _gather,
+    "Cast": _cast,
 }
 
 

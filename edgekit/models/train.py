@@ -145,6 +145,22 @@ def _load_partial(path: Path, model: nn.Module, opt, rng) -> tuple[int, np.ndarr
     return int(state["step"]), state["order"].numpy(), float(state["loss"])
 
 
+Objective = Callable[[torch.Tensor, list, list], tuple[torch.Tensor, list[torch.Tensor]]]
+
+
+def detection_objective(model: nn.Module) -> Objective:
+    """The built-in detector's loss on labelled boxes (it needs ``model.strides`` and ``model.cfg.priors``)."""
+    strides, priors = model.strides, model.cfg.priors
+
+    def objective(x: torch.Tensor, boxes: list, classes: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        raw = model.raw(x)
+        targets = build_targets(boxes, classes, [r.shape[2:] for r in raw], strides, priors)
+        loss, _parts = detection_loss(raw, targets, strides, priors)
+        return loss, raw
+
+    return objective
+
+
 def train(
     model: nn.Module,
     data: InMemorySplit,
@@ -154,6 +170,7 @@ def train(
     description: str = "training",
     resume_dir: Path | None = None,
     save_every_s: float = 60.0,
+    objective: Objective | None = None,
 ) -> dict:
     """Train ``model`` in place; return ``{"steps", "final_loss", "resumed_at"}``.
 
@@ -162,6 +179,10 @@ def train(
     seconds have passed since the last save; a later call with the same starting weights, data size,
     schedule and description continues from there and ends with the same weights as an uninterrupted run.
     The file is removed when training finishes. ``resumed_at`` is the step it continued from (0: fresh).
+
+    ``objective(images, boxes, classes) -> (loss, raw maps)`` is what is minimised; by default the
+    built-in detector's loss (:func:`detection_objective`). A model without labels or loss of its own
+    passes a distillation objective instead (:func:`edgekit.compress.distill.raw_map_objective`).
 
     Example:
         >>> data = InMemorySplit(YoloDataset(root, "train"), spec)  # doctest: +SKIP
@@ -180,7 +201,7 @@ def train(
     if partial is not None and partial.is_file():
         start, order, loss_value = _load_partial(partial, model, opt, rng)
     model.train()
-    strides, priors = model.strides, model.cfg.priors
+    objective = objective or detection_objective(model)
     saved_at = time.monotonic()
     with track(total, description, progress) as advance:
         if start:
@@ -198,9 +219,7 @@ def train(
             idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
             flips = rng.random(len(idx)) < 0.5 if cfg.hflip else None
             x, boxes, classes = data.batch(idx, flips)
-            raw = model.raw(x)
-            targets = build_targets(boxes, classes, [r.shape[2:] for r in raw], strides, priors)
-            loss, _parts = detection_loss(raw, targets, strides, priors)
+            loss, raw = objective(x, boxes, classes)
             if hooks.extra_loss is not None:
                 loss = loss + hooks.extra_loss(x, raw)
             opt.zero_grad(set_to_none=True)
@@ -242,9 +261,14 @@ def map_from_candidates(data: InMemorySplit, cands: list[np.ndarray], iou: float
 
 @torch.no_grad()
 def torch_candidates(
-    model: nn.Module, data: InMemorySplit, conf: float = 0.001, batch_size: int = 50, head: str = "yolov5"
+    model: nn.Module, data: InMemorySplit, conf: float = 0.001, batch_size: int = 50, head: str | None = None
 ) -> list[np.ndarray]:
-    """Run a torch detector over ``data``; per image, candidate rows in network-input pixels."""
+    """Run a torch detector over ``data``; per image, candidate rows in network-input pixels.
+
+    ``head`` is the output layout; by default the model's ``head_layout`` (a user's detector), else
+    ``yolov5`` (the built-in one).
+    """
+    head = head or getattr(model, "head_layout", "yolov5")
     model.eval()
     out: list[np.ndarray] = []
     for start in range(0, len(data), batch_size):

@@ -11,7 +11,7 @@ from edgekit.report.compression import NONE, slimming_blocks, teacher_init_block
 from edgekit.report.compression import fmt_num as _num
 from edgekit.report.plots import draw_all
 from edgekit.report.record import RunRecord, latency_warnings
-from edgekit.report.summary import Summary
+from edgekit.report.summary import Summary, metric_label, run_metric
 from edgekit.report.templates import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
 PLOTS_DIR = "report_files"
@@ -90,8 +90,11 @@ def _headline(record: RunRecord, summary: Summary) -> list[Block]:
         ["parameters", _si(ref.params), _si(dep.params), _ratio(ref.params, dep.params)],
         ["MACs", _si(ref.macs), _si(dep.macs), _ratio(ref.macs, dep.macs)],
         ["size", _bytes(ref_size), _bytes(dep.artifact_bytes), _ratio(ref_size, dep.artifact_bytes)],
-        ["mAP@0.5", _num(ref.map50, 3), _num(dep.map50, 3), _delta(ref.map50, dep.map50)],
-        ["mAP@0.5:0.95", _num(ref.map50_95, 3), _num(dep.map50_95, 3), _delta(ref.map50_95, dep.map50_95)],
+        [metric_label(summary.metric, "0.5"), _num(ref.map50, 3), _num(dep.map50, 3), _delta(ref.map50, dep.map50)],
+        [
+            metric_label(summary.metric, "0.5:0.95"), _num(ref.map50_95, 3), _num(dep.map50_95, 3),
+            _delta(ref.map50_95, dep.map50_95),
+        ],
         ["latency p50 (ms)", _num(ref_lat.get("p50"), 2), _num(lat.p50, 2), ""],
         ["latency p99 (ms)", _num(ref_lat.get("p99"), 2), _num(bench_lat.get("p99"), 2), ""],
         ["FPS", _num(ref_node.metric("fps") if ref_node else None, 1), _num(summary.fps, 1), ""],
@@ -101,7 +104,19 @@ def _headline(record: RunRecord, summary: Summary) -> list[Block]:
     for row in rows:
         row[1:3] = [NOT_MEASURED if cell == NONE else cell for cell in row[1:3]]
     headers = ["", "reference (FP32, host)", "deployed", "change"]
-    return [Heading("Reference against deployed"), Table(headers, rows, frozenset({1, 2, 3}))]
+    blocks: list[Block] = [Heading("Reference against deployed"), Table(headers, rows, frozenset({1, 2, 3}))]
+    if summary.metric == "teacher_agreement":
+        blocks.append(
+            Paragraph(
+                "No labels were given for this model, so accuracy is **teacher agreement**: the mAP of each "
+                "model's detections measured against the FP32 original's own detections (score >= 0.25) on "
+                "images held back from the distillation. The reference scores 1 by construction; the drop "
+                "says how much of what the original detects survives compression and INT8. It is not the "
+                "model's accuracy on real labels (give --data for that).",
+                tone="note",
+            )
+        )
+    return blocks
 
 
 def _control(record: RunRecord) -> list[Block]:
@@ -223,8 +238,7 @@ def _stages(record: RunRecord) -> list[Block]:
         "params",
         "MACs",
         "size",
-        "mAP50",
-        "mAP50-95",
+        *(("agreement50", "agreement50-95") if run_metric(record) == "teacher_agreement" else ("mAP50", "mAP50-95")),
         "seconds",
         "cached",
         "status",

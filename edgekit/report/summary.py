@@ -6,7 +6,7 @@ Every key is always present; a figure that was not measured is ``null``, never a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -112,12 +112,17 @@ class Summary(_Strict):
     """The schema of ``summary.json``: every key always present, ``None`` where nothing was measured.
 
     The report and ``edgekit report --compare`` read this model, not the record's free-form extras.
+
+    ``metric`` says what the ``map50`` / ``map50_95`` figures are: ``map`` (against the dataset's labels)
+    or ``teacher_agreement`` (a user's model without labels: mAP of the detections against the FP32
+    model's own, on held-back images; not the model's accuracy). :func:`metric_label` names it.
     """
 
     target: str | None
     backend: str | None
     precision: str | None
     recipe: str | None
+    metric: Literal["map", "teacher_agreement"] = "map"
     reference: ModelFigures
     deployed: DeployedFigures
     latency_ms: Latency
@@ -162,6 +167,7 @@ def _flatten(record: RunRecord) -> dict[str, Any]:
         "backend": _setting(record, "backend"),
         "precision": _setting(record, "precision"),
         "recipe": record.recipe.get("name"),
+        "metric": run_metric(record),
         "reference": _pick(record.node("reference"), ("params", "macs", "map50", "map50_95")),
         "deployed": _deployed(record),
         "latency_ms": {k: latency.get(k) for k in LATENCY_KEYS},
@@ -174,6 +180,22 @@ def _flatten(record: RunRecord) -> dict[str, Any]:
         "run_id": record.run_id,
         "status": record.status,
     }
+
+
+def run_metric(record: RunRecord) -> str:
+    """``map`` or ``teacher_agreement``: what the run's accuracy figures measure (its data node says)."""
+    data = record.node("data")
+    return (data.config.get("metric") if data else None) or "map"
+
+
+def metric_label(metric: str, iou: str) -> str:
+    """How a report names the accuracy figure at ``iou`` (``0.5`` or ``0.5:0.95``).
+
+    Example:
+        >>> metric_label("teacher_agreement", "0.5")
+        'teacher agreement@0.5'
+    """
+    return f"teacher agreement@{iou}" if metric == "teacher_agreement" else f"mAP@{iou}"
 
 
 def write_summary(record: RunRecord, run_dir: str | Path) -> Path:

@@ -8,12 +8,16 @@ from edgekit.core.errors import CalibrationError
 from edgekit.stages.context import RunContext
 
 
-def default_set_name(data: str | None) -> str:
-    """Name of the set a deploy makes from its dataset when no ``--calib`` is given."""
+def default_set_name(data: str | None, images: Path | None = None) -> str:
+    """Name of the set a deploy makes from its dataset (or ``--images`` folder) when no ``--calib`` is given."""
+    if images is not None:
+        return f"{Path(images).name}-calib"
     return "shapes-hard" if not data else f"{Path(data).name}-calib"
 
 
-def ensure_calibration_set(ctx: RunContext, calib: str | None, data: str | None, root: Path):
+def ensure_calibration_set(
+    ctx: RunContext, calib: str | None, data: str | None, root: Path, images: Path | None = None
+):
     """Load ``calib`` or the dataset's default set (importing it the first time); verify it.
 
     The set holds images; the model's preprocessing (``ctx.spec``) is applied when it is used, so a
@@ -26,12 +30,16 @@ def ensure_calibration_set(ctx: RunContext, calib: str | None, data: str | None,
 
     if calib:
         return CalibrationSet.load(calib, root=ctx.calib_root).verify()
-    name = default_set_name(data)
+    name = default_set_name(data, images)
     try:
         return CalibrationSet.load(name, root=ctx.calib_root).verify()
     except CalibrationError:
         if (Path(ctx.calib_root) / name).exists():
             raise  # it exists but is damaged: say so, never re-import over it silently
+    if images is not None:  # the unlabelled folder: a random 128 of its images
+        made = import_set(images, name, root=ctx.calib_root, from_dataset=False, count=128,
+                          spec=ctx.spec, progress=ctx.progress)  # fmt: skip
+        return made.set.verify()
     has_calib = (Path(root) / "images" / "calib").is_dir()
     split, count = ("calib", None) if has_calib else ("train", 128)
     made = import_set(

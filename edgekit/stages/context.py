@@ -51,11 +51,29 @@ class RunContext:
 
 @dataclass(frozen=True)
 class DataResult:
-    """The data stage's result: the dataset folder, its val split in memory and its class names."""
+    """The data stage's result: the dataset folder, its val split in memory and its class names.
+
+    ``metric`` is ``map`` (against the dataset's labels) or ``teacher_agreement`` (a user's model without
+    labels: the val split's ground truth becomes the FP32 model's own detections, see
+    :mod:`edgekit.data.unlabelled`). ``images`` is the unlabelled folder (``--images``), if one was given.
+    """
 
     root: Path
     val: Any
     class_names: tuple[str, ...]
+    metric: str = "map"
+    images: Path | None = None
+
+    def train_split(self, spec: PreprocessSpec) -> Any:
+        """The images compression trains on: ``--images`` (all but the held-back ones) or the train split."""
+        from edgekit.data.dataset import YoloDataset
+        from edgekit.models.train import InMemorySplit
+
+        if self.images is not None:
+            from edgekit.data.unlabelled import folder_splits
+
+            return InMemorySplit(folder_splits(self.images)[0], spec)
+        return InMemorySplit(YoloDataset(self.root, "train"), spec)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ def data_stage(ctx: RunContext, req) -> DataResult:
     from edgekit.models.train import InMemorySplit
     from edgekit.models.zoo import cache_dir
 
+    metric = "teacher_agreement" if req.model != "builtin" and not req.data else "map"
+    images = Path(req.images) if getattr(req, "images", None) else None
     with stage(ctx, "data") as fields:
         if req.data:
             root, config = Path(req.data), {"dataset": str(req.data)}
@@ -45,21 +47,32 @@ def data_stage(ctx: RunContext, req) -> DataResult:
             shapes = ShapesConfig(image_size=ctx.spec.input_size)
             root = builtin_dataset(cache_dir(), shapes, progress=ctx.progress)
             config = {"dataset": "builtin shapes", **shapes.__dict__}
-        val = InMemorySplit(YoloDataset(root, "val"), ctx.spec)
+        if images is not None:
+            from edgekit.data.unlabelled import folder_splits
+
+            train_part, held = folder_splits(images)
+            val = InMemorySplit(held, ctx.spec)
+            config = {"images": str(images), "train_images": len(train_part), "held_back": len(held)}
+        else:
+            val = InMemorySplit(YoloDataset(root, "val"), ctx.spec)
     names = tuple(YoloDataset(root, "val").names)
-    add_node(
-        ctx,
-        "data",
-        config,
-        fields,
-        label=f"{root.name}: {len(val)} val images, {len(names)} classes",
-        extra={"root": str(root)},
-    )
-    return DataResult(root, val, names)
+    if images is not None:
+        label = f"{images.name}: {len(val)} held-back images (no labels)"
+    else:
+        label = f"{root.name}: {len(val)} val images, {len(names)} classes"
+    if metric == "teacher_agreement":
+        label += "; metric: teacher agreement (no labels for this model)"
+    add_node(ctx, "data", {**config, "metric": metric}, fields, label=label, extra={"root": str(root)})
+    return DataResult(root, val, names, metric, images)
 
 
-def model_stage(ctx: RunContext, req, data: DataResult) -> ModelState:
-    """The model to deploy: the cached/trained reference detector, a user torch model, or a user ONNX file."""
+def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False) -> ModelState:
+    """The model to deploy: the cached/trained reference detector, a user torch model, or a user ONNX file.
+
+    With ``trainable`` (the recipe has torch steps) a user ONNX is imported as a torch module
+    (:class:`~edgekit.models.foreign.ForeignDetector`); a user torch model without edgekit's detector
+    interface always is, after its ONNX export, so every later stage reads its outputs by its head.
+    """
     from edgekit.models.zoo import (
         converged_reference,
         reference_detector,
@@ -67,7 +80,7 @@ def model_stage(ctx: RunContext, req, data: DataResult) -> ModelState:
         shipped_dir,
     )
 
-    root, head = data.root, None
+    root, head, names = data.root, None, list(data.class_names)
     extra: dict[str, Any] = {}
     with stage(ctx, "model") as fields:
         if req.model.endswith(".onnx"):
@@ -80,7 +93,7 @@ def model_stage(ctx: RunContext, req, data: DataResult) -> ModelState:
                     f"'{ctx.target.name}' is set to {ctx.spec.input_size} px",
                     f"set input_size: {det.preprocess.input_size} in {ctx.target.source}",
                 )
-            if det.num_classes != len(data.class_names):
+            if det.num_classes != len(data.class_names) and data.metric == "map":
                 raise ConfigError(
                     f"{req.model} predicts {det.num_classes} classes but the dataset has "
                     f"{len(data.class_names)}",
@@ -90,17 +103,24 @@ def model_stage(ctx: RunContext, req, data: DataResult) -> ModelState:
                 from edgekit.models.user import static_copy
 
                 det.path = static_copy(det, ctx.run_dir / "model_static.onnx")
-            head = det.head
+            head, names = det.head, det.class_names
             config, label, model = (
                 {"onnx": str(req.model), "sha256": sha256_file(req.model)},
                 "user ONNX",
                 det,
             )
+            if trainable:  # compression steps: the graph becomes a torch module they can prune and train
+                from edgekit.models.foreign import load_foreign
+
+                model, label = load_foreign(det.path, det.head), "user ONNX, imported as a torch module"
         elif req.model != "builtin":
             from edgekit.models.user import load_torch_model
 
             model = load_torch_model(req.model, req.weights)
             config, label = {"factory": req.model, "weights": req.weights}, f"user model {req.model}"
+            if not is_native(model):  # any other torch detector: exported once, then the ONNX route
+                model, head, names = _foreign_from_torch(ctx, req, model)
+                label += f" (exported and imported; {head} head)"
         else:
             if req.reference == "converged" and ctx.epochs_scale == 1.0:
                 # the default: the converged reference (shipped, cached, or trained to the plateau rule)
@@ -126,7 +146,58 @@ def model_stage(ctx: RunContext, req, data: DataResult) -> ModelState:
         label=label,
         **({"extra": extra} if extra else {}),
     )
-    return ModelState(model, ModelFacts(data.class_names, head))
+    if data.metric == "map":
+        names = list(data.class_names)
+    return ModelState(model, ModelFacts(tuple(names), head))
+
+
+def is_native(model) -> bool:
+    """A torch model with edgekit's detector interface (raw maps, strides, priors: its loss applies)."""
+    return hasattr(model, "raw") and hasattr(model, "strides") and hasattr(getattr(model, "cfg", None), "priors")
+
+
+def _foreign_from_torch(ctx: RunContext, req, model):
+    """A user's torch detector as a :class:`~edgekit.models.foreign.ForeignDetector` (via its ONNX export)."""
+    from edgekit.export.onnx import export_onnx
+    from edgekit.models.foreign import load_foreign
+    from edgekit.models.user import inspect_onnx
+
+    path = export_onnx(model, ctx.spec.input_shape(), ctx.run_dir / "model_user.onnx")
+    det = inspect_onnx(path, head=req.head)
+    return load_foreign(path, det.head), det.head, det.class_names
+
+
+def teacher_labels_stage(ctx: RunContext, state: ModelState, data: DataResult) -> DataResult:
+    """Without labels: the FP32 model's own detections (score >= 0.25) become the val split's ground truth.
+
+    Raises:
+        DataError: The model detects nothing on the held-back images (agreement would mean nothing).
+    """
+    from edgekit.core.errors import DataError
+    from edgekit.data.unlabelled import AGREEMENT_CONF, detections_found, teacher_labelled
+
+    model = state.model
+    with stage(ctx, "teacher labels") as fields:
+        if isinstance(getattr(model, "path", None), (str, Path)) and hasattr(model, "head"):
+            cands = onnx_candidates(Path(model.path), data.val, model.head)
+        else:
+            from edgekit.models.train import torch_candidates
+
+            cands = torch_candidates(model, data.val)
+        val = teacher_labelled(data.val, cands, len(state.facts.class_names))
+        found = detections_found(val)
+        if not found:
+            raise DataError(
+                f"the model detects nothing (score >= {AGREEMENT_CONF}) on the {len(val)} held-back images, "
+                "so its agreement with a compressed copy cannot be measured",
+                "give images of the model's own domain with --images DIR, or a labelled dataset with --data",
+            )
+    add_node(
+        ctx, "teacher labels", {"conf": AGREEMENT_CONF, "images": len(val)}, fields,
+        label=f"teacher agreement reference: the FP32 model's {found} detections on {len(val)} held-back images",
+        metrics={"boxes": found},
+    )  # fmt: skip
+    return dataclasses.replace(data, val=val, class_names=state.facts.class_names)
 
 
 def onnx_candidates(onnx_path: Path, val, head: str) -> list:
@@ -203,7 +274,7 @@ def compress_stage(ctx: RunContext, recipe, state: ModelState, data: DataResult)
         return state
     model = state.model
     with stage(ctx, "compress"):
-        train = InMemorySplit(YoloDataset(data.root, "train"), ctx.spec)
+        train = data.train_split(ctx.spec)
         workdir = compress_workdir(recipe, compress_key(ctx, recipe, model))
         cctx = CompressContext(
             train=train,
@@ -238,7 +309,18 @@ def export_stage(ctx: RunContext, state: ModelState, val, program: str | None = 
 
     model, path, ts_path = state.model, ctx.run_dir / "model_fp32.onnx", None
     with stage(ctx, "export") as fields:
-        if hasattr(model, "head") and isinstance(getattr(model, "path", None), (str, Path)):
+        if hasattr(model, "forward_with_maps"):  # a user's detector: its own input / output names back
+            from edgekit.models.foreign import export_foreign
+
+            export_foreign(model, path)
+            parity = check_parity(
+                model.net, path, [val.tensor(i) for i in range(min(4, len(val)))], atol=PARITY_ATOL, rtol=0.0
+            )
+            if program == "export-raw":
+                from edgekit.export.onnx_torch import raw_program_from_onnx
+
+                ts_path = raw_program_from_onnx(path, ctx.run_dir / "model_raw.pt2", model.head_layout)
+        elif hasattr(model, "head") and isinstance(getattr(model, "path", None), (str, Path)):
             shutil.copyfile(model.path, path)
             parity: dict[str, Any] = {"note": "user ONNX, not re-exported"}
             if program == "export-raw":

@@ -14,6 +14,7 @@ DESIGN_KEYS = {
     "backend",
     "precision",
     "recipe",
+    "metric",  # issue 43: map, or teacher_agreement for a model without labels
     "reference",
     "deployed",
     "latency_ms",
