@@ -110,9 +110,25 @@ class Plan:
             "calibration": r.calib or "(made from the dataset's calib split)",
             "stages": stages,
             "int8": self.int8.describe() if self.int8 else None,
+            "model_route": _route(r, self.recipe),
             "out": str(r.out),
             "gates": {"max_map_drop": r.max_map_drop, "max_p99_ms": r.max_p99_ms},
         }
+
+
+def _route(r: DeployRequest, recipe: Any) -> str:
+    """How the model is taken (for ``--dry-run``): the built-in one, or a user's, and what it gets."""
+    if r.model == "builtin":
+        return "the built-in detector, trained on the dataset"
+    steps = recipe.torch_steps()
+    how = "as it is (no torch steps)"
+    if steps:
+        how = (
+            "imported as a torch module; pruning keeps its prediction convs whole; recovered by distillation "
+            "from the unpruned model (no labels needed); no layer swaps (its blocks are not edgekit's)"
+        )
+    metric = "mAP on --data" if r.data else "teacher agreement on held-back images (no labels)"
+    return f"user model: {how}; metric: {metric}"
 
 
 def make_plan(request: DeployRequest) -> Plan:
@@ -159,7 +175,7 @@ def make_plan(request: DeployRequest) -> Plan:
         CalibrationSet.load(request.calib, root=Path(request.calib_root))
     backend_cls, transport_factory = check_target_ready(target, request.device)
     int8 = int8_plan(request, recipe, backend_cls) if target.precision == "int8" else None
-    _check_model_source(request, backend_cls, target.precision)
+    _check_model_source(request, backend_cls, target.precision, bool(recipe.torch_steps()))
     return Plan(request, target, recipe, backend_cls, transport_factory, int8)
 
 
@@ -206,7 +222,7 @@ def int8_plan(request: DeployRequest, recipe: Any, backend_cls: type) -> Int8Pla
     )  # fmt: skip
 
 
-def _check_model_source(request: DeployRequest, backend_cls: type, precision: str) -> None:
+def _check_model_source(request: DeployRequest, backend_cls: type, precision: str, trainable: bool) -> None:
     """Missing files, corrupt ONNX and ops the target cannot run fail here, before any work."""
     from edgekit.backends.contract.base import raise_for_problems
     from edgekit.core.errors import ModelError
@@ -217,12 +233,34 @@ def _check_model_source(request: DeployRequest, backend_cls: type, precision: st
                 f"{label} file not found: {value}", "check the path (relative to the current folder)"
             )
     if request.model.endswith(".onnx"):
+        _check_user_onnx(request, trainable)
         backend = backend_cls()
         check = precision
         if precision == "int8" and backend_cls.int8_source == "qdq":
             # the float ONNX is quantized to QDQ later (quantize stage): check it as the float model it is
             check = next((p for p in backend_cls.precisions if p != "int8"), "fp32")
         raise_for_problems(backend.name, backend.check(request.model, {"precision": check}))
+
+
+def _check_user_onnx(request: DeployRequest, trainable: bool) -> None:
+    """A user ONNX: its classes against ``--data``'s, and (with torch steps) that it imports and has a head."""
+    from edgekit.models.user import inspect_onnx
+
+    det = inspect_onnx(request.model, head=request.head)
+    if request.data:
+        from edgekit.data.dataset import YoloDataset
+
+        names = YoloDataset(request.data, "val").names
+        if det.num_classes != len(names):
+            raise ConfigError(
+                f"{request.model} predicts {det.num_classes} classes but {request.data} has {len(names)}",
+                "give --data with the model's classes, or leave --data out: without labels the run "
+                "measures teacher agreement (--images DIR for your own unlabelled images)",
+            )
+    if trainable:
+        from edgekit.models.foreign import load_foreign, static_proto
+
+        load_foreign(static_proto(det), det.head)  # quantized graph, unknown op, no head: refused now
 
 
 def _run_id(request: DeployRequest, target: Target, recipe_name: str) -> str:

@@ -16,7 +16,13 @@ _EPILOG = """examples:
   edgekit compress --model builtin --recipe default --out runs/compress-default
   edgekit compress --model runs/x/model.pt --recipe slim --out runs/slim --epochs-scale 0.5
 
-MODEL is "builtin" (the cached reference detector on the built-in shapes set) or a .pt saved by edgekit.
+  edgekit compress --model yolov8n.onnx --images photos/ --out runs/mine   # your detector, no labels
+
+MODEL is "builtin" (the cached reference detector on the built-in shapes set), a .pt saved by edgekit, or
+a float YOLO-family .onnx: it is imported as a torch module, pruned with its prediction convs kept whole,
+recovered by distillation from the unpruned model, and written back as model.onnx with the same input
+and output names. Without --data its metric is teacher agreement (mAP against its own FP32 detections on
+held-back images), never called mAP.
 RECIPE is a name from recipes/ or a path to a .yaml. The folder gets model.pt, record.json and one
 step_<i>.pt per finished step; running the same command again resumes after the last finished step."""
 
@@ -39,6 +45,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--data", type=Path, default=None, help="YOLO dataset root (default: the built-in shapes set)"
     )
     p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="for an .onnx model without labels: a folder of its kind of images (>= 40; 1 in 5 held back)",
+    )
+    p.add_argument("--head", choices=["yolov5", "yolov8", "yolox"], help="an .onnx model's output layout")
+    p.add_argument(
         "--epochs-scale", type=positive_float, default=1.0, help="multiply every epoch count of the recipe"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -54,14 +67,25 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from edgekit.report.record import RunRecord
 
     recipe = load_recipe(args.recipe)  # validated (order, keys) before any data or model is touched
-    root = args.data
-    if root is None:
-        from edgekit.data.shapes import ShapesConfig, builtin_dataset
-        from edgekit.models.zoo import cache_dir
+    foreign, metric = str(args.model).endswith(".onnx"), "map"
+    if foreign:
+        from edgekit.compress.inputs import foreign_context
+        from edgekit.pipeline import _check_foreign_steps
 
-        root = builtin_dataset(cache_dir(), ShapesConfig(), progress=not args.quiet)
-    model = load_model(args.model, root, progress=not args.quiet)
-    ctx = build_context(root, args.out / "steps", args.epochs_scale, not args.quiet)
+        _check_foreign_steps(recipe)
+        model, ctx, metric = foreign_context(
+            Path(args.model), args.data, args.images, args.out / "steps", args.epochs_scale, not args.quiet,
+            head=args.head,
+        )  # fmt: skip
+    else:
+        root = args.data
+        if root is None:
+            from edgekit.data.shapes import ShapesConfig, builtin_dataset
+            from edgekit.models.zoo import cache_dir
+
+            root = builtin_dataset(cache_dir(), ShapesConfig(), progress=not args.quiet)
+        model = load_model(args.model, root, progress=not args.quiet)
+        ctx = build_context(root, args.out / "steps", args.epochs_scale, not args.quiet)
     record = RunRecord.new(
         uuid.uuid4().hex[:12],
         ["edgekit", "compress", "--recipe", args.recipe],
@@ -72,18 +96,23 @@ def cmd_compress(args: argparse.Namespace) -> int:
     buf = io.BytesIO()
     torch.save(model, buf)
     atomic_write_bytes(args.out / "model.pt", buf.getvalue())
+    if foreign:
+        from edgekit.models.foreign import export_foreign
+
+        export_foreign(model, args.out / "model.onnx")  # the user's own input / output names
     record.status = "ok"
     record.save(args.out / "record.json")
-    _print_table(nodes, ctx.log)
+    _print_table(nodes, ctx.log, metric)
     return 0
 
 
-def _print_table(nodes: list[dict], log: list[str]) -> None:
+def _print_table(nodes: list[dict], log: list[str], metric: str = "map") -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="compression steps")
-    for col in ("stage", "label", "params", "MACs", "mAP50", "mAP50-95", "s", "cached"):
+    name = "agreement" if metric == "teacher_agreement" else "mAP"
+    for col in ("stage", "label", "params", "MACs", f"{name}50", f"{name}50-95", "s", "cached"):
         table.add_column(col)
     for n in nodes:
         m, b = n["metrics"], n["extra"].get("before", {})
@@ -101,3 +130,9 @@ def _print_table(nodes: list[dict], log: list[str]) -> None:
     console.print(table)
     for line in log:
         console.print(line, style="dim")
+    if metric == "teacher_agreement":
+        console.print(
+            "agreement: mAP of the model's detections against the unpruned model's own (score >= 0.25) on "
+            "held-back images; no labels were given, so it is not the model's accuracy",
+            style="dim",
+        )

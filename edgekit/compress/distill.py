@@ -141,11 +141,13 @@ def output_distill_loss(student: torch.Tensor, teacher: torch.Tensor, head: str)
     return probs + (score * box).sum() / (score.sum() + 1e-6)
 
 
-def raw_map_objective(student: nn.Module, teacher: nn.Module, weight: float = 1.0, maps: float = 0.0):
+def raw_map_objective(student: nn.Module, teacher: nn.Module, weight: float = 1.0, maps: float = 1.0):
     """A training objective (see :func:`edgekit.models.train.train`) made of distillation alone.
 
     ``weight`` x the output distillation (:func:`output_distill_loss`) plus ``maps`` x the raw-map one
-    (:func:`raw_map_distill_loss`). Both models must have ``forward_with_maps`` and ``head_layout`` (a
+    (:func:`raw_map_distill_loss`). Measured on the built-in detector handed over as an ONNX file (L1 20 %,
+    10 epochs on 1200 images, teacher agreement mAP@0.5 / 0.5:0.95 on 300 held-back images): raw maps
+    alone 0.937 / 0.680, output alone 0.950 / 0.749, both 0.957 / 0.773, so both are the default. Both models must have ``forward_with_maps`` and ``head_layout`` (a
     :class:`~edgekit.models.foreign.ForeignDetector`).
     """
     teacher.eval()

@@ -59,7 +59,11 @@ def finetune(
     weight = getattr(spec, "distill", 0.0)
     objective = None
     if is_foreign(model):  # no loss of its own: distillation from the unpruned model is the whole objective
-        objective = raw_map_objective(model, copy.deepcopy(teacher_of(ctx)), max(weight, 1.0))
+        teacher = teacher_of(ctx)
+        if _same_weights(model, teacher):
+            # the loss is 0 and its gradient rounding noise, which Adam would scale up to full-size steps
+            return {"steps": 0, "skipped": "the model equals its teacher: nothing to distil"}
+        objective = raw_map_objective(model, copy.deepcopy(teacher), max(weight, 1.0))
     elif weight > 0:
         teacher = copy.deepcopy(teacher_of(ctx))
         hooks = TrainHooks(extra_loss=distill_hook(teacher, weight), after_step=hooks.after_step)
@@ -68,6 +72,13 @@ def finetune(
         model, ctx.train, cfg, hooks, progress=ctx.progress, description=description, resume_dir=ctx.workdir,
         objective=objective,
     )  # fmt: skip
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa
+    )
 
 
 def is_foreign(model: nn.Module) -> bool:

@@ -133,15 +133,34 @@ def _image_input(proto: Any) -> Any:
     return next(i for i in proto.graph.input if i.name not in init)
 
 
-def load_foreign(path: str | Path, head: str) -> ForeignDetector:
-    """Import a float ONNX detector (static input shape) as a :class:`ForeignDetector`.
+def load_foreign(source: str | Path | Any, head: str) -> ForeignDetector:
+    """Import a float ONNX detector (a path or a proto, static input shape) as a :class:`ForeignDetector`.
 
     Raises:
         ModelError: A quantized graph, an op the importer lacks (named with its node), no prediction convs.
     """
     from edgekit.export.onnx import load_checked
 
-    return ForeignDetector(load_checked(Path(path)), head)
+    proto = load_checked(Path(source)) if isinstance(source, (str, Path)) else source
+    model = ForeignDetector(proto, head)
+    if isinstance(source, (str, Path)):
+        from edgekit.core.files import sha256_file
+
+        model.source_sha256 = sha256_file(source)
+    return model
+
+
+def static_proto(detector: Any) -> Any:
+    """The proto of a user's :class:`~edgekit.models.user.OnnxDetector`, its input made static if it was not."""
+    import tempfile
+
+    from edgekit.export.onnx import load_checked
+    from edgekit.models.user import static_copy
+
+    if detector.static:
+        return load_checked(detector.path)
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_checked(static_copy(detector, Path(tmp) / "static.onnx"))
 
 
 def from_torch(model: nn.Module, input_shape: tuple[int, ...], head: str, path: Path) -> ForeignDetector:

@@ -36,9 +36,12 @@ def ensure_calibration_set(
     except CalibrationError:
         if (Path(ctx.calib_root) / name).exists():
             raise  # it exists but is damaged: say so, never re-import over it silently
-    if images is not None:  # the unlabelled folder: a random 128 of its images
-        made = import_set(images, name, root=ctx.calib_root, from_dataset=False, count=128,
-                          spec=ctx.spec, progress=ctx.progress)  # fmt: skip
+    if images is not None:  # the unlabelled folder: a random 128 of its images (all, if it has fewer)
+        from edgekit.data.unlabelled import folder_splits
+
+        train, held = folder_splits(images)
+        made = import_set(images, name, root=ctx.calib_root, from_dataset=False,
+                          count=min(128, len(train) + len(held)), spec=ctx.spec, progress=ctx.progress)  # fmt: skip
         return made.set.verify()
     has_calib = (Path(root) / "images" / "calib").is_dir()
     split, count = ("calib", None) if has_calib else ("train", 128)

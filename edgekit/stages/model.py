@@ -41,7 +41,9 @@ def data_stage(ctx: RunContext, req) -> DataResult:
     metric = "teacher_agreement" if req.model != "builtin" and not req.data else "map"
     images = Path(req.images) if getattr(req, "images", None) else None
     with stage(ctx, "data") as fields:
-        if req.data:
+        if images is not None:
+            root, config = images, {}
+        elif req.data:
             root, config = Path(req.data), {"dataset": str(req.data)}
         else:
             shapes = ShapesConfig(image_size=ctx.spec.input_size)
@@ -55,14 +57,16 @@ def data_stage(ctx: RunContext, req) -> DataResult:
             config = {"images": str(images), "train_images": len(train_part), "held_back": len(held)}
         else:
             val = InMemorySplit(YoloDataset(root, "val"), ctx.spec)
-    names = tuple(YoloDataset(root, "val").names)
+    names = () if images is not None else tuple(YoloDataset(root, "val").names)  # a user model's: its own
     if images is not None:
         label = f"{images.name}: {len(val)} held-back images (no labels)"
     else:
         label = f"{root.name}: {len(val)} val images, {len(names)} classes"
     if metric == "teacher_agreement":
         label += "; metric: teacher agreement (no labels for this model)"
-    add_node(ctx, "data", {**config, "metric": metric}, fields, label=label, extra={"root": str(root)})
+    if metric != "map":  # (mAP runs keep their config, and so the compress cache keys made from it)
+        config["metric"] = metric
+    add_node(ctx, "data", config, fields, label=label, extra={"root": str(root)})
     return DataResult(root, val, names, metric, images)
 
 
@@ -121,6 +125,11 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
             if not is_native(model):  # any other torch detector: exported once, then the ONNX route
                 model, head, names = _foreign_from_torch(ctx, req, model)
                 label += f" (exported and imported; {head} head)"
+                if data.metric == "map" and len(names) != len(data.class_names):
+                    raise ConfigError(
+                        f"{req.model} predicts {len(names)} classes but the dataset has {len(data.class_names)}",
+                        "give --data with the model's classes, or leave --data out to measure teacher agreement",
+                    )
         else:
             if req.reference == "converged" and ctx.epochs_scale == 1.0:
                 # the default: the converged reference (shipped, cached, or trained to the plateau rule)
@@ -257,6 +266,7 @@ def compress_key(ctx: RunContext, recipe, model) -> str:
         {
             "recipe": recipe.name,
             "model": model_hash(model),
+            **({"source": model.source_sha256} if hasattr(model, "source_sha256") else {}),
             "data": data.config if data else None,
             "spec": ctx.spec.model_dump(mode="json"),
             "epochs_scale": ctx.epochs_scale,
