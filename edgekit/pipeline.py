@@ -151,7 +151,7 @@ def make_plan(request: DeployRequest) -> Plan:
             "pick an int8 target or a recipe without ptq/qat",
         )
     if request.model != "builtin":
-        _check_foreign_steps(recipe)
+        check_foreign_steps(recipe)
     if request.images and (request.data or request.model == "builtin"):
         raise ConfigError(
             "--images gives unlabelled images for a user's model without labels; this run has "
@@ -188,8 +188,12 @@ _FOREIGN_WHY = {
 }
 
 
-def _check_foreign_steps(recipe: Any) -> None:
-    """A user's detector takes pruning, progressive pruning, distillation and PTQ; refuse the rest now."""
+def check_foreign_steps(recipe: Any) -> None:
+    """A user's detector takes pruning, progressive pruning, distillation and PTQ; refuse the rest now.
+
+    Raises:
+        ConfigError: Naming the first step that cannot apply, why, and the recipes that can.
+    """
     from edgekit.compress.recipe import available_recipes
 
     for i, step in enumerate(recipe.steps):

@@ -70,9 +70,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     foreign, metric = str(args.model).endswith(".onnx"), "map"
     if foreign:
         from edgekit.compress.inputs import foreign_context
-        from edgekit.pipeline import _check_foreign_steps
+        from edgekit.pipeline import check_foreign_steps
 
-        _check_foreign_steps(recipe)
+        check_foreign_steps(recipe)
         model, ctx, metric = foreign_context(
             Path(args.model), args.data, args.images, args.out / "steps", args.epochs_scale, not args.quiet,
             head=args.head,

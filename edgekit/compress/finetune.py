@@ -57,21 +57,31 @@ def finetune(
     epochs = ctx.epochs(spec.epochs)
     hooks = hooks or TrainHooks()
     weight = getattr(spec, "distill", 0.0)
-    objective = None
+    objective, lr = None, spec.lr
     if is_foreign(model):  # no loss of its own: distillation from the unpruned model is the whole objective
         teacher = teacher_of(ctx)
         if _same_weights(model, teacher):
             # the loss is 0 and its gradient rounding noise, which Adam would scale up to full-size steps
             return {"steps": 0, "skipped": "the model equals its teacher: nothing to distil"}
         objective = raw_map_objective(model, copy.deepcopy(teacher), max(weight, 1.0))
+        lr = spec.lr * FOREIGN_LR_SCALE
     elif weight > 0:
         teacher = copy.deepcopy(teacher_of(ctx))
         hooks = TrainHooks(extra_loss=distill_hook(teacher, weight), after_step=hooks.after_step)
-    cfg = TrainConfig(epochs=epochs, batch_size=getattr(spec, "batch_size", 32), lr=spec.lr, seed=ctx.seed)
-    return train(
+    cfg = TrainConfig(epochs=epochs, batch_size=getattr(spec, "batch_size", 32), lr=lr, seed=ctx.seed)
+    stats = train(
         model, ctx.train, cfg, hooks, progress=ctx.progress, description=description, resume_dir=ctx.workdir,
         objective=objective,
     )  # fmt: skip
+    return {**stats, "lr": lr} if lr != spec.lr else stats
+
+
+#: A user's model trains at the recipe's rate x this. Its BatchNorm is folded into the conv weights, so
+#: Adam's step (about ``lr`` per weight, whatever the weight's size) is large against them. Measured on the
+#: real YOLOX (ddddocr) pruned 20 %, 5 epochs of distillation on 128 text images, teacher agreement
+#: mAP@0.5 on 32 held-back: 0.06 pruned; lr 1e-4 0.48, 3e-4 0.62, 1e-3 0.56; 3e-3 (the recipe's) 0.17
+#: after 20 epochs.
+FOREIGN_LR_SCALE = 0.1
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:

@@ -28,11 +28,16 @@ from edgekit.models.train import model_hash
 
 def step_keys(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> list[str]:
     """One key per torch step: the steps up to it, the input model, the epoch scale and the seed."""
+    from edgekit.compress.finetune import FOREIGN_LR_SCALE, is_foreign
+
     steps, mhash = [s.model_dump(mode="json") for s in recipe.torch_steps()], model_hash(model)
+    # a user's model: its training differs (distillation alone, scaled rate, this loss version)
+    foreign = {"foreign": {"lr_scale": FOREIGN_LR_SCALE, "loss": 2}} if is_foreign(model) else {}
     return [
         stable_hash(
-            {"steps": steps[: i + 1], "model": mhash, "epochs_scale": ctx.epochs_scale, "seed": ctx.seed}
-        )
+            {"steps": steps[: i + 1], "model": mhash, "epochs_scale": ctx.epochs_scale, "seed": ctx.seed,
+             **foreign}
+        )  # fmt: skip
         for i in range(len(steps))
     ]
 

@@ -61,7 +61,12 @@ class ForeignDetector(nn.Module):
                 "Conv, so the head to keep whole is unknown",
                 "give a YOLO-family detector whose head ends in convolutions (or --recipe none)",
             )
-        self.net = OnnxModule(proto, trainable=True)
+        try:
+            self.net = OnnxModule(proto, trainable=True)
+        except ModelError as exc:  # the importer's own hint speaks of converters; this is about compressing
+            raise ModelError(
+                exc.message, "compressing needs every op imported; --recipe none deploys the file as it is"
+            ) from exc
         self.head_layout = head
         self.input_shape = (1, *[d.dim_value for d in _image_input(proto).type.tensor_type.shape.dim][1:])
         self.metadata = {p.key: p.value for p in proto.metadata_props}

@@ -252,3 +252,18 @@ def test_too_few_images_name_the_minimum(tmp_path, capsys, reference_onnx, image
         shutil.copy(path, few / path.name)
     err = _refused(capsys, tmp_path, "--model", str(reference_onnx), "--images", str(few))
     assert "holds 10 images" in err and "at least 40" in err
+
+
+def test_edgekit_compress_writes_the_users_onnx_back(tmp_path, capsys, reference_onnx, image_folder):
+    from edgekit.export.onnx import ort_session
+
+    out = tmp_path / "c"
+    argv = ["compress", "--model", str(reference_onnx), "--images", str(image_folder), "--epochs-scale", "0.05"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-back images" in printed and "mAP50" not in printed
+    theirs, ours = ort_session(reference_onnx), ort_session(out / "model.onnx")
+    assert [(o.name, o.shape) for o in ours.get_outputs()] == [(o.name, o.shape) for o in theirs.get_outputs()]
+    record = json.loads((out / "record.json").read_text())
+    node = record["nodes"][0]
+    assert node["stage"] == "compress:prune" and node["metrics"]["macs"] < 0.7 * node["extra"]["before"]["macs"]
