@@ -100,8 +100,9 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(work / "runs" / key, ignore_errors=True)  # an interrupted run: its fine-tune resumes
         run = deploy(
             DeployRequest(
-                target=str(target_yaml(work, spec)), model=str(fetch(MODEL)), images=str(folder), device="local",
-                out=work / "runs", run_id=key, epochs_scale=args.epochs_scale, command=["bench/foreign_real.py"],
+                target=str(target_yaml(work, spec)), model=str(fetch(MODEL)), images=str(folder),
+                device="local", out=work / "runs", run_id=key, epochs_scale=args.epochs_scale,
+                command=["bench/foreign_real.py"],
             )
         )  # fmt: skip
         summary = json.loads((run / "summary.json").read_text())
@@ -114,8 +115,10 @@ def main(argv: list[str]) -> int:
             "metric": summary["metric"],
             "macs_ratio": round(summary["reference"]["macs"] / summary["deployed"]["macs"], 3),
             "params_ratio": round(summary["reference"]["params"] / summary["deployed"]["params"], 3),
-            "torch_agreement50": prune["metrics"]["map50"], "torch_agreement50_95": prune["metrics"]["map50_95"],
-            "int8_agreement50": summary["deployed"]["map50"], "int8_agreement50_95": summary["deployed"]["map50_95"],
+            "torch_agreement50": prune["metrics"]["map50"],
+            "torch_agreement50_95": prune["metrics"]["map50_95"],
+            "int8_agreement50": summary["deployed"]["map50"],
+            "int8_agreement50_95": summary["deployed"]["map50_95"],
             "finetune_s": prune["metrics"].get("wall_s"), "wall_s": round(time.perf_counter() - start, 1),
             "latency_p50_ms": summary["latency_ms"]["p50"],
         }  # fmt: skip

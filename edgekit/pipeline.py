@@ -247,7 +247,7 @@ def _check_model_source(request: DeployRequest, backend_cls: type, precision: st
 
 
 def _check_user_onnx(request: DeployRequest, trainable: bool) -> None:
-    """A user ONNX: its classes against ``--data``'s, and (with torch steps) that it imports and has a head."""
+    """A user ONNX: its classes against ``--data``'s; with torch steps, that it imports and has a head."""
     from edgekit.models.user import inspect_onnx
 
     det = inspect_onnx(request.model, head=request.head)

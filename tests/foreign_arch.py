@@ -109,7 +109,9 @@ class V8Det(nn.Module):
         self.box = nn.ModuleList(
             nn.Sequential(Conv(c, 32, 3), Conv(32, 32, 3), nn.Conv2d(32, 4 * reg_max, 1)) for c in chans
         )
-        self.cls = nn.ModuleList(nn.Sequential(Conv(c, 32, 3), Conv(32, 32, 3), nn.Conv2d(32, nc, 1)) for c in chans)
+        self.cls = nn.ModuleList(
+            nn.Sequential(Conv(c, 32, 3), Conv(32, 32, 3), nn.Conv2d(32, nc, 1)) for c in chans
+        )
         self.dfl = nn.Conv2d(reg_max, 1, 1, bias=False).requires_grad_(False)
         self.dfl.weight.data[:] = torch.arange(reg_max, dtype=torch.float32).view(1, reg_max, 1, 1)
         cells, steps = _grid(size)

@@ -24,6 +24,18 @@ def _bernoulli_kl(student_logits: torch.Tensor, teacher_prob: torch.Tensor) -> t
     return F.binary_cross_entropy_with_logits(student_logits, teacher_prob, reduction="none") - entropy
 
 
+def _paired(student: list[torch.Tensor], teacher: list[torch.Tensor], hint: str):
+    """The (student, teacher) map pairs, or a CompressionError if their number or shapes differ."""
+    if len(student) != len(teacher):
+        raise CompressionError(f"the student has {len(student)} maps, the teacher {len(teacher)}", hint)
+    for s, t in zip(student, teacher, strict=True):
+        if s.shape != t.shape:
+            raise CompressionError(
+                f"student map {tuple(s.shape)} and teacher map {tuple(t.shape)} differ", hint
+            )
+    return list(zip(student, teacher, strict=True))
+
+
 def objectness_distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """Distillation loss between raw maps ``[B, 5+nc, H, W]`` per scale (same shapes for both).
 
@@ -34,12 +46,7 @@ def objectness_distill_loss(student: list[torch.Tensor], teacher: list[torch.Ten
         CompressionError: The two models' maps differ in shape (different strides or class counts).
     """
     total = student[0].new_zeros(())
-    for s, t in zip(student, teacher, strict=True):
-        if s.shape != t.shape:
-            raise CompressionError(
-                f"student map {tuple(s.shape)} and teacher map {tuple(t.shape)} differ",
-                "distil only between detectors with the same strides and classes",
-            )
+    for s, t in _paired(student, teacher, "distil only between detectors with the same strides and classes"):
         t_prob = t.detach().sigmoid()
         weight = t_prob[:, 4]
         obj = _bernoulli_kl(s[:, 4], t_prob[:, 4])
@@ -77,18 +84,8 @@ def raw_map_distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor
     Raises:
         CompressionError: The maps differ in number or shape (a prediction conv lost channels).
     """
-    if len(student) != len(teacher):
-        raise CompressionError(
-            f"the student has {len(student)} prediction maps, the teacher {len(teacher)}",
-            "distil only between the model and its own pruned copy",
-        )
     total = student[0].new_zeros(())
-    for s, t in zip(student, teacher, strict=True):
-        if s.shape != t.shape:
-            raise CompressionError(
-                f"student map {tuple(s.shape)} and teacher map {tuple(t.shape)} differ",
-                "keep the prediction convs out of pruning (they are by default)",
-            )
+    for s, t in _paired(student, teacher, "keep the prediction convs out of pruning (they are by default)"):
         t = t.detach()
         scale = t.var(dim=(0, 2, 3), keepdim=True) + 1e-4
         total = total + ((s - t) ** 2 / scale).mean()
@@ -147,7 +144,8 @@ def raw_map_objective(student: nn.Module, teacher: nn.Module, weight: float = 1.
     ``weight`` x the output distillation (:func:`output_distill_loss`) plus ``maps`` x the raw-map one
     (:func:`raw_map_distill_loss`). Measured on the built-in detector handed over as an ONNX file (L1 20 %,
     10 epochs on 1200 images, teacher agreement mAP@0.5 / 0.5:0.95 on 300 held-back images): raw maps
-    alone 0.937 / 0.680, output alone 0.950 / 0.749, both 0.957 / 0.773, so both are the default. Both models must have ``forward_with_maps`` and ``head_layout`` (a
+    alone 0.937 / 0.680, output alone 0.950 / 0.749, both 0.957 / 0.773, so both are the default.
+    Both models must have ``forward_with_maps`` and ``head_layout`` (a
     :class:`~edgekit.models.foreign.ForeignDetector`).
     """
     teacher.eval()

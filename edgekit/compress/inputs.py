@@ -56,8 +56,10 @@ def build_context(data_root: Path, workdir: Path, epochs_scale: float, progress:
     )
 
 
-def foreign_context(path: Path, data_root: Path | None, images: Path | None, workdir: Path, epochs_scale: float,
-                    progress: bool, head: str | None = None):  # fmt: skip
+def foreign_context(
+    path: Path, data_root: Path | None, images: Path | None, workdir: Path, epochs_scale: float,
+    progress: bool, head: str | None = None,
+):  # fmt: skip
     """A user's ONNX detector and its data: ``(model, context, metric)`` for ``edgekit compress``.
 
     With ``data_root`` (labels) the metric is mAP on its val split, and the classes must match; otherwise

@@ -35,8 +35,13 @@ def step_keys(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> list[st
     foreign = {"foreign": {"lr_scale": FOREIGN_LR_SCALE, "loss": 2}} if is_foreign(model) else {}
     return [
         stable_hash(
-            {"steps": steps[: i + 1], "model": mhash, "epochs_scale": ctx.epochs_scale, "seed": ctx.seed,
-             **foreign}
+            {
+                "steps": steps[: i + 1],
+                "model": mhash,
+                "epochs_scale": ctx.epochs_scale,
+                "seed": ctx.seed,
+                **foreign,
+            }
         )  # fmt: skip
         for i in range(len(steps))
     ]

@@ -68,7 +68,9 @@ def folder_splits(folder: str | Path, num_classes: int = 1) -> tuple[ImageFolder
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"image folder not found: {folder}", "give a folder of .jpg/.png images with --images")
+        raise DataError(
+            f"image folder not found: {folder}", "give a folder of .jpg/.png images with --images"
+        )
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(paths) < MIN_IMAGES:
         raise DataError(
@@ -81,13 +83,16 @@ def folder_splits(folder: str | Path, num_classes: int = 1) -> tuple[ImageFolder
     return ImageFolder(rest, num_classes), ImageFolder(held, num_classes)
 
 
-def teacher_labelled(split: Any, candidates: list[np.ndarray], num_classes: int, conf: float = AGREEMENT_CONF):
+def teacher_labelled(
+    split: Any, candidates: list[np.ndarray], num_classes: int, conf: float = AGREEMENT_CONF
+):
     """A copy of an in-memory split whose ground truth is the teacher's detections (score >= ``conf``).
 
     Args:
         split: An :class:`~edgekit.models.train.InMemorySplit` (its labels, if any, are replaced).
         candidates: Per image, the teacher's candidate rows in network-input pixels.
         num_classes: The model's class count.
+        conf: Teacher detections at or above this score are the reference.
     """
     from edgekit.runners.detcore import nms
 

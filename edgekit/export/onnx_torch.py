@@ -356,7 +356,12 @@ def _reshape(m: OnnxModule, node, a, args):
     shape = [int(s) for s in m.const(node.input[1])]
     shape = [args[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
     batch = args[0].shape[0] if args[0].ndim else 1
-    if shape and shape[0] == 1 and batch > 1 and (-1 in shape or int(np.prod(shape)) * batch == args[0].numel()):
+    if (
+        shape
+        and shape[0] == 1
+        and batch > 1
+        and (-1 in shape or int(np.prod(shape)) * batch == args[0].numel())
+    ):
         shape[0] = batch  # the graph was exported for one image; training runs batches
     return args[0].reshape(shape)
 

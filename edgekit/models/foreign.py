@@ -156,7 +156,7 @@ def load_foreign(source: str | Path | Any, head: str) -> ForeignDetector:
 
 
 def static_proto(detector: Any) -> Any:
-    """The proto of a user's :class:`~edgekit.models.user.OnnxDetector`, its input made static if it was not."""
+    """The proto of a user's :class:`~edgekit.models.user.OnnxDetector`, its input made static if needed."""
     import tempfile
 
     from edgekit.export.onnx import load_checked

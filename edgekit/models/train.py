@@ -149,7 +149,7 @@ Objective = Callable[[torch.Tensor, list, list], tuple[torch.Tensor, list[torch.
 
 
 def detection_objective(model: nn.Module) -> Objective:
-    """The built-in detector's loss on labelled boxes (it needs ``model.strides`` and ``model.cfg.priors``)."""
+    """The built-in detector's loss on labelled boxes (needs ``model.strides`` and ``model.cfg.priors``)."""
     strides, priors = model.strides, model.cfg.priors
 
     def objective(x: torch.Tensor, boxes: list, classes: list) -> tuple[torch.Tensor, list[torch.Tensor]]:

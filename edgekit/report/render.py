@@ -90,9 +90,16 @@ def _headline(record: RunRecord, summary: Summary) -> list[Block]:
         ["parameters", _si(ref.params), _si(dep.params), _ratio(ref.params, dep.params)],
         ["MACs", _si(ref.macs), _si(dep.macs), _ratio(ref.macs, dep.macs)],
         ["size", _bytes(ref_size), _bytes(dep.artifact_bytes), _ratio(ref_size, dep.artifact_bytes)],
-        [metric_label(summary.metric, "0.5"), _num(ref.map50, 3), _num(dep.map50, 3), _delta(ref.map50, dep.map50)],
         [
-            metric_label(summary.metric, "0.5:0.95"), _num(ref.map50_95, 3), _num(dep.map50_95, 3),
+            metric_label(summary.metric, "0.5"),
+            _num(ref.map50, 3),
+            _num(dep.map50, 3),
+            _delta(ref.map50, dep.map50),
+        ],
+        [
+            metric_label(summary.metric, "0.5:0.95"),
+            _num(ref.map50_95, 3),
+            _num(dep.map50_95, 3),
             _delta(ref.map50_95, dep.map50_95),
         ],
         ["latency p50 (ms)", _num(ref_lat.get("p50"), 2), _num(lat.p50, 2), ""],
@@ -238,7 +245,11 @@ def _stages(record: RunRecord) -> list[Block]:
         "params",
         "MACs",
         "size",
-        *(("agreement50", "agreement50-95") if run_metric(record) == "teacher_agreement" else ("mAP50", "mAP50-95")),
+        *(
+            ("agreement50", "agreement50-95")
+            if run_metric(record) == "teacher_agreement"
+            else ("mAP50", "mAP50-95")
+        ),
         "seconds",
         "cached",
         "status",

@@ -9,7 +9,7 @@ from edgekit.stages.context import RunContext
 
 
 def default_set_name(data: str | None, images: Path | None = None) -> str:
-    """Name of the set a deploy makes from its dataset (or ``--images`` folder) when no ``--calib`` is given."""
+    """Name of the set a deploy makes from its dataset (or ``--images`` folder) without ``--calib``."""
     if images is not None:
         return f"{Path(images).name}-calib"
     return "shapes-hard" if not data else f"{Path(data).name}-calib"
@@ -40,8 +40,11 @@ def ensure_calibration_set(
         from edgekit.data.unlabelled import folder_splits
 
         train, held = folder_splits(images)
-        made = import_set(images, name, root=ctx.calib_root, from_dataset=False,
-                          count=min(128, len(train) + len(held)), spec=ctx.spec, progress=ctx.progress)  # fmt: skip
+        count = min(128, len(train) + len(held))
+        made = import_set(
+            images, name, root=ctx.calib_root, from_dataset=False, count=count, spec=ctx.spec,
+            progress=ctx.progress,
+        )  # fmt: skip
         return made.set.verify()
     has_calib = (Path(root) / "images" / "calib").is_dir()
     split, count = ("calib", None) if has_calib else ("train", 128)

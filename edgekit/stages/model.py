@@ -127,8 +127,10 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
                 label += f" (exported and imported; {head} head)"
                 if data.metric == "map" and len(names) != len(data.class_names):
                     raise ConfigError(
-                        f"{req.model} predicts {len(names)} classes but the dataset has {len(data.class_names)}",
-                        "give --data with the model's classes, or leave --data out to measure teacher agreement",
+                        f"{req.model} predicts {len(names)} classes but the dataset has "
+                        f"{len(data.class_names)}",
+                        "give --data with the model's classes, or leave --data out to measure teacher "
+                        "agreement",
                     )
         else:
             if req.reference == "converged" and ctx.epochs_scale == 1.0:
@@ -162,7 +164,9 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
 
 def is_native(model) -> bool:
     """A torch model with edgekit's detector interface (raw maps, strides, priors: its loss applies)."""
-    return hasattr(model, "raw") and hasattr(model, "strides") and hasattr(getattr(model, "cfg", None), "priors")
+    return (
+        hasattr(model, "raw") and hasattr(model, "strides") and hasattr(getattr(model, "cfg", None), "priors")
+    )
 
 
 def _foreign_from_torch(ctx: RunContext, req, model):
@@ -203,7 +207,8 @@ def teacher_labels_stage(ctx: RunContext, state: ModelState, data: DataResult) -
             )
     add_node(
         ctx, "teacher labels", {"conf": AGREEMENT_CONF, "images": len(val)}, fields,
-        label=f"teacher agreement reference: the FP32 model's {found} detections on {len(val)} held-back images",
+        label=f"teacher agreement reference: the FP32 model's {found} detections on {len(val)} held-back "
+        "images",
         metrics={"boxes": found},
     )  # fmt: skip
     return dataclasses.replace(data, val=val, class_names=state.facts.class_names)
@@ -278,7 +283,6 @@ def compress_stage(ctx: RunContext, recipe, state: ModelState, data: DataResult)
     """Run the recipe's torch steps (pruning, swaps, distillation, QAT) with per-step nodes."""
     from edgekit.compress.context import CompressContext
     from edgekit.compress.runner import run_recipe
-    from edgekit.models.train import InMemorySplit
 
     if not recipe.torch_steps():
         return state

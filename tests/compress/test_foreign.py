@@ -1,6 +1,6 @@
-"""Issue 43: a user's detector, given as an ONNX file (or a torch module), pruned and distilled without labels.
+"""Issue 43: a user's detector, as an ONNX file (or a torch module), pruned and distilled without labels.
 
-The detectors here are edgekit's strangers: two architectures written in another style (``tests/foreign_arch``:
+The detectors here are edgekit's strangers: two architectures written in another style (tests/foreign_arch:
 YOLOv8-style C2f/SPPF/DFL and YOLOv5-style C3/anchors) and the trained reference handed over as an ONNX
 file alone. Nothing of edgekit's own model interface is used: only the file.
 """
@@ -73,7 +73,9 @@ def test_foreign_architectures_import_prune_and_export_with_their_own_io(arch, h
     assert io(ours) == io(theirs)
     with torch.no_grad():
         expected = model(x[:1]).numpy()
-    assert np.abs(ours.run(None, {"images": x[:1].numpy()})[0] - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert (
+        np.abs(ours.run(None, {"images": x[:1].numpy()})[0] - expected).max() <= 1e-4 * np.abs(expected).max()
+    )
 
 
 def test_label_free_distillation_recovers_teacher_agreement(reference_onnx, train_split, val_split, tmp_path):
@@ -119,7 +121,9 @@ def test_a_user_onnx_deploys_with_the_default_recipe_and_no_labels(
     tmp_path, capsys, reference_onnx, image_folder
 ):
     """`make deploy MODEL=their.onnx`: no flag to find; the metric is teacher agreement, named so."""
-    code = main(_deploy(tmp_path, "--model", str(reference_onnx), "--images", str(image_folder), "--run-id", "u"))
+    code = main(
+        _deploy(tmp_path, "--model", str(reference_onnx), "--images", str(image_folder), "--run-id", "u")
+    )
     assert code == 0, capsys.readouterr().err
     run = tmp_path / "runs" / "u"
     summary = json.loads((run / "summary.json").read_text())
@@ -150,15 +154,28 @@ def test_a_torch_module_takes_the_same_route(tmp_path, capsys, image_folder, mon
     monkeypatch.chdir(REPO)
     # the module is untrained (its INT8 would rightly be refused): the float build of the default's pruning
     target = tmp_path / "fp32.yaml"
-    target.write_text((REPO / "targets" / "local.yaml").read_text().replace("precision: int8", "precision: fp32"))
+    target.write_text(
+        (REPO / "targets" / "local.yaml").read_text().replace("precision: int8", "precision: fp32")
+    )
     recipe = tmp_path / "prune.yaml"
     recipe.write_text(
         "name: prune-only\nsteps:\n  - type: prune\n    method: l1\n    ratio: 0.2\n"
         "    finetune: {epochs: 20.0, lr: 0.003, distill: 1.0}\n"
     )
     code = main(
-        _deploy(tmp_path, "--model", "tests.foreign_arch:V8Det", "--images", str(image_folder), "--run-id", "t",
-                "--recipe", str(recipe), "--target", str(target))  # fmt: skip
+        _deploy(
+            tmp_path,
+            "--model",
+            "tests.foreign_arch:V8Det",
+            "--images",
+            str(image_folder),
+            "--run-id",
+            "t",
+            "--recipe",
+            str(recipe),
+            "--target",
+            str(target),
+        )  # fmt: skip
     )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "runs" / "t" / "summary.json").read_text())
@@ -258,12 +275,24 @@ def test_edgekit_compress_writes_the_users_onnx_back(tmp_path, capsys, reference
     from edgekit.export.onnx import ort_session
 
     out = tmp_path / "c"
-    argv = ["compress", "--model", str(reference_onnx), "--images", str(image_folder), "--epochs-scale", "0.05"]
+    argv = [
+        "compress",
+        "--model",
+        str(reference_onnx),
+        "--images",
+        str(image_folder),
+        "--epochs-scale",
+        "0.05",
+    ]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "held-back images" in printed and "mAP50" not in printed
     theirs, ours = ort_session(reference_onnx), ort_session(out / "model.onnx")
-    assert [(o.name, o.shape) for o in ours.get_outputs()] == [(o.name, o.shape) for o in theirs.get_outputs()]
+    assert [(o.name, o.shape) for o in ours.get_outputs()] == [
+        (o.name, o.shape) for o in theirs.get_outputs()
+    ]
     record = json.loads((out / "record.json").read_text())
     node = record["nodes"][0]
-    assert node["stage"] == "compress:prune" and node["metrics"]["macs"] < 0.7 * node["extra"]["before"]["macs"]
+    assert (
+        node["stage"] == "compress:prune" and node["metrics"]["macs"] < 0.7 * node["extra"]["before"]["macs"]
+    )
