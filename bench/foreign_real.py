@@ -11,13 +11,14 @@ on the held-back images. Not mAP: there are no labels.
 Resumable: a finished run is kept in ``bench/results/foreign-real-state.json``; the fine-tune resumes from
 its last saved epoch (edgekit's compress cache).
 
-Usage: python bench/foreign_real.py [--images 160] [--epochs-scale 1.0] [--fresh]
+Usage: python bench/foreign_real.py [--images 160,400] [--epochs-scale 1.0] [--fresh]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -64,8 +65,6 @@ def text_images(dest: Path, count: int, size: int = 416, seed: int = 0) -> Path:
                 draw.text((x, y), word, fill=colour, font=font)
             image.save(Path(tmp) / f"text_{k:04d}.png")
         if dest.exists():
-            import shutil
-
             shutil.rmtree(dest)
         Path(tmp).replace(dest)
     return dest
@@ -82,26 +81,19 @@ def target_yaml(folder: Path, spec: dict) -> Path:
     return path
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=160, help="images to make (1 in 5 held back)")
-    p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies the recipe's 20 epochs")
-    p.add_argument("--fresh", action="store_true", help="forget the finished run")
-    args = p.parse_args(argv)
-    key = f"{MODEL}-{args.images}-{args.epochs_scale:g}"
-    state = {} if args.fresh or not STATE.is_file() else json.loads(STATE.read_text())
+def run_one(images: int, epochs_scale: float, state: dict) -> dict:
+    """One `edgekit deploy` of the real model on ``images`` made images (or its kept result)."""
+    key = f"{MODEL}-{images}-{epochs_scale:g}"
     if key not in state:
         spec = models()[MODEL]
         work = cache_dir() / "bench" / "foreign-real"
-        folder = text_images(work / f"text-{args.images}", args.images, spec["input_size"])
+        folder = text_images(work / f"text-{images}", images, spec["input_size"])
         start = time.perf_counter()
-        import shutil
-
         shutil.rmtree(work / "runs" / key, ignore_errors=True)  # an interrupted run: its fine-tune resumes
         run = deploy(
             DeployRequest(
                 target=str(target_yaml(work, spec)), model=str(fetch(MODEL)), images=str(folder),
-                device="local", out=work / "runs", run_id=key, epochs_scale=args.epochs_scale,
+                device="local", out=work / "runs", run_id=key, epochs_scale=epochs_scale,
                 command=["bench/foreign_real.py"],
             )
         )  # fmt: skip
@@ -110,8 +102,8 @@ def main(argv: list[str]) -> int:
         prune = next(n for n in record["nodes"] if n["stage"] == "compress:prune")
         labels = next(n for n in record["nodes"] if n["stage"] == "teacher labels")
         state[key] = {
-            "model": MODEL, "images": args.images, "held_back": labels["config"]["images"],
-            "teacher_boxes": labels["metrics"]["boxes"], "epochs_scale": args.epochs_scale,
+            "model": MODEL, "images": images, "held_back": labels["config"]["images"],
+            "teacher_boxes": labels["metrics"]["boxes"], "epochs_scale": epochs_scale,
             "metric": summary["metric"],
             "macs_ratio": round(summary["reference"]["macs"] / summary["deployed"]["macs"], 3),
             "params_ratio": round(summary["reference"]["params"] / summary["deployed"]["params"], 3),
@@ -124,9 +116,19 @@ def main(argv: list[str]) -> int:
         }  # fmt: skip
         STATE.parent.mkdir(parents=True, exist_ok=True)
         STATE.write_text(json.dumps(state, indent=2))
-    row = state[key]
-    save("foreign-real", row)
-    print(json.dumps(row, indent=2))
+    return state[key]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", default="160,400", help="images to make, one run per count (1 in 5 held back)")
+    p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies the recipe's 20 epochs")
+    p.add_argument("--fresh", action="store_true", help="forget the finished run")
+    args = p.parse_args(argv)
+    state = {} if args.fresh or not STATE.is_file() else json.loads(STATE.read_text())
+    rows = [run_one(int(count), args.epochs_scale, state) for count in args.images.split(",")]
+    save("foreign-real", {"runs": rows})
+    print(json.dumps(rows, indent=2))
     return 0
 
 

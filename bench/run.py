@@ -13,6 +13,7 @@ SCRIPTS = [
     "runtimes.py",
     "openvino_vs_ort.py",
     "real_models.py",
+    "foreign_real.py",
     "swap_init.py",
     "compression.py",
     "device.py",
