@@ -93,6 +93,7 @@ class Plan:
         stages = [
             "data",
             "model",
+            *(["teacher labels"] if r.model != "builtin" and not r.data else []),
             "reference",
             *[f"compress:{s.type}" for s in self.recipe.torch_steps()],
             "export",
