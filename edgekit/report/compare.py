@@ -54,7 +54,18 @@ def load_points(runs: list[str | Path]) -> list[RunPoint]:
         points.append(RunPoint(run, Summary.of(record)))
     if len(points) < 2:
         raise DataError("--compare needs at least two run folders", "pass two or more runs/<id> folders")
+    metrics = {p.summary.metric for p in points}
+    if len(metrics) > 1:
+        named = ", ".join(f"{p.run.name} ({p.summary.metric})" for p in points)
+        raise DataError(
+            f"the runs measure different things (mAP against labels, teacher agreement without): {named}",
+            "pass only runs of one metric (runs of a user's model without --data measure teacher agreement)",
+        )
     return points
+
+
+def _metric_name(points: list[RunPoint]) -> str:
+    return "teacher agreement" if points[0].summary.metric == "teacher_agreement" else "mAP"
 
 
 def dominated(points: list[RunPoint]) -> list[bool]:
@@ -148,7 +159,7 @@ def draw_front(points: list[RunPoint], flags: list[bool], path: Path) -> Path | 
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), color=ACCENT, linewidth=1, zorder=2)
     ax.set_xlabel("latency p50 on the device (ms)")
-    ax.set_ylabel("mAP@0.5:0.95 (device outputs)")
+    ax.set_ylabel(f"{_metric_name(points)}@0.5:0.95 (device outputs)")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -171,8 +182,18 @@ def render_compare(runs: list[str | Path], out_dir: str | Path, html: bool = Tru
     title = f"Comparison of {len(points)} runs"
     blocks = [
         Heading(title, 1),
-        Paragraph("mAP from each device's own outputs; latency p50/p99 measured on the device.", tone="note"),
-        Table(HEADERS, [_row(p, d) for p, d in zip(points, flags, strict=True)], numeric),
+        Paragraph(
+            f"{_metric_name(points)} from each device's own outputs; latency p50/p99 measured on the device.",
+            tone="note",
+        ),
+        Table(
+            [
+                h.replace("mAP", "agreement ") if h.startswith("mAP") and _metric_name(points) != "mAP" else h
+                for h in HEADERS
+            ],
+            [_row(p, d) for p, d in zip(points, flags, strict=True)],
+            numeric,
+        ),  # fmt: skip
         Paragraph(
             "A run is dominated when another is at least as accurate and at least as fast (p50), "
             "and better in one of the two.",

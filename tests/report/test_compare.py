@@ -56,3 +56,20 @@ def test_cli_compare_and_its_errors(runs, tmp_path, capsys):
     with pytest.raises(DataError, match="at least two"):
         render_compare(runs[:1], tmp_path / "c3")
     assert not (tmp_path / "c3").exists()
+
+
+def test_runs_of_different_metrics_are_not_put_on_one_front(runs, tmp_path):
+    """A user's model without labels measures teacher agreement: not comparable with mAP runs."""
+    from edgekit.report.record import RunRecord
+
+    record = RunRecord.load(runs[0] / "record.json")
+    record.node("data").config["metric"] = "teacher_agreement"
+    record.save(runs[0] / "record.json")
+    with pytest.raises(DataError, match=r"measure different things.*ort \(teacher_agreement\)"):
+        load_points(runs)
+    for run in runs[1:]:
+        record = RunRecord.load(run / "record.json")
+        record.node("data").config["metric"] = "teacher_agreement"
+        record.save(run / "record.json")
+    md = render_compare(runs, tmp_path / "cmp", html=False)[0].read_text()
+    assert "agreement 50-95 (device)" in md and "mAP" not in md
