@@ -323,26 +323,19 @@ def export_stage(ctx: RunContext, state: ModelState, val, program: str | None = 
 
     model, path, ts_path = state.model, ctx.run_dir / "model_fp32.onnx", None
     with stage(ctx, "export") as fields:
+        head = None  # set for a user's model: its head, read by the raw-program cut
         if hasattr(model, "forward_with_maps"):  # a user's detector: its own input / output names back
             from edgekit.models.foreign import export_foreign
 
             export_foreign(model, path)
+            head = model.head_layout
             parity = check_parity(
                 model.net, path, [val.tensor(i) for i in range(min(4, len(val)))], atol=PARITY_ATOL, rtol=0.0
             )
-            if program == "export-raw":
-                from edgekit.export.onnx_torch import raw_program_from_onnx
-
-                ts_path = raw_program_from_onnx(path, ctx.run_dir / "model_raw.pt2", model.head_layout)
         elif hasattr(model, "head") and isinstance(getattr(model, "path", None), (str, Path)):
             shutil.copyfile(model.path, path)
-            parity: dict[str, Any] = {"note": "user ONNX, not re-exported"}
-            if program == "export-raw":
-                from edgekit.export.onnx_torch import raw_program_from_onnx
-
-                # the graph up to its prediction convs as a torch program; its own decode stays ONNX
-                ts_path = raw_program_from_onnx(path, ctx.run_dir / "model_raw.pt2", model.head)
-        else:
+            head, parity = model.head, {"note": "user ONNX, not re-exported"}
+        else:  # the built-in detector (or a torch model with its interface)
             model = float_view(model)
             export_onnx(model, ctx.spec.input_shape(), path)
             parity = check_parity(
@@ -352,6 +345,11 @@ def export_stage(ctx: RunContext, state: ModelState, val, program: str | None = 
                 ts_path = export_torchscript(model, ctx.spec.input_shape(), ctx.run_dir / "model_fp32.pt")
             elif program == "export-raw":
                 ts_path = export_raw_program(model, ctx.spec.input_shape(), ctx.run_dir / "model_raw.pt2")
+        if head is not None and program == "export-raw":
+            from edgekit.export.onnx_cut import raw_program_from_onnx
+
+            # the user's graph up to its prediction convs as a torch program; its own decode stays ONNX
+            ts_path = raw_program_from_onnx(path, ctx.run_dir / "model_raw.pt2", head)
         info = onnx_info(path)
     outputs = {p.name: sha256_file(p) for p in (path, ts_path) if p is not None}
     metrics = {**state.facts.stats, "size_bytes": int(info["size_bytes"])}

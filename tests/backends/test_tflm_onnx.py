@@ -50,7 +50,7 @@ def _layouts():
 def test_an_onnx_detector_builds_full_integer_and_its_own_tail_decodes(layout, calib, tmp_path):
     from edgekit.core.registry import get_backend
     from edgekit.export.onnx import export_onnx, ort_session
-    from edgekit.export.onnx_torch import raw_program_from_onnx
+    from edgekit.export.onnx_cut import raw_program_from_onnx
     from edgekit.runners.detcore import candidates
 
     module, head = _layouts()[layout]
@@ -80,7 +80,7 @@ def test_an_op_the_importer_lacks_is_named_with_its_node(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgekit.export.onnx_torch import raw_program_from_onnx
+    from edgekit.export.onnx_cut import raw_program_from_onnx
 
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")

@@ -136,7 +136,7 @@ class TflmBackend(Backend):
             raise ModelError(
                 "TFLite Micro is built from the model's raw prediction maps as a torch program; only an "
                 "ONNX file was given to build()",
-                "make the program first with edgekit.export.onnx_torch.raw_program_from_onnx(onnx, "
+                "make the program first with edgekit.export.onnx_cut.raw_program_from_onnx(onnx, "
                 "'raw.pt2', head) (edgekit deploy does this for --model file.onnx)",
             )
         decode = json.loads(
