@@ -14,6 +14,7 @@ SCRIPTS = [
     "openvino_vs_ort.py",
     "real_models.py",
     "foreign_real.py",
+    "foreign_arch.py",
     "swap_init.py",
     "compression.py",
     "device.py",

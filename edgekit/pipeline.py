@@ -126,7 +126,10 @@ def _route(r: DeployRequest, recipe: Any) -> str:
     if steps:
         how = (
             "imported as a torch module; pruning keeps its prediction convs whole; recovered by distillation "
-            "from the unpruned model (no labels needed); no layer swaps (its blocks are not edgekit's)"
+            "from the unpruned model"
+            + (" plus a detection loss on its decoded output (--data's labels)" if r.data else " (no labels)")
+            + "; slimming gates its convs with inserted scales, folded back after; no layer swaps (its "
+            "blocks are not edgekit's)"
         )
     metric = "mAP on --data" if r.data else "teacher agreement on held-back images (no labels)"
     return f"user model: {how}; metric: {metric}"
@@ -180,17 +183,15 @@ def make_plan(request: DeployRequest) -> Plan:
     return Plan(request, target, recipe, backend_cls, transport_factory, int8)
 
 
-#: Steps a user's detector takes (it has no BatchNorm left, no loss of its own, no blocks edgekit knows).
-FOREIGN_STEPS = {"prune", "progressive", "finetune", "distill", "ptq"}
+#: Steps a user's detector takes (no layer swaps: it has no blocks edgekit knows).
+FOREIGN_STEPS = {"prune", "progressive", "slim", "finetune", "distill", "ptq", "qat"}
 _FOREIGN_WHY = {
-    "slim": "network slimming trains BatchNorm scales, and an exported model has them folded into its convs",
     "swap": "the Micro-YOLO swap replaces edgekit's own detector blocks, which a user's model does not have",
-    "qat": "quantization-aware training of a user's model is not built yet",
 }
 
 
 def check_foreign_steps(recipe: Any) -> None:
-    """A user's detector takes pruning, progressive pruning, distillation and PTQ; refuse the rest now.
+    """A user's detector takes every step but the layer swap (:data:`FOREIGN_STEPS`); refuse the rest now.
 
     Raises:
         ConfigError: Naming the first step that cannot apply, why, and the recipes that can.

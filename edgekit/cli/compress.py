@@ -37,7 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--model", default="builtin", help='"builtin" or a .pt saved by edgekit (default: builtin)'
+        "--model",
+        default="builtin",
+        help='"builtin", a .pt saved by edgekit, or your float YOLO-family .onnx (its compressed form is '
+        "written back as model.onnx with its own input / output names; default: builtin)",
     )
     p.add_argument("--recipe", default="default", help="recipe name or .yaml path (default: default)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -96,10 +99,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     buf = io.BytesIO()
     torch.save(model, buf)
     atomic_write_bytes(args.out / "model.pt", buf.getvalue())
-    if foreign:
+    if foreign:  # the user's own input / output names; after QAT its QDQ form beside the float one
+        from edgekit.compress.qat import export_qdq, float_view
         from edgekit.models.foreign import export_foreign
 
-        export_foreign(model, args.out / "model.onnx")  # the user's own input / output names
+        export_foreign(float_view(model), args.out / "model.onnx")
+        if float_view(model) is not model:
+            export_qdq(model, model.input_shape, args.out / "model_int8.onnx")
     record.status = "ok"
     record.save(args.out / "record.json")
     _print_table(nodes, ctx.log, metric)

@@ -26,6 +26,8 @@ class CompressContext:
         epochs_scale: Multiplies every epoch count of the recipe (tests use tiny values).
         progress: Show progress bars.
         seed: Seed of every training run.
+        detection: A user's model with labels: the weight of the detection loss on its decoded output
+            (:mod:`edgekit.compress.decoded_loss`) beside distillation; 0 for distillation alone.
     """
 
     train: InMemorySplit
@@ -36,6 +38,7 @@ class CompressContext:
     epochs_scale: float = 1.0
     progress: bool = True
     seed: int = 0
+    detection: float = 0.0
     log: list[str] = field(default_factory=list)
 
     @property

@@ -71,6 +71,7 @@ def foreign_context(
         ModelError / DataError: see :func:`edgekit.models.foreign.load_foreign`, :func:`folder_splits`.
     """
     from edgekit.compress.context import CompressContext
+    from edgekit.compress.finetune import labelled_detection_weight
     from edgekit.core.errors import ConfigError
     from edgekit.data.dataset import YoloDataset
     from edgekit.data.unlabelled import folder_splits, teacher_labelled
@@ -99,5 +100,8 @@ def foreign_context(
         )
     if metric == "teacher_agreement":
         val = teacher_labelled(val, torch_candidates(model, val), det.num_classes)
-    ctx = CompressContext(train, val, spec, workdir, epochs_scale=epochs_scale, progress=progress)
+    detection = labelled_detection_weight(model, metric == "map")
+    ctx = CompressContext(
+        train, val, spec, workdir, epochs_scale=epochs_scale, progress=progress, detection=detection
+    )
     return model, ctx, metric

@@ -97,8 +97,13 @@ def fold_batchnorms(model: nn.Module) -> int:
 
 
 def wrap_convs(model: nn.Module) -> int:
-    """Replace every conv except the prediction convs by a :class:`FakeQuantConv`; return how many."""
-    protected = {id(m) for m in prediction_layers(model)}
+    """Replace every conv except the prediction convs by a :class:`FakeQuantConv`; return how many.
+
+    A user's model (:class:`~edgekit.models.foreign.ForeignDetector`) keeps only its head convs float: the
+    convs it pins against pruning (cut by channel slices) are quantized like any other.
+    """
+    head = getattr(model, "head_convs", None)
+    protected = {id(m) for m in (head() if head else prediction_layers(model))}
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -142,10 +147,15 @@ def export_qdq(model: nn.Module, input_shape: tuple[int, ...], path: str | Path)
     """
     import onnx
 
-    with warnings.catch_warnings():
-        # the quantizer ranges become constants of the graph, which is exactly what a QDQ export wants
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        path = export_onnx(model, input_shape, path)
+    if hasattr(model, "forward_with_maps"):  # a user's model: its own input / output names and metadata
+        from edgekit.models.foreign import export_foreign
+
+        path = export_foreign(model, path)
+    else:
+        with warnings.catch_warnings():
+            # the quantizer ranges become constants of the graph, which is exactly what a QDQ export wants
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            path = export_onnx(model, input_shape, path)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     if "QuantizeLinear" not in ops or "DequantizeLinear" not in ops:
         raise BuildError(

@@ -33,6 +33,8 @@ def step_keys(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> list[st
     steps, mhash = [s.model_dump(mode="json") for s in recipe.torch_steps()], model_hash(model)
     # a user's model: its training differs (distillation alone, scaled rate, this loss version)
     foreign = {"foreign": {"lr_scale": FOREIGN_LR_SCALE, "loss": 2}} if is_foreign(model) else {}
+    if is_foreign(model) and ctx.detection > 0:  # with labels: the detection loss's weight and version
+        foreign["foreign"] |= {"detection": ctx.detection, "detection_loss": 1}
     return [
         stable_hash(
             {

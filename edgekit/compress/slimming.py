@@ -21,6 +21,11 @@ BN statistics re-estimated). ``shrink: channel`` therefore shrinks the pair (gam
 
 the proximal step of the group L1 penalty, so a channel dies whole while the loss still sees it go, and
 ranks channels by ||(gamma, beta)||: removing the dead ones then changes nothing (0.851 before, 0.852 after).
+
+A user's model (imported from ONNX) has its BN folded into its convs, so there is no gamma to shrink. Each
+prunable conv gets a :class:`ChannelScale` behind it (a per-channel gamma = 1, beta = 0: the function is
+unchanged), slimming runs on those, and they are folded back into the convs at the end, so the exported
+graph has the user's ops and no more.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgekit.compress.context import evaluate_map
-from edgekit.compress.finetune import finetune, recalibrate_bn
+from edgekit.compress.finetune import FOREIGN_LR_SCALE, finetune, is_foreign, recalibrate_bn
 from edgekit.compress.graph import (
     CRITERIA,
     build_graph,
@@ -43,6 +48,47 @@ from edgekit.compress.graph import (
 )
 from edgekit.compress.step import Step, StepResult
 from edgekit.models.train import TrainHooks
+
+
+class ChannelScale(nn.BatchNorm2d):
+    """A BN without statistics (``x * gamma + beta`` in training and eval): the gate slimming trains.
+
+    A BatchNorm2d subclass so torch-pruning removes its channels with the conv's; its running statistics
+    stay 0 / 1 and are never used.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, eps=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the per-channel affine."""
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def insert_scales(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Put a :class:`ChannelScale` behind each prunable conv of a user's model, in place; return how many."""
+    prunable = {id(c) for c in prunable_convs(model, input_shape).values()}
+    convs = model.net.convs
+    keys = [k for k, conv in convs.items() if id(conv) in prunable]
+    for key in keys:
+        convs[key] = nn.Sequential(convs[key], ChannelScale(convs[key].out_channels))
+    return len(keys)
+
+
+@torch.no_grad()
+def fold_scales(model: nn.Module) -> int:
+    """Fold each inserted :class:`ChannelScale` into its conv, in place (exact); return how many."""
+    convs, folded = model.net.convs, 0
+    for key, module in list(convs.items()):
+        if isinstance(module, nn.Sequential) and isinstance(module[-1], ChannelScale):
+            conv, scale = module[0], module[-1]
+            conv.weight.mul_(scale.weight.view(-1, 1, 1, 1))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(scale.bias)
+            conv.bias = nn.Parameter(bias * scale.weight + scale.bias)
+            convs[key] = conv
+            folded += 1
+    return folded
+
 
 MIN_ALIVE = 8  # channels per layer the shrink always leaves non-zero
 SPARSE_BELOW = 0.1  # a channel counts as "sparse" when |gamma| < 0.1 x its layer's mean |gamma|
@@ -140,11 +186,14 @@ class SlimStep(Step):
 
     def apply(self, model: nn.Module, spec: Any, ctx: Any) -> StepResult:
         """Run the step (see :class:`~edgekit.compress.step.Step`)."""
+        sp, inserted, lam = spec.sparsity, 0, spec.sparsity.lam
+        if is_foreign(model):  # no BN of its own: gates behind its convs, folded back at the end
+            inserted = insert_scales(model, ctx.input_shape)
+            lam = lam / FOREIGN_LR_SCALE  # it trains at a scaled rate; the shrink per step stays the recipe's
         bns = gated_bns(model, ctx.input_shape)
-        sp = spec.sparsity
         before = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
         frac_before = sparse_fraction(bns, sp.shrink)
-        hooks = TrainHooks(after_step=proximal_shrink(bns, sp.lam, sp.renormalize, sp.shrink))
+        hooks = TrainHooks(after_step=proximal_shrink(bns, lam, sp.renormalize, sp.shrink))
         stats = finetune(model, sp, ctx, "sparsity training", hooks) if sp.epochs > 0 else {"steps": 0}
         after = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
         frac_after, dead = sparse_fraction(bns, sp.shrink), dead_fraction(bns, sp.shrink)
@@ -153,6 +202,8 @@ class SlimStep(Step):
         recalibrate_bn(model, ctx.train)
         after_prune = evaluate_map(model, ctx.val)
         tuned = finetune(model, spec.finetune, ctx, "fine-tune after slimming")
+        if inserted:
+            fold_scales(model)
         extra = {
             "gamma_before": [round(float(v), 5) for v in before],
             "gamma_after": [round(float(v), 5) for v in after],
@@ -167,4 +218,6 @@ class SlimStep(Step):
             # where the accuracy goes: the sparsity training, the cut, and what the fine-tune starts from
             "stages": {"after_sparsity": after_sparsity, "after_prune": after_prune},
         }
+        if inserted:
+            extra["inserted_scales"] = inserted  # gates behind a user's convs, folded after the fine-tune
         return StepResult(model, history=history, extra=extra)

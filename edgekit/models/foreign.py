@@ -89,6 +89,10 @@ class ForeignDetector(nn.Module):
         """Convs never pruned: the prediction convs (the head's layout) and those cut by channel slices."""
         return [self.net.convs[k] for k in self.prediction_keys + self.pinned_keys]
 
+    def head_convs(self) -> list[nn.Module]:
+        """The prediction convs alone: what quantization-aware training keeps in float."""
+        return [self.net.convs[k] for k in self.prediction_keys]
+
     def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The first output and the prediction convs' raw maps, in the order the graph computes them."""
         maps: list[torch.Tensor] = []

@@ -282,6 +282,7 @@ def compress_key(ctx: RunContext, recipe, model) -> str:
 def compress_stage(ctx: RunContext, recipe, state: ModelState, data: DataResult) -> ModelState:
     """Run the recipe's torch steps (pruning, swaps, distillation, QAT) with per-step nodes."""
     from edgekit.compress.context import CompressContext
+    from edgekit.compress.finetune import labelled_detection_weight
     from edgekit.compress.runner import run_recipe
 
     if not recipe.torch_steps():
@@ -297,6 +298,7 @@ def compress_stage(ctx: RunContext, recipe, state: ModelState, data: DataResult)
             workdir=workdir,
             progress=ctx.progress,
             epochs_scale=ctx.epochs_scale,
+            detection=labelled_detection_weight(model, data.metric == "map"),
         )
         model, nodes = run_recipe(model, recipe, cctx)
         for node in nodes:

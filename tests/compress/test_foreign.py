@@ -258,8 +258,8 @@ def test_data_with_other_classes_is_refused_at_plan_time(tmp_path, capsys, shape
 
 
 def test_a_step_that_cannot_apply_is_refused_before_anything_trains(tmp_path, capsys, reference_onnx):
-    err = _refused(capsys, tmp_path, "--model", str(reference_onnx), "--recipe", "slim")
-    assert "step 0 'slim' cannot apply" in err and "BatchNorm" in err and "--recipe" in err
+    err = _refused(capsys, tmp_path, "--model", str(reference_onnx), "--recipe", "microyolo")
+    assert "step 0 'swap' cannot apply" in err and "blocks" in err and "--recipe" in err
 
 
 def test_too_few_images_name_the_minimum(tmp_path, capsys, reference_onnx, image_folder):
@@ -296,3 +296,71 @@ def test_edgekit_compress_writes_the_users_onnx_back(tmp_path, capsys, reference
     assert (
         node["stage"] == "compress:prune" and node["metrics"]["macs"] < 0.7 * node["extra"]["before"]["macs"]
     )
+
+
+def test_slimming_gates_are_exact_and_fold_back_into_the_users_convs(tmp_path):
+    """Slimming a user's model: gates (gamma 1, beta 0) change nothing; trained, they fold back exactly."""
+    from edgekit.compress.graph import prunable_convs
+    from edgekit.compress.slimming import ChannelScale, fold_scales, gated_bns, insert_scales
+    from edgekit.models.foreign import load_foreign
+
+    model = load_foreign(_export(V8Det(), tmp_path / "u.onnx"), "yolov8").eval()
+    x = torch.rand(2, *SHAPE[1:])
+    with torch.no_grad():
+        ref = model(x)
+    prunable = prunable_convs(model, SHAPE)
+    inserted = insert_scales(model, SHAPE)
+    assert inserted == len(prunable) > 0  # one gate per prunable conv, none on the head
+    assert len(gated_bns(model, SHAPE)) > 0  # torch-pruning sees the gates as the convs' BN
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
+        for gate in (m for m in model.modules() if isinstance(m, ChannelScale)):
+            gate.weight.uniform_(0.5, 1.5)
+            gate.bias.uniform_(-0.1, 0.1)
+        gated = model(x)
+    assert fold_scales(model) == inserted
+    assert not any(isinstance(m, ChannelScale) for m in model.modules())
+    with torch.no_grad():
+        assert (model(x) - gated).abs().max() <= 1e-4 * gated.abs().max()
+
+
+@pytest.mark.parametrize("recipe", ["slim", "qat"])
+def test_slimming_and_qat_run_on_a_users_onnx(recipe, tmp_path, capsys, reference_onnx, image_folder):
+    """Every recipe that makes sense runs on a foreign model; what comes out keeps the user's I/O."""
+    import onnx
+
+    from edgekit.export.onnx import ort_session
+
+    out = tmp_path / "c"
+    argv = ["compress", "--model", str(reference_onnx), "--images", str(image_folder), "--recipe", recipe]
+    assert main([*argv, "--epochs-scale", "0.05", "--out", str(out), "--quiet"]) == 0, capsys.readouterr()
+    record = json.loads((out / "record.json").read_text())
+    first = record["nodes"][0]
+    assert first["metrics"]["macs"] < 0.8 * first["extra"]["before"]["macs"]
+    theirs = ort_session(reference_onnx)
+    written = ["model.onnx", "model_int8.onnx"] if recipe == "qat" else ["model.onnx"]
+    for name in written:
+        ours = ort_session(out / name)
+        assert [(o.name, o.shape) for o in ours.get_outputs()] == [
+            (o.name, o.shape) for o in theirs.get_outputs()
+        ]
+        ops = {n.op_type for n in onnx.load(str(out / name)).graph.node}
+        assert ("QuantizeLinear" in ops) == (name == "model_int8.onnx")
+        assert "BatchNormalization" not in ops  # slimming's gates are folded back into the convs
+    if recipe == "slim":
+        assert first["extra"]["inserted_scales"] > 0
+    else:
+        assert record["nodes"][-1]["extra"]["quantized_convs"] > 0
+
+
+def test_with_labels_the_fine_tune_adds_the_detection_loss(tmp_path, capsys, reference_onnx, shapes_root):
+    """--data: the metric is mAP, and the distillation gets the labels' detection loss beside it."""
+    from edgekit.compress.finetune import FOREIGN_DETECTION_WEIGHT
+
+    out = tmp_path / "c"
+    argv = ["compress", "--model", str(reference_onnx), "--data", str(shapes_root), "--epochs-scale", "0.05"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0, capsys.readouterr()
+    assert "mAP50" in capsys.readouterr().out
+    prune = json.loads((out / "record.json").read_text())["nodes"][0]
+    assert prune["extra"]["train"]["detection"] == FOREIGN_DETECTION_WEIGHT > 0
+    assert prune["metrics"]["map50"] > 0.3  # the pruned model still detects the labelled shapes
