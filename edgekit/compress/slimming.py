@@ -57,8 +57,9 @@ class ChannelScale(nn.BatchNorm2d):
     stay 0 / 1 and are never used.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, lr_scale: float = 1.0) -> None:
         super().__init__(channels, eps=0.0)
+        self.lr_scale = lr_scale  # its parameters' rate x this (read by edgekit.models.train.train)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the per-channel affine."""
@@ -66,12 +67,17 @@ class ChannelScale(nn.BatchNorm2d):
 
 
 def insert_scales(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Put a :class:`ChannelScale` behind each prunable conv of a user's model, in place; return how many."""
+    """Put a :class:`ChannelScale` behind each prunable conv of a user's model, in place; return how many.
+
+    The gates are at the scale of a BN's gamma (1), not of the folded weights, so they train at the recipe's
+    rate while the rest of a user's model trains at :data:`~edgekit.compress.finetune.FOREIGN_LR_SCALE` of it.
+    """
     prunable = {id(c) for c in prunable_convs(model, input_shape).values()}
     convs = model.net.convs
     keys = [k for k, conv in convs.items() if id(conv) in prunable]
     for key in keys:
-        convs[key] = nn.Sequential(convs[key], ChannelScale(convs[key].out_channels))
+        gate = ChannelScale(convs[key].out_channels, lr_scale=1.0 / FOREIGN_LR_SCALE)
+        convs[key] = nn.Sequential(convs[key], gate)
     return len(keys)
 
 

@@ -195,7 +195,20 @@ def train(
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scales: dict[
+        float, list
+    ] = {}  # a module may carry an ``lr_scale`` for its own parameters (slimming's gates)
+    own = {
+        id(p): float(m.lr_scale)
+        for m in model.modules()
+        if hasattr(m, "lr_scale")
+        for p in m.parameters(False)
+    }
+    for p in params:
+        scales.setdefault(own.get(id(p), 1.0), []).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": ps, "lr_scale": k} for k, ps in scales.items()], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     loss_value = float("nan")
     start, order = 0, None
     if partial is not None and partial.is_file():
@@ -214,7 +227,7 @@ def train(
                 order = rng.permutation(len(data))
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             k = step % steps_per_epoch
             idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
             flips = rng.random(len(idx)) < 0.5 if cfg.hflip else None
