@@ -74,13 +74,16 @@ def trained_onnx(name: str, root: Path, epochs: int, work: Path) -> tuple[Path, 
 def run_one(name: str, recipe: str, loss: str, args, root: Path, state: dict) -> dict:
     """One `edgekit deploy` of a trained architecture's ONNX (or its kept result)."""
     key = f"{name}-{args.epochs}ep-{recipe}-{loss}-{args.epochs_scale:g}"
+    key += f"-lr{args.lr_scale:g}" if args.lr_scale is not None else ""
     if key in state:
         return state[key]
     work = cache_dir() / "bench" / "foreign-arch"
     work.mkdir(parents=True, exist_ok=True)
     path, info = trained_onnx(name, root, args.epochs, work)
-    saved = finetune_module.FOREIGN_DETECTION_WEIGHT
+    saved, saved_lr = finetune_module.FOREIGN_DETECTION_WEIGHT, finetune_module.FOREIGN_LR_SCALE
     finetune_module.FOREIGN_DETECTION_WEIGHT = saved if loss == "det" else 0.0
+    if args.lr_scale is not None:  # an experiment: a user's model's rate against the recipe's
+        finetune_module.FOREIGN_LR_SCALE = args.lr_scale
     start = time.perf_counter()
     shutil.rmtree(work / "runs" / key, ignore_errors=True)  # an interrupted run: its fine-tune resumes
     try:
@@ -92,7 +95,7 @@ def run_one(name: str, recipe: str, loss: str, args, root: Path, state: dict) ->
             )
         )  # fmt: skip
     finally:
-        finetune_module.FOREIGN_DETECTION_WEIGHT = saved
+        finetune_module.FOREIGN_DETECTION_WEIGHT, finetune_module.FOREIGN_LR_SCALE = saved, saved_lr
     summary = json.loads((run / "summary.json").read_text())
     record = json.loads((run / "record.json").read_text())
     steps = [n for n in record["nodes"] if n["stage"].startswith("compress:")]
@@ -101,6 +104,8 @@ def run_one(name: str, recipe: str, loss: str, args, root: Path, state: dict) ->
     pts = lambda a, b: None if a is None or b is None else round(100 * (a - b), 2)  # noqa: E731
     state[key] = {
         "model": name, "recipe": recipe, "loss": loss, "trained_epochs": args.epochs,
+        "epochs_scale": args.epochs_scale, "lr_scale": finetune_module.FOREIGN_LR_SCALE
+        if args.lr_scale is None else args.lr_scale,
         "trained_map50": info["map50"], "trained_map50_95": info["map50_95"],
         "macs_ratio": round(ref["macs"] / dep["macs"], 3),
         "params_ratio": round(ref["params"] / dep["params"], 3),
@@ -112,8 +117,12 @@ def run_one(name: str, recipe: str, loss: str, args, root: Path, state: dict) ->
         "finetune_s": sum(s["metrics"].get("wall_s") or 0 for s in steps),
         "wall_s": round(time.perf_counter() - start, 1),
     }  # fmt: skip
+    kept = json.loads(STATE.read_text()) if STATE.is_file() else {}  # another process may have added runs
+    kept[key] = state[key]
     STATE.parent.mkdir(parents=True, exist_ok=True)
-    STATE.write_text(json.dumps(state, indent=2))
+    tmp = STATE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(kept, indent=2))
+    tmp.replace(STATE)
     print(json.dumps(state[key]), flush=True)
     return state[key]
 
@@ -127,6 +136,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--epochs", type=int, default=60, help="training epochs of each architecture")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies the recipes' epochs")
+    p.add_argument("--lr-scale", type=float, default=None, help="a user's model's rate x (default: edgekit's)")
     p.add_argument("--train-only", action="store_true", help="train and export the models, deploy nothing")
     p.add_argument("--fresh", action="store_true", help="forget the finished deploys")
     args = p.parse_args(argv)
