@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--epochs", type=int, default=60, help="training epochs of each architecture")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies the recipes' epochs")
-    p.add_argument("--lr-scale", type=float, default=None, help="a user's model's rate x (default: edgekit's)")
+    p.add_argument("--lr-scale", type=float, default=None, help="user-model rate x (default: edgekit's)")
     p.add_argument("--train-only", action="store_true", help="train and export the models, deploy nothing")
     p.add_argument("--fresh", action="store_true", help="forget the finished deploys")
     args = p.parse_args(argv)
