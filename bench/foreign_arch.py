@@ -153,7 +153,8 @@ def main(argv: list[str]) -> int:
         for r in args.recipes.split(",")
         for loss in args.losses.split(",")
     ]
-    save("foreign-arch", {"runs": rows})
+    every = json.loads(STATE.read_text()) if STATE.is_file() else {}  # with other processes' and earlier runs
+    save("foreign-arch", {"runs": rows, "all_runs": list(every.values())})
     print(json.dumps(rows, indent=2))
     return 0
 
