@@ -73,17 +73,19 @@ def trained_onnx(name: str, root: Path, epochs: int, work: Path) -> tuple[Path, 
 
 def run_one(name: str, recipe: str, loss: str, args, root: Path, state: dict) -> dict:
     """One `edgekit deploy` of a trained architecture's ONNX (or its kept result)."""
-    key = f"{name}-{args.epochs}ep-{recipe}-{loss}-{args.epochs_scale:g}"
-    key += f"-lr{args.lr_scale:g}" if args.lr_scale is not None else ""
+    rate = args.lr_scale
+    if rate is None:  # edgekit's own: the labelled rate with the detection loss, else distillation's
+        rate = finetune_module.LABELLED_LR_SCALE if loss == "det" else finetune_module.FOREIGN_LR_SCALE
+    key = f"{name}-{args.epochs}ep-{recipe}-{loss}-{args.epochs_scale:g}-lr{rate:g}"
     if key in state:
         return state[key]
     work = cache_dir() / "bench" / "foreign-arch"
     work.mkdir(parents=True, exist_ok=True)
     path, info = trained_onnx(name, root, args.epochs, work)
-    saved, saved_lr = finetune_module.FOREIGN_DETECTION_WEIGHT, finetune_module.FOREIGN_LR_SCALE
-    finetune_module.FOREIGN_DETECTION_WEIGHT = saved if loss == "det" else 0.0
-    if args.lr_scale is not None:  # an experiment: a user's model's rate against the recipe's
-        finetune_module.FOREIGN_LR_SCALE = args.lr_scale
+    saved = [finetune_module.FOREIGN_DETECTION_WEIGHT, finetune_module.FOREIGN_LR_SCALE]
+    saved.append(finetune_module.LABELLED_LR_SCALE)
+    finetune_module.FOREIGN_DETECTION_WEIGHT = saved[0] if loss == "det" else 0.0
+    finetune_module.FOREIGN_LR_SCALE = finetune_module.LABELLED_LR_SCALE = rate
     start = time.perf_counter()
     shutil.rmtree(work / "runs" / key, ignore_errors=True)  # an interrupted run: its fine-tune resumes
     try:
@@ -95,7 +97,11 @@ def run_one(name: str, recipe: str, loss: str, args, root: Path, state: dict) ->
             )
         )  # fmt: skip
     finally:
-        finetune_module.FOREIGN_DETECTION_WEIGHT, finetune_module.FOREIGN_LR_SCALE = saved, saved_lr
+        (
+            finetune_module.FOREIGN_DETECTION_WEIGHT,
+            finetune_module.FOREIGN_LR_SCALE,
+            finetune_module.LABELLED_LR_SCALE,
+        ) = saved
     summary = json.loads((run / "summary.json").read_text())
     record = json.loads((run / "record.json").read_text())
     steps = [n for n in record["nodes"] if n["stage"].startswith("compress:")]
@@ -104,8 +110,7 @@ def run_one(name: str, recipe: str, loss: str, args, root: Path, state: dict) ->
     pts = lambda a, b: None if a is None or b is None else round(100 * (a - b), 2)  # noqa: E731
     state[key] = {
         "model": name, "recipe": recipe, "loss": loss, "trained_epochs": args.epochs,
-        "epochs_scale": args.epochs_scale, "lr_scale": finetune_module.FOREIGN_LR_SCALE
-        if args.lr_scale is None else args.lr_scale,
+        "epochs_scale": args.epochs_scale, "lr_scale": rate,
         "trained_map50": info["map50"], "trained_map50_95": info["map50_95"],
         "macs_ratio": round(ref["macs"] / dep["macs"], 3),
         "params_ratio": round(ref["params"] / dep["params"], 3),

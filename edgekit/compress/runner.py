@@ -28,13 +28,13 @@ from edgekit.models.train import model_hash
 
 def step_keys(model: nn.Module, recipe: Recipe, ctx: CompressContext) -> list[str]:
     """One key per torch step: the steps up to it, the input model, the epoch scale and the seed."""
-    from edgekit.compress.finetune import FOREIGN_LR_SCALE, is_foreign
+    from edgekit.compress.finetune import FOREIGN_LR_SCALE, foreign_rate, is_foreign
 
     steps, mhash = [s.model_dump(mode="json") for s in recipe.torch_steps()], model_hash(model)
     # a user's model: its training differs (distillation alone, scaled rate, this loss version)
     foreign = {"foreign": {"lr_scale": FOREIGN_LR_SCALE, "loss": 2}} if is_foreign(model) else {}
     if is_foreign(model) and ctx.detection > 0:  # with labels: the detection loss's weight and version
-        foreign["foreign"] |= {"detection": ctx.detection, "detection_loss": 1}
+        foreign["foreign"] |= {"detection": ctx.detection, "detection_loss": 1, "lr_scale": foreign_rate(ctx)}
     return [
         stable_hash(
             {

@@ -37,7 +37,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgekit.compress.context import evaluate_map
-from edgekit.compress.finetune import FOREIGN_LR_SCALE, finetune, is_foreign, recalibrate_bn
+from edgekit.compress.finetune import finetune, foreign_rate, is_foreign, recalibrate_bn
 from edgekit.compress.graph import (
     CRITERIA,
     build_graph,
@@ -66,17 +66,18 @@ class ChannelScale(nn.BatchNorm2d):
         return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
-def insert_scales(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def insert_scales(model: nn.Module, input_shape: tuple[int, ...], rate: float = 1.0) -> int:
     """Put a :class:`ChannelScale` behind each prunable conv of a user's model, in place; return how many.
 
     The gates are at the scale of a BN's gamma (1), not of the folded weights, so they train at the recipe's
-    rate while the rest of a user's model trains at :data:`~edgekit.compress.finetune.FOREIGN_LR_SCALE` of it.
+    rate while the rest of a user's model trains at ``rate`` x it
+    (:func:`~edgekit.compress.finetune.foreign_rate`).
     """
     prunable = {id(c) for c in prunable_convs(model, input_shape).values()}
     convs = model.net.convs
     keys = [k for k, conv in convs.items() if id(conv) in prunable]
     for key in keys:
-        gate = ChannelScale(convs[key].out_channels, lr_scale=1.0 / FOREIGN_LR_SCALE)
+        gate = ChannelScale(convs[key].out_channels, lr_scale=1.0 / rate)
         convs[key] = nn.Sequential(convs[key], gate)
     return len(keys)
 
@@ -194,8 +195,10 @@ class SlimStep(Step):
         """Run the step (see :class:`~edgekit.compress.step.Step`)."""
         sp, inserted, lam = spec.sparsity, 0, spec.sparsity.lam
         if is_foreign(model):  # no BN of its own: gates behind its convs, folded back at the end
-            inserted = insert_scales(model, ctx.input_shape)
-            lam = lam / FOREIGN_LR_SCALE  # it trains at a scaled rate; the shrink per step stays the recipe's
+            inserted = insert_scales(model, ctx.input_shape, foreign_rate(ctx))
+            lam = lam / foreign_rate(
+                ctx
+            )  # it trains at a scaled rate; the shrink per step stays the recipe's
         bns = gated_bns(model, ctx.input_shape)
         before = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
         frac_before = sparse_fraction(bns, sp.shrink)
