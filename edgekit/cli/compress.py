@@ -103,8 +103,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         from edgekit.compress.qat import export_qdq, float_view
         from edgekit.models.foreign import export_foreign
 
-        export_foreign(float_view(model), args.out / "model.onnx")
-        if float_view(model) is not model:
+        floating = float_view(model)  # a copy without fake quantization after QAT, else the model itself
+        export_foreign(floating, args.out / "model.onnx")
+        if floating is not model:
             export_qdq(model, model.input_shape, args.out / "model_int8.onnx")
     record.status = "ok"
     record.save(args.out / "record.json")
