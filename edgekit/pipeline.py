@@ -42,7 +42,8 @@ class DeployRequest:
         data: YOLO dataset folder for training/eval; default: the built-in hard shapes set.
         images: Folder of unlabelled images for a user's model without ``data``: 4 in 5 train the
             distillation, 1 in 5 is held back to measure teacher agreement (default: the built-in images).
-        device: ``local`` runs the target's artifact on this host instead of the board.
+        device: ``local`` runs the target's artifact on this host instead of the board; ``sim`` on the
+            emulated board (:mod:`edgekit.device.sim`), started if needed.
         out: Folder that receives the run folder.
         max_map_drop: Gate: allowed mAP@0.5:0.95 drop (points) of the deployed artifact vs the reference.
         max_p99_ms: Gate: allowed p99 latency (ms) on the device.
@@ -146,6 +147,16 @@ def make_plan(request: DeployRequest) -> Plan:
     from edgekit.compress.recipe import load_recipe
 
     target = load_target(request.target)
+    if request.device == "sim":
+        from edgekit.device.sim.target import sim_target
+
+        target = sim_target(target)
+        if request.max_p99_ms is not None:
+            raise ConfigError(
+                f"--max-p99-ms gates a board's latency, and {target.emulator} is an emulator: its time is "
+                "not board time",
+                "drop --max-p99-ms with --device sim (gate on accuracy with --max-map-drop)",
+            )
     recipe = load_recipe(request.recipe)
     quant = recipe.quantize_step()
     if quant is not None and target.precision != "int8":

@@ -17,7 +17,9 @@ from edgekit import __version__
 from edgekit.core.errors import EdgekitError
 
 #: The command modules of this package, in the order ``edgekit --help`` lists them.
-COMMANDS = ("deploy", "compress", "build", "bench", "predict", "calib", "reference", "report", "info")
+COMMANDS = (
+    "deploy", "compress", "build", "bench", "predict", "calib", "board", "reference", "report", "info",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

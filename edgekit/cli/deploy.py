@@ -17,6 +17,7 @@ DEPLOY_EPILOG = """examples:
   edgekit deploy --target local --model yolo.onnx --recipe none --data my-dataset/
   edgekit deploy --target local --calibrator auto --max-drop 0.5   # every calibrator tried on the device
   edgekit deploy --target local --dry-run            # show the plan, run nothing
+  edgekit deploy --target rpi4-ncnn --device sim     # on an emulated Pi 4 (qemu Cortex-A72) over SSH
 """
 
 
@@ -74,7 +75,11 @@ def add_parser(sub) -> None:
         "compressed model's detections against the original's). Default: the built-in images",
     )
     p.add_argument(
-        "--device", choices=["local"], help="run the target's artifact on this host instead of the board"
+        "--device",
+        choices=["local", "sim"],
+        help="local: run the target's artifact on this host instead of the board; sim: on an emulated "
+        "board of the target's kind (rpi4: Cortex-A72, rk3588: Cortex-A76) over SSH, started if needed "
+        "(its time is emulator time, not board time)",
     )
     p.add_argument("--out", default="runs", type=Path, help="folder that receives the run folder")
     p.add_argument("--run-id", help="name of the run folder (default: time-target-recipe)")

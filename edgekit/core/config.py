@@ -174,6 +174,10 @@ class Target(_Strict):
     power: PowerSpec = PowerSpec()
     cpu: CpuSpec = CpuSpec()
     limits: Limits = Limits()
+    emulator: str | None = Field(
+        None,
+        description="set when the board is emulated ('qemu-user cortex-a72'): its time is not board time",
+    )
     source: str | None = Field(None, exclude=True)
 
 

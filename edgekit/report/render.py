@@ -105,6 +105,15 @@ def _headline(record: RunRecord, summary: Summary) -> list[Block]:
         ["latency p50 (ms)", _num(ref_lat.get("p50"), 2), _num(lat.p50, 2), ""],
         ["latency p99 (ms)", _num(ref_lat.get("p99"), 2), _num(bench_lat.get("p99"), 2), ""],
         ["FPS", _num(ref_node.metric("fps") if ref_node else None, 1), _num(summary.fps, 1), ""],
+    ]
+    if summary.emulator:  # emulator time is not board time: its own rows, never the board's
+        emu = summary.emulator_time_ms or lat
+        rows[5:8] = [
+            ["latency p50 (ms)", _num(ref_lat.get("p50"), 2), NOT_MEASURED, ""],
+            [f"emulator time p50 (ms, {summary.emulator})", "", _num(emu.p50, 1), ""],
+            [f"emulator time p99 (ms, {summary.emulator})", "", _num(bench_lat.get("p99"), 1), ""],
+        ]
+    rows += [
         ["power (W)", NONE, _num(summary.power_w, 2), ""],
         ["energy per inference (mJ)", NONE, _num(summary.energy_mj_per_inference, 2), ""],
     ]
@@ -112,6 +121,15 @@ def _headline(record: RunRecord, summary: Summary) -> list[Block]:
         row[1:3] = [NOT_MEASURED if cell == NONE else cell for cell in row[1:3]]
     headers = ["", "reference (FP32, host)", "deployed", "change"]
     blocks: list[Block] = [Heading("Reference against deployed"), Table(headers, rows, frozenset({1, 2, 3}))]
+    if summary.emulator:
+        blocks.append(
+            Paragraph(
+                f"The device is an **emulated board** ({summary.emulator}): the runtime's real ARM kernels "
+                "ran, so its outputs (and the mAP above) are the board's arithmetic, but its timings are "
+                "emulator time, tens to hundreds of times a real core's. No board latency was measured.",
+                tone="note",
+            )
+        )
     if summary.metric == "teacher_agreement":
         blocks.append(
             Paragraph(
@@ -267,9 +285,12 @@ def _latency_detail(record: RunRecord) -> list[Block]:
     keys = [k for k in ("n", "mean", "std", "cv", "min", "p50", "p90", "p95", "p99", "max") if k in stats]
     row = [str(stats[k]) if k == "n" else _num(stats[k], 3) for k in keys]
     note = "Percentiles are nearest-rank (as trtexec reports them); std is the population deviation."
+    emulator = record.target.get("emulator")
+    if emulator:
+        note = f"Emulator time ({emulator}), not board time. " + note
     warnings = latency_warnings(bench.extra.get("latencies_ms") or [])
     return [
-        Heading("Latency (ms)", 3),
+        Heading("Emulator time (ms)" if emulator else "Latency (ms)", 3),
         Table(keys, [row], frozenset(range(len(keys)))),
         Paragraph(note, tone="note"),
         *(Paragraph(w, label="Warning:", tone="bad") for w in warnings),

@@ -116,6 +116,9 @@ class Summary(_Strict):
     ``metric`` says what the ``map50`` / ``map50_95`` figures are: ``map`` (against the dataset's labels)
     or ``teacher_agreement`` (a user's model without labels: mAP of the detections against the FP32
     model's own, on held-back images; not the model's accuracy). :func:`metric_label` names it.
+
+    On an emulated board (``--device sim``) ``emulator`` names it (``qemu-user cortex-a72``); its timings
+    go to ``emulator_time_ms``, and ``latency_ms`` / ``fps`` stay ``None``: emulator time is not board time.
     """
 
     target: str | None
@@ -127,6 +130,8 @@ class Summary(_Strict):
     deployed: DeployedFigures
     latency_ms: Latency
     fps: float | None
+    emulator: str | None = None
+    emulator_time_ms: Latency | None = None
     power_w: float | None
     energy_mj_per_inference: float | None
     calibration: CalibrationRef
@@ -162,6 +167,8 @@ def _flatten(record: RunRecord) -> dict[str, Any]:
     """
     bench = record.node("bench")
     latency = (bench.metric("latency_ms") if bench else None) or {}
+    emulator = record.target.get("emulator")
+    timed = {k: latency.get(k) for k in LATENCY_KEYS}
     return {
         "target": record.target.get("name"),
         "backend": _setting(record, "backend"),
@@ -170,8 +177,10 @@ def _flatten(record: RunRecord) -> dict[str, Any]:
         "metric": run_metric(record),
         "reference": _pick(record.node("reference"), ("params", "macs", "map50", "map50_95")),
         "deployed": _deployed(record),
-        "latency_ms": {k: latency.get(k) for k in LATENCY_KEYS},
-        "fps": bench.metric("fps") if bench else None,
+        "latency_ms": {} if emulator else timed,
+        "fps": bench.metric("fps") if bench and not emulator else None,
+        "emulator": emulator,
+        "emulator_time_ms": timed if emulator else None,
         "power_w": bench.metric("power_w") if bench else None,
         "energy_mj_per_inference": bench.metric("energy_mj_per_inference") if bench else None,
         "calibration": _calibration(record),

@@ -42,10 +42,24 @@ X86_FEATURES = (
 ARM_FEATURES = ("asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "neon", "vfpv4")
 
 
+#: ARM's own cores by MIDR part number (implementer 0x41): an arm64 kernel's cpuinfo names no model.
+ARM_CORES = {
+    0xD03: "Cortex-A53", 0xD04: "Cortex-A35", 0xD05: "Cortex-A55", 0xD07: "Cortex-A57", 0xD08: "Cortex-A72",
+    0xD09: "Cortex-A73", 0xD0A: "Cortex-A75", 0xD0B: "Cortex-A76", 0xD0C: "Neoverse-N1", 0xD0D: "Cortex-A77",
+    0xD41: "Cortex-A78", 0xD44: "Cortex-X1", 0xD46: "Cortex-A510", 0xD47: "Cortex-A710", 0xD4B: "Cortex-A78C",
+}  # fmt: skip
+
+
 def _cpuinfo_flags(text: str) -> tuple[set[str], str]:
-    """Return the feature flags and the model name found in a /proc/cpuinfo text."""
+    r"""Return the feature flags and the model name found in a /proc/cpuinfo text.
+
+    An arm64 cpuinfo has no model name; its first core's implementer and part name it instead:
+
+    >>> _cpuinfo_flags("Features\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n")[1]
+    'Cortex-A72'
+    """
     flags: set[str] = set()
-    model = ""
+    model, implementer, part = "", "", ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -53,6 +67,16 @@ def _cpuinfo_flags(text: str) -> tuple[set[str], str]:
             flags.update(value.split())
         elif key in ("model name", "hardware", "cpu model") and not model:
             model = value.strip()
+        elif key == "cpu implementer" and not implementer:
+            implementer = value.strip()
+        elif key == "cpu part" and not part:
+            part = value.strip()
+    if not model and part:
+        try:
+            core = ARM_CORES.get(int(part, 16)) if implementer == "0x41" else None
+        except ValueError:
+            core = None
+        model = core or f"ARM implementer {implementer} part {part}"
     return flags, model
 
 

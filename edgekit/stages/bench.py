@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.core.config import Target
-from edgekit.core.errors import ConfigError
+from edgekit.core.errors import ConfigError, DeviceError
 from edgekit.report.record import latency_stats
 from edgekit.stages.context import Built, RunContext, add_node, eval_tensors, stage
 
@@ -133,11 +133,17 @@ def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dic
             "min_seconds": rt.min_seconds,
             "threads": result.threads,
             "device": transport.name,
+            "emulator": ctx.target.emulator,
             "power": ctx.target.power.model_dump(mode="json"),
             "device_state": result.state_before.identity(),
         },
         dict(fields),
-        label=f"{len(result.latencies_ms)} timed runs on {transport.name}",
+        label=f"{len(result.latencies_ms)} timed runs on {transport.name}"
+        + (
+            f" (emulated: {ctx.target.emulator}; emulator time, not board time)"
+            if ctx.target.emulator
+            else ""
+        ),
         metrics=metrics,
         tools={result.runtime: result.runtime_version},
         extra=bench_extra(result, rt),
@@ -218,6 +224,14 @@ def check_target_ready(target: Target, device: str | None) -> tuple[type, Callab
     from edgekit.device.ssh import SSHTransport, _paramiko
 
     _paramiko()  # missing extra: one clear error now, not after the build
+    if device == "sim":
+        from edgekit.device.sim.rootfs import unavailable
+        from edgekit.device.sim.target import transport_factory
+
+        reason = unavailable()
+        if reason:
+            raise DeviceError(f"--device sim cannot run here: {reason}", "use --device local")
+        return backend_cls, transport_factory(target)
     conn = target.connection
     SSHTransport.from_connection(conn).check_files()  # key and known_hosts exist: before any work
     return backend_cls, lambda: SSHTransport.from_connection(conn)
