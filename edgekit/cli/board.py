@@ -46,6 +46,22 @@ def add_parser(sub) -> None:
     )
     sim.add_argument("--json", action="store_true", help="print the connection(s) as JSON")
     sim.set_defaults(func=cmd_sim)
+    prep = board_sub.add_parser(
+        "prepare",
+        help="install on a board the runtime versions this host's converters write for",
+        description="Install on the target's board (over SSH) the runtime this host's converter writes for, "
+        "at this host's version, with numpy: wheels are fetched here for the board's platform and Python, "
+        "pushed, and installed by the board's pip offline. A bench refuses a board whose runtime is missing "
+        "or another version, and names this command.",
+        epilog="examples:\n  edgekit board prepare rpi4-ncnn --device sim\n"
+        "  edgekit board prepare rk3588-mnn",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prep.add_argument("target", help="target name or YAML file (its connection: and backend: are used)")
+    prep.add_argument(
+        "--device", choices=["sim"], help="sim: the target's emulated board (started if needed)"
+    )
+    prep.set_defaults(func=cmd_prepare)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -81,4 +97,34 @@ def cmd_sim(args) -> int:
                 f"(ssh -i {conn['key_file']} -o UserKnownHostsFile={conn['known_hosts']} "
                 f"{conn['user']}@{conn['host']})"
             )
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    """Handle ``edgekit board prepare``."""
+    from edgekit.core.config import load_target
+    from edgekit.core.errors import ConfigError
+    from edgekit.core.registry import BACKENDS
+    from edgekit.device.provision import prepare_board
+    from edgekit.device.sim.rootfs import sim_home
+    from edgekit.device.ssh import SSHTransport
+
+    target = load_target(args.target)
+    if args.device == "sim":
+        from edgekit.device.sim.board import BoardSim
+        from edgekit.device.sim.target import sim_target
+
+        target = sim_target(target)
+        BoardSim(target.board).start()
+    if target.connection.type != "ssh":
+        raise ConfigError(
+            f"target '{target.name}' runs on this host: its runtime is the one edgekit installed here",
+            "give a target whose connection is ssh, or --device sim for an emulated board",
+        )
+    packages = BACKENDS.get(target.backend).board_packages
+    if not packages:
+        print(f"{target.backend}: nothing a board gets from pip (it is built or flashed on the device)")
+        return 0
+    with SSHTransport.from_connection(target.connection) as transport:
+        prepare_board(transport, target.connection.python, packages, sim_home().parent / "board-wheels")
     return 0

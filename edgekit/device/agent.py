@@ -10,6 +10,7 @@ import hashlib
 import json
 import posixpath
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 
 from edgekit.backends.contract.artifact import ARTIFACT_JSON
 from edgekit.backends.contract.base import Artifact
-from edgekit.core.errors import ConfigError, DeviceError, RemoteCommandError
+from edgekit.core.errors import ConfigError, DeviceError, EdgekitError, RemoteCommandError
 from edgekit.core.files import atomic_dir, atomic_write_json, sha256_file
 from edgekit.device.power import (
     NOT_MEASURED,
@@ -33,7 +34,7 @@ from edgekit.device.power import (
 )
 from edgekit.device.runner_io import Guard, RunnerProgress, parse_json_line, parse_runner_output
 from edgekit.device.state import DeviceState
-from edgekit.device.transport import CommandResult, Transport
+from edgekit.device.transport import CommandResult, LocalTransport, Transport
 from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
@@ -190,8 +191,15 @@ class Agent:
         >>> res.stats["p99"], res.fps  # doctest: +SKIP
     """
 
-    def __init__(self, transport: Transport, sampler: PowerSampler | None = None, python: str | None = None):
+    def __init__(
+        self,
+        transport: Transport,
+        sampler: PowerSampler | None = None,
+        python: str | None = None,
+        target: str | None = None,
+    ):
         self.transport = transport
+        self.target = target  # named in the hint of a missing or skewed runtime
         self.sampler = sampler or NullSampler()
         if not isinstance(self.sampler, PowerSampler):  # runtime_checkable: every declared member
             missing = [m for m in ("name", "rails", "files", "measures", "note", "facts", "start", "stop")
@@ -217,6 +225,7 @@ class Agent:
             RemoteCommandError: The runner exited non-zero (message shows its stderr tail).
         """
         artifact = Artifact.load(artifact_dir)
+        board_versions = self._check_runtime(artifact)
         work = self.transport.mkdtemp()
         try:
             with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as host_tmp:
@@ -243,7 +252,27 @@ class Agent:
             self.transport.remove(work)
         res = self._result(raw, dets, samples, before, after, idle)
         res.guard = guard_record
+        if board_versions:
+            res.device["packages"] = board_versions
         return res
+
+    def _check_runtime(self, artifact: Artifact) -> dict[str, Any]:
+        """The board's versions of the runtime's packages; a missing or skewed runtime stops here.
+
+        This host's own interpreter has them by construction, so it is not asked.
+        """
+        from edgekit.core.registry import BACKENDS
+        from edgekit.device.provision import check_board_runtime
+
+        if isinstance(self.transport, LocalTransport) and self.python == sys.executable:
+            return {}
+        if artifact.backend not in BACKENDS:
+            return {}
+        try:
+            backend = BACKENDS.get(artifact.backend)
+        except EdgekitError:  # its host side is not installed here: nothing to compare the board with
+            return {}
+        return check_board_runtime(self.transport, self.python, backend, self.target)
 
     def state(self, work: str) -> DeviceState:
         """The device's state (board, L4T, power mode, clocks, governors, temperatures, throttling)."""

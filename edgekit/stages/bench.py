@@ -54,7 +54,7 @@ def run_on_device(
     rt = target.runtime
     sampler = sampler_for(target.power)
     idle_s = target.power.idle_s if target.connection.type == "ssh" else min(target.power.idle_s, 2.0)
-    return Agent(transport, sampler=sampler).bench(
+    return Agent(transport, sampler=sampler, target=target.name).bench(
         artifact_dir,
         BenchPlan(
             bench_input=x,

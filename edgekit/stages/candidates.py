@@ -26,7 +26,7 @@ def measure(ctx: RunContext, transport_factory, artifact_dir: Path, val) -> dict
 def _bench(transport, artifact_dir: Path, inputs, ctx: RunContext):
     from edgekit.device.agent import Agent, BenchPlan
 
-    return Agent(transport).bench(
+    return Agent(transport, target=ctx.target.name).bench(
         artifact_dir,
         BenchPlan(
             bench_input=inputs[:1],

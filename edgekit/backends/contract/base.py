@@ -209,6 +209,9 @@ class Backend:
     fallback: ClassVar[tuple[dict[str, Any], ...]] = ()
     parity: ClassVar[dict[str, Parity]] = PARITY
     extra: ClassVar[str | None] = None
+    #: pip distributions the runner imports on a board, runtime first (checked, and installed by
+    #: ``edgekit board prepare``); empty for a backend a board does not get from pip (TensorRT, an MCU).
+    board_packages: ClassVar[tuple[str, ...]] = ()
     runner: ClassVar[str] = ""
     runner_files: ClassVar[tuple[str, ...]] = ()
     suffix: ClassVar[str] = ""

@@ -128,6 +128,7 @@ class MnnBackend(Backend):
     #: Quantizer settings ``edgekit build`` tries in turn when no calibration method keeps the detections.
     fallback = ({"float_head_depth": 1}, {"float_head_depth": 2})
     extra = "mnn"
+    board_packages = ("MNN",)
     runner = "mnn_run.py"
     suffix = ".mnn"
     calibration_export = "edgekit.backends.mnn.calib_export"

@@ -127,6 +127,7 @@ class NcnnBackend(Backend):
     methods = (DEFAULT_METHOD, *(m for m in ("kl", "aciq") if m != DEFAULT_METHOD))
     min_calibration_images = min(MIN_IMAGES.values())
     extra = "ncnn"
+    board_packages = ("ncnn",)
     runner = "ncnn_run.py"
     suffix = ".param"
     calibration_export = "edgekit.backends.ncnn.calib_export"

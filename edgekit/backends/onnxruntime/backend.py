@@ -86,6 +86,7 @@ class OnnxRuntimeBackend(Backend):
     quantizer_options = OrtQdq
     methods = ("minmax", "entropy", "percentile")
     extra = None
+    board_packages = ("onnxruntime",)
     runner = "ort_run.py"
     suffix = ".onnx"
     calibration_export = "edgekit.backends.onnxruntime.calib_export"

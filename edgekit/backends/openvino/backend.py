@@ -127,6 +127,7 @@ class OpenVinoBackend(Backend):
     fallback = ({"float_head_depth": 1}, {"float_ranked": 4}, {"float_ranked": 8}, {"accuracy_control": True})
     min_calibration_images = 1
     extra = "openvino"
+    board_packages = ("openvino",)
     runner = "openvino_run.py"
     suffix = ".xml"
 

@@ -187,6 +187,8 @@ def ensure_rootfs(*, log: Path | None = None, say=print) -> Path:  # noqa: ANN00
         _run(["chroot", str(tmp), "useradd", "-m", "-s", "/bin/sh", BOARD_USER], log)
         # no password, not locked: sshd (without PAM) refuses keys for a locked ("!") account
         _run(["chroot", str(tmp), "usermod", "-p", "*", BOARD_USER], log)
+        # the board's user owns its Python environment, so `edgekit board prepare` can install there
+        _run(["chroot", str(tmp), "chown", "-R", f"{BOARD_USER}:{BOARD_USER}", venv], log)
         (tmp / "etc" / "edgekit-sim.json").write_text(
             json.dumps({"suite": SUITE, "runtimes": pins}, indent=1)
         )
