@@ -77,6 +77,21 @@ def artifacts(work: Path, trained, root) -> list[tuple[str, Path]]:
                 meta["runtime"].update(flags)
                 (copy / "artifact.json").write_text(json.dumps(meta, indent=1))
                 out.append((f"{backend} {precision} {variant}", copy))
+    # ncnn's int8 Winograd question: ncnn2table gives 3x3 stride-1 convolutions 6-bit weights because its
+    # int8 Winograd F(4,3) kernel needs them; the same model with 8-bit weights everywhere, run on the
+    # boards' real kernels, says whether the rule matters there.
+    from edgekit.backends.ncnn import calibration
+
+    rule = calibration._winograd_6bit
+    calibration._winograd_6bit = lambda layer: False
+    (work / "w8").mkdir(exist_ok=True)
+    try:
+        art = build("ncnn", "int8", fp32, ts, cs, work / "w8", BACKENDS.get("ncnn").methods[0])
+        out.append(("ncnn int8 8-bit-3x3", art.dir))
+    except EdgekitError as exc:
+        print(f"refused: ncnn int8 8-bit-3x3: {exc.message}", flush=True)
+    finally:
+        calibration._winograd_6bit = rule
     return out
 
 

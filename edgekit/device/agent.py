@@ -10,7 +10,6 @@ import hashlib
 import json
 import posixpath
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -259,12 +258,13 @@ class Agent:
     def _check_runtime(self, artifact: Artifact) -> dict[str, Any]:
         """The board's versions of the runtime's packages; a missing or skewed runtime stops here.
 
-        This host's own interpreter has them by construction, so it is not asked.
+        This host (a LocalTransport, whatever interpreter runs the runner) has edgekit's own, so it is not
+        asked.
         """
         from edgekit.core.registry import BACKENDS
         from edgekit.device.provision import check_board_runtime
 
-        if isinstance(self.transport, LocalTransport) and self.python == sys.executable:
+        if isinstance(self.transport, LocalTransport):
             return {}
         if artifact.backend not in BACKENDS:
             return {}

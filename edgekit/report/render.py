@@ -318,6 +318,18 @@ def _on_device(record: RunRecord) -> list[Block]:
         ["energy per inference, total / above idle (mJ)", _energy(m)],
         ["power samples in the window", _cell(extra.get("power_samples_in_window"))],
     ]
+    device = extra.get("device")
+    cpu = device.get("cpu") if isinstance(device, dict) else None
+    if isinstance(cpu, dict) and (cpu.get("model") or cpu.get("arch")):
+        emulated = f" (emulated: {record.target['emulator']})" if record.target.get("emulator") else ""
+        rows.append(
+            [
+                "CPU",
+                f"{cpu.get('model') or '?'}, {cpu.get('arch')}, int8 path {cpu.get('int8_dot')}{emulated}",
+            ]
+        )
+    if extra.get("arithmetic"):
+        rows.append(["arithmetic on this CPU", str(extra["arithmetic"])])
     guard = extra.get("guard") or {}
     if guard:
         verdict = (

@@ -101,7 +101,7 @@ def bench_and_eval(ctx: RunContext, built: Built, val, transport, stats: dict[st
         metrics={**stats, "size_bytes": built.size_bytes, **scores},
         tools={result.runtime: result.runtime_version},
     )
-    add_bench_node(ctx, result, transport, fields, scores, built.size_bytes)
+    add_bench_node(ctx, result, transport, fields, scores, built)
 
 
 def bench_only(ctx: RunContext, built: Built, x: np.ndarray, transport, iterations: int | None) -> None:
@@ -110,12 +110,12 @@ def bench_only(ctx: RunContext, built: Built, x: np.ndarray, transport, iteratio
         result = run_on_device(
             ctx.target, transport, built.dir, x, None, progress=ctx.progress, iterations=iterations
         )
-    add_bench_node(ctx, result, transport, fields, {}, built.size_bytes)
+    add_bench_node(ctx, result, transport, fields, {}, built)
 
 
-def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dict, size_bytes: int) -> None:
-    """The ``bench`` node: latency distribution, FPS, power and energy (or why not), device state."""
-    rt = ctx.target.runtime
+def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dict, built: Built) -> None:
+    """The ``bench`` node: latency, FPS, power and energy (or why not), device state, arithmetic run."""
+    rt, size_bytes = ctx.target.runtime, built.size_bytes
     metrics = {
         "latency_ms": {k: round(v, 4) for k, v in latency_stats(result.latencies_ms).items()},
         "fps": round(result.fps, 2),
@@ -146,8 +146,25 @@ def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dic
         ),
         metrics=metrics,
         tools={result.runtime: result.runtime_version},
-        extra=bench_extra(result, rt),
+        extra={**bench_extra(result, rt), "arithmetic": device_arithmetic(built.dir, result.device)},
     )
+
+
+def device_arithmetic(artifact_dir: Path, device: dict[str, Any]) -> str | None:
+    """What arithmetic the artifact ran in on the device, from the CPU features the device reported.
+
+    ``None`` when the artifact's backend is not installed here.
+    """
+    from edgekit.backends.contract.base import Artifact
+    from edgekit.core.errors import EdgekitError
+    from edgekit.core.registry import BACKENDS
+
+    meta = Artifact.load(artifact_dir).meta
+    try:
+        backend = BACKENDS.get(meta["backend"])
+    except EdgekitError:
+        return None
+    return backend.arithmetic(meta, (device.get("cpu") or {}).get("features"))
 
 
 def power_metrics(result) -> dict[str, Any]:

@@ -15,6 +15,8 @@ DESIGN_KEYS = {
     "precision",
     "recipe",
     "metric",  # issue 43: map, or teacher_agreement for a model without labels
+    "emulator",  # issue 44: the emulated board (qemu-user <cpu>), or null on a real device
+    "emulator_time_ms",  # issue 44: an emulated board's timings (latency_ms stays null there)
     "reference",
     "deployed",
     "latency_ms",

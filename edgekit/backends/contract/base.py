@@ -228,6 +228,21 @@ class Backend:
         model = load_onnx(onnx_path)
         return self._problems(Path(onnx_path), model, self._resolve_io(options, model))
 
+    @classmethod
+    def arithmetic(cls, meta: dict[str, Any], features: list[str] | None) -> str:
+        """What arithmetic an artifact (its ``artifact.json``) runs on a CPU with ``features``.
+
+        The default: INT8 layers in int8 and the rest in fp32 (a runtime that never computes in fp16).
+
+        >>> Backend.arithmetic({"precision": "int8"}, ["asimd", "asimdhp"])
+        'int8 (float layers fp32)'
+        """
+        return "int8 (float layers fp32)" if meta.get("precision") == "int8" else "fp32"
+
+    @staticmethod
+    def _with_floats(meta: dict[str, Any], floats: str) -> str:
+        return f"int8 (float layers {floats})" if meta.get("precision") == "int8" else floats
+
     def qdq_form(self, cpu: dict | None, source: str = "not stated") -> QdqForm:
         """The QDQ layout this runtime needs on a device with ``cpu`` (``int8_source = "qdq"`` only)."""
         return QdqForm()

@@ -133,6 +133,17 @@ class MnnBackend(Backend):
     suffix = ".mnn"
     calibration_export = "edgekit.backends.mnn.calib_export"
 
+    @classmethod
+    def arithmetic(cls, meta: dict[str, Any], features: list[str] | None) -> str:
+        """MNN's ``precision: low`` computes in fp16 on a core with fp16 arithmetic; anything else in fp32.
+
+        >>> MnnBackend.arithmetic({"precision": "fp16", "runtime": {"precision": "high"}}, ["asimdhp"])
+        'fp32'
+        """
+        precision = (meta.get("runtime") or {}).get("precision") or RUNTIME_PRECISION
+        fp16 = precision == "low" and "asimdhp" in (features or [])
+        return cls._with_floats(meta, "fp16" if fp16 else "fp32")
+
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
         problems = layout_problems(options) + op_problems(model)
         if mt.mnn_version() != mt.TESTED_MNN_VERSION:

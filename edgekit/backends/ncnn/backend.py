@@ -132,6 +132,20 @@ class NcnnBackend(Backend):
     suffix = ".param"
     calibration_export = "edgekit.backends.ncnn.calib_export"
 
+    @classmethod
+    def arithmetic(cls, meta: dict[str, Any], features: list[str] | None) -> str:
+        """fp16 where the artifact turns ncnn's fp16 arithmetic on and the core has it, else fp32.
+
+        >>> NcnnBackend.arithmetic({"precision": "fp16", "runtime": {"use_fp16_arithmetic": True}}, ["asimd"])
+        'fp32 (fp16 storage; this core has no fp16 arithmetic)'
+        """
+        flags = meta.get("runtime") or {}
+        if fp16_arithmetic(flags, features):
+            return cls._with_floats(meta, "fp16")
+        if flags.get("use_fp16_arithmetic"):
+            return cls._with_floats(meta, "fp32 (fp16 storage; this core has no fp16 arithmetic)")
+        return cls._with_floats(meta, "fp32")
+
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:
         import copy
 
@@ -270,6 +284,11 @@ def float_layers(quantizer: NcnnQuantizer, layers: list[NcnnLayer]) -> list[str]
             "set the quantizer's float_head: false (or shorten keep_float), or build fp16",
         )
     return sorted(keep)
+
+
+def fp16_arithmetic(flags: dict[str, Any], features: list[str] | None) -> bool:
+    """True when ncnn computes in fp16: the artifact allows it and the core has fp16 arithmetic (asimdhp)."""
+    return bool(flags.get("use_fp16_arithmetic")) and "asimdhp" in (features or [])
 
 
 def runtime_flags(precision: str, threads: int | None) -> dict[str, Any]:

@@ -26,8 +26,9 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: Debian packages of the board: Python with venv, OpenMP for ncnn, sshd, ps and ip.
 PACKAGES = ("python3", "python3-venv", "libgomp1", "openssh-server", "procps", "iproute2")
-#: Runtimes the board gets, pinned to this host's versions (what its converters wrote for).
-RUNTIMES = {"onnxruntime": "onnxruntime", "ncnn": "ncnn", "MNN": "mnn", "numpy": "numpy"}
+#: pip distributions the board gets (the ARM targets' runtimes), pinned to this host's versions (what its
+#: converters wrote for).
+RUNTIMES = ("onnxruntime", "ncnn", "MNN", "numpy")
 #: Where the board's Python environment lives inside the root file system.
 BOARD_PYTHON = "/opt/edgekit/bin/python"
 BOARD_USER = "board"
