@@ -95,7 +95,7 @@ def artifacts(work: Path, trained, root) -> list[tuple[str, Path]]:
     return out
 
 
-def run(transport, folder: Path, inputs: np.ndarray, val, slow: bool) -> dict:
+def run(transport, folder: Path, inputs: np.ndarray, val, slow: bool, features=None) -> dict:
     res = Agent(transport).bench(
         folder,
         BenchPlan(
@@ -106,7 +106,7 @@ def run(transport, folder: Path, inputs: np.ndarray, val, slow: bool) -> dict:
             iterations=10 if slow else 100,
             min_seconds=0.0,
             threads=2,
-            guard=host_guard(folder, inputs[:1]),
+            guard=host_guard(folder, inputs[:1], features),
         ),
         progress=False,
     )
@@ -148,7 +148,8 @@ def main() -> None:
                         row = run(LocalTransport(), folder, inputs, val, slow=False)
                     else:
                         with SSHTransport.from_connection(conn) as t:
-                            row = run(t, folder, inputs, val, slow=True)
+                            features = list(BoardSim(device).profile.features)
+                            row = run(t, folder, inputs, val, slow=True, features=features)
                 except EdgekitError as exc:
                     row = {"refused": exc.message[:400]}
                 row.update(artifact=name, device=device, wall_s=round(time.perf_counter() - start, 1))

@@ -9,7 +9,11 @@ FP32, not mAP: the models' datasets are not at hand.
 
 Resumable: each finished row is kept in ``bench/results/real-models-state.json``.
 
-Usage: python bench/real_models.py [--models a,b] [--runtimes onnxruntime,ncnn] [--fresh]
+With ``--check-on rk3588`` a backend that can (MNN) runs its build checks on the emulated Cortex-A76
+board, with MNN's ARM kernels (its x86 INT8 kernels are not repeatable on these models); rows are keyed
+``.../mnn/default@rk3588``.
+
+Usage: python bench/real_models.py [--models a,b] [--runtimes onnxruntime,ncnn] [--check-on rk3588] [--fresh]
 """
 
 from __future__ import annotations
@@ -36,15 +40,17 @@ ONLY = {"doclaynet-yolov8n": ("onnxruntime",)}
 STATE = RESULTS / "real-models-state.json"
 
 
-def one(name: str, runtime: str, calibrator: str, root: Path, work: Path) -> dict:
+def one(
+    name: str, runtime: str, calibrator: str, root: Path, work: Path, check_on: str | None = None
+) -> dict:
     spec = models()[name]
     out = work / f"{name}-{runtime}-{calibrator}"
     start = time.perf_counter()
-    row = {"model": name, "runtime": runtime, "calibrator": calibrator}
+    row = {"model": name, "runtime": runtime, "calibrator": calibrator, "checked_on": check_on or "x86 host"}
     try:
         art = build_artifact(
             runtime, "int8", fetch(name), out, calib="photos", calib_root=root, method=calibrator,
-            preprocess=spec["preprocess"] or None,
+            preprocess=spec["preprocess"] or None, check_on=check_on,
         )  # fmt: skip
     except EdgekitError as exc:
         return {**row, "refused": exc.message[:600], "seconds": round(time.perf_counter() - start, 1)}
@@ -76,6 +82,9 @@ def main() -> None:
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
     ap.add_argument("--calibrators", default="default,auto")
     ap.add_argument("--fresh", action="store_true", help="forget the rows of an earlier run")
+    ap.add_argument(
+        "--check-on", choices=["rpi4", "rk3588"], help="check the builds on an emulated ARM board (MNN)"
+    )
     args = ap.parse_args()
     state = {} if args.fresh or not STATE.is_file() else json.loads(STATE.read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,10 +96,10 @@ def main() -> None:
                 if runtime not in ONLY.get(name, RUNTIMES):
                     continue
                 for calibrator in args.calibrators.split(","):
-                    key = f"{name}/{runtime}/{calibrator}"
+                    key = f"{name}/{runtime}/{calibrator}" + (f"@{args.check_on}" if args.check_on else "")
                     if key in state:
                         continue
-                    state[key] = one(name, runtime, calibrator, work / "calibration", work)
+                    state[key] = one(name, runtime, calibrator, work / "calibration", work, args.check_on)
                     print(json.dumps({k: v for k, v in state[key].items() if k != "tried"}), flush=True)
                     RESULTS.mkdir(parents=True, exist_ok=True)
                     STATE.write_text(json.dumps(state, indent=2))

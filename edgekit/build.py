@@ -25,6 +25,7 @@ def build_artifact(
     threads: int | None = None,
     max_drop: float = DEFAULT_MAX_DROP,
     preprocess: dict | None = None,
+    check_on: str | None = None,
 ):
     """Build one artifact. INT8 from an FP32 ONNX follows the backend's declared ``int8_source``.
 
@@ -39,9 +40,40 @@ def build_artifact(
     keeps the most of FP32's detections (then the lowest score error), refusing when it loses more than
     ``max_drop`` percentage points of them; a named method is built alone.
 
+    ``check_on`` (a board simulator, ``rpi4`` or ``rk3588``) runs the checks of a backend that can
+    (``checks_on_board``: MNN) on that board's kernels instead of this host's.
+
     Example:
         >>> build_artifact("onnxruntime", "fp32", Path("m.onnx"), Path("build/m"))  # doctest: +SKIP
     """
+    from edgekit.backends.contract.board_check import checks_on
+
+    board = None
+    if check_on:
+        from edgekit.device.sim.target import board_check
+
+        board = board_check(check_on)
+    with checks_on(board):
+        return _build_artifact(
+            backend, precision, onnx_path, out, calib=calib, calib_root=calib_root, method=method, head=head,
+            threads=threads, max_drop=max_drop, preprocess=preprocess,
+        )  # fmt: skip
+
+
+def _build_artifact(
+    backend: str,
+    precision: str,
+    onnx_path: Path,
+    out: Path,
+    *,
+    calib: str | None,
+    calib_root: Path,
+    method: str,
+    head: str | None,
+    threads: int | None,
+    max_drop: float,
+    preprocess: dict | None,
+):
     from edgekit.backends.contract.parity import is_qdq
     from edgekit.calib import CalibrationSet
     from edgekit.core.registry import BACKENDS

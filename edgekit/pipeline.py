@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.backends.contract.board_check import checks_on
 from edgekit.backends.contract.int8_plan import Int8Plan, decide_int8
 from edgekit.core.config import Target, load_target
 from edgekit.core.errors import ConfigError, EdgekitError, GateError
@@ -44,6 +45,8 @@ class DeployRequest:
             distillation, 1 in 5 is held back to measure teacher agreement (default: the built-in images).
         device: ``local`` runs the target's artifact on this host instead of the board; ``sim`` on the
             emulated board (:mod:`edgekit.device.sim`), started if needed.
+        check_on: A board simulator (``rpi4``, ``rk3588``) the build's checks run on, for a backend that
+            can (MNN); ``device="sim"`` implies the target's own simulator.
         out: Folder that receives the run folder.
         max_map_drop: Gate: allowed mAP@0.5:0.95 drop (points) of the deployed artifact vs the reference.
         max_p99_ms: Gate: allowed p99 latency (ms) on the device.
@@ -65,6 +68,7 @@ class DeployRequest:
     data: str | None = None
     images: str | None = None
     device: str | None = None
+    check_on: str | None = None
     out: Path = Path("runs")
     run_id: str | None = None
     calib_root: Path = Path("calibration")
@@ -343,15 +347,26 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
             quantized = qat_stage(ctx, plan, state.model, facts)
         elif int8.source == "qdq":
             quantized = quantize_stage(ctx, plan, int8, exported.onnx, cs, data.val, facts)
-    built = build_stage(
-        ctx, plan, quantized.onnx if quantized else exported.onnx, reference=exported.onnx, cs=cs,
-        int8=int8, val=data.val, facts=facts, quantizer=quantized.quantizer if quantized else None,
-        torch_program=exported.program,
-    )  # fmt: skip
+    with checks_on(_check_board(req, plan.target)):
+        built = build_stage(
+            ctx, plan, quantized.onnx if quantized else exported.onnx, reference=exported.onnx, cs=cs,
+            int8=int8, val=data.val, facts=facts, quantizer=quantized.quantizer if quantized else None,
+            torch_program=exported.program,
+        )  # fmt: skip
     with plan.transport_factory() as transport:
         bench_and_eval(ctx, built, data.val, transport, facts.stats)
     if req.control:
         ms.control_stage(ctx, plan.recipe, state.model, data)
+
+
+def _check_board(req: DeployRequest, target: Target) -> Any:
+    """The board the build's checks run on: --check-on, or the target's simulator with --device sim."""
+    name = req.check_on or (target.board if req.device == "sim" else None)
+    if name is None:
+        return None
+    from edgekit.device.sim.target import board_check
+
+    return board_check(name)
 
 
 def _write_outputs(ctx: RunContext) -> None:

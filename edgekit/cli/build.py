@@ -66,6 +66,12 @@ def add_parser(sub) -> None:
         "--channel-order", choices=["RGB", "BGR"], help="channel order the model takes (default RGB)"
     )
     p.add_argument("--threads", type=positive_int)
+    p.add_argument(
+        "--check-on",
+        choices=["rpi4", "rk3588"],
+        help="run the build's checks on an emulated ARM board (started if needed) with its runtime's own "
+        "kernels, where the backend can (MNN: its x86 INT8 kernels are not repeatable on C2f detectors)",
+    )
     p.add_argument("--out", required=True, type=Path, help="artifact folder to create")
     p.set_defaults(func=cmd_build)
 
@@ -95,6 +101,7 @@ def cmd_build(args) -> int:
         head=args.head,
         threads=args.threads,
         max_drop=args.max_drop,
+        check_on=args.check_on,
         preprocess={
             k: v
             for k, v in (("mean", args.mean), ("std", args.std), ("channel_order", args.channel_order))

@@ -81,6 +81,12 @@ def add_parser(sub) -> None:
         "board of the target's kind (rpi4: Cortex-A72, rk3588: Cortex-A76) over SSH, started if needed "
         "(its time is emulator time, not board time)",
     )
+    p.add_argument(
+        "--check-on",
+        choices=["rpi4", "rk3588"],
+        help="run the build's checks on an emulated ARM board with its runtime's own kernels, where the "
+        "backend can (MNN); --device sim does so on the target's board",
+    )
     p.add_argument("--out", default="runs", type=Path, help="folder that receives the run folder")
     p.add_argument("--run-id", help="name of the run folder (default: time-target-recipe)")
     p.add_argument(
@@ -129,6 +135,7 @@ def cmd_deploy(args) -> int:
         data=args.data,
         images=args.images,
         device=args.device,
+        check_on=args.check_on,
         out=args.out,
         run_id=args.run_id,
         calib_root=args.calib_root,

@@ -45,6 +45,7 @@ class SSHConnection(_Strict):
         connect_timeout: Seconds per connection attempt.
         retries: Connection attempts (with backoff) before the board counts as unreachable.
         dead_after_s: Seconds without an answer after which a running command's link counts as dead.
+        patience: Multiplies the agent's command timeouts for a slow board (an emulated one: 20).
     """
 
     type: Literal["ssh"]
@@ -58,6 +59,7 @@ class SSHConnection(_Strict):
     connect_timeout: float = Field(10.0, gt=0)
     retries: int = Field(3, ge=1, le=10)
     dead_after_s: float = Field(8.0, ge=2)
+    patience: float = Field(1.0, ge=1, le=1000)
 
 
 Connection = Annotated[LocalConnection | SSHConnection, Field(discriminator="type")]

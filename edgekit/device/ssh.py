@@ -88,6 +88,7 @@ class SSHTransport:
         connect_timeout: Seconds per connection attempt.
         retries: Connection attempts before giving up.
         dead_after_s: Seconds of silence from a dead link before a command fails.
+        patience: Multiplies every command timeout: a slow board (an emulated one) gets more time.
 
     Example:
         >>> t = SSHTransport("10.0.0.7", "nvidia", key_file="~/.ssh/id_ed25519")  # doctest: +SKIP
@@ -108,6 +109,7 @@ class SSHTransport:
         connect_timeout: float = 10.0,
         retries: int = 3,
         dead_after_s: float = 8.0,
+        patience: float = 1.0,
     ) -> None:
         self.host, self.user, self.port = host, user, port
         self.key_file = str(Path(key_file).expanduser()) if key_file else None
@@ -115,6 +117,7 @@ class SSHTransport:
         self.workdir = workdir
         self.default_python = python
         self.connect_timeout, self.retries, self.dead_after_s = connect_timeout, max(1, retries), dead_after_s
+        self.patience = max(1.0, float(patience))
         self.name = f"ssh://{user}@{known_hosts_name(host, port)}"
         self._client: Any = None
         self._sftp: Any = None
@@ -136,6 +139,7 @@ class SSHTransport:
             connect_timeout=conn.connect_timeout,
             retries=conn.retries,
             dead_after_s=conn.dead_after_s,
+            patience=conn.patience,
         )
 
     # -- connection --------------------------------------------------------------------------------
@@ -286,7 +290,7 @@ class SSHTransport:
         argv = [str(a) for a in argv]
         proc = self._open(argv, env, cwd)
         try:
-            proc.wait(timeout, on_stderr_line)
+            proc.wait(None if timeout is None else timeout * self.patience, on_stderr_line)
         except BaseException:
             proc.kill_group()
             raise

@@ -59,7 +59,8 @@ class SSHProcess:
                 raise DeviceError(
                     f"command {self.argv[0]!r} timed out after {timeout:g} s on {self.transport.name} "
                     f"(last output: {''.join(self._err)[-300:].strip() or 'none'})",
-                    "raise the timeout, or lower iterations / min-seconds",
+                    "a slow board needs more time: raise connection.patience in the target YAML (it "
+                    "multiplies every timeout; the board simulators use 20), or lower runtime.iterations",
                 )
             if not got:
                 self._check_link()

@@ -17,15 +17,17 @@ if TYPE_CHECKING:
     from edgekit.device.runner_io import Guard
 
 
-def host_guard(artifact_dir: Path, x: np.ndarray) -> Guard | None:
+def host_guard(artifact_dir: Path, x: np.ndarray, device_features: list[str] | None = None) -> Guard | None:
     """The host's output for ``x`` from the same artifact, for the device's correctness guard.
 
     ``None`` when this host cannot run the artifact's backend (the record then says the guard was not
-    checked and why).
+    checked and why). When the device computes the artifact in fp16 (``device_features``: its CPU's) and
+    this host in fp32, the tolerance is fp16 arithmetic's (``contract.base.FP16_ARITHMETIC``).
     """
-    from edgekit.backends.contract.base import Artifact
+    from edgekit.backends.contract.base import FP16_ARITHMETIC, Artifact
     from edgekit.core.registry import get_backend
     from edgekit.device.runner_io import Guard
+    from edgekit.runners.runcore import cpu_features
 
     artifact = Artifact.load(artifact_dir)
     backend = get_backend(artifact.backend)
@@ -35,9 +37,18 @@ def host_guard(artifact_dir: Path, x: np.ndarray) -> Guard | None:
         return None
     tol = backend.parity.get(artifact.precision) or backend.parity["fp32"]
     tools = ", ".join(f"{k} {v}" for k, v in (artifact.meta.get("tools") or {}).items())
+    source = f"the host's {artifact.backend} run of the same artifact ({tools or 'host runtime'})"
+    on_device = backend.arithmetic(artifact.meta, device_features) if device_features is not None else None
+    if (
+        on_device
+        and "fp16" in on_device
+        and on_device != backend.arithmetic(artifact.meta, cpu_features()["features"])
+    ):
+        tol = FP16_ARITHMETIC
+        source += "; the device computes in fp16, this host in fp32: fp16 arithmetic's tolerance"
     return Guard(
         reference,
-        f"the host's {artifact.backend} run of the same artifact ({tools or 'host runtime'})",
+        source,
         min_cosine=tol.min_cosine,
         min_part_cosine=tol.min_part_cosine,
         head=artifact.meta["output"].get("head"),
@@ -66,11 +77,18 @@ def run_on_device(
             threads=rt.threads,
             cpus=rt.cpu_affinity,
             idle_s=idle_s,
-            guard=host_guard(artifact_dir, x),
+            guard=host_guard(artifact_dir, x, _device_features(target)),
             **serial_runner(rt.serial),
         ),
         progress=progress,
     )
+
+
+def _device_features(target: Target) -> list[str] | None:
+    from edgekit.core.config import device_cpu
+
+    cpu, _ = device_cpu(target)
+    return list(cpu["features"]) if cpu else None
 
 
 def serial_runner(serial) -> dict[str, Any]:

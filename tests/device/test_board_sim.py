@@ -7,6 +7,7 @@ where this host cannot emulate (not root, no binfmt_misc, no namespaces) the tes
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,8 +175,10 @@ def test_deploy_on_the_emulated_pi_runs_the_arm_kernels_and_calls_its_time_emula
     cpu = bench.extra["device"]["cpu"]
     assert (cpu["arch"], cpu["model"], cpu["int8_dot"]) == ("aarch64", "Cortex-A72", "neon")
     assert bench.extra["guard"]["checked"], bench.extra["guard"]
+    assert bench.extra["arithmetic"] == "int8 (float layers fp32)"  # edgekit's int8 turns fp16 off
     report = (run / "report.md").read_text()
     assert "emulator time p50" in report and "emulated board" in report
+    assert "Cortex-A72, aarch64, int8 path neon" in report
 
 
 def test_device_sim_refuses_a_latency_gate_and_a_board_it_cannot_emulate():
@@ -243,3 +246,136 @@ def test_a_runtime_of_another_version_is_one_error_naming_both_versions(boards):
             )
     assert f"pip {board_pip}" in err.value.message and f"pip {host_pip}" in err.value.message
     assert "edgekit board prepare rpi4-ncnn --device sim" in err.value.hint
+
+
+def _tiny_artifact(folder):
+    from edgekit.backends.contract.base import BuildOptions
+    from edgekit.core.registry import get_backend
+    from tests.device.test_agent import _tiny_onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = BuildOptions(precision="fp32", threads=1)
+    return get_backend("onnxruntime").build(_tiny_onnx(folder / "tiny.onnx"), opts, folder / "art").dir
+
+
+def _ours_or_skip(sim) -> None:
+    if _started_elsewhere(sim):
+        pytest.skip(
+            reason=f"the {sim.profile.name} simulator was running before these tests: not disturbing it"
+        )
+
+
+def _plan(iterations=3, seconds=0.0, eval_x=None):
+    from edgekit.device.agent import BenchPlan
+
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    return BenchPlan(
+        bench_input=x, eval_inputs=eval_x, warmup=1, min_warmup_s=0, iterations=iterations,
+        min_seconds=seconds, threads=1,
+    )  # fmt: skip
+
+
+@needs_sim
+@pytest.mark.slow
+def test_a_simulator_killed_mid_bench_is_one_error_nothing_runs_and_a_retry_works(boards, tmp_path):
+    import threading
+
+    from edgekit.core.errors import DeviceError
+    from edgekit.device.agent import Agent
+
+    sim = boards["rpi4"]
+    _ours_or_skip(sim)
+    art = _tiny_artifact(tmp_path)
+    threading.Timer(8.0, sim.stop).start()  # mid-run: the timed loop lasts 120 s
+    with _transport(sim) as t, pytest.raises(DeviceError) as err:
+        Agent(t).bench(art, _plan(iterations=10, seconds=120.0), progress=False)
+    assert (
+        "closed" in err.value.message or "lost the link" in err.value.message or "reach" in err.value.message
+    )
+    assert err.value.hint
+    assert not sim.running()
+    left = subprocess.run(["pgrep", "-f", "sshd_config.edgekit-rpi4|ort_run.py"], capture_output=True)
+    assert left.returncode == 1, left.stdout  # nothing of the board is left on this host
+    sim.start(say=lambda _: None)
+    with _transport(sim) as t:
+        res = Agent(t).bench(art, _plan(), progress=False)
+    assert len(res.latencies_ms) == 3
+
+
+@needs_sim
+def test_a_reflashed_board_with_a_new_host_key_is_refused(boards, tmp_path):
+    import shutil
+
+    from edgekit.core.errors import HostKeyError
+
+    sim = boards["rk3588"]
+    _ours_or_skip(sim)
+    key = sim.folder / "host_ed25519"
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for suffix in ("", ".pub"):
+        shutil.copy(f"{key}{suffix}", saved / f"k{suffix}")
+    sim.stop()
+    try:
+        key.unlink()
+        Path(f"{key}.pub").unlink()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        sim.start(say=lambda _: None)
+        with pytest.raises(HostKeyError, match="CHANGED") as err:
+            _transport(sim).run(["true"])
+        assert "ssh-keygen -R" in err.value.hint
+    finally:
+        sim.stop()
+        for suffix in ("", ".pub"):
+            shutil.copy(saved / f"k{suffix}", f"{key}{suffix}")
+        sim.start(say=lambda _: None)
+    with _transport(sim) as t:
+        assert t.run(["true"]).ok
+
+
+@needs_sim
+def test_a_full_board_disk_is_one_error_nothing_is_left_and_a_retry_works(boards, tmp_path):
+    from edgekit.core.errors import DeviceError
+    from edgekit.device.agent import Agent
+
+    sim = boards["rk3588"]
+    art = _tiny_artifact(tmp_path)
+    big = np.zeros((40, 3, 160, 160), np.float32)  # 12 MB of eval inputs
+    with _transport(sim) as t:
+        free_kb = int(t.run(["df", "-k", "--output=avail", "/tmp"]).stdout.split()[-1])
+        t.run(["fallocate", "-l", f"{max(free_kb - 2048, 1)}k", "/tmp/filler"])
+        try:
+            with pytest.raises(DeviceError, match="full|space") as err:
+                Agent(t).bench(art, _plan(eval_x=big), progress=False)
+            assert err.value.hint
+            left = t.run(["sh", "-c", "ls -d /tmp/edgekit-* 2>/dev/null || true"]).stdout.strip()
+            assert left == "", left  # the work folder went with the error
+        finally:
+            t.run(["rm", "-f", "/tmp/filler"])
+        res = Agent(t).bench(art, _plan(eval_x=big[:2]), progress=False)
+    assert len(res.latencies_ms) == 3
+
+
+@needs_sim
+def test_an_mnn_int8_build_is_checked_on_the_emulated_board_and_the_record_says_so(boards, tmp_path):
+    """--check-on: MNN's determinism and FP32/detection checks run with MNN's ARM kernels on the A76."""
+    from edgekit.backends.contract.board_check import checks_on
+    from edgekit.core.registry import get_backend
+    from edgekit.device.sim.target import board_check
+    from tests.contract.backend_contract import make_calibration_set, make_tiny_detector_onnx
+
+    pytest.importorskip("MNN", reason="MNN is not installed: pip install 'edgekit[mnn]'")
+    onnx_path = make_tiny_detector_onnx(tmp_path / "tiny.onnx")
+    calib = make_calibration_set(tmp_path / "calibration")
+    options = {"precision": "int8", "threads": 1, "head": "yolov5", "num_classes": 3}
+    options["quantizer"] = {"float_head": False}
+    backend = get_backend("mnn")
+    with checks_on(board_check("rk3588")):
+        art = backend.build(onnx_path, options, tmp_path / "art", calib=calib, reference=onnx_path)
+    parity = art.meta["parity"]
+    assert parity["checked"] and parity["on"] == "rk3588 simulator (qemu-user cortex-a76)"
+    assert parity["outputs"][0]["boxes_cosine"] >= 0.99
+    host = backend.build(onnx_path, options, tmp_path / "host", calib=calib, reference=onnx_path)
+    assert host.meta["parity"]["on"] == "this host"
+    with _transport(boards["rk3588"]) as t:  # the check's folders went with it
+        assert t.run(["sh", "-c", "ls -d /tmp/edgekit-* 2>/dev/null || true"]).stdout.strip() == ""

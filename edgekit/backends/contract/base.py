@@ -146,6 +146,10 @@ PARITY = {
     "fp16": Parity(0.9999, 1e-2, 0.999, min_kept=0.98, max_score_error=0.01),
     "int8": Parity(0.98, 0.25, 0.95, min_kept=0.95, max_score_error=0.05, raw_checked=False),
 }
+#: The device's correctness guard when the device computes in fp16 and this host cannot (ncnn's fp16 on a
+#: Cortex-A76): measured on the reference detector, ncnn fp16 arithmetic on the emulated A76 gave a scores
+#: cosine of 0.9990 to the host's fp32 run of the same artifact (``bench/arm_boards.py``).
+FP16_ARITHMETIC = Parity(0.999, 5e-2, 0.995, min_kept=0.95, max_score_error=0.02)
 #: Check images (calibration images when a set is given): enough detections for a kept share to mean
 #: something on real photographs, few enough for a fast build.
 PARITY_INPUTS = 16
@@ -212,6 +216,8 @@ class Backend:
     #: pip distributions the runner imports on a board, runtime first (checked, and installed by
     #: ``edgekit board prepare``); empty for a backend a board does not get from pip (TensorRT, an MCU).
     board_packages: ClassVar[tuple[str, ...]] = ()
+    #: True when the backend runs its build checks on the board of ``checks_on`` (see ``infer_checks``).
+    checks_on_board: ClassVar[bool] = False
     runner: ClassVar[str] = ""
     runner_files: ClassVar[tuple[str, ...]] = ()
     suffix: ClassVar[str] = ""
@@ -340,6 +346,14 @@ class Backend:
     def infer(self, artifact: Artifact, x: Any) -> list[Any]:
         """Run the artifact on this host on one batch-1 float32 input; return its outputs (batch dim kept)."""
         return self._infer(artifact, x)
+
+    def infer_checks(self, artifact: Artifact, xs: list[Any]) -> list[list[Any]]:
+        """The artifact's outputs for the build's check inputs, where its checks run.
+
+        On this host by default; a backend whose host kernels cannot be trusted runs them on the board of
+        :func:`~edgekit.backends.contract.board_check.checks_on` when one is set.
+        """
+        return [self.infer(artifact, x) for x in xs]
 
     # -- hooks for subclasses ----------------------------------------------------------------------
     def _check(self, onnx_path: Path, model: Any, options: BuildOptions) -> list[Problem]:

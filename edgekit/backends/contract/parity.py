@@ -102,6 +102,13 @@ def _reference_outputs(reference: Path, inputs: list[np.ndarray]) -> list[list[n
     return [session.run(None, {name: x}) for x in inputs]
 
 
+def where_checked(backend: Any) -> str:
+    """Where ``backend``'s check outputs come from: this host, or the board its checks run on."""
+    from edgekit.backends.contract import board_check
+
+    return board_check.where() if getattr(backend, "checks_on_board", False) else "this host"
+
+
 def _worst(rows: list[dict[str, float]]) -> dict[str, float]:
     """The worst value of every figure over the inputs (lowest cosines, highest errors)."""
     return {k: (min if "cosine" in k else max)(r[k] for r in rows) for k in rows[0]}
@@ -125,7 +132,7 @@ def check_parity(backend: Any, artifact: Any, reference: Path | None, calib: Any
     tol = backend.parity[artifact.precision]
     inputs, source = fixed_inputs(artifact, calib, PARITY_INPUTS)
     refs = _reference_outputs(Path(reference), inputs)
-    gots = [backend.infer(artifact, x) for x in inputs]
+    gots = backend.infer_checks(artifact, inputs)
     outputs, raw_error = [], None
     for index, name in enumerate(_output_names(artifact, len(refs[0]))):
         pairs = [(r[index], g[index] if index < len(g) else None) for r, g in zip(refs, gots, strict=True)]
@@ -140,6 +147,7 @@ def check_parity(backend: Any, artifact: Any, reference: Path | None, calib: Any
         outputs.append(row)
     record: dict[str, Any] = {
         "checked": True,
+        "on": where_checked(backend),
         "inputs": f"{len(inputs)} ({source})",
         "tolerance": tol.as_dict(),
         "outputs": outputs,

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,9 @@ from edgekit.device.sim.rootfs import BOARD_PYTHON, BOARD_USER, ensure_rootfs, s
 
 #: Seconds sshd gets to start listening under qemu (it is emulated too).
 START_TIMEOUT_S = 60.0
+#: How many times longer than on a board the agent waits for a command on a simulator (int8 runs 60-120x
+#: slower under qemu than natively, fp32 200-300x; the agent's fixed timeouts are for small file operations).
+SIM_PATIENCE = 20.0
 #: Size of the board's /tmp, where the agent works (a small board's storage).
 TMP_SIZE = "2g"
 
@@ -64,6 +68,7 @@ class SimConnection:
             "workdir": self.workdir,
             "connect_timeout": 20.0,
             "dead_after_s": 60.0,
+            "patience": SIM_PATIENCE,
         }
 
 
@@ -181,17 +186,26 @@ class BoardSim:
 
     # -- parts ------------------------------------------------------------------------------------
     def _keys(self, rootfs: Path) -> None:
-        """The board's host key (kept across restarts, like a board's) and the host's client key."""
-        host_key = rootfs / "etc" / "ssh" / f"edgekit_{self.profile.name}_ed25519"
-        client = self.folder / "client_ed25519"
-        for key in (host_key, client):
-            if not key.is_file():
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        authorized = rootfs / "etc" / "ssh" / f"edgekit_{self.profile.name}_authorized_keys"
+        """The board's host key and the host's client key, both kept in the board's folder.
+
+        The host key is the board's identity: made once, kept across restarts and root file system
+        rebuilds, and trusted in ``known_hosts`` only when it is made. A board whose key changes (a
+        re-flashed board, or someone between) is then refused by the agent, like a real one.
+        """
+        host_key, client = self.folder / "host_ed25519", self.folder / "client_ed25519"
+        if not host_key.is_file():
+            _keygen(host_key)
+            kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
+            (self.folder / "known_hosts").write_text(f"{self.profile.address} {kind} {blob}\n")
+        if not client.is_file():
+            _keygen(client)
+        etc = rootfs / "etc" / "ssh"
+        board_key = etc / f"edgekit_{self.profile.name}_ed25519"
+        shutil.copyfile(host_key, board_key)
+        board_key.chmod(0o600)
+        authorized = etc / f"edgekit_{self.profile.name}_authorized_keys"
         authorized.write_text(Path(f"{client}.pub").read_text())
         authorized.chmod(0o644)
-        kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
-        (self.folder / "known_hosts").write_text(f"{self.profile.address} {kind} {blob}\n")
 
     def _config(self, rootfs: Path) -> None:
         name = self.profile.name
@@ -255,6 +269,10 @@ class BoardSim:
                 f"exec chroot {q(r)} /usr/sbin/sshd -D -e -f {q(self._config_name())}",
             ]
         )
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
 def _answers(host: str, port: int) -> bool:

@@ -58,3 +58,23 @@ def transport_factory(target: Any):  # noqa: ANN201 - a zero-argument callable g
         return SSHTransport.from_connection(target.connection)
 
     return connect
+
+
+def board_check(name: str) -> Any:
+    """A :class:`~edgekit.backends.contract.board_check.BoardCheck` on the simulator ``name``.
+
+    The simulator is started when a check first needs it.
+    """
+    from edgekit.backends.contract.board_check import BoardCheck
+    from edgekit.core.config import SSHConnection
+    from edgekit.device.sim.board import BoardSim
+    from edgekit.device.ssh import SSHTransport
+
+    sim = BoardSim(name)
+    conn = SSHConnection(**sim.connection().to_connection())
+
+    def connect() -> Any:
+        sim.start()
+        return SSHTransport.from_connection(conn)
+
+    return BoardCheck(connect, conn.python, f"{sim.profile.name} simulator (qemu-user {sim.profile.cpu})")
