@@ -11,6 +11,7 @@ SCRIPTS = [
     "deploy_time.py",
     "quantization.py",
     "runtimes.py",
+    "arm_boards.py",
     "openvino_vs_ort.py",
     "real_models.py",
     "foreign_real.py",
