@@ -91,7 +91,6 @@ class TestMnnContract(BackendContract):
             "float_head": False,
             "float_head_depth": 0,
             "keep_float": [],
-            "float_ranked": 0,
             "float_layers": [],
         }
         assert meta["mnn"]["float_head"] == [] and meta["mnn"]["float_tensors"] == 0

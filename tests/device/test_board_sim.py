@@ -328,7 +328,7 @@ def test_a_full_board_disk_is_one_error_nothing_is_left_and_a_retry_works(boards
 
     sim = boards["rk3588"]
     art = _tiny_artifact(tmp_path)
-    big = np.zeros((40, 3, 160, 160), np.float32)  # 12 MB of eval inputs
+    big = np.zeros((3000, 3, 16, 16), np.float32)  # 9 MB of eval inputs for the 16 px model
     with _transport(sim) as t:
         free_kb = int(t.run(["df", "-k", "--output=avail", "/tmp"]).stdout.split()[-1])
         t.run(["fallocate", "-l", f"{max(free_kb - 2048, 1)}k", "/tmp/filler"])

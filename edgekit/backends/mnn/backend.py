@@ -41,7 +41,6 @@ from edgekit.backends.mnn import tools as mt
 from edgekit.backends.mnn.floats import head_convs, plan, type_float
 from edgekit.backends.mnn.graph import describe, load_graph
 from edgekit.core.errors import BuildError, CalibrationError, ConfigError
-from edgekit.core.files import sha256_file
 from edgekit.data.preprocess import PreprocessSpec
 
 #: Measured on the reference detector (160 px, hard shapes, 64-image calib split, 200 val images, mAP
@@ -86,10 +85,6 @@ class MnnQuantizer(QuantizerOptions):
             prediction conv through at most this many others. ``edgekit build`` raises it when no
             method keeps the detections (:attr:`MnnBackend.fallback`).
         keep_float: More convolutions (MNN op names) to keep in float.
-        float_ranked: Also keep in float the this many convolutions that move the detections most when
-            they alone are INT8 (ranked on the ONNX model with ONNX Runtime's QDQ, the backend-neutral
-            measure edgekit ranks by; MNN names a conv by its ONNX output tensor). ``edgekit build``
-            tries it when no method keeps the detections with the head in float.
         float_layers: The convolutions that run in float (written by the build): the kept ones, and a
             convolution whose output feeds one of them directly (its output tensor is typed float too).
     """
@@ -101,7 +96,6 @@ class MnnQuantizer(QuantizerOptions):
     float_head: bool = True
     float_head_depth: int = Field(0, ge=0, le=8)
     keep_float: list[str] = []
-    float_ranked: int = Field(0, ge=0, le=64)
     float_layers: list[str] | None = None
 
     @field_validator("method", "weight_method", mode="before")
@@ -133,7 +127,7 @@ class MnnBackend(Backend):
     methods = (DEFAULT_METHOD, *(m for m in ("ema", "kl") if m != DEFAULT_METHOD))
     min_calibration_images = EMA_BATCH
     #: Quantizer settings ``edgekit build`` tries in turn when no calibration method keeps the detections.
-    fallback = ({"float_head_depth": 1}, {"float_head_depth": 2}, {"float_ranked": 8}, {"float_ranked": 16})
+    fallback = ({"float_head_depth": 1}, {"float_head_depth": 2})
     extra = "mnn"
     board_packages = ("MNN",)
     checks_on_board = True
@@ -171,7 +165,7 @@ class MnnBackend(Backend):
             return BuildOutput({"model": MODEL_FILE}, self._meta(options, mnn))
         with tempfile.TemporaryDirectory(prefix="edgekit-mnn-int8-") as tmp:
             fp32 = mt.convert(source.onnx, Path(tmp) / "fp32.mnn", fp16=False).artifact
-            quantizer, mnn = quantize_from_set(fp32, source.calib, options, Path(tmp), onnx=source.onnx)
+            quantizer, mnn = quantize_from_set(fp32, source.calib, options, Path(tmp))
             os.replace(Path(tmp) / MODEL_FILE, work_dir / MODEL_FILE)
         return BuildOutput({"model": MODEL_FILE}, self._meta(options, mnn, quantizer))
 
@@ -290,7 +284,7 @@ def tool_mean_normal(spec: PreprocessSpec) -> tuple[list[float], list[float]]:
 
 
 def quantize_from_set(
-    fp32: Path, calib: Any, options: BuildOptions, tmp: Path, onnx: Path | None = None
+    fp32: Path, calib: Any, options: BuildOptions, tmp: Path
 ) -> tuple[MnnQuantizer, dict[str, Any]]:
     """Write the set's canvases, run MNN's quantizer into ``tmp/model.mnn`` and check the result.
 
@@ -313,9 +307,6 @@ def quantize_from_set(
         # quantizer ("Reshape error: 35200 -> 4400", SIGSEGV). One image per batch always fits it.
         quantizer = quantizer.model_copy(update={"batch_size": 1})
         log = _run_quantizer(fp32, tmp, spec, quantizer, count)
-    if quantizer.float_ranked and onnx is not None:
-        ranked = ranked_convs(onnx, log.artifact, calib, options, quantizer.float_ranked)
-        quantizer = quantizer.model_copy(update={"keep_float": [*quantizer.keep_float, *ranked]})
     floats = _type_float(log.artifact, quantizer)
     graph = _checked_int8(log.artifact, fp32, calib, options)
     mnn = {
@@ -329,41 +320,6 @@ def quantize_from_set(
     }
     floats_run = list(graph["float_layers"])
     return quantizer.model_copy(update={"images": count, "float_layers": floats_run}), mnn
-
-
-_RANKINGS: dict[tuple, list[tuple[str, float]]] = {}
-
-
-def ranked_convs(onnx: Path, model: Path, calib: Any, options: BuildOptions, count: int) -> list[str]:
-    """The ``count`` convolutions (MNN op names) whose INT8 moves the detections most, head excluded.
-
-    Ranked on the ONNX model by :func:`edgekit.quantize.sensitivity.layer_sensitivity` with the
-    detection metric (each conv alone in INT8 with ONNX Runtime, its effect on the active anchors'
-    scores: repeatable on any host, which MNN's x86 INT8 kernels are not), then named as MNN names the
-    conv (its ONNX output tensor). Convs MNN fused away are skipped.
-    """
-    from edgekit.backends.contract.onnx_io import load_onnx
-    from edgekit.quantize import graph as qgraph
-    from edgekit.quantize.sensitivity import detection_metric, layer_sensitivity
-
-    if not options.head:
-        raise BuildError(
-            "float_ranked ranks convolutions by their effect on the detections; the output layout is unknown",
-            "give the head (--head yolov5|yolov8|yolox), or keep_float instead",
-        )
-    proto = qgraph.ensure_node_names(load_onnx(onnx))
-    output = {n.name: n.output[0] for n in proto.graph.node}
-    key = (sha256_file(onnx), calib.sha256, options.head)
-    if key not in _RANKINGS:  # one ranking per model, set and head: the fallbacks ask for 8, then 16
-        head = set(qgraph.keep_float_auto(proto))
-        candidates = [n for n in qgraph.quantizable_nodes(proto, ("Conv",)) if n not in head]
-        _RANKINGS[key] = layer_sensitivity(
-            onnx, lambda: calib.arrays(spec=options.preprocess), "minmax",
-            metric=detection_metric(options.head), candidates=candidates, num_images=8,
-        )  # fmt: skip
-    ranking = _RANKINGS[key]
-    names = {op.get("name") for op in load_graph(model).get("oplists") or []}
-    return [output[n] for n, _ in ranking if output.get(n) in names][:count]
 
 
 def _twice(model: Path, x: Any) -> tuple[list, list]:
