@@ -125,10 +125,7 @@ def test_the_board_has_its_own_address_and_a_known_host_key(boards):
 @needs_sim
 def test_stop_leaves_nothing_running_and_start_again_works(boards):
     sim = boards["rpi4"]
-    if sim.running() and _started_elsewhere(sim):
-        pytest.skip(
-            reason="the rpi4 simulator was running before these tests (someone's bench): not stopping it"
-        )
+    _ours_or_skip(sim)
     assert sim.stop()
     assert not sim.running()
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -247,10 +244,9 @@ def _tiny_artifact(folder):
 
 
 def _ours_or_skip(sim) -> None:
+    why = f"the {sim.profile.name} simulator was running before these tests: not disturbing it"
     if _started_elsewhere(sim):
-        pytest.skip(
-            reason=f"the {sim.profile.name} simulator was running before these tests: not disturbing it"
-        )
+        pytest.skip(reason=why)
 
 
 def _plan(iterations=3, seconds=0.0, eval_x=None):
