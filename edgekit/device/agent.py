@@ -20,7 +20,7 @@ import numpy as np
 
 from edgekit.backends.contract.artifact import ARTIFACT_JSON
 from edgekit.backends.contract.base import Artifact
-from edgekit.core.errors import ConfigError, DeviceError, EdgekitError, RemoteCommandError
+from edgekit.core.errors import ConfigError, DeviceError, RemoteCommandError
 from edgekit.core.files import atomic_dir, atomic_write_json, sha256_file
 from edgekit.device.power import (
     NOT_MEASURED,
@@ -31,9 +31,10 @@ from edgekit.device.power import (
     energy_per_inference,
     idle_power,
 )
+from edgekit.device.provision import artifact_runtime
 from edgekit.device.runner_io import Guard, RunnerProgress, parse_json_line, parse_runner_output
 from edgekit.device.state import DeviceState
-from edgekit.device.transport import CommandResult, LocalTransport, Transport
+from edgekit.device.transport import CommandResult, Transport
 from edgekit.report.record import latency_stats
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
@@ -195,10 +196,10 @@ class Agent:
         transport: Transport,
         sampler: PowerSampler | None = None,
         python: str | None = None,
-        target: str | None = None,
+        prepare: str | None = None,
     ):
         self.transport = transport
-        self.target = target  # named in the hint of a missing or skewed runtime
+        self.prepare = prepare  # the command a missing or skewed runtime's refusal names
         self.sampler = sampler or NullSampler()
         if not isinstance(self.sampler, PowerSampler):  # runtime_checkable: every declared member
             missing = [m for m in ("name", "rails", "files", "measures", "note", "facts", "start", "stop")
@@ -224,7 +225,7 @@ class Agent:
             RemoteCommandError: The runner exited non-zero (message shows its stderr tail).
         """
         artifact = Artifact.load(artifact_dir)
-        board_versions = self._check_runtime(artifact)
+        board_versions = artifact_runtime(self.transport, self.python, artifact.backend, self.prepare)
         work = self.transport.mkdtemp()
         try:
             with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as host_tmp:
@@ -254,25 +255,6 @@ class Agent:
         if board_versions:
             res.device["packages"] = board_versions
         return res
-
-    def _check_runtime(self, artifact: Artifact) -> dict[str, Any]:
-        """The board's versions of the runtime's packages; a missing or skewed runtime stops here.
-
-        This host (a LocalTransport, whatever interpreter runs the runner) has edgekit's own, so it is not
-        asked.
-        """
-        from edgekit.core.registry import BACKENDS
-        from edgekit.device.provision import check_board_runtime
-
-        if isinstance(self.transport, LocalTransport):
-            return {}
-        if artifact.backend not in BACKENDS:
-            return {}
-        try:
-            backend = BACKENDS.get(artifact.backend)
-        except EdgekitError:  # its host side is not installed here: nothing to compare the board with
-            return {}
-        return check_board_runtime(self.transport, self.python, backend, self.target)
 
     def state(self, work: str) -> DeviceState:
         """The device's state (board, L4T, power mode, clocks, governors, temperatures, throttling)."""

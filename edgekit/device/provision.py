@@ -70,11 +70,38 @@ def probe(transport: Any, python: str, packages: tuple[str, ...]) -> dict[str, A
         ) from None
 
 
-def check_board_runtime(transport: Any, python: str, backend: Any, target: str | None = None) -> dict:
+def prepare_command(target: Any) -> str:
+    """The command that installs a target's runtime on its board (``--device sim`` for a simulator's)."""
+    sim = " --device sim" if getattr(target, "emulator", None) else ""
+    return f"edgekit board prepare {target.name}{sim}"
+
+
+def artifact_runtime(transport: Any, python: str, backend_name: str, prepare: str | None = None) -> dict:
+    """:func:`check_board_runtime` for an artifact's backend, on a board (not on this host).
+
+    This host (a :class:`~edgekit.device.transport.LocalTransport`, whatever interpreter runs the runner)
+    has edgekit's own runtimes, and a backend whose host side is not installed here has nothing to compare
+    the board with: neither is asked.
+    """
+    from edgekit.core.errors import EdgekitError
+    from edgekit.core.registry import BACKENDS
+    from edgekit.device.transport import LocalTransport
+
+    if isinstance(transport, LocalTransport) or backend_name not in BACKENDS:
+        return {}
+    try:
+        backend = BACKENDS.get(backend_name)
+    except EdgekitError:
+        return {}
+    return check_board_runtime(transport, python, backend, prepare)
+
+
+def check_board_runtime(transport: Any, python: str, backend: Any, prepare: str | None = None) -> dict:
     """Refuse a bench whose board lacks the backend's runtime or runs another version than this host's.
 
     ``backend.board_packages`` names the runtime first; it must be the version this host's converter
-    wrote for. A backend that installs nothing with pip (TensorRT, an MCU) is not checked.
+    wrote for. A backend that installs nothing with pip (TensorRT, an MCU) is not checked. ``prepare`` is
+    the command a refusal names (:func:`prepare_command`).
 
     Returns:
         The board's versions of the backend's packages.
@@ -89,7 +116,7 @@ def check_board_runtime(transport: Any, python: str, backend: Any, target: str |
     wanted = host_versions(packages)
     found = probe(transport, python, (*packages, *COMMON))
     have = found.get("versions") or {}
-    fix = f"edgekit board prepare {target or '<target>'}" + (" --device sim" if _is_sim(transport) else "")
+    fix = prepare or "edgekit board prepare <target>"
     missing = [d for d in (*packages, *COMMON) if not have.get(d)]
     if missing:
         raise DeviceError(
@@ -105,12 +132,6 @@ def check_board_runtime(transport: Any, python: str, backend: Any, target: str |
             f"run `{fix}` to install {runtime} {wanted[runtime]} on the board",
         )
     return {d: have.get(d) for d in (*packages, *COMMON)}
-
-
-def _is_sim(transport: Any) -> bool:
-    from edgekit.device.sim.profiles import PROFILES
-
-    return any(getattr(transport, "host", None) == p.address for p in PROFILES.values())
 
 
 def prepare_board(
@@ -147,7 +168,7 @@ def prepare_board(
     wheels = cache / f"{machine}-cp{pyver.replace('.', '')}"
     specs = [f"{d}=={v}" if v else d for d, v in todo.items()]
     say(f"fetching wheels for {machine} Python {pyver}: {', '.join(specs)}")
-    _download(specs, tags, pyver, wheels)
+    download_wheels(specs, tags, pyver, wheels)
     remote = transport.mkdtemp()
     try:
         names = sorted(p.name for p in wheels.glob("*.whl"))
@@ -172,7 +193,12 @@ def prepare_board(
     return {d: v for d, v in now.items() if v}
 
 
-def _download(specs: list[str], tags: tuple[str, ...], pyver: str, dest: Path) -> None:
+def download_wheels(specs: list[str], tags: tuple[str, ...], pyver: str, dest: Path) -> None:
+    """Fetch the binary wheels of ``specs`` for a ``tags`` platform and CPython ``pyver`` into ``dest``.
+
+    Raises:
+        DeviceError: pip found no wheel (its last lines are quoted).
+    """
     dest.mkdir(parents=True, exist_ok=True)
     abi = "cp" + pyver.replace(".", "")
     argv = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", pyver,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from edgekit.core.files import atomic_write_text
-from edgekit.device.state import DeviceState
 from edgekit.report.compression import NONE, slimming_blocks, teacher_init_blocks, training_curve_blocks
 from edgekit.report.compression import fmt_num as _num
+from edgekit.report.device import NOT_MEASURED, latency_detail, on_device
+from edgekit.report.device import cell as _cell
 from edgekit.report.plots import draw_all
-from edgekit.report.record import RunRecord, latency_warnings
+from edgekit.report.record import RunRecord
 from edgekit.report.summary import Summary, metric_label, run_metric
 from edgekit.report.templates import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
@@ -20,7 +20,6 @@ PLOT_TITLES = {
     "accuracy_vs_cost": "Accuracy against cost",
     "bn_gamma": "BatchNorm scale factors (slimming)",
 }
-NOT_MEASURED = "not measured"
 
 
 def _si(value: float | None, unit: str = "") -> str:
@@ -277,98 +276,12 @@ def _stages(record: RunRecord) -> list[Block]:
     return [Heading("Stages"), Table(headers, rows, frozenset({3, 4, 5, 6, 7, 8}))]
 
 
-def _latency_detail(record: RunRecord) -> list[Block]:
-    bench = record.node("bench")
-    stats = (bench.metric("latency_ms") if bench else None) or {}
-    if not stats:
-        return []
-    keys = [k for k in ("n", "mean", "std", "cv", "min", "p50", "p90", "p95", "p99", "max") if k in stats]
-    row = [str(stats[k]) if k == "n" else _num(stats[k], 3) for k in keys]
-    note = "Percentiles are nearest-rank (as trtexec reports them); std is the population deviation."
-    emulator = record.target.get("emulator")
-    if emulator:
-        note = f"Emulator time ({emulator}), not board time. " + note
-    warnings = latency_warnings(bench.extra.get("latencies_ms") or [])
-    return [
-        Heading("Emulator time (ms)" if emulator else "Latency (ms)", 3),
-        Table(keys, [row], frozenset(range(len(keys)))),
-        Paragraph(note, tone="note"),
-        *(Paragraph(w, label="Warning:", tone="bad") for w in warnings),
-    ]
-
-
-def _energy(m: dict[str, Any]) -> str:
-    if "energy_mj_per_inference" not in m:
-        return NOT_MEASURED
-    dynamic = m.get("energy_dynamic_mj_per_inference")
-    above = _num(dynamic, 3) if dynamic is not None else NOT_MEASURED
-    return f"{_num(m['energy_mj_per_inference'], 3)} / {above}"
-
-
-def _on_device(record: RunRecord) -> list[Block]:
-    """Power (or why not), the correctness guard, throttling and the device's state around the run."""
-    bench = record.node("bench")
-    if bench is None:
-        return []
-    extra, m = bench.extra, bench.metrics
-    rows = [
-        ["power", extra.get("power_note") or NOT_MEASURED],
-        ["mean power in the timed window (W)", _num(m.get("power_w"), 3) if "power_w" in m else NOT_MEASURED],
-        ["idle power, same mode (W)", _num(m.get("idle_w"), 3) if "idle_w" in m else NOT_MEASURED],
-        ["energy per inference, total / above idle (mJ)", _energy(m)],
-        ["power samples in the window", _cell(extra.get("power_samples_in_window"))],
-    ]
-    device = extra.get("device")
-    cpu = device.get("cpu") if isinstance(device, dict) else None
-    if isinstance(cpu, dict) and (cpu.get("model") or cpu.get("arch")):
-        emulated = f" (emulated: {record.target['emulator']})" if record.target.get("emulator") else ""
-        rows.append(
-            [
-                "CPU",
-                f"{cpu.get('model') or '?'}, {cpu.get('arch')}, int8 path {cpu.get('int8_dot')}{emulated}",
-            ]
-        )
-    if extra.get("arithmetic"):
-        rows.append(["arithmetic on this CPU", str(extra["arithmetic"])])
-    guard = extra.get("guard") or {}
-    if guard:
-        verdict = (
-            f"passed: cosine {guard.get('cosine', 0):.5f} to {guard.get('reference')}"
-            if guard.get("checked")
-            else f"not checked ({guard.get('reason')})"
-        )
-        rows.append(["correctness guard (fixed input)", verdict])
-    before = DeviceState.from_report(extra.get("state_before"))
-    after = DeviceState.from_report(extra.get("state_after"))
-    for value, label in ((before.model, "board"), (before.l4t, "L4T"), (before.power_mode, "power mode")):
-        if value:
-            rows.append([label, str(value)])
-    if before.thermal or after.thermal:
-        rows.append(
-            ["hottest zone before / after (°C)", f"{_num(before.hottest, 1)} / {_num(after.hottest, 1)}"]
-        )
-    blocks: list[Block] = [Heading("On the device", 3), Table(["", "value"], rows)]
-    flags = list(extra.get("throttling") or []) + list(extra.get("warnings") or [])
-    blocks += [Paragraph(flag, label="Warning:", tone="bad") for flag in flags]
-    return blocks
-
-
 def _plots(plots: dict[str, Path]) -> list[Block]:
     blocks: list[Block] = []
     for name, title in PLOT_TITLES.items():
         if name in plots:
             blocks += [Heading(title, 3), Image(f"{PLOTS_DIR}/{plots[name].name}", title)]
     return [Heading("Plots"), *blocks] if blocks else []
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return NONE
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _candidates(record: RunRecord) -> list[Block]:
@@ -468,8 +381,8 @@ def build_blocks(record: RunRecord, plots: dict[str, Path]) -> tuple[str, list[B
         _status_blocks(record),
         _headline(record, summary),
         _control(record),
-        _latency_detail(record),
-        _on_device(record),
+        latency_detail(record),
+        on_device(record),
         _calibration(summary),
         _int8(record),
         _stages(record),

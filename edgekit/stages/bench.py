@@ -61,11 +61,12 @@ def run_on_device(
     """Bench ``artifact_dir`` on the target's device with its sampler, idle baseline and guard."""
     from edgekit.device.agent import Agent, BenchPlan
     from edgekit.device.power import sampler_for
+    from edgekit.device.provision import prepare_command
 
     rt = target.runtime
     sampler = sampler_for(target.power)
     idle_s = target.power.idle_s if target.connection.type == "ssh" else min(target.power.idle_s, 2.0)
-    return Agent(transport, sampler=sampler, target=target.name).bench(
+    return Agent(transport, sampler=sampler, prepare=prepare_command(target)).bench(
         artifact_dir,
         BenchPlan(
             bench_input=x,

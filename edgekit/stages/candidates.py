@@ -25,8 +25,9 @@ def measure(ctx: RunContext, transport_factory, artifact_dir: Path, val) -> dict
 
 def _bench(transport, artifact_dir: Path, inputs, ctx: RunContext):
     from edgekit.device.agent import Agent, BenchPlan
+    from edgekit.device.provision import prepare_command
 
-    return Agent(transport, target=ctx.target.name).bench(
+    return Agent(transport, prepare=prepare_command(ctx.target)).bench(
         artifact_dir,
         BenchPlan(
             bench_input=inputs[:1],

@@ -184,10 +184,12 @@ def test_a_board_without_the_runtime_is_refused_then_prepared_offline_then_bench
     """A board whose Python lacks onnxruntime: one error naming the command; `prepare` installs this
     host's version from wheels pushed over SSH (the board has no network); the bench then runs."""
     from edgekit.backends.contract.base import BuildOptions
+    from edgekit.core.config import load_target
     from edgekit.core.errors import DeviceError
     from edgekit.core.registry import get_backend
     from edgekit.device.agent import Agent, BenchPlan
-    from edgekit.device.provision import host_versions, prepare_board
+    from edgekit.device.provision import host_versions, prepare_board, prepare_command
+    from edgekit.device.sim.target import sim_target
     from tests.device.test_agent import _tiny_onnx
 
     art = get_backend("onnxruntime").build(
@@ -200,7 +202,8 @@ def test_a_board_without_the_runtime_is_refused_then_prepared_offline_then_bench
     with _transport(sim) as t:
         assert t.run(["python3", "-m", "venv", "/tmp/bare-venv"], timeout=600).ok
         with pytest.raises(DeviceError, match="has no onnxruntime") as err:
-            Agent(t, python=bare, target="rk3588-mnn").bench(art.dir, plan, progress=False)
+            fix = prepare_command(sim_target(load_target("rk3588-mnn")))
+            Agent(t, python=bare, prepare=fix).bench(art.dir, plan, progress=False)
         assert "edgekit board prepare rk3588-mnn --device sim" in err.value.hint
         now = prepare_board(t, bare, ("onnxruntime",), tmp_path / "wheels", say=lambda _: None)
         assert now["onnxruntime"] == host_versions(("onnxruntime",))["onnxruntime"]
@@ -216,8 +219,10 @@ def test_a_runtime_of_another_version_is_one_error_naming_both_versions(boards):
     not this host's."""
     from types import SimpleNamespace
 
+    from edgekit.core.config import load_target
     from edgekit.core.errors import DeviceError
-    from edgekit.device.provision import check_board_runtime, host_versions, probe
+    from edgekit.device.provision import check_board_runtime, host_versions, prepare_command, probe
+    from edgekit.device.sim.target import sim_target
 
     sim = boards["rpi4"]
     with _transport(sim) as t:
@@ -226,9 +231,8 @@ def test_a_runtime_of_another_version_is_one_error_naming_both_versions(boards):
         if board_pip == host_pip:
             pytest.skip(reason=f"the board's pip and this host's are both {host_pip}: no skew to show")
         with pytest.raises(DeviceError, match="version skew") as err:
-            check_board_runtime(
-                t, sim.connection().python, SimpleNamespace(board_packages=("pip",)), "rpi4-ncnn"
-            )
+            fix = prepare_command(sim_target(load_target("rpi4-ncnn")))
+            check_board_runtime(t, sim.connection().python, SimpleNamespace(board_packages=("pip",)), fix)
     assert f"pip {board_pip}" in err.value.message and f"pip {host_pip}" in err.value.message
     assert "edgekit board prepare rpi4-ncnn --device sim" in err.value.hint
 

@@ -11,16 +11,15 @@ and 600 MB cold (``../shared/research/arm-emulation.md``), instant warm.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from edgekit.core.errors import DeviceError
+from edgekit.device.provision import PLATFORM_TAGS, download_wheels, host_versions
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -32,13 +31,6 @@ RUNTIMES = ("onnxruntime", "ncnn", "MNN", "numpy")
 #: Where the board's Python environment lives inside the root file system.
 BOARD_PYTHON = "/opt/edgekit/bin/python"
 BOARD_USER = "board"
-#: pip picks years-old wheels unless it is told the newer manylinux tags (research: arm-emulation.md).
-PLATFORMS = (
-    "manylinux_2_28_aarch64",
-    "manylinux_2_27_aarch64",
-    "manylinux_2_24_aarch64",
-    "manylinux2014_aarch64",
-)
 SKIP_NO_ROOT = "emulated boards need root (chroot, mounts, network and process namespaces)"
 
 
@@ -53,13 +45,7 @@ def runtime_pins() -> dict[str, str]:
 
     A runtime this host lacks is left unpinned (its newest aarch64 wheel).
     """
-    pins = {}
-    for dist in RUNTIMES:
-        try:
-            pins[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pins[dist] = ""
-    return pins
+    return {dist: version or "" for dist, version in host_versions(RUNTIMES).items()}
 
 
 def rootfs_key(pins: dict[str, str] | None = None) -> str:
@@ -166,7 +152,7 @@ def ensure_rootfs(*, log: Path | None = None, say=print) -> Path:  # noqa: ANN00
     try:
         wheels = home / f"wheels-{final.name}"
         _step(say, start, f"fetching aarch64 wheels {_pin_list(pins)}")
-        _download_wheels(pins, wheels, log)
+        _download_wheels(pins, wheels)
         _step(say, start, f"debootstrap {SUITE} arm64, first stage")
         _run(
             [
@@ -218,16 +204,13 @@ def _step(say, start: float, text: str) -> None:  # noqa: ANN001
     say(f"[board-sim {time.monotonic() - start:5.0f} s] {text}")
 
 
-def _download_wheels(pins: dict[str, str], dest: Path, log: Path) -> None:
+def _download_wheels(pins: dict[str, str], dest: Path) -> None:
+    """The aarch64 wheels for bookworm's Python 3.11 (the board's), fetched once."""
     if (dest / ".complete").is_file():
         return
     shutil.rmtree(dest, ignore_errors=True)
-    argv = [
-        sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", "3.11",
-        "--implementation", "cp", "--abi", "cp311", *[a for p in PLATFORMS for a in ("--platform", p)],
-        "-d", str(dest), *[f"{d}=={v}" if v else d for d, v in pins.items()],
-    ]  # fmt: skip
-    _run(argv, log)
+    specs = [f"{d}=={v}" if v else d for d, v in pins.items()]
+    download_wheels(specs, PLATFORM_TAGS["aarch64"], "3.11", dest)
     (dest / ".complete").write_text("")
 
 

@@ -23,15 +23,16 @@ def sim_target(target: Any) -> Any:
     """
     from edgekit.core.config import CpuSpec, SSHConnection
     from edgekit.device.sim.board import BoardSim
-    from edgekit.device.sim.profiles import PROFILES
+    from edgekit.device.sim.profiles import PROFILES, profile
 
-    sims = {p.name: ", ".join(p.boards) for p in PROFILES.values()}
-    if not any(target.board == name or target.board in boards.split(", ") for name, boards in sims.items()):
+    try:
+        profile(target.board)
+    except ConfigError:
+        sims = ", ".join(f"{p.name} ({', '.join(p.boards)})" for p in PROFILES.values())
         raise ConfigError(
-            f"--device sim emulates the boards {', '.join(f'{n} ({b})' for n, b in sims.items())}; "
-            f"target '{target.name}' is a {target.board}",
+            f"--device sim emulates the boards {sims}; target '{target.name}' is a {target.board}",
             "use a target of one of those boards (rpi4-ncnn, rk3588-mnn), or --device local",
-        )
+        ) from None
     sim = BoardSim(target.board)
     conn = SSHConnection(**sim.connection().to_connection())
     runtime = target.runtime.model_copy(update={**SIM_RUNTIME, "governor": None, "cpu_affinity": None})
