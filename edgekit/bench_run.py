@@ -129,6 +129,7 @@ def _measure(ctx, built, artifact, val, transport, iterations) -> None:  # noqa:
 
 
 def _write(ctx) -> None:  # noqa: ANN001
+    from edgekit.pipeline import index_run
     from edgekit.report.render import render_run
     from edgekit.report.summary import build_summary, write_summary
 
@@ -136,3 +137,4 @@ def _write(ctx) -> None:  # noqa: ANN001
     ctx.save()
     write_summary(ctx.record, ctx.run_dir)
     render_run(ctx.run_dir)
+    index_run(ctx.run_dir)

@@ -50,6 +50,10 @@ class DeployRequest:
         out: Folder that receives the run folder.
         max_map_drop: Gate: allowed mAP@0.5:0.95 drop (points) of the deployed artifact vs the reference.
         max_p99_ms: Gate: allowed p99 latency (ms) on the device.
+        baseline: Gate against history: ``last``, a run id or a git ref (:mod:`edgekit.history.gates`);
+            the run fails when its mAP drops more than ``baseline_map_drop`` points below the baseline's,
+            or its p99 rises more than ``baseline_p99_rise`` percent and more than the measured noise.
+        sweep: The sweep this run is an item of (recorded, and indexed in the run history).
         epochs_scale: Multiplies every training schedule (tests use small values).
         reference: The built-in model's training: ``converged`` (shipped, or trained to the plateau rule
             of :mod:`edgekit.models.converge`) or ``quick`` (one 10-epoch cosine schedule × ``epochs_scale``).
@@ -74,6 +78,10 @@ class DeployRequest:
     calib_root: Path = Path("calibration")
     max_map_drop: float | None = None
     max_p99_ms: float | None = None
+    baseline: str | None = None
+    sweep: str | None = None
+    baseline_map_drop: float = 0.5
+    baseline_p99_rise: float = 10.0
     epochs_scale: float = 1.0
     reference: str = "converged"
     control: bool = False
@@ -119,6 +127,12 @@ class Plan:
             "model_route": _route(r, self.recipe),
             "out": str(r.out),
             "gates": {"max_map_drop": r.max_map_drop, "max_p99_ms": r.max_p99_ms},
+            "baseline": r.baseline
+            and {
+                "run": r.baseline,
+                "max_map_drop_pt": r.baseline_map_drop,
+                "max_p99_rise_pct": r.baseline_p99_rise,
+            },
         }
 
 
@@ -161,6 +175,10 @@ def make_plan(request: DeployRequest) -> Plan:
                 "not board time",
                 "drop --max-p99-ms with --device sim (gate on accuracy with --max-map-drop)",
             )
+    if request.baseline:
+        from edgekit.history.gates import check_spec
+
+        check_spec(request.out, request.baseline)
     recipe = load_recipe(request.recipe)
     quant = recipe.quantize_step()
     if quant is not None and target.precision != "int8":
@@ -296,6 +314,8 @@ def run_plan(plan: Plan) -> Path:
     record = RunRecord.new(
         run_dir.name, req.command, target.model_dump(mode="json"), plan.recipe.model_dump(mode="json")
     )
+    record.calibrator = plan.int8.calibrator if plan.int8 else None
+    record.sweep = req.sweep
     ctx = RunContext(
         target, run_dir, record, target_spec(target), req.progress, Path(req.calib_root), req.epochs_scale
     )
@@ -379,6 +399,24 @@ def _write_outputs(ctx: RunContext) -> None:
     if record.nodes:
         write_summary(record, ctx.run_dir)
         render_run(ctx.run_dir)
+        index_run(ctx.run_dir)
+
+
+def index_run(run_dir: Path) -> None:
+    """Add the run to the run history of its runs root; a failure there is a warning, not a lost run."""
+    import sqlite3
+    import warnings
+
+    from edgekit.history.index import History
+
+    try:
+        History(run_dir.parent).add(run_dir)
+    except (sqlite3.Error, OSError) as exc:
+        warnings.warn(
+            f"the run history in {run_dir.parent} did not take this run ({exc}); the run folder is "
+            f"complete, and `edgekit history --runs {run_dir.parent}` indexes it on its next read",
+            stacklevel=2,
+        )
 
 
 def _apply_gates(ctx: RunContext, req: DeployRequest) -> None:
@@ -399,6 +437,8 @@ def _apply_gates(ctx: RunContext, req: DeployRequest) -> None:
         rec.gates["max_p99_ms"] = Gate(
             limit=req.max_p99_ms, value=p99, passed=p99 is not None and p99 <= req.max_p99_ms
         )
+    if req.baseline:
+        _baseline_gates(ctx, req)
     failed = [k for k, g in rec.gates.items() if not g.passed]
     rec.status = "gates_failed" if failed else "ok"
     _write_outputs(ctx)
@@ -408,6 +448,26 @@ def _apply_gates(ctx: RunContext, req: DeployRequest) -> None:
             f"gate failed: {detail}; the run is written to {ctx.run_dir}",
             "see report.md in the run folder; relax the gate or change the recipe",
         )
+
+
+def _baseline_gates(ctx: RunContext, req: DeployRequest) -> None:
+    """Compare the run with its baseline in the run history; each compared figure becomes a gate."""
+    from edgekit.history.gates import Tolerances, against_history
+    from edgekit.report.record import Gate
+    from edgekit.report.summary import build_summary
+
+    rec = ctx.record
+    tol = Tolerances(map_drop_pt=req.baseline_map_drop, p99_rise_pct=req.baseline_p99_rise)
+    summary = build_summary(rec)
+    verdict = against_history(
+        rec.model_dump(mode="json", by_alias=True), summary, ctx.run_dir, req.baseline, tol
+    )
+    rec.baseline = verdict.to_dict()
+    for check in verdict.checks:
+        if check.passed is not None:
+            rec.gates[f"baseline_{check.gate}"] = Gate(
+                limit=check.limit, value=check.change, passed=check.passed
+            )
 
 
 def deploy(request: DeployRequest) -> Path:

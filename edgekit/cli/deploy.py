@@ -99,6 +99,27 @@ def add_parser(sub) -> None:
         "--max-p99-ms", type=positive_float, metavar="MS", help="gate: fail if p99 latency exceeds MS"
     )
     p.add_argument(
+        "--baseline",
+        metavar="RUN",
+        help="gate against history: compare with `last` (the last ok run of the same target, board, model, "
+        "recipe and calibration set), a run id (`edgekit history`), or a git ref's run; fail on a regression",
+    )
+    p.add_argument(
+        "--baseline-map-drop",
+        type=non_negative_float,
+        default=0.5,
+        metavar="PT",
+        help="with --baseline: mAP@0.5:0.95 points the run may lose against it (default 0.5)",
+    )
+    p.add_argument(
+        "--baseline-p99-rise",
+        type=non_negative_float,
+        default=10.0,
+        metavar="PCT",
+        help="with --baseline: percent the p99 latency may rise; a rise within 2x the measured latency "
+        "spread is noise and passes (default 10)",
+    )
+    p.add_argument(
         "--epochs-scale", type=positive_float, default=1.0, help="scale every training schedule (quick tries)"
     )
     p.add_argument(
@@ -141,6 +162,9 @@ def cmd_deploy(args) -> int:
         calib_root=args.calib_root,
         max_map_drop=args.max_map_drop,
         max_p99_ms=args.max_p99_ms,
+        baseline=args.baseline,
+        baseline_map_drop=args.baseline_map_drop,
+        baseline_p99_rise=args.baseline_p99_rise,
         epochs_scale=args.epochs_scale,
         reference=args.reference,
         control=args.control,

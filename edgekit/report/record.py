@@ -135,6 +135,31 @@ def latency_warnings(latencies_ms: list[float], cv_limit: float = CV_LIMIT) -> l
     return out
 
 
+def git_commit() -> str | None:
+    """The commit of the edgekit checkout this runs from.
+
+    ``+dirty`` follows it when edgekit's sources have local changes; ``None``: not a git checkout, or no git.
+    """
+    import subprocess
+
+    source = Path(__file__).resolve().parents[2]
+    if not (source / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "edgekit"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
 def host_facts() -> dict[str, Any]:
     """Return facts about this machine worth keeping next to measured numbers."""
     return {
@@ -240,6 +265,9 @@ class RunRecord(BaseModel):
     run_id: str
     created: str
     edgekit_version: str = __version__
+    git_commit: str | None = None
+    sweep: str | None = None
+    calibrator: str | None = None
     command: list[str] = Field(default_factory=list)
     target: dict[str, Any] = Field(default_factory=dict)
     recipe: dict[str, Any] = Field(default_factory=dict)
@@ -250,6 +278,7 @@ class RunRecord(BaseModel):
     error: dict[str, Any] | None = None
     nodes: list[Node] = Field(default_factory=list)
     gates: dict[str, Gate] = Field(default_factory=dict)
+    baseline: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
 
     @classmethod
@@ -264,6 +293,7 @@ class RunRecord(BaseModel):
             target=target,
             recipe=recipe,
             host=host_facts(),
+            git_commit=git_commit(),
         )
 
     def add(self, node: Node) -> Node:

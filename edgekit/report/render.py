@@ -76,7 +76,30 @@ def _status_blocks(record: RunRecord) -> list[Block]:
             for name, g in record.gates.items()
         ]
         blocks += [Heading("Gates"), Table(["gate", "limit", "value", "result"], rows, frozenset({1, 2}))]
-    return blocks
+    return blocks + _baseline(record.baseline)
+
+
+def _baseline(verdict: dict | None) -> list[Block]:
+    """The run against its baseline in the run history (``--baseline``), gate by gate."""
+    if not verdict:
+        return []
+    if not verdict.get("baseline_id"):
+        return [Paragraph(f"none found: {verdict.get('note')}", label="Baseline:", tone="note")]
+    rows = [
+        [
+            c["gate"],
+            _num(c["baseline"], 4),
+            _num(c["value"], 4),
+            c["note"] if c["passed"] is not None else f"not compared: {c['note']}",
+            {True: "pass", False: "REGRESSION", None: NOT_MEASURED}[c["passed"]],
+        ]
+        for c in verdict.get("checks", [])
+    ]
+    return [
+        Heading("Against the baseline"),
+        Paragraph(f"{verdict['baseline_id']} ({verdict.get('note')})", label="Baseline:"),
+        Table(["figure", "baseline", "this run", "change", "result"], rows, frozenset({1, 2})),
+    ]
 
 
 def _headline(record: RunRecord, summary: Summary) -> list[Block]:

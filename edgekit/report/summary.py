@@ -117,6 +117,9 @@ class Summary(_Strict):
     or ``teacher_agreement`` (a user's model without labels: mAP of the detections against the FP32
     model's own, on held-back images; not the model's accuracy). :func:`metric_label` names it.
 
+    ``baseline`` is the run against its baseline in the run history (``--baseline``): the baseline's id,
+    how it was chosen, and each figure's check (:class:`edgekit.history.gates.Verdict`).
+
     On an emulated board (``--device sim``) ``emulator`` names it (``qemu-user cortex-a72``); its timings
     go to ``emulator_time_ms``, and ``latency_ms`` / ``fps`` stay ``None``: emulator time is not board time.
     """
@@ -137,6 +140,7 @@ class Summary(_Strict):
     calibration: CalibrationRef
     control: ControlFigures | None
     gates: dict[str, Gate]
+    baseline: dict[str, Any] | None = None
     run_id: str
     status: str
 
@@ -186,6 +190,7 @@ def _flatten(record: RunRecord) -> dict[str, Any]:
         "calibration": _calibration(record),
         "control": _control(record),
         "gates": dict(record.gates),
+        "baseline": record.baseline,
         "run_id": record.run_id,
         "status": record.status,
     }

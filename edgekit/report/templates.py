@@ -104,7 +104,8 @@ def _html_table(table: Table) -> str:
     return f"<table>\n{head}<tbody>\n{body}\n</tbody>\n</table>"
 
 
-def _html_block(block: Block) -> str:
+def html_block(block: Block) -> str:
+    """One block as an HTML fragment."""
     if isinstance(block, Heading):
         return f"<h{block.level}>{html.escape(block.text)}</h{block.level}>"
     if isinstance(block, Paragraph):
@@ -118,7 +119,7 @@ def _html_block(block: Block) -> str:
 
 def to_html(title: str, blocks: list[Block]) -> str:
     """Write blocks as one self-contained HTML page (inline CSS, no scripts)."""
-    body = "\n".join(_html_block(b) for b in blocks)
+    body = "\n".join(html_block(b) for b in blocks)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n"
