@@ -96,13 +96,13 @@ def _target_section(target: str, rows: list[RunRow]) -> list[str]:
         _chart("energy per inference", "mJ", {"energy": _series(rows, "energy_mj", 3)}, n),
     ]  # fmt: skip
     drawn = [c for c in charts if c]
-    missing = [] if any(r.energy_mj is not None for r in rows) else ["energy: not measured on this target"]
+    energy = "" if any(r.energy_mj is not None for r in rows) else "; energy: not measured on this target"
     latest = rows[-1]
     return [
         html_block(Heading(f"{target}", 2)),
         html_block(Paragraph(
-            f"{n} run{'s' if n != 1 else ''} shown; newest {latest.run_id} ({latest.status}), board {latest.board}, "
-            f"backend {latest.backend} {latest.precision}" + (f"; {'; '.join(missing)}" if missing else ""),
+            f"{n} run{'s' if n != 1 else ''} shown; newest {latest.run_id} ({latest.status}), "
+            f"board {latest.board}, backend {latest.backend} {latest.precision}{energy}",
             tone="note",
         )),
         f'<div class="charts">{"".join(drawn)}</div>',
