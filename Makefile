@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	# torch first and pinned: anything unpinned would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/pip install -q -e '.[dev,mnn,ncnn,ssh,tflite,openvino]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install -q -e '.[dev,mnn,ncnn,ssh,tflite,openvino,fleet]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') and not torch.cuda.is_available() else 'torch is not the pinned CPU build: ' + torch.__version__)"
 	touch $(STAMP)
 

@@ -319,7 +319,8 @@ def run_plan(plan: Plan) -> Path:
     ctx = RunContext(
         target, run_dir, record, target_spec(target), req.progress, Path(req.calib_root), req.epochs_scale
     )
-    session = DeviceSession(plan.transport_factory)  # one connection for every stage that needs the board
+    # one connection for every stage that needs the board; the record says which device it was
+    session = DeviceSession(plan.transport_factory, on_open=lambda t: setattr(record, "device", t.name))
     try:
         _run_stages(ctx, dataclasses.replace(plan, transport_factory=session))
     except BaseException as exc:

@@ -18,7 +18,8 @@ from edgekit.core.errors import EdgekitError
 
 #: The command modules of this package, in the order ``edgekit --help`` lists them.
 COMMANDS = (
-    "deploy", "compress", "build", "bench", "predict", "calib", "board", "reference", "report", "history",
+    "deploy", "sweep", "compress", "build", "bench", "predict", "calib", "board", "reference", "report",
+    "history",
     "info",
 )  # fmt: skip
 

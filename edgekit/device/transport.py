@@ -399,8 +399,11 @@ class DeviceSession:
         >>> session.close()
     """
 
-    def __init__(self, factory: Callable[[], Transport]) -> None:
+    def __init__(
+        self, factory: Callable[[], Transport], on_open: Callable[[Transport], None] | None = None
+    ) -> None:
         self._factory = factory
+        self._on_open = on_open  # told the transport once it is open (the run records which device)
         self._transport: Transport | None = None
 
     def __call__(self) -> DeviceSession:
@@ -410,6 +413,8 @@ class DeviceSession:
     def __enter__(self) -> Transport:
         if self._transport is None:
             self._transport = self._factory()
+            if self._on_open is not None:
+                self._on_open(self._transport)
         return self._transport
 
     def __exit__(self, *exc: object) -> None:

@@ -107,10 +107,13 @@ def _model(nodes: list[dict[str, Any]]) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _device(target: dict[str, Any]) -> str:
-    conn = target.get("connection") or {}
+def _device(target: dict[str, Any], opened: str | None) -> str:
+    """Which board of its kind ran the run: the transport the run opened, else what its target names."""
     if target.get("emulator"):
         return f"sim:{target.get('board')}"
+    if opened:
+        return opened.removeprefix("ssh://")
+    conn = target.get("connection") or {}
     if conn.get("type") == "ssh":
         return str(conn.get("host"))
     return str(conn.get("type") or "local")
@@ -147,7 +150,7 @@ def row_of(record: dict[str, Any], summary: dict[str, Any], folder: str, mtime_n
         failed_stage=record.get("failed_stage"),
         target=summary.get("target"),
         board=target.get("board"),
-        device=_device(target),
+        device=_device(target, record.get("device")),
         backend=summary.get("backend"),
         precision=summary.get("precision"),
         recipe=summary.get("recipe"),

@@ -268,6 +268,7 @@ class RunRecord(BaseModel):
     git_commit: str | None = None
     sweep: str | None = None
     calibrator: str | None = None
+    device: str | None = None
     command: list[str] = Field(default_factory=list)
     target: dict[str, Any] = Field(default_factory=dict)
     recipe: dict[str, Any] = Field(default_factory=dict)
