@@ -307,6 +307,8 @@ def run_sweep(
     if any(s == "skipped" for s in state.values()):
         say(f"resuming {spec.name}: {sum(s == 'skipped' for s in state.values())} item(s) finished earlier")
     start = time.monotonic()
+    if all(s == "skipped" for s in state.values()):
+        return SweepResult(spec.name, results, _write_summary(plan, results, 0.0), 0.0)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(

@@ -110,7 +110,9 @@ def _target_section(target: str, rows: list[RunRow]) -> list[str]:
 
 
 def pareto_front(rows: list[RunRow]) -> set[str]:
-    """The runs no other run beats on both mAP (higher) and p99 (lower), board and emulator time apart.
+    """The runs no other run of their target beats on both mAP (higher) and p99 (lower).
+
+    Each target is ranked apart (its own device), and emulator time never with board time.
 
     Example:
         >>> a = RunRow("a", "a", "", "ok", map50_95=0.6, p99_ms=10.0)
@@ -119,11 +121,11 @@ def pareto_front(rows: list[RunRow]) -> set[str]:
         ['a']
     """
     front = set()
-    for kind in ("board", "emulator"):
+    for target, kind in {(r.target, bool(r.emulator)) for r in rows}:
         pts = [
-            (r.run_id, r.map50_95, r.emulator_p99_ms if kind == "emulator" else r.p99_ms)
+            (r.run_id, r.map50_95, r.emulator_p99_ms if kind else r.p99_ms)
             for r in rows
-            if bool(r.emulator) == (kind == "emulator")
+            if r.target == target and bool(r.emulator) == kind
         ]
         pts = [(i, m, t) for i, m, t in pts if m is not None and t is not None]
         for i, m, t in pts:
@@ -140,7 +142,8 @@ def _sweep_section(sweep: str, rows: list[RunRow]) -> list[str]:
     for r in sorted(rows, key=lambda r: (r.model or "", r.recipe or "", r.target or "", r.calibrator or "")):
         p99 = _fmt(r.p99_ms, 2) if not r.emulator else f"{_fmt(r.emulator_p99_ms, 1)} (emulator)"
         cells = [
-            f"{r.model or NONE} {(r.model_sha256 or '')[:8]}", r.recipe or NONE, r.target or NONE,
+            f"{(r.model or NONE).split(',')[0]} {(r.model_sha256 or '')[:8]}", r.recipe or NONE,
+            r.target or NONE,
             r.calibrator or NONE, r.device or NONE, r.status, _fmt(r.map50_95, 4), p99, _fmt(r.energy_mj),
             r.run_id, "front" if r.run_id in front else "",
         ]  # fmt: skip
@@ -150,7 +153,13 @@ def _sweep_section(sweep: str, rows: list[RunRow]) -> list[str]:
     done = sum(r.status == "ok" for r in rows)
     return [
         html_block(Heading(f"Sweep {sweep}", 3)),
-        html_block(Paragraph(f"{len(rows)} items, {done} ok; green rows are the Pareto front", tone="note")),
+        html_block(
+            Paragraph(
+                f"{len(rows)} items, {done} ok; green rows are each target's Pareto front (highest mAP for "
+                "the lowest p99 on that target's device)",
+                tone="note",
+            )
+        ),
         f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>",
     ]
 
