@@ -32,7 +32,7 @@ class DeployRequest:
     """What the user asked for (the CLI and `make deploy` build one of these).
 
     Attributes:
-        target: Target name, alias or YAML path.
+        target: Target name, alias or YAML path (or a loaded :class:`Target`, as a sweep gives it).
         model: ``builtin`` (the reference detector), an ONNX file, or ``module:factory`` (with ``weights``).
         weights: State dict for a ``module:factory`` model.
         head: Output layout of a user ONNX model (``yolov5``/``yolov8``); detected when None.
@@ -61,7 +61,7 @@ class DeployRequest:
             reference's + the recipe's epochs) and report recipe − control; about doubles a cold run.
     """
 
-    target: str = "local"
+    target: str | Target = "local"
     model: str = "builtin"
     weights: str | None = None
     head: str | None = None
@@ -164,7 +164,7 @@ def make_plan(request: DeployRequest) -> Plan:
     """
     from edgekit.compress.recipe import load_recipe
 
-    target = load_target(request.target)
+    target = request.target if isinstance(request.target, Target) else load_target(request.target)
     if request.device == "sim":
         from edgekit.device.sim.target import sim_target
 

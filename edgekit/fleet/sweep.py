@@ -97,10 +97,17 @@ def plan_sweep(spec: SweepSpec, fleet: FleetSpec | None, out: str | Path) -> Swe
     boards: dict[str, Board] = {}
     leaders: dict[tuple, str] = {}
     problems: dict[str, list[str]] = {}
+    targets: dict[str, Any] = {}
     for model, recipe, entry, calibrator in grid(spec):
         cell = f"{model} × {recipe} × {entry.name} × {calibrator}"
+        try:
+            target = targets.get(entry.name) or _fleet_target(entry.name, fleet)
+        except EdgekitError as exc:
+            problems.setdefault(exc.message + (f" (hint: {exc.hint})" if exc.hint else ""), []).append(cell)
+            continue
+        targets[entry.name] = target
         kwargs = dict(
-            target=entry.name, model=_abs(model), recipe=_abs(recipe) if recipe.endswith(".yaml") else recipe,
+            target=target, model=_abs(model), recipe=_abs(recipe) if recipe.endswith(".yaml") else recipe,
             calibrator=None if calibrator == "default" else calibrator, max_drop=spec.max_drop,
             data=_abs(spec.data), images=_abs(spec.images), device=entry.device, out=out,
             epochs_scale=spec.epochs_scale, reference=spec.reference, baseline=spec.baseline,
@@ -127,6 +134,8 @@ def plan_sweep(spec: SweepSpec, fleet: FleetSpec | None, out: str | Path) -> Swe
         item = Item(item_id, model, recipe, plan.target.name, calib, entry.device, kind, leader)
         items.append(item)
         requests[item_id] = {**kwargs, "calibrator": kwargs["calibrator"] if calib != "default" else None}
+    for problem in _check_boards(list(boards.values())):
+        problems.setdefault(problem, []).append("the fleet")
     if problems:
         raise ConfigError(
             f"sweep {spec.name} refused, nothing ran ({len(problems)} problem(s)): "
@@ -138,6 +147,32 @@ def plan_sweep(spec: SweepSpec, fleet: FleetSpec | None, out: str | Path) -> Swe
             "again",
         )
     return SweepPlan(spec, items, list(boards.values()), requests, out)
+
+
+def _fleet_target(name: str, fleet: FleetSpec | None) -> Any:
+    """The target ``name``; where the fleet has boards of its kind, it names the first of them."""
+    from edgekit.core.config import load_target
+
+    target = load_target(name)
+    boards = [b for b in (fleet.boards if fleet else []) if b.board == target.board]
+    if boards and target.connection.type == "ssh":
+        target = target.model_copy(update={"connection": boards[0].connection})
+    return target
+
+
+def _check_boards(boards: list[Board]) -> list[str]:
+    """Each fleet board's key and known_hosts files exist (before any work)."""
+    from edgekit.core.config import SSHConnection
+    from edgekit.device.ssh import SSHTransport
+
+    problems = []
+    for board in boards:
+        if board.connection is not None:
+            try:
+                SSHTransport.from_connection(SSHConnection(**board.connection)).check_files()
+            except EdgekitError as exc:
+                problems.append(f"board {board.name}: {exc.message}")
+    return problems
 
 
 # --- one item -----------------------------------------------------------------------------------------
