@@ -23,7 +23,7 @@ ARGS   ?=
 
 REF_SIZE ?= 160
 
-.PHONY: help reference venv tflite-env system-deps real-models board-sim board-sim-stop board-rootfs deploy test test-fast bench lint format calib-list report clean distclean
+.PHONY: help reference venv tflite-env system-deps real-models board-sim board-sim-stop board-rootfs deploy sweep history test test-fast bench lint format calib-list report clean distclean
 
 help:
 	@echo "make deploy TARGET=local [RECIPE=default] [MODEL=builtin|file.onnx] [DEVICE=local|sim] [CALIB=name]"
@@ -32,6 +32,8 @@ help:
 	@echo "make bench         long accuracy/speed runs, ratios side by side (bench/)"
 	@echo "make reference [REF_SIZE=160]  train the shipped reference detector to convergence (resumable)"
 	@echo "make board-sim [BOARD=rpi4|rk3588]  start emulated ARM boards (then DEVICE=sim); make board-sim-stop"
+	@echo "make sweep [SWEEP=sweeps/example.yaml]  a grid of deploys on Ray (resumes by name)"
+	@echo "make history       the runs under runs/, and runs/dashboard.html"
 	@echo "make calib-list    calibration sets;  make report RUN=runs/<id>   re-render a report"
 	@echo "make lint | format | clean | distclean"
 
@@ -104,7 +106,7 @@ deploy: $(STAMP) $(if $(or $(findstring tflm,$(TARGET)),$(findstring stm32,$(TAR
 	  $(if $(CONTROL),--control) $(ARGS)
 
 test: $(STAMP) $(TFLITE_STAMP) system-deps real-models board-rootfs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
@@ -129,6 +131,14 @@ calib-list: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/edgekit report $(RUN)
+
+SWEEP ?= sweeps/example.yaml
+sweep: $(STAMP)
+	$(BIN)/edgekit sweep $(SWEEP) $(ARGS)
+
+history: $(STAMP)
+	$(BIN)/edgekit history
+	$(BIN)/edgekit history dashboard
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache bench/results
