@@ -6,7 +6,8 @@ per item (as a real board's timed window is). Items: the built-in detector, no c
 ``--items`` calibrators (each a separate deploy). Phases, each saved when done:
 
 - ``loop``: the items as plain ``deploy()`` calls one after the other on board A (no Ray);
-- ``ray1``: the same items as a sweep on Ray with one CPU and one board (Ray's overhead: ray1 − loop);
+- ``ray1``: the same items as a sweep on Ray, one item at a time (``max_parallel=1``), one board: Ray's
+  overhead is ray1 − loop;
 - ``one`` / ``two``: the sweep on Ray with this host's CPUs and one board, then two boards (the speed-up a
   second board gives);
 - ``dead``: two items on two boards, board A killed when its first bench starts: seconds from the kill to
@@ -18,7 +19,7 @@ Both boards and Ray share this host's two cores, so the boards' speed-up is boun
 that runs beside the benches: the figures say what a sweep costs here, not what a farm of real boards
 gives.
 
-Usage: python bench/fleet.py [--items 4] [--seconds 8] [--fresh]
+Usage: python bench/fleet.py [--items 4] [--seconds 20] [--fresh]
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _fleet(root: Path, servers: list[SshServer], n: int) -> Path:
 
 
 def _sweep(root: Path, name: str, target: Path, calibrators: list[str], fleet: Path | None, cpus: int,
-           say=lambda _: None) -> float:  # fmt: skip
+           say=lambda _: None, max_parallel: int | None = None) -> dict:  # fmt: skip
     import ray
 
     from edgekit.fleet.spec import load_sweep
@@ -98,14 +99,26 @@ def _sweep(root: Path, name: str, target: Path, calibrators: list[str], fleet: P
     start = time.monotonic()
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        result = run_sweep(plan, say=say)
+        result = run_sweep(plan, say=say, max_parallel=max_parallel)
     finally:
         ray.shutdown()
     wall = time.monotonic() - start
     bad = result.failed
     if bad:
         raise SystemExit(f"sweep {name}: items failed: {bad}")
-    return wall
+    leases = json.loads(result.summary.read_text())["board_leases"]
+    return {"wall_s": round(wall, 1), "benches_at_once": _overlap(leases),
+            "bench_s": round(sum(x["to"] - x["from"] for x in leases if x["to"]), 1)}  # fmt: skip
+
+
+def _overlap(leases: list[dict]) -> int:
+    """The most board leases (benches) held at one time."""
+    edges = sorted([(x["from"], 1) for x in leases] + [(x["to"], -1) for x in leases if x["to"]])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
 
 
 def _loop(root: Path, target: Path, calibrators: list[str]) -> float:
@@ -187,7 +200,7 @@ def _dashboard(root: Path, run_dir: Path, n: int = 1000) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args()
     state = _state(args.fresh)
@@ -201,10 +214,12 @@ def main() -> None:
                 shutil.rmtree(root / "loop")
             if "loop" not in state:
                 _keep(state, "loop", round(_loop(root, target, calibrators), 1))
-            for phase, boards, cpus in (("ray1", 1, 1), ("one", 1, 2), ("two", 2, 2)):
+            for phase, boards, cpus, most in (("ray1", 1, 1, 1), ("one", 1, 2, None), ("two", 2, 2, None)):
                 if phase not in state:
                     fleet = _fleet(root, servers, boards)
-                    _keep(state, phase, round(_sweep(root, phase, target, calibrators, fleet, cpus), 1))
+                    _keep(
+                        state, phase, _sweep(root, phase, target, calibrators, fleet, cpus, max_parallel=most)
+                    )
             if "dead" not in state:
                 _keep(state, "dead", _dead(root, servers, target))
             if "dashboard" not in state:
@@ -216,8 +231,8 @@ def main() -> None:
     n = len(calibrators)
     result = {
         "items": n, "bench_seconds": args.seconds, **state,
-        "ray_overhead_per_item_pct": round((state["ray1"] - state["loop"]) / state["loop"] * 100, 1),
-        "two_boards_speedup": round(state["one"] / state["two"], 2),
+        "ray_overhead_pct": round((state["ray1"]["wall_s"] - state["loop"]) / state["loop"] * 100, 1),
+        "two_boards_speedup": round(state["one"]["wall_s"] / state["two"]["wall_s"], 2),
     }  # fmt: skip
     save("fleet", result)
     print(table(["measure", "value"], [[k, v] for k, v in result.items() if not isinstance(v, dict)]))

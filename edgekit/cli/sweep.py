@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
         "--address", help="a Ray cluster to run on (`auto`, or host:port); default: an embedded Ray"
     )
     p.add_argument("--cpus", type=positive_int, help="CPUs of the embedded Ray (default: all of this host's)")
+    p.add_argument(
+        "--max-parallel", type=positive_int, help="items in flight at most (default: as many as Ray's CPUs)"
+    )
     p.add_argument("--out", type=Path, default=Path("runs"), help="the runs folder (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="print the items and boards as JSON and exit")
     p.set_defaults(func=cmd_sweep)
@@ -55,7 +58,9 @@ def cmd_sweep(args) -> int:
         print(json.dumps(plan.describe(), indent=2))
         return 0
     print(f"sweep {spec.name}: {len(plan.items)} items on {len(plan.boards)} board(s); runs in {args.out}")
-    result = run_sweep(plan, address=args.address, num_cpus=args.cpus, command=list(sys.argv))
+    result = run_sweep(
+        plan, address=args.address, num_cpus=args.cpus, command=list(sys.argv), max_parallel=args.max_parallel
+    )
     print(f"sweep {spec.name} took {result.wall_s:.0f} s; summary: {result.summary}")
     regressed = [i for i, r in result.items.items() if r.get("status") == "gates_failed"]
     failed = [i for i, r in result.items.items() if r.get("status") not in ("ok", "gates_failed")]

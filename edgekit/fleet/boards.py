@@ -14,6 +14,7 @@ for ``device: sim``.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,7 @@ class BoardPool:
         self.free = {b.name for b in boards}
         self.dead: dict[str, str] = {}
         self.holder: dict[str, str] = {}
+        self.leases: list[dict[str, Any]] = []  # every lease: board, item, from, to (seconds, this clock)
         self.changed = asyncio.Condition()
 
     async def acquire(self, kind: str, item: str) -> tuple[Board | None, str]:
@@ -79,13 +81,14 @@ class BoardPool:
                 if free:
                     self.free.discard(free[0])
                     self.holder[free[0]] = item
+                    self.leases.append({"board": free[0], "item": item, "from": time.time(), "to": None})
                     return self.boards[free[0]], ""
                 await self.changed.wait()
 
     async def release(self, name: str) -> None:
         """Give a board back (a dead one stays out)."""
         async with self.changed:
-            self.holder.pop(name, None)
+            self._ended(name)
             if name not in self.dead:
                 self.free.add(name)
             self.changed.notify_all()
@@ -95,10 +98,20 @@ class BoardPool:
         async with self.changed:
             self.dead[name] = reason
             self.free.discard(name)
-            self.holder.pop(name, None)
+            self._ended(name)
             self.changed.notify_all()
             kind = self.boards[name].kind
             return any(b.kind == kind and n not in self.dead for n, b in self.boards.items())
+
+    def _ended(self, name: str) -> None:
+        if self.holder.pop(name, None) is not None:
+            open_ = [lease for lease in self.leases if lease["board"] == name and lease["to"] is None]
+            if open_:
+                open_[-1]["to"] = time.time()
+
+    async def timeline(self) -> list[dict[str, Any]]:
+        """Every lease so far: which item held which board, from when to when (epoch seconds)."""
+        return [dict(lease) for lease in self.leases]
 
     async def status(self) -> dict[str, Any]:
         """Each board's state: ``free``, ``benching <item>`` or ``dead: <reason>``."""

@@ -323,8 +323,13 @@ def run_sweep(
     num_cpus: int | None = None,
     say: Callable[[str], None] = print,
     command: list[str] | None = None,
+    max_parallel: int | None = None,
 ) -> SweepResult:
-    """Run the plan's unfinished items on Ray (an embedded one unless ``address`` names a cluster)."""
+    """Run the plan's unfinished items on Ray (an embedded one unless ``address`` names a cluster).
+
+    ``max_parallel`` caps the items in flight (default: as many as Ray's CPUs take); 1 runs them one after
+    the other, as a plain loop would.
+    """
     import ray
 
     spec, out = plan.spec, plan.out
@@ -368,6 +373,8 @@ def run_sweep(
         state[item.id] = "queued"
 
     def ready(item: Item) -> bool:
+        if max_parallel is not None and len(refs) >= max_parallel:
+            return False
         return item.leader is None or state.get(item.leader) not in ("queued", "running")
 
     try:
@@ -399,6 +406,7 @@ def run_sweep(
             if line.split("]", 1)[1] != last:
                 say(line)
                 last = line.split("]", 1)[1]
+        timeline = ray.get(pool.timeline.remote())
     except KeyboardInterrupt:
         say(f"stopping the sweep: cancelling {len(refs)} task(s) (finished items are kept)")
         _cancel(ray, refs, out, spec.name, plan)
@@ -406,7 +414,7 @@ def run_sweep(
     finally:
         if started_here:
             ray.shutdown()
-    summary = _write_summary(plan, results, time.monotonic() - start)
+    summary = _write_summary(plan, results, time.monotonic() - start, timeline)
     return SweepResult(spec.name, results, summary, round(time.monotonic() - start, 1))
 
 
@@ -444,7 +452,9 @@ def _cancel(ray: Any, refs: dict[Any, str], out: Path, sweep: str, plan: SweepPl
             settle(out / item.run_id(sweep, n), "the sweep was stopped (Ctrl-C) while this run was going")
 
 
-def _write_summary(plan: SweepPlan, results: dict[str, dict[str, Any]], wall_s: float) -> Path:
+def _write_summary(
+    plan: SweepPlan, results: dict[str, dict[str, Any]], wall_s: float, leases: list | None = None
+) -> Path:
     items = [
         {**results.get(i.id, {"status": "not run"}), "item": i.id, "target": i.target, "recipe": i.recipe,
          "model": i.model, "calibrator": i.calibrator}
@@ -452,7 +462,7 @@ def _write_summary(plan: SweepPlan, results: dict[str, dict[str, Any]], wall_s: 
     ]  # fmt: skip
     return atomic_write_json(
         plan.out / "sweeps" / f"{plan.spec.name}.json",
-        {"sweep": plan.spec.name, "wall_s": round(wall_s, 1), "items": items},
+        {"sweep": plan.spec.name, "wall_s": round(wall_s, 1), "items": items, "board_leases": leases or []},
     )
 
 

@@ -210,11 +210,8 @@ def gate_run(history: History, run_id: str, spec: str = "last", tol: Tolerances 
 
 def check_spec(root: str | Path, spec: str) -> None:
     """Refuse, before a deploy runs, a ``--baseline`` that names neither ``last``, a run nor a git ref."""
-    if spec == "last" or resolve_commit(spec) is not None:
-        return
-    history = History(root)
-    if Path(root).is_dir() and history.get(spec) is not None:
-        return
+    if spec == "last" or (Path(root) / spec / "summary.json").is_file() or resolve_commit(spec) is not None:
+        return  # a run folder is looked for by name: planning (a dry-run too) writes no index
     raise ConfigError(
         f"--baseline {spec!r} is neither a run in {root} nor a git ref of this checkout",
         "give --baseline last, a run id `edgekit history` lists, or a commit / tag / branch",

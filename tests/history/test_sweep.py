@@ -1,7 +1,7 @@
-"""`edgekit sweep` on a local Ray: a 2 x 2 grid over this host and a fleet of two real SSH boards (sshd on
-this machine) of one kind. One board is killed mid-sweep (its item is retried on the other), a re-run
-resumes, a worker is killed mid-item (Ray runs it again), a regression against a seeded baseline fails
-the sweep, and Ctrl-C leaves no run folder half-written."""
+"""`edgekit sweep` on a local Ray: a 2 x 2 grid over this host and a fleet of two real SSH boards of one
+kind (sshd on this machine, each in its own network namespace). One board is killed mid-sweep (its item is
+retried on the other), a re-run resumes, a worker is killed mid-item (Ray runs it again), a regression
+against a seeded baseline fails the sweep, and Ctrl-C leaves no run folder half-written."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import yaml
 
 from edgekit.core.errors import ConfigError
 from tests.conftest import TRAIN_SCALE
-from tests.device.sshbed import SKIP_NO_SSHD, SshServer, sshd_available
+from tests.device.sshbed import SKIP_NO_SSHD, SshServer, netns_available, sshd_available
 from tests.history.test_history import _seed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,14 +37,16 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    """Two boards of one kind (sshd on 127.0.0.1, this host's Python), a target for them, a fleet file."""
+    """Two boards of one kind (sshd in a network namespace each, with its own address, where this host
+    allows it; else on 127.0.0.1; this host's Python), a target for them, and a fleet file."""
     root = tmp_path_factory.mktemp("fleet")
-    servers = [SshServer(root / name) for name in ("board-a", "board-b")]
+    netns = netns_available()
+    servers = [SshServer(root / name, netns=netns) for name in ("board-a", "board-b")]
     for srv in servers:
         srv.start()
     local = yaml.safe_load((REPO / "targets" / "local.yaml").read_text())
     runtime = {"threads": 1, "warmup": 3, "min_warmup_s": 0.0, "iterations": 20, "min_seconds": 0.0}
-    conn = {"type": "ssh", "host": "127.0.0.1", "user": servers[0].user}
+    conn = {"type": "ssh", "host": servers[0].host, "user": servers[0].user}
     target = {**local, "name": "x86-fleet", "board": "x86-box", "description": "a fleet of x86 boxes",
               "connection": conn, "runtime": runtime}  # fmt: skip
     (root / "x86-fleet.yaml").write_text(yaml.safe_dump(target))

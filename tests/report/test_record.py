@@ -17,6 +17,7 @@ DESIGN_KEYS = {
     "metric",  # issue 43: map, or teacher_agreement for a model without labels
     "emulator",  # issue 44: the emulated board (qemu-user <cpu>), or null on a real device
     "emulator_time_ms",  # issue 44: an emulated board's timings (latency_ms stays null there)
+    "baseline",  # issue 45: the run against its baseline in the run history (--baseline), or null
     "reference",
     "deployed",
     "latency_ms",
