@@ -19,7 +19,6 @@ A figure missing on either side is "not compared", said with the reason, and nev
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,19 +88,11 @@ class Verdict:
         return [head + (f" ({self.note})" if self.note else ""), *("  " + c.line() for c in self.checks)]
 
 
-def resolve_commit(ref: str, repo: str | Path | None = None) -> str | None:
-    """The commit ``ref`` names in the git checkout ``repo`` (default: edgekit's own), or ``None``."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() or None
+def resolve_commit(ref: str) -> str | None:
+    """The commit ``ref`` names in edgekit's own checkout, or ``None``."""
+    from edgekit.report.record import git
+
+    return git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}") or None
 
 
 def find_baseline(history: History, run: RunRow, spec: str) -> tuple[RunRow | None, str]:

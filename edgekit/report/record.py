@@ -135,29 +135,33 @@ def latency_warnings(latencies_ms: list[float], cv_limit: float = CV_LIMIT) -> l
     return out
 
 
+#: The edgekit checkout this module runs from (no ``.git`` there: an installed copy).
+SOURCE = Path(__file__).resolve().parents[2]
+
+
+def git(*args: str) -> str | None:
+    """``git <args>`` in edgekit's checkout: its output, or ``None`` (no checkout, no git, an error)."""
+    import subprocess
+
+    if not (SOURCE / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(SOURCE), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def git_commit() -> str | None:
     """The commit of the edgekit checkout this runs from.
 
     ``+dirty`` follows it when edgekit's sources have local changes; ``None``: not a git checkout, or no git.
     """
-    import subprocess
-
-    source = Path(__file__).resolve().parents[2]
-    if not (source / ".git").exists():
+    head = git("rev-parse", "HEAD")
+    if not head:
         return None
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "edgekit"],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "edgekit")
+    return head + ("+dirty" if dirty else "")
 
 
 def host_facts() -> dict[str, Any]:
