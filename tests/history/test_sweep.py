@@ -19,7 +19,7 @@ import yaml
 
 from edgekit.core.errors import ConfigError
 from tests.conftest import TRAIN_SCALE
-from tests.device.sshbed import SKIP_NO_SSHD, SshServer, netns_available, sshd_available
+from tests.device.sshbed import SKIP_NO_SSHD, SshServer, _children, netns_available, sshd_available
 from tests.history.test_history import _seed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,23 +86,20 @@ def _status(run_dir: Path) -> str:
     return json.loads((run_dir / "record.json").read_text())["status"]
 
 
-@pytest.mark.slow
-def test_a_board_killed_mid_sweep_fails_its_item_which_is_retried_on_the_other_board(
-    cluster, fleet, shapes_root, trained
-):
+@pytest.fixture(scope="module")
+def grid(cluster, fleet, shapes_root, trained):
+    """The 2 x 2 sweep, board A killed (sshd and its sessions) as soon as a bench opens a session on it."""
     from edgekit.fleet.sweep import run_sweep
-    from edgekit.history import History
 
-    root, (a, b) = fleet
+    root, (a, _) = fleet
     out = root / "runs"
     plan = _plan(_sweep(root, shapes_root), out)
-    assert len(plan.items) == 4 and {i.kind for i in plan.items} == {"local", "x86-box"}
     killed = threading.Event()
 
     def kill_a_when_it_benches() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not killed.is_set():
-            if a.proc is not None and _sessions(a):
+            if a.proc is not None and _children(a.proc.pid):  # a session on board A: a bench is on it
                 time.sleep(0.5)
                 a.kill_all_sessions()  # sshd and every session on the board: the board is gone
                 killed.set()
@@ -114,6 +111,19 @@ def test_a_board_killed_mid_sweep_fails_its_item_which_is_retried_on_the_other_b
     result = run_sweep(plan, say=lines.append)
     killed.set()
     watcher.join(5)
+    return plan, result, lines, out
+
+
+@pytest.mark.slow
+def test_a_board_killed_mid_sweep_fails_its_item_which_is_retried_on_the_other_board(
+    grid, fleet, shapes_root
+):
+    from edgekit.fleet.sweep import run_sweep
+    from edgekit.history import History
+
+    plan, result, lines, out = grid
+    root, (a, _) = fleet
+    assert len(plan.items) == 4 and {i.kind for i in plan.items} == {"local", "x86-box"}
     assert a.proc is None, "board A was never used, so never killed"
     assert all(r["status"] == "ok" for r in result.items.values()), result.items
     fleet_items = [i for i in plan.items if i.kind == "x86-box"]
@@ -135,21 +145,15 @@ def test_a_board_killed_mid_sweep_fails_its_item_which_is_retried_on_the_other_b
     assert len(list(out.glob("grid-*"))) == 5
 
 
-def _sessions(srv: SshServer) -> list[str]:
-    return [p for p in srv.processes("sshd: ") if "notty" in p or "@" in p]
-
-
 @pytest.mark.slow
 def test_a_worker_killed_mid_item_is_rescheduled_and_a_regression_fails_the_sweep(
-    cluster, fleet, shapes_root, trained, capsys
+    grid, fleet, shapes_root, capsys
 ):
     """One item (local, minmax) against a seeded baseline 5 points better; its worker is killed once."""
     from edgekit.cli import main
 
     root, _ = fleet
-    out = root / "runs"
-    if not (out / "grid-builtin-none-local-minmax").is_dir():
-        pytest.skip(reason="needs the grid of the board-kill test (run this module whole)")
+    out = grid[3]
     _seed(out / "grid-builtin-none-local-minmax", "seeded-better", map_gain=0.05,
           after=out / "grid-builtin-none-local-minmax")  # fmt: skip
     path = _sweep(root, shapes_root, name="nightly", targets=["local"], calibrators=["minmax"],
