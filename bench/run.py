@@ -12,6 +12,7 @@ SCRIPTS = [
     "quantization.py",
     "runtimes.py",
     "arm_boards.py",
+    "fleet.py",
     "openvino_vs_ort.py",
     "real_models.py",
     "foreign_real.py",
