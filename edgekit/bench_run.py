@@ -129,7 +129,7 @@ def _measure(ctx, built, artifact, val, transport, iterations) -> None:  # noqa:
 
 
 def _write(ctx) -> None:  # noqa: ANN001
-    from edgekit.pipeline import index_run
+    from edgekit.history.index import index_run
     from edgekit.report.render import render_run
     from edgekit.report.summary import build_summary, write_summary
 

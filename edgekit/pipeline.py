@@ -391,6 +391,7 @@ def _check_board(req: DeployRequest, target: Target) -> Any:
 
 
 def _write_outputs(ctx: RunContext) -> None:
+    from edgekit.history.index import index_run
     from edgekit.report.render import render_run
     from edgekit.report.summary import build_summary, write_summary
 
@@ -401,23 +402,6 @@ def _write_outputs(ctx: RunContext) -> None:
         write_summary(record, ctx.run_dir)
         render_run(ctx.run_dir)
         index_run(ctx.run_dir)
-
-
-def index_run(run_dir: Path) -> None:
-    """Add the run to the run history of its runs root; a failure there is a warning, not a lost run."""
-    import sqlite3
-    import warnings
-
-    from edgekit.history.index import History
-
-    try:
-        History(run_dir.parent).add(run_dir)
-    except (sqlite3.Error, OSError) as exc:
-        warnings.warn(
-            f"the run history in {run_dir.parent} did not take this run ({exc}); the run folder is "
-            f"complete, and `edgekit history --runs {run_dir.parent}` indexes it on its next read",
-            stacklevel=2,
-        )
 
 
 def _apply_gates(ctx: RunContext, req: DeployRequest) -> None:

@@ -40,7 +40,7 @@ def settle(run_dir: Path, reason: str) -> None:
 
     A folder without a record (stopped before its first stage ended) holds nothing and is removed.
     """
-    from edgekit.pipeline import index_run
+    from edgekit.history.index import index_run
     from edgekit.report.record import RunRecord
     from edgekit.report.summary import build_summary, write_summary
 

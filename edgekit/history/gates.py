@@ -180,6 +180,14 @@ def _p99(run: RunRow, base: RunRow, tol: Tolerances) -> Check:
     return Check("p99_ms", base.p99_ms, run.p99_ms, round(rise_pct, 2), limit, not failed, note)
 
 
+def verdict(history: History, run: RunRow, spec: str, tol: Tolerances | None = None) -> Verdict:
+    """``run`` against the baseline ``spec`` names in ``history`` (already synced)."""
+    base, note = find_baseline(history, run, spec)
+    if base is None:
+        return Verdict(run.run_id, None, [], note)
+    return Verdict(run.run_id, base.run_id, compare(run, base, tol), note)
+
+
 def gate_run(history: History, run_id: str, spec: str = "last", tol: Tolerances | None = None) -> Verdict:
     """Compare the indexed run ``run_id`` with the baseline ``spec`` names.
 
@@ -193,10 +201,7 @@ def gate_run(history: History, run_id: str, spec: str = "last", tol: Tolerances 
             f"no run {run_id!r} in {history.root}",
             f"`edgekit history --runs {history.root}` lists the runs it holds",
         )
-    base, note = find_baseline(history, run, spec)
-    if base is None:
-        return Verdict(run.run_id, None, [], note)
-    return Verdict(run.run_id, base.run_id, compare(run, base, tol), note)
+    return verdict(history, run, spec, tol)
 
 
 def check_spec(root: str | Path, spec: str) -> None:
@@ -221,7 +226,4 @@ def against_history(
     history = History(run_dir.parent)
     history.sync()
     run = row_of(record, summary, run_dir.name)
-    base, note = find_baseline(history, run, spec)
-    if base is None:
-        return Verdict(run.run_id, None, [], note)
-    return Verdict(run.run_id, base.run_id, compare(run, base, tol), note)
+    return verdict(history, run, spec, tol)

@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -371,3 +372,15 @@ class History:
 
 def _row(r: sqlite3.Row) -> RunRow:
     return RunRow(**{k: r[k] for k in r.keys()})
+
+
+def index_run(run_dir: Path) -> None:
+    """Add the run to the run history of its runs root; a failure there is a warning, not a lost run."""
+    try:
+        History(run_dir.parent).add(run_dir)
+    except (sqlite3.Error, OSError) as exc:
+        warnings.warn(
+            f"the run history in {run_dir.parent} did not take this run ({exc}); the run folder is "
+            f"complete, and `edgekit history --runs {run_dir.parent}` indexes it on its next read",
+            stacklevel=2,
+        )

