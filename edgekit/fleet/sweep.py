@@ -76,6 +76,21 @@ def _abs(path: str | None) -> str | None:
     return str(Path(path).resolve())
 
 
+def _check_baseline(out: Path, baseline: str) -> None:
+    """Refuse a sweep file's ``baseline:`` that names neither ``last``, a run nor a git ref."""
+    from edgekit.history.gates import check_spec
+
+    try:
+        check_spec(out, baseline)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the sweep file's baseline: {baseline!r} is neither a run in {out} nor a git ref of this "
+            "checkout; nothing ran",
+            "set the sweep file's baseline: key to last, a run id `edgekit history` lists, or a commit / "
+            "tag / branch (or remove it), or point --out at the runs folder that holds that run",
+        ) from exc
+
+
 def plan_sweep(spec: SweepSpec, fleet: FleetSpec | None, out: str | Path) -> SweepPlan:
     """Plan every item as ``edgekit deploy --dry-run`` would, before anything runs.
 
@@ -88,6 +103,8 @@ def plan_sweep(spec: SweepSpec, fleet: FleetSpec | None, out: str | Path) -> Swe
 
     check_fleet_names(fleet)
     out = Path(out).resolve()
+    if spec.baseline:
+        _check_baseline(out, spec.baseline)
     fleet_kinds = {b.board for b in fleet.boards} if fleet else set()
     items: list[Item] = []
     requests: dict[str, dict[str, Any]] = {}

@@ -247,6 +247,10 @@ def test_a_sweep_naming_an_unknown_target_recipe_or_model_is_refused_before_anyt
     for named in ("no-such-board", "no-such-recipe", "missing.onnx"):
         assert named in err.value.message
     assert not (tmp_path / "runs").exists()
+    path.write_text(yaml.safe_dump({"name": "bad", "targets": ["local"], "baseline": "no-such-run"}))
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(*load_sweep(path), tmp_path / "runs")
+    assert "baseline:" in err.value.hint and "--baseline" not in err.value.hint + err.value.message
     path.write_text(yaml.safe_dump({"name": "bad", "targets": ["local"], "recipe": ["none"]}))
     with pytest.raises(ConfigError, match="recipe: Extra inputs"):
         load_sweep(path)
