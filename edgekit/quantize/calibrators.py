@@ -182,6 +182,8 @@ def compute_tensors_data(
     import onnx
     from onnxruntime.quantization.calibrate import create_calibrator
 
+    from edgekit.quantize.entropy import use_fast_entropy
+
     check_method(method)
     name = resolve_input_name(onnx.load(str(model_path), load_external_data=False), input_name)
     options = dict(_CALIBRATOR_OPTIONS[method], percentile=percentile)
@@ -197,6 +199,8 @@ def compute_tensors_data(
                 calibrate_method=ort_method(method),
                 extra_options=options,
             )
+            if method == "entropy":
+                use_fast_entropy(calibrator)
             while reader.has_more():
                 calibrator.collect_data(reader)
             data = calibrator.compute_data()
