@@ -182,9 +182,11 @@ class NcnnBackend(Backend):
         ranked = None
         if quantizer.float_ranked:
             ranked = _Ranked(param, bin_, source, options.head, quantizer.float_ranked)
+        sha = getattr(calib, "sha256", None)
+        images_key = (sha, options.preprocess.model_dump_json(), images) if sha else None
         result = build_int8(
             param, bin_, source, quantizer.method, tmp / "int8", threads=_HOST_THREADS, skip_layers=keep,
-            more_float=ranked,
+            more_float=ranked, images_key=images_key,
         )  # fmt: skip
         if ranked is not None:
             result.ranking = ranked.ranking

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ class _BlobStats:
     absmax: float = 0.0
     size: int = 0
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, np.int64))
+    kl_bin: int | None = None  # the histogram's KL threshold bin, once computed
 
 
 @dataclass
@@ -118,6 +119,12 @@ class CalibrationStats:
     warnings: list[str] = field(default_factory=list)
 
 
+#: Statistics kept for the process, keyed by the fp32 model's content, the method, the threads and the
+#: caller's name for the images: a build search's candidates differ only in the layers they keep float.
+_STATS: dict[tuple, CalibrationStats] = {}
+_STATS_KEPT = 4
+
+
 def collect_stats(
     param: str | Path,
     bin: str | Path,  # noqa: A002
@@ -126,15 +133,62 @@ def collect_stats(
     method: str,
     threads: int = 1,
     min_images: int = 1,
+    images_key: Hashable | None = None,
 ) -> CalibrationStats:
     """Run the fp32 model over the calibration images and gather what ``method`` needs.
 
     Like ncnn2table, KL makes two passes: the max first, then histograms over ``[0, max]``.
 
+    Args:
+        param: The fp32 ``.param``.
+        bin: Its ``.bin``.
+        layers: The layers whose input blobs are measured.
+        calibration: Returns a fresh iterable of preprocessed ``(1, 3, H, W)`` float32 arrays.
+        method: ``"kl"`` or ``"aciq"``.
+        threads: ncnn threads.
+        min_images: Fewest images the method accepts.
+        images_key: Names the images ``calibration`` yields (e.g. the set's sha256, preprocessing and
+            count). With it, the statistics are kept for the process and a later call on the same model
+            bytes, method and images reuses them for any subset of their layers.
+
     Raises:
         CalibrationError: Fewer than ``min_images`` images, a bad image, or a layer whose input is
             zero on every image.
     """
+    key = None
+    if images_key is not None:
+        from edgekit.core.files import sha256_file
+
+        key = (sha256_file(param), sha256_file(bin), method, threads, images_key)
+        kept = _STATS.get(key)
+        if kept is not None and all(layer.name in kept.blobs for layer in layers):
+            stats = CalibrationStats({layer.name: kept.blobs[layer.name] for layer in layers}, kept.images)
+            _check_activated(stats, max(min_images, 1), method)
+            return _with_warnings(stats, method)
+    stats = _collect(param, bin, layers, calibration, method, threads, min_images)
+    if key is not None:
+        while len(_STATS) >= _STATS_KEPT:
+            _STATS.pop(next(iter(_STATS)))
+        _STATS[key] = stats
+    return _with_warnings(stats, method)
+
+
+def _with_warnings(stats: CalibrationStats, method: str) -> CalibrationStats:
+    """A copy of ``stats`` warning of KL histograms with fewer samples than bins."""
+    sparse = [n for n, b in stats.blobs.items() if method == "kl" and b.histogram.sum() < HISTOGRAM_BINS]
+    warnings = [f"KL histograms have fewer samples than bins for {', '.join(sparse)}"] if sparse else []
+    return CalibrationStats(dict(stats.blobs), stats.images, warnings)
+
+
+def _collect(
+    param: str | Path,
+    bin: str | Path,  # noqa: A002
+    layers: list[NcnnLayer],
+    calibration: Calibration,
+    method: str,
+    threads: int,
+    min_images: int,
+) -> CalibrationStats:
     net = load_net(param, bin, int8=False, fp16=False, threads=threads)
     channels = input_channels(read_param(param))
     stats = CalibrationStats({layer.name: _BlobStats() for layer in layers}, 0)
@@ -149,9 +203,6 @@ def collect_stats(
         for blobs in _activations(net, layers, calibration, channels):
             for name, values in blobs.items():
                 stats.blobs[name].histogram += _histogram(values, stats.blobs[name].absmax)
-        sparse = [n for n, b in stats.blobs.items() if b.histogram.sum() < HISTOGRAM_BINS]
-        if sparse:
-            stats.warnings.append(f"KL histograms have fewer samples than bins for {', '.join(sparse)}")
     return stats
 
 
@@ -236,7 +287,9 @@ def activation_scales(stats: CalibrationStats, method: str) -> dict[str, float]:
     scales = {}
     for name, blob in stats.blobs.items():
         if method == "kl":
-            threshold = (kl_threshold_bin(blob.histogram) + 0.5) * blob.absmax / HISTOGRAM_BINS
+            if blob.kl_bin is None:
+                blob.kl_bin = kl_threshold_bin(blob.histogram)
+            threshold = (blob.kl_bin + 0.5) * blob.absmax / HISTOGRAM_BINS
         else:
             threshold = aciq_clip(blob.absmax, blob.size)
         scale = 127.0 / threshold

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,7 @@ def build_int8(
     fuse_requantize: bool = True,
     min_images: int | None = None,
     more_float: Callable[[Int8Table], Collection[str]] | None = None,
+    images_key: Hashable | None = None,
 ) -> Int8Result:
     """Calibrate an fp32 ncnn model and write its int8 table, param and bin.
 
@@ -121,6 +122,8 @@ def build_int8(
         min_images: Override :data:`MIN_IMAGES` for the method.
         more_float: Given the full table, names further layers to keep in float (a sensitivity
             ranking, :mod:`edgekit.backends.ncnn.sensitivity`); their scales are dropped from the table.
+        images_key: Names the images ``calibration`` yields, so that the fp32 statistics are kept for
+            the process (:func:`~edgekit.backends.ncnn.calibration.collect_stats`).
 
     Raises:
         CalibrationError: Too few images, a bad image, or a layer whose input is zero on every image.
@@ -138,7 +141,8 @@ def build_int8(
     weights = read_weights(layers, Path(bin).read_bytes(), str(bin))
     targets = _targets(weights, skip_layers)
     needed = MIN_IMAGES[method] if min_images is None else min_images
-    stats = collect_stats(param, bin, [w.layer for w in targets], calibration, method, threads, needed)
+    layers_in = [w.layer for w in targets]
+    stats = collect_stats(param, bin, layers_in, calibration, method, threads, needed, images_key)
     table = Int8Table(
         {w.layer.name: weight_scales(w, method) for w in targets},
         {name: np.array([s], np.float32) for name, s in activation_scales(stats, method).items()},
