@@ -89,7 +89,7 @@ def _sweep(root: Path, name: str, target: Path, calibrators: list[str], fleet: P
     import ray
 
     from edgekit.fleet.spec import load_sweep
-    from edgekit.fleet.sweep import plan_sweep, run_sweep
+    from edgekit.fleet.sweep import board_resources, plan_sweep, run_sweep
 
     spec = {"name": name, "models": ["builtin"], "recipes": ["none"], "targets": [str(target)],
             "calibrators": calibrators, **({"fleet": str(fleet)} if fleet else {})}  # fmt: skip
@@ -97,7 +97,8 @@ def _sweep(root: Path, name: str, target: Path, calibrators: list[str], fleet: P
     path.write_text(yaml.safe_dump(spec))
     plan = plan_sweep(*load_sweep(path), root / "runs")
     start = time.monotonic()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=cpus, resources=board_resources(plan.boards), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)  # fmt: skip
     try:
         result = run_sweep(plan, say=say, max_parallel=max_parallel)
     finally:

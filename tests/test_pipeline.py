@@ -93,27 +93,31 @@ def test_int8_map_is_computed_from_the_device_outputs_and_stays_close_to_fp32(in
     assert bench_cpu["int8_dot"] == form.int8_dot  # the runner reported the same CPU
 
 
-@pytest.mark.slow
-def test_default_recipe_prunes_and_gates_fail_after_writing(tmp_path, shapes_root, trained):
+@pytest.fixture(scope="module")
+def gated_control_run(tmp_path_factory, shapes_root, trained):
+    """The default recipe (1-epoch fine-tune) with its control and a p99 gate no board meets: one run
+    that the gate fails after writing, and whose control is trained (the two tests below read it)."""
     import yaml
 
     from edgekit.core.errors import GateError
 
+    tmp = tmp_path_factory.mktemp("gated")
     # the default recipe's steps with a 1-epoch fine-tune (its 20 epochs are for real deploys, not CI)
     recipe = yaml.safe_load(open(REPO / "recipes" / "default.yaml"))
     recipe["steps"][0]["finetune"]["epochs"] = 1.0
-    (tmp_path / "default-short.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp / "default-short.yaml").write_text(yaml.safe_dump(recipe))
     req = _request(
-        tmp_path,
-        shapes_root,
-        recipe=str(tmp_path / "default-short.yaml"),
-        run_id="gated",
-        max_p99_ms=1e-6,
-        max_map_drop=50.0,
-    )
+        tmp, shapes_root, recipe=str(tmp / "default-short.yaml"), run_id="gated", control=True,
+        max_p99_ms=1e-6, max_map_drop=50.0,
+    )  # fmt: skip
     with pytest.raises(GateError, match="max_p99_ms"):
         deploy(req)
-    run = tmp_path / "runs" / "gated"
+    return tmp / "runs" / "gated"
+
+
+@pytest.mark.slow
+def test_default_recipe_prunes_and_gates_fail_after_writing(gated_control_run):
+    run = gated_control_run
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "gates_failed"
     assert s["gates"]["max_p99_ms"]["passed"] is False and s["gates"]["max_map_drop"]["passed"] is True
@@ -125,14 +129,9 @@ def test_default_recipe_prunes_and_gates_fail_after_writing(tmp_path, shapes_roo
 
 @pytest.mark.slow
 def test_control_trains_the_compressed_architecture_from_scratch_and_reports_recipe_minus_control(
-    tmp_path, shapes_root, trained
+    gated_control_run,
 ):
-    import yaml
-
-    recipe = yaml.safe_load(open(REPO / "recipes" / "default.yaml"))
-    recipe["steps"][0]["finetune"]["epochs"] = 1.0
-    (tmp_path / "default-short.yaml").write_text(yaml.safe_dump(recipe))
-    run = deploy(_request(tmp_path, shapes_root, recipe=str(tmp_path / "default-short.yaml"), control=True))
+    run = gated_control_run
     record = json.loads((run / "record.json").read_text())
     nodes = {n["stage"]: n for n in record["nodes"]}
     assert [n["stage"] for n in record["nodes"]][-1] == "control"

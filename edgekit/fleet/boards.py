@@ -1,10 +1,13 @@
 """The boards of a sweep, and the lease that lets one bench at a time onto each.
 
-Every board is one unit of a resource: a bench leases it when it first needs the device and returns it
-when its run's device session closes, so one board never runs two benches, while the host stages of
-other items go on beside it. The pool is a Ray actor (the sweep's one owner of board state); a lease
-blocks until a board of the kind is free. A board whose link dies is marked dead with the reason, and
-never leased again in that sweep; a kind with no live board left fails its items with those reasons.
+Every board is one unit of a Ray custom resource, ``edgekit-board:<name>`` (:func:`board_resource`):
+declared by the embedded Ray a sweep starts, or by ``ray start --resources`` on a cluster. A bench leases
+its board when it first needs the device and returns it when its run's device session closes; while it
+holds the board, a :class:`BoardHold` actor holds the board's unit, so Ray's scheduler itself keeps a
+second bench off it, from this sweep or any other driver on the cluster. The host stages of other items
+go on beside it. The pool (a Ray actor, the sweep's one owner of board state) picks which board of a kind
+a bench gets; a lease waits until one is free. A board whose link dies is marked dead with the reason,
+and never leased again in that sweep; a kind with no live board left fails its items with those reasons.
 
 Kinds: the fleet's boards of a target's ``board:``; else the one board a target's own YAML names; this
 host for ``device: local`` (its timings too are measured one at a time); the emulated board of its kind
@@ -21,6 +24,23 @@ from typing import Any
 from edgekit.core.errors import DeviceError
 
 LOCAL_KIND = "local"
+RESOURCE_PREFIX = "edgekit-board:"
+
+
+def board_resource(name: str) -> str:
+    """The Ray custom resource that is board ``name`` (one unit per board)."""
+    return RESOURCE_PREFIX + name
+
+
+class BoardHold:
+    """Holds one board's resource unit for its lifetime (a Ray actor created with that resource).
+
+    Its creation waits in Ray's scheduler until the unit is free; killing it gives the unit back.
+    """
+
+    def ready(self) -> bool:
+        """Answered once Ray has placed the actor, i.e. granted the board's unit."""
+        return True
 
 
 @dataclass(frozen=True)
@@ -160,12 +180,22 @@ class Lease:
                 "the items that finished",
             )
         self.board = board
+        hold = None
         try:
+            hold = (
+                ray.remote(num_cpus=0)(BoardHold).options(resources={board_resource(board.name): 1}).remote()
+            )
+            ray.get(hold.ready.remote())  # Ray grants the board's unit (waits while another driver holds it)
             inner = _connect(board, self.target)
         except BaseException:
-            ray.get(self.pool.release.remote(board.name))
+            self._give_back(ray, hold, board)
             raise
-        return _leased(inner, lambda: ray.get(self.pool.release.remote(board.name)), board)
+        return _leased(inner, lambda: self._give_back(ray, hold, board), board)
+
+    def _give_back(self, ray: Any, hold: Any, board: Board) -> None:
+        if hold is not None:
+            ray.kill(hold)
+        ray.get(self.pool.release.remote(board.name))
 
 
 def _connect(board: Board, target: Any) -> Any:

@@ -21,6 +21,7 @@ Faults:
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Any
 
 from edgekit.core.errors import ConfigError, EdgekitError
 from edgekit.core.files import atomic_write_json
-from edgekit.fleet.boards import Board, BoardPool, board_kind, boards_for
+from edgekit.fleet.boards import Board, BoardPool, board_kind, board_resource, boards_for
 from edgekit.fleet.item import FINISHED, Tracker, attempts, run_item, settle
 from edgekit.fleet.spec import FleetSpec, Item, SweepSpec, grid, model_tag
 
@@ -258,7 +259,14 @@ def run_sweep(
         ray.init(
             address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
             log_to_driver=False, configure_logging=False,
+            resources=board_resources(plan.boards) if address is None else None,
         )  # fmt: skip
+    try:
+        _check_resources(ray, plan, address if started_here else "caller")
+    except ConfigError:
+        if started_here:
+            ray.shutdown()
+        raise
     task = ray.remote(num_cpus=1, max_retries=2, retry_exceptions=False)(run_item)
     pool = ray.remote(BoardPool).remote(plan.boards)
     tracker = ray.remote(Tracker).remote()
@@ -320,6 +328,35 @@ def run_sweep(
             ray.shutdown()
     summary = _write_summary(plan, results, time.monotonic() - start, timeline)
     return SweepResult(spec.name, results, summary, round(time.monotonic() - start, 1))
+
+
+def board_resources(boards: list[Board]) -> dict[str, float]:
+    """The Ray resources a sweep's boards are: one unit each (for ``ray.init(resources=...)``)."""
+    return {board_resource(b.name): 1.0 for b in boards}
+
+
+def _check_resources(ray: Any, plan: SweepPlan, address: str | None) -> None:
+    """Refuse, before any item runs, a Ray that does not declare one unit of every board of the plan."""
+    have = ray.cluster_resources()
+    missing = {r: 1 for r in board_resources(plan.boards) if have.get(r, 0) < 1}
+    if not missing:
+        return
+    declare = json.dumps(missing)
+    if address == "caller":
+        hint = (
+            f"start Ray with ray.init(resources={declare}) (edgekit.fleet.sweep.board_resources(plan.boards))"
+        )
+    else:
+        hint = (
+            "declare each board on the Ray node wired to it "
+            f"(ray start --address=... --resources='{declare}'), or run the sweep without --address "
+            "(its embedded Ray declares them)"
+        )
+    raise ConfigError(
+        f"the Ray cluster has no unit of {', '.join(missing)}: each board is one unit of a Ray resource, "
+        "so that one board never runs two benches; nothing ran",
+        hint,
+    )
 
 
 def _result(ref: Any, item_id: str) -> dict[str, Any]:

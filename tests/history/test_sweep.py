@@ -29,8 +29,13 @@ pytestmark = pytest.mark.skipif(not sshd_available(), reason=SKIP_NO_SSHD)
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray with this machine's two cores, started once for the module."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """A local Ray with this machine's two cores and the module's boards (this host and the fleet's two),
+    each one unit of its Ray resource, started once for the module."""
+    from edgekit.fleet.boards import board_resource
+
+    boards = {board_resource(name): 1 for name in ("local", "board-a", "board-b")}
+    ray.init(num_cpus=2, resources=boards, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
     yield
     ray.shutdown()
 
@@ -105,13 +110,25 @@ def grid(cluster, fleet, shapes_root, trained):
                 killed.set()
             time.sleep(0.1)
 
-    watcher = threading.Thread(target=kill_a_when_it_benches, daemon=True)
-    watcher.start()
+    held: set[str] = set()  # the boards whose Ray resource unit was seen in use
+
+    def watch_the_units() -> None:
+        while not done.is_set():
+            free = ray.available_resources()
+            held.update(r for r in ("local", "board-a", "board-b") if free.get(f"edgekit-board:{r}", 0) < 1)
+            time.sleep(0.1)
+
+    done = threading.Event()
+    threads = [threading.Thread(target=t, daemon=True) for t in (kill_a_when_it_benches, watch_the_units)]
+    for thread in threads:
+        thread.start()
     lines: list[str] = []
     result = run_sweep(plan, say=lines.append)
     killed.set()
-    watcher.join(5)
-    return plan, result, lines, out
+    done.set()
+    for thread in threads:
+        thread.join(5)
+    return plan, result, lines, out, held
 
 
 @pytest.mark.slow
@@ -121,8 +138,9 @@ def test_a_board_killed_mid_sweep_fails_its_item_which_is_retried_on_the_other_b
     from edgekit.fleet.sweep import run_sweep
     from edgekit.history import History
 
-    plan, result, lines, out = grid
+    plan, result, lines, out, held = grid
     root, (a, _) = fleet
+    assert held == {"local", "board-a", "board-b"}  # each bench held its board's Ray resource unit
     assert len(plan.items) == 4 and {i.kind for i in plan.items} == {"local", "x86-box"}
     assert a.proc is None, "board A was never used, so never killed"
     assert all(r["status"] == "ok" for r in result.items.values()), result.items
@@ -143,6 +161,22 @@ def test_a_board_killed_mid_sweep_fails_its_item_which_is_retried_on_the_other_b
     again = run_sweep(_plan(_sweep(root, shapes_root), out), say=lines.append)
     assert all(r.get("skipped") for r in again.items.values())
     assert len(list(out.glob("grid-*"))) == 5
+
+
+def test_a_ray_without_a_unit_of_every_board_is_refused_before_anything_runs(grid, tmp_path):
+    import dataclasses
+
+    from edgekit.fleet.boards import Board
+    from edgekit.fleet.sweep import run_sweep
+
+    plan = grid[0]
+    extra = Board("board-c", "x86-box", plan.boards[-1].connection)
+    bigger = dataclasses.replace(plan, boards=[*plan.boards, extra], out=tmp_path / "runs",
+                                 spec=plan.spec.model_copy(update={"name": "bigger"}))  # fmt: skip
+    with pytest.raises(ConfigError, match="edgekit-board:board-c") as err:
+        run_sweep(bigger, say=lambda _: None)
+    assert "ray.init(resources=" in err.value.hint
+    assert not list((tmp_path / "runs").glob("bigger-*"))
 
 
 @pytest.mark.slow
