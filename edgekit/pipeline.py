@@ -119,6 +119,7 @@ class Plan:
             "backend": self.target.backend,
             "precision": self.target.precision,
             "device": r.device or self.target.connection.type,
+            "device_cpu": _cpu_line(self.target),
             "model": r.model,
             "recipe": self.recipe.name,
             "calibration": r.calib or "(made from the dataset's calib split)",
@@ -134,6 +135,17 @@ class Plan:
                 "max_p99_rise_pct": r.baseline_p99_rise,
             },
         }
+
+
+def _cpu_line(target: Target) -> str:
+    """The device CPU the run quantizes and checks for (``--dry-run``), and where that comes from."""
+    from edgekit.core.config import device_cpu
+
+    cpu, source = device_cpu(target)
+    if cpu is None:
+        return source
+    features = ", ".join(cpu["features"]) or "no listed features"
+    return f"{cpu['arch']} [{features}], int8 {cpu['int8_dot']} ({source})"
 
 
 def _route(r: DeployRequest, recipe: Any) -> str:
@@ -322,6 +334,7 @@ def run_plan(plan: Plan) -> Path:
     # one connection for every stage that needs the board; the record says which device it was
     session = DeviceSession(plan.transport_factory, on_open=lambda t: setattr(record, "device", t.name))
     try:
+        _probe_cpu(ctx, session)
         _run_stages(ctx, dataclasses.replace(plan, transport_factory=session))
     except BaseException as exc:
         if isinstance(exc, EdgekitError) and not record.nodes:
@@ -335,6 +348,16 @@ def run_plan(plan: Plan) -> Path:
         session.close()
     _apply_gates(ctx, req)
     return run_dir
+
+
+def _probe_cpu(ctx: RunContext, session: DeviceSession) -> None:
+    """``cpu: {features: probe}``: read the board's CPU now; the run's target and record carry it."""
+    from edgekit.device.cpuprobe import probed, record_cpu
+
+    if ctx.target.cpu.features == "probe":
+        ctx.target = probed(ctx.target, session)
+        record_cpu(ctx.record, ctx.target)
+        ctx.save()
 
 
 def target_spec(target: Target) -> PreprocessSpec:

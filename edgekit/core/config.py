@@ -139,12 +139,15 @@ class CpuSpec(_Strict):
 
     Attributes:
         arch: ``x86_64``, ``aarch64``, ``armv7l``... (``None`` = not stated).
-        features: ``host`` = read from this host (the ``local`` target); otherwise the Linux
-            /proc/cpuinfo flags that matter, e.g. ``[avx2, avx512_vnni]`` or ``[asimd, asimddp]``.
+        features: ``host`` = read from this host (the ``local`` target); ``probe`` = read from the board
+            (``uname -m`` and its ``/proc/cpuinfo``, over its connection) when a run starts; otherwise the
+            Linux /proc/cpuinfo flags that matter, e.g. ``[avx2, avx512_vnni]`` or ``[asimd, asimddp]``.
+        source: Where probed facts came from (set by the probe, never by a YAML).
     """
 
     arch: str | None = None
-    features: Literal["host"] | list[str] = []
+    features: Literal["host", "probe"] | list[str] = []
+    source: str | None = Field(None, exclude=True)
 
 
 class Limits(_Strict):
@@ -194,11 +197,13 @@ def device_cpu(target: Target) -> tuple[dict | None, str]:
     spec = target.cpu
     if spec.features == "host":
         return cpu_features(), "this host"
+    if spec.features == "probe":
+        return None, "to be probed on the board when the run starts"
     if not spec.arch:
         return None, "not stated"
     features = list(spec.features)
     return {"arch": spec.arch, "features": features, "int8_dot": int8_dot(spec.arch, features)}, str(
-        target.source or target.name
+        spec.source or target.source or target.name
     )
 
 

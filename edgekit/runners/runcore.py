@@ -110,20 +110,26 @@ def cpu_features(cpuinfo_path: str | None = None, arch: str | None = None) -> di
     through, ``EDGEKIT_CPUINFO`` names a cpuinfo file describing the emulated CPU instead.
     """
     cpuinfo_path = cpuinfo_path or os.environ.get("EDGEKIT_CPUINFO") or "/proc/cpuinfo"
-    arch = (arch or platform.machine()).lower()
     try:
         with open(cpuinfo_path) as fh:
-            flags, model = _cpuinfo_flags(fh.read())
+            text = fh.read()
     except OSError:
-        flags, model = set(), ""
+        text = ""
+    described = describe_cpu(text, arch or platform.machine())
+    return {**described, "model": described["model"] or platform.processor()}
+
+
+def describe_cpu(cpuinfo: str, arch: str) -> dict:
+    r"""``{"arch", "model", "features", "int8_dot"}`` of a /proc/cpuinfo text on a CPU of ``arch``.
+
+    >>> describe_cpu("Features\t: fp asimd asimddp\n", "aarch64")["int8_dot"]
+    'sdot'
+    """
+    arch = arch.strip().lower()
+    flags, model = _cpuinfo_flags(cpuinfo)
     known = X86_FEATURES if arch in ("x86_64", "amd64", "i686", "x86") else ARM_FEATURES
     features = [f for f in known if f in flags]
-    return {
-        "arch": arch,
-        "model": model or platform.processor(),
-        "features": features,
-        "int8_dot": int8_dot(arch, features),
-    }
+    return {"arch": arch, "model": model, "features": features, "int8_dot": int8_dot(arch, features)}
 
 
 def cpu_governors(root: str = "/sys/devices/system/cpu") -> dict[str, str]:

@@ -82,6 +82,8 @@ def _transport(sim):
 @needs_sim
 @pytest.mark.parametrize("name", list(PROFILES))
 def test_the_board_is_an_arm_core_of_its_model_with_its_own_processes(boards, name):
+    from edgekit.device.cpuprobe import probe_cpu
+
     sim = boards[name]
     with _transport(sim) as t:
         script = (
@@ -96,6 +98,10 @@ def test_the_board_is_an_arm_core_of_its_model_with_its_own_processes(boards, na
         assert model == {"rpi4": "Cortex-A72", "rk3588": "Cortex-A76"}[name]
         assert t.run(["sh", "-c", "echo $QEMU_CPU"]).stdout.strip() == sim.profile.cpu
         listed = t.run(["ps", "-e", "-o", "pid=,args="]).stdout.splitlines()
+        probed = probe_cpu(t)  # what `cpu: {features: probe}` reads: the core's own, not the host's
+    assert probed["arch"] == "aarch64" and set(probed["features"]) <= set(sim.profile.features)
+    assert ("asimddp" in probed["features"]) == (name == "rk3588")
+    assert probed["int8_dot"] == {"rpi4": "neon", "rk3588": "sdot"}[name]
     procs = dict(line.strip().split(None, 1) for line in listed if line.strip())
     # its own process namespace: its init is the board's sshd, and none of the host's processes shows
     assert "/usr/sbin/sshd -D" in procs["1"], procs

@@ -296,3 +296,21 @@ def test_full_remote_disk_is_one_clear_error_and_leaves_no_partial_file(server, 
         t.put(small, f"{work}/small.bin")  # the retry with room works
         assert t.sha256(f"{work}/small.bin") == sha256_file(small)
         t.remove(work)
+
+
+def test_cpu_probe_reads_the_board_as_its_runner_would_and_the_session_is_closed_after(server):
+    """``cpu: {features: probe}``: this sshd "board" is this host; the probe must equal the host's facts."""
+    from edgekit.core.config import load_target
+    from edgekit.device.cpuprobe import probed
+    from edgekit.device.transport import DeviceSession
+    from edgekit.runners.runcore import cpu_features
+
+    local = load_target("local")
+    target = local.model_copy(update={"cpu": local.cpu.model_copy(update={"features": "probe"})})
+    opened = []
+    session = DeviceSession(server.transport, on_open=opened.append)
+    got = probed(target, session)
+    host = cpu_features()
+    assert got.cpu.arch == host["arch"] and got.cpu.features == host["features"]
+    assert got.cpu.source == f"probed on {opened[0].name}" and session._transport is None
+    assert probed(local, session) is local  # a stated CPU is never probed

@@ -53,7 +53,7 @@ def fleet(tmp_path_factory):
     runtime = {"threads": 1, "warmup": 3, "min_warmup_s": 0.0, "iterations": 20, "min_seconds": 0.0}
     conn = {"type": "ssh", "host": servers[0].host, "user": servers[0].user}
     target = {**local, "name": "x86-fleet", "board": "x86-box", "description": "a fleet of x86 boxes",
-              "connection": conn, "runtime": runtime}  # fmt: skip
+              "connection": conn, "runtime": runtime, "cpu": {"features": "probe"}}  # fmt: skip
     (root / "x86-fleet.yaml").write_text(yaml.safe_dump(target))
     boards = [
         {"name": srv.folder.name, "board": "x86-box", "connection": {
@@ -151,7 +151,12 @@ def test_a_board_killed_mid_sweep_fails_its_item_which_is_retried_on_the_other_b
     record = json.loads((first / "record.json").read_text())
     assert record["status"] == "failed" and record["failed_stage"] in ("bench", "build", "eval")
     assert "board-a" in (record.get("device") or "") and record["error"]["message"]
-    assert _status(second) == "ok" and "board-b" in json.loads((second / "record.json").read_text())["device"]
+    done = json.loads((second / "record.json").read_text())
+    assert _status(second) == "ok" and "board-b" in done["device"]
+    # the fleet's target says `cpu: {features: probe}`: the run read the board's CPU and quantized for it
+    assert done["target"]["cpu"]["source"].startswith("probed on ") and "board-b" in done["device"]
+    quant = next(n for n in done["nodes"] if n["stage"] == "quantize")["extra"]
+    assert quant["cpu_source"].startswith("probed on ")
     assert any("retrying" in line for line in lines)
     rows = History(out).runs(sweep="grid")
     assert len(rows) == 5 and sum(r.status == "ok" for r in rows) == 4

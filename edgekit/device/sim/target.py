@@ -37,7 +37,9 @@ def sim_target(target: Any) -> Any:
     conn = SSHConnection(**sim.connection().to_connection())
     runtime = target.runtime.model_copy(update={**SIM_RUNTIME, "governor": None, "cpu_affinity": None})
     power = target.power.model_copy(update={"sensor": "none", "idle_s": 0.0})
-    cpu = CpuSpec(arch="aarch64", features=list(sim.profile.features))
+    cpu = CpuSpec(
+        arch="aarch64", features=list(sim.profile.features), source=f"the emulated {sim.profile.name}'s core"
+    )
     return target.model_copy(
         update={
             "connection": conn,
