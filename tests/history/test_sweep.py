@@ -80,6 +80,20 @@ def _sweep(root: Path, shapes_root, **kw) -> Path:
     return path
 
 
+def _runs_a_runner(pid: int) -> bool:
+    """Whether a process under ``pid`` (a board's sshd) runs an edgekit runner (``*_run.py``): a bench."""
+    todo = list(_children(pid))
+    while todo:
+        child = todo.pop()
+        try:
+            if b"_run.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+        todo += _children(child)
+    return False
+
+
 def _plan(path: Path, out: Path):
     from edgekit.fleet.spec import load_sweep
     from edgekit.fleet.sweep import plan_sweep
@@ -104,7 +118,7 @@ def grid(cluster, fleet, shapes_root, trained):
     def kill_a_when_it_benches() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not killed.is_set():
-            if a.proc is not None and _children(a.proc.pid):  # a session on board A: a bench is on it
+            if a.proc is not None and _runs_a_runner(a.proc.pid):  # a bench is on board A (not the CPU probe)
                 time.sleep(0.5)
                 a.kill_all_sessions()  # sshd and every session on the board: the board is gone
                 killed.set()
