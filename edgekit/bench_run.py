@@ -49,7 +49,7 @@ def bench_run(
     from edgekit.backends.contract.base import Artifact
     from edgekit.core.config import load_target
     from edgekit.core.files import atomic_dir
-    from edgekit.device.cpuprobe import probed_on, record_cpu
+    from edgekit.device.cpuprobe import on_a_board, probed_on, record_cpu
     from edgekit.report.record import RunRecord
     from edgekit.stages.bench import check_target_ready
     from edgekit.stages.context import RunContext
@@ -68,8 +68,9 @@ def bench_run(
         ctx = RunContext(target, work, record, artifact.preprocess, progress)
         built = _artifact_node(ctx, artifact)
         with transport_factory() as transport:
-            ctx.target = probed_on(ctx.target, transport)  # cpu: {features: probe} reads the board's
-            record_cpu(record, ctx.target)
+            if on_a_board(ctx.target, device):  # the board's CPU, read from it (edgekit.device.cpuprobe)
+                ctx.target = probed_on(ctx.target, transport)
+                record_cpu(record, ctx.target)
             _measure(ctx, built, artifact, val, transport, iterations)
         record.status = "ok"
         _write(ctx)

@@ -119,7 +119,7 @@ class Plan:
             "backend": self.target.backend,
             "precision": self.target.precision,
             "device": r.device or self.target.connection.type,
-            "device_cpu": _cpu_line(self.target),
+            "device_cpu": _cpu_line(self.target, r.device),
             "model": r.model,
             "recipe": self.recipe.name,
             "calibration": r.calib or "(made from the dataset's calib split)",
@@ -137,15 +137,20 @@ class Plan:
         }
 
 
-def _cpu_line(target: Target) -> str:
+def _cpu_line(target: Target, device: str | None) -> str:
     """The device CPU the run quantizes and checks for (``--dry-run``), and where that comes from."""
     from edgekit.core.config import device_cpu
+    from edgekit.device.cpuprobe import on_a_board
 
     cpu, source = device_cpu(target)
     if cpu is None:
-        return source
-    features = ", ".join(cpu["features"]) or "no listed features"
-    return f"{cpu['arch']} [{features}], int8 {cpu['int8_dot']} ({source})"
+        line = source
+    else:
+        features = ", ".join(cpu["features"]) or "no listed features"
+        line = f"{cpu['arch']} [{features}], int8 {cpu['int8_dot']} ({source})"
+    if on_a_board(target, device) and target.cpu.features != "probe":
+        line += "; read from the board when the run starts (this is the fallback)"
+    return line
 
 
 def _route(r: DeployRequest, recipe: Any) -> str:
@@ -334,7 +339,7 @@ def run_plan(plan: Plan) -> Path:
     # one connection for every stage that needs the board; the record says which device it was
     session = DeviceSession(plan.transport_factory, on_open=lambda t: setattr(record, "device", t.name))
     try:
-        _probe_cpu(ctx, session)
+        _probe_cpu(ctx, session, req.device)
         _run_stages(ctx, dataclasses.replace(plan, transport_factory=session))
     except BaseException as exc:
         if isinstance(exc, EdgekitError) and not record.nodes:
@@ -350,11 +355,11 @@ def run_plan(plan: Plan) -> Path:
     return run_dir
 
 
-def _probe_cpu(ctx: RunContext, session: DeviceSession) -> None:
-    """``cpu: {features: probe}``: read the board's CPU now; the run's target and record carry it."""
-    from edgekit.device.cpuprobe import probed, record_cpu
+def _probe_cpu(ctx: RunContext, session: DeviceSession, device: str | None) -> None:
+    """On a board, read its CPU now (:mod:`edgekit.device.cpuprobe`); the run's target and record carry it."""
+    from edgekit.device.cpuprobe import on_a_board, probed, record_cpu
 
-    if ctx.target.cpu.features == "probe":
+    if on_a_board(ctx.target, device):
         ctx.target = probed(ctx.target, session)
         record_cpu(ctx.record, ctx.target)
         ctx.save()

@@ -166,6 +166,8 @@ def test_deploy_on_the_emulated_pi_runs_the_arm_kernels_and_calls_its_time_emula
     cpu = bench.extra["device"]["cpu"]
     assert (cpu["arch"], cpu["model"], cpu["int8_dot"]) == ("aarch64", "Cortex-A72", "neon")
     assert bench.extra["guard"]["checked"], bench.extra["guard"]
+    probed = RunRecord.load(run / "record.json").target["cpu"]  # read from the board when the run started
+    assert probed["source"].startswith("probed on ") and probed["features"] == cpu["features"]
     assert bench.extra["arithmetic"] == "int8 (float layers fp32)"  # edgekit's int8 turns fp16 off
     report = (run / "report.md").read_text()
     assert "emulator time p50" in report and "emulated board" in report

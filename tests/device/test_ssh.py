@@ -298,19 +298,37 @@ def test_full_remote_disk_is_one_clear_error_and_leaves_no_partial_file(server, 
         t.remove(work)
 
 
-def test_cpu_probe_reads_the_board_as_its_runner_would_and_the_session_is_closed_after(server):
-    """``cpu: {features: probe}``: this sshd "board" is this host; the probe must equal the host's facts."""
+def test_cpu_probe_reads_the_board_as_its_runner_would_and_falls_back_to_the_yaml_when_it_is_down(server):
+    """A board's CPU is read from it when a run starts (this sshd "board" is this host, so the probe must
+    equal the host's facts); the session is closed after; a board that does not answer leaves the YAML's."""
     from edgekit.core.config import load_target
-    from edgekit.device.cpuprobe import probed
+    from edgekit.core.errors import HostUnreachableError
+    from edgekit.device.cpuprobe import on_a_board, probed
     from edgekit.device.transport import DeviceSession
     from edgekit.runners.runcore import cpu_features
 
-    local = load_target("local")
-    target = local.model_copy(update={"cpu": local.cpu.model_copy(update={"features": "probe"})})
+    pi = load_target("rpi4-onnxruntime")  # a board over SSH; its YAML states [asimd]
     opened = []
     session = DeviceSession(server.transport, on_open=opened.append)
-    got = probed(target, session)
+    got = probed(pi, session)
     host = cpu_features()
     assert got.cpu.arch == host["arch"] and got.cpu.features == host["features"]
     assert got.cpu.source == f"probed on {opened[0].name}" and session._transport is None
-    assert probed(local, session) is local  # a stated CPU is never probed
+    down = DeviceSession(lambda: server.transport(port=_closed_port(), retries=1))
+    fallback = probed(pi, down)
+    assert fallback.cpu.features == pi.cpu.features and "did not answer the CPU probe" in fallback.cpu.source
+    must = pi.model_copy(update={"cpu": pi.cpu.model_copy(update={"features": "probe"})})
+    with pytest.raises(HostUnreachableError):
+        probed(must, down)  # nothing stated to fall back on
+    # who is probed: a board over SSH or emulated; not this host, an MCU's driver, or `--device local`
+    assert on_a_board(pi, None) and on_a_board(pi, "sim") and not on_a_board(pi, "local")
+    assert not on_a_board(load_target("local"), None) and not on_a_board(load_target("stm32h7-tflm"), None)
+    assert on_a_board(must, "local")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
