@@ -7,7 +7,9 @@ again after, so a sweep's board lease is held only for the read). The facts are 
 runner parses them (:func:`edgekit.runners.runcore.describe_cpu`), and the run's target carries them with
 their source. The YAML's ``cpu:`` is the fallback for a board that does not answer then (the source says
 so); ``cpu: {features: probe}`` states nothing, so there an unanswered probe stops the run. A run on this
-host (``--device local``, or a local connection) is not probed: its target's ``cpu:`` stands.
+host (``--device local``, or a local connection) is not probed unless its YAML says ``probe``: its
+target's ``cpu:`` stands. In a sweep the read leases a board of the kind for a moment; the bench may then
+get another board of that kind (a fleet's boards of one kind are taken to be the same machine).
 """
 
 from __future__ import annotations
