@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from edgekit.core.errors import ConfigError
 
@@ -97,23 +98,38 @@ def _build_artifact(
                 options = det.build_options(precision=precision, threads=threads)
                 return be.build(source, options, out, calib=cs, reference=None)
             plan = _int8_plan(be, method, cs, onnx_path, max_drop)
-            search = _MethodSearch(be, det, source, cs, Path(tmp), threads, max_drop)
+            search = MethodSearch(be, det, source, cs, Path(tmp), threads, max_drop)
             return search.run(plan, out)
         options = det.build_options(precision=precision, threads=threads)
         return be.build(source, options, out, calib=cs, reference=source)
 
 
-class _MethodSearch:
+class MethodSearch:
     """Build an INT8 artifact with each calibration method in turn; keep what the detection check passes."""
 
-    def __init__(self, be, det, source: Path, cs, tmp: Path, threads, max_drop: float) -> None:
+    def __init__(self, be, det, source: Path, cs, tmp: Path, threads, max_drop: float, form=None) -> None:
         self.be, self.det, self.source, self.cs, self.tmp = be, det, source, cs, tmp
         self.threads, self.max_drop = threads, max_drop
+        self._form = form  # a QDQ backend's form: a deploy passes its device's (see :attr:`form`)
         self.fallback: tuple = ()  # the plan's (run)
         self.tried: list[dict] = []
+        self.written: dict[Path, Any] = {}  # candidate folder -> its QDQ writer's result (QDQ backends)
+
+    @property
+    def form(self):
+        """The QDQ form candidates are written in: the deploy's device's, else this host's CPU's."""
+        if self._form is None:
+            from edgekit.runners.runcore import cpu_features
+
+            self._form = self.be.qdq_form(cpu_features(), "this host (edgekit build)")
+        return self._form
 
     def run(self, plan, out: Path):
         """Build the plan's methods in order; the first to pass (a ``best`` search: the best) lands at out."""
+        return self._land(self.choose(plan), out)
+
+    def choose(self, plan) -> Path:
+        """Build the plan's methods in order; the folder of the first to pass (``best``: of the best)."""
         from edgekit.core.errors import BuildError, CalibrationError
 
         methods, pick_best, self.fallback = list(plan.methods), plan.search == "best", plan.fallback
@@ -172,7 +188,7 @@ class _MethodSearch:
                 f"FP32's detections, more than --max-drop {self.max_drop:g} points lost",
                 "raise --max-drop, calibrate on more images (--calib), or build fp16/fp32 (--precision)",
             )
-        return self._land(folder, out)
+        return folder
 
     @staticmethod
     def _best(built: list[tuple[dict, Path]]) -> tuple[dict, Path]:
@@ -241,12 +257,11 @@ class _MethodSearch:
     def _ranking(self, method, layer_sensitivity, detection_metric) -> list[tuple[str, float]]:
         from edgekit.backends.contract.onnx_io import load_onnx
         from edgekit.quantize import graph as qgraph
-        from edgekit.runners.runcore import cpu_features
 
         model = qgraph.ensure_node_names(load_onnx(self.source))
         head = set(qgraph.keep_float_auto(model))
         candidates = [n for n in qgraph.quantizable_nodes(model, ("Conv",)) if n not in head]
-        form = self.be.qdq_form(cpu_features(), "this host (edgekit build)")
+        form = self.form
         return layer_sensitivity(
             self.source, lambda: self.cs.arrays(spec=self.det.preprocess), method,
             metric=detection_metric(self.det.head), candidates=candidates, num_images=8,
@@ -258,7 +273,9 @@ class _MethodSearch:
         source, quantizer = self.source, None
         if be.int8_source == "qdq":
             dst = self.tmp / f"int8-{method}-{len(extra_float or [])}.onnx"
-            source, quantizer = _quantize(be, self.source, dst, self.cs, method, det, extra_float)
+            source, quantizer, self.written[folder] = _quantize(
+                be, self.source, dst, self.cs, method, det, extra_float, self.form
+            )
         else:
             quantizer = be.quantizer_options(method=method, **(options or {}))
         build_options = det.build_options(precision="int8", threads=self.threads, quantizer=quantizer)
@@ -319,12 +336,10 @@ def _check_prequantized(be, onnx_path: Path) -> None:
         )
 
 
-def _quantize(be, src: Path, dst: Path, cs, method: str, det, extra_float: list[str] | None = None):
+def _quantize(be, src: Path, dst: Path, cs, method: str, det, extra_float: list[str] | None, form):
     from edgekit.backends.contract.onnx_io import load_onnx
     from edgekit.quantize import graph as qgraph
-    from edgekit.runners.runcore import cpu_features
 
-    form = be.qdq_form(cpu_features(), "this host (edgekit build)")
     keep: str | list[str] = "auto"
     if extra_float:
         keep = qgraph.keep_float_auto(qgraph.ensure_node_names(load_onnx(src))) + list(extra_float)
@@ -344,4 +359,4 @@ def _quantize(be, src: Path, dst: Path, cs, method: str, det, extra_float: list[
         scales_sha256=result.scales_sha256,
         quantized_nodes=result.quantized_nodes,
     )
-    return dst, quantizer
+    return dst, quantizer, result

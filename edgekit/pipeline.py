@@ -21,6 +21,7 @@ from edgekit.core.config import Target, load_target
 from edgekit.core.errors import ConfigError, EdgekitError, GateError
 from edgekit.core.files import atomic_write_json, make_run_dir
 from edgekit.data.preprocess import PreprocessSpec
+from edgekit.device.cpuprobe import cpu_line
 from edgekit.device.transport import DeviceSession
 from edgekit.report.record import RunRecord
 from edgekit.stages import RunContext, add_node, model_stats, stage
@@ -119,7 +120,7 @@ class Plan:
             "backend": self.target.backend,
             "precision": self.target.precision,
             "device": r.device or self.target.connection.type,
-            "device_cpu": _cpu_line(self.target, r.device),
+            "device_cpu": cpu_line(self.target, r.device),
             "model": r.model,
             "recipe": self.recipe.name,
             "calibration": r.calib or "(made from the dataset's calib split)",
@@ -135,22 +136,6 @@ class Plan:
                 "max_p99_rise_pct": r.baseline_p99_rise,
             },
         }
-
-
-def _cpu_line(target: Target, device: str | None) -> str:
-    """The device CPU the run quantizes and checks for (``--dry-run``), and where that comes from."""
-    from edgekit.core.config import device_cpu
-    from edgekit.device.cpuprobe import on_a_board
-
-    cpu, source = device_cpu(target)
-    if cpu is None:
-        line = source
-    else:
-        features = ", ".join(cpu["features"]) or "no listed features"
-        line = f"{cpu['arch']} [{features}], int8 {cpu['int8_dot']} ({source})"
-    if on_a_board(target, device) and target.cpu.features != "probe":
-        line += "; read from the board when the run starts (this is the fallback)"
-    return line
 
 
 def _route(r: DeployRequest, recipe: Any) -> str:
@@ -229,7 +214,7 @@ def make_plan(request: DeployRequest) -> Plan:
         CalibrationSet.load(request.calib, root=Path(request.calib_root))
     backend_cls, transport_factory = check_target_ready(target, request.device)
     int8 = int8_plan(request, recipe, backend_cls) if target.precision == "int8" else None
-    _check_model_source(request, backend_cls, target.precision, bool(recipe.torch_steps()))
+    _check_model_source(request, target, backend_cls, bool(recipe.torch_steps()))
     return Plan(request, target, recipe, backend_cls, transport_factory, int8)
 
 
@@ -278,7 +263,7 @@ def int8_plan(request: DeployRequest, recipe: Any, backend_cls: type) -> Int8Pla
     )  # fmt: skip
 
 
-def _check_model_source(request: DeployRequest, backend_cls: type, precision: str, trainable: bool) -> None:
+def _check_model_source(request: DeployRequest, target: Target, backend_cls: type, trainable: bool) -> None:
     """Missing files, corrupt ONNX and ops the target cannot run fail here, before any work."""
     from edgekit.backends.contract.base import raise_for_problems
     from edgekit.core.errors import ModelError
@@ -289,20 +274,30 @@ def _check_model_source(request: DeployRequest, backend_cls: type, precision: st
                 f"{label} file not found: {value}", "check the path (relative to the current folder)"
             )
     if request.model.endswith(".onnx"):
-        _check_user_onnx(request, trainable)
+        _check_user_onnx(request, target, trainable)
         backend = backend_cls()
-        check = precision
+        check = precision = target.precision
         if precision == "int8" and backend_cls.int8_source == "qdq":
             # the float ONNX is quantized to QDQ later (quantize stage): check it as the float model it is
             check = next((p for p in backend_cls.precisions if p != "int8"), "fp32")
         raise_for_problems(backend.name, backend.check(request.model, {"precision": check}))
 
 
-def _check_user_onnx(request: DeployRequest, trainable: bool) -> None:
-    """A user ONNX: its classes against ``--data``'s; with torch steps, that it imports and has a head."""
+def _check_user_onnx(request: DeployRequest, target: Target, trainable: bool) -> None:
+    """A user ONNX: its input size and classes; with torch steps, that it imports and has a head.
+
+    The input size is checked against the target's, the classes against ``--data``'s.
+    """
     from edgekit.models.user import inspect_onnx
 
     det = inspect_onnx(request.model, head=request.head)
+    if det.preprocess.input_size != target.input_size:
+        raise ConfigError(
+            f"{request.model} takes {det.preprocess.input_size} px inputs but target '{target.name}' is set "
+            f"to {target.input_size} px",
+            f"set input_size: {det.preprocess.input_size} in {target.source or 'the target YAML'} (or a copy "
+            "of it given to --target)",
+        )
     if request.data:
         from edgekit.data.dataset import YoloDataset
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from edgekit.backends.contract.int8_plan import FLOAT_FALLBACK, Int8Plan
-from edgekit.build import _MethodSearch
+from edgekit.build import MethodSearch
 from edgekit.core.errors import BuildError
 
 
@@ -21,7 +21,7 @@ def _plan(methods: list[str], pick_best: bool) -> Int8Plan:
 
 def _search(tmp_path, kept_by_method: dict[str, float], fallback_kept: list[float], max_drop=5.0):
     be = SimpleNamespace(name="toy", int8_source="qdq", fallback=())
-    search = _MethodSearch(
+    search = MethodSearch(
         be, None, tmp_path / "m.onnx", SimpleNamespace(name="s", count=16), tmp_path, 1, max_drop
     )
     calls: list[str] = []

@@ -78,6 +78,10 @@ def test_int8_map_is_computed_from_the_device_outputs_and_stays_close_to_fp32(in
     assert ref["map50_95"] - ev["map50_95"] < 0.02
     quant = record["nodes"][4]["extra"]
     assert quant["keep_float"] and quant["method"] == "minmax"
+    # the default searches as edgekit build does: minmax, the first method, kept the detections
+    assert [t["method"] for t in quant["calibration_search"]] == ["minmax"]
+    assert quant["calibration_search"][0]["kept"] >= 0.95
+    assert record["nodes"][4]["config"]["method"] == "default"
     artifact = json.loads((int8_run / "artifact" / "artifact.json").read_text())
     assert artifact["calibration"]["sha256"] == record["calibration"]["sha256"]
     assert artifact["calibration"]["spec"]["input_size"] == 160  # the spec the images went through

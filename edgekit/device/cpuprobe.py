@@ -99,3 +99,18 @@ def record_cpu(record: Any, target: Any) -> None:
     record.target["cpu"] = {**target.cpu.model_dump(mode="json"), "source": target.cpu.source}
     if stated and stated.get("features") != target.cpu.features:
         record.target["cpu"]["stated"] = stated  # what the YAML said, where the board says otherwise
+
+
+def cpu_line(target: Any, device: str | None) -> str:
+    """The device CPU a run quantizes and checks for (``--dry-run``), and where that comes from."""
+    from edgekit.core.config import device_cpu
+
+    cpu, source = device_cpu(target)
+    if cpu is None:
+        line = source
+    else:
+        features = ", ".join(cpu["features"]) or "no listed features"
+        line = f"{cpu['arch']} [{features}], int8 {cpu['int8_dot']} ({source})"
+    if on_a_board(target, device) and target.cpu.features != "probe":
+        line += "; read from the board when the run starts (this is the fallback)"
+    return line

@@ -106,7 +106,9 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
             if not det.static:
                 from edgekit.models.user import static_copy
 
-                det.path = static_copy(det, ctx.run_dir / "model_static.onnx")
+                det = dataclasses.replace(
+                    det, path=static_copy(det, ctx.run_dir / "model_static.onnx"), static=True
+                )
             head, names = det.head, det.class_names
             config, label, model = (
                 {"onnx": str(req.model), "sha256": sha256_file(req.model)},

@@ -41,6 +41,8 @@ def quantize_stage(
         extra: dict[str, Any] = {}
         if method == "auto":
             result, extra = _auto(ctx, plan, onnx_path, (arrays, cs), int8.max_drop, (val, facts), out, form)
+        elif int8.search == "first_passing":
+            result, extra = _first_passing(ctx, backend, int8, onnx_path, cs, facts, form, out)
         else:
             result = form.quantizer(
                 onnx_path,
@@ -66,7 +68,7 @@ def quantize_stage(
         ctx,
         "quantize",
         {
-            "method": method,
+            "method": "default" if int8.search == "first_passing" else method,
             "keep_float": int8.keep_float,
             "calibration": cs.ref(),
             "qdq_form": form.to_dict(),
@@ -102,6 +104,24 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
+
+
+def _first_passing(ctx: RunContext, backend, int8: Int8Plan, onnx_path: Path, cs, facts, form, out: Path):
+    """The default for a QDQ backend: ``edgekit build``'s search, in the device's form.
+
+    Its methods in order, then the layers ranked most sensitive kept in float, until a QDQ model keeps
+    FP32's detections on the check images; the first that passes ships, and the record lists what was tried.
+    """
+    from edgekit.build import MethodSearch
+    from edgekit.models.user import inspect_onnx
+
+    det = dataclasses.replace(inspect_onnx(onnx_path, head=facts.head), preprocess=ctx.spec)
+    with tempfile.TemporaryDirectory(prefix="edgekit-search-") as tmp:
+        search = MethodSearch(backend, det, onnx_path, cs, Path(tmp), ctx.target.runtime.threads, 0.0, form)
+        written = search.written[search.choose(int8)]
+        shutil.copyfile(written.path, out)  # ships byte for byte what the check passed
+    result = dataclasses.replace(written, path=out)
+    return result, {"calibration_search": search.tried}
 
 
 def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, eval_on, out: Path, form):

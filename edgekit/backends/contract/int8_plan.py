@@ -11,9 +11,10 @@ The decision follows from the backend's declared attributes (``int8_source``, ``
   measured, the best one ships, within ``max_drop``).
 * **built_on**: ``host``, or ``device`` (TensorRT builds its engine on the board).
 
-In a deploy, a QDQ backend's ``default`` quantizes with its first method (the quantize stage writes one
-QDQ file, the build stage checks it); ``edgekit build`` searches, keeping the layers that move the
-detections most in float when no method passes (:data:`FLOAT_FALLBACK`).
+A QDQ backend's ``default`` searches, in a deploy as in ``edgekit build``: its methods in order, then the
+layers that move the detections most kept in float (:data:`FLOAT_FALLBACK`), until one keeps FP32's
+detections; a deploy's quantize stage writes the QDQ file that passed, the build stage checks it again.
+With a ``keep_float`` list of the user's, a deploy quantizes with the first method alone.
 """
 
 from __future__ import annotations
@@ -134,6 +135,6 @@ def decide_int8(
                         () if deploy else fallback)  # fmt: skip
     if asked != "default":
         return Int8Plan(name, source, asked, (asked,), "one", built_on, None, keep_float)
-    if source == "qdq" and deploy:
+    if source == "qdq" and deploy and keep_float != "auto":  # the user's own float list: as given
         return Int8Plan(name, source, asked, methods[:1], "one", built_on, None, keep_float)
     return Int8Plan(name, source, asked, methods, "first_passing", built_on, None, keep_float, fallback)
