@@ -36,12 +36,15 @@ def attempts(out: Path, sweep: str, item: Item) -> tuple[int, str | None]:
 
 
 def settle(run_dir: Path, reason: str) -> None:
-    """Leave no half-written run folder: one still ``running`` (its worker gone) says ``interrupted``.
+    """Leave no half-written run folder after a sweep is stopped.
 
-    A folder without a record (stopped before its first stage ended) holds nothing and is removed.
+    One still ``running`` (its worker gone) says ``interrupted``; one whose worker was stopped while writing
+    its outputs gets its summary and report. A folder without a record, or whose record holds no finished
+    stage, holds nothing and is removed.
     """
     from edgekit.history.index import index_run
     from edgekit.report.record import RunRecord
+    from edgekit.report.render import render_run
     from edgekit.report.summary import build_summary, write_summary
 
     record_path = run_dir / "record.json"
@@ -49,14 +52,19 @@ def settle(run_dir: Path, reason: str) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         return
     record = RunRecord.load(record_path)
-    if record.status != "running":
+    written = (run_dir / "summary.json").is_file() and (run_dir / "report.md").is_file()
+    if record.status != "running" and written:
         return
-    record.status = "interrupted"
-    record.error = {"message": reason, "hint": "run the sweep again with the same name: it resumes"}
-    record.summary = build_summary(record) if record.nodes else None
+    if not record.nodes:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    if record.status == "running":
+        record.status = "interrupted"
+        record.error = {"message": reason, "hint": "run the sweep again with the same name: it resumes"}
+    record.summary = build_summary(record)
     record.save(record_path)
-    if record.nodes:
-        write_summary(record, run_dir)
+    write_summary(record, run_dir)
+    render_run(run_dir)
     index_run(run_dir)
 
 
