@@ -77,21 +77,6 @@ def _abs(path: str | None) -> str | None:
     return str(Path(path).resolve())
 
 
-def _check_baseline(out: Path, baseline: str) -> None:
-    """Refuse a sweep file's ``baseline:`` that names neither ``last``, a run nor a git ref."""
-    from edgekit.history.gates import check_spec
-
-    try:
-        check_spec(out, baseline)
-    except ConfigError as exc:
-        raise ConfigError(
-            f"the sweep file's baseline: {baseline!r} is neither a run in {out} nor a git ref of this "
-            "checkout; nothing ran",
-            "set the sweep file's baseline: key to last, a run id `edgekit history` lists, or a commit / "
-            "tag / branch (or remove it), or point --out at the runs folder that holds that run",
-        ) from exc
-
-
 def plan_sweep(spec: SweepSpec, fleet: FleetSpec | None, out: str | Path) -> SweepPlan:
     """Plan every item as ``edgekit deploy --dry-run`` would, before anything runs.
 
@@ -105,7 +90,9 @@ def plan_sweep(spec: SweepSpec, fleet: FleetSpec | None, out: str | Path) -> Swe
     check_fleet_names(fleet)
     out = Path(out).resolve()
     if spec.baseline:
-        _check_baseline(out, spec.baseline)
+        from edgekit.history.gates import check_spec
+
+        check_spec(out, spec.baseline, key="the sweep file's baseline:")
     fleet_kinds = {b.board for b in fleet.boards} if fleet else set()
     items: list[Item] = []
     requests: dict[str, dict[str, Any]] = {}
@@ -262,7 +249,7 @@ def run_sweep(
             resources=board_resources(plan.boards) if address is None else None,
         )  # fmt: skip
     try:
-        _check_resources(ray, plan, address if started_here else "caller")
+        _check_resources(ray, plan, own_ray=started_here)
     except ConfigError:
         if started_here:
             ray.shutdown()
@@ -335,14 +322,17 @@ def board_resources(boards: list[Board]) -> dict[str, float]:
     return {board_resource(b.name): 1.0 for b in boards}
 
 
-def _check_resources(ray: Any, plan: SweepPlan, address: str | None) -> None:
-    """Refuse, before any item runs, a Ray that does not declare one unit of every board of the plan."""
+def _check_resources(ray: Any, plan: SweepPlan, own_ray: bool) -> None:
+    """Refuse, before any item runs, a Ray that does not declare one unit of every board of the plan.
+
+    ``own_ray``: the sweep started this Ray (else its caller did, and the hint says how to declare them).
+    """
     have = ray.cluster_resources()
     missing = {r: 1 for r in board_resources(plan.boards) if have.get(r, 0) < 1}
     if not missing:
         return
     declare = json.dumps(missing)
-    if address == "caller":
+    if not own_ray:
         hint = (
             f"start Ray with ray.init(resources={declare}) (edgekit.fleet.sweep.board_resources(plan.boards))"
         )

@@ -204,13 +204,17 @@ def gate_run(history: History, run_id: str, spec: str = "last", tol: Tolerances 
     return verdict(history, run, spec, tol)
 
 
-def check_spec(root: str | Path, spec: str) -> None:
-    """Refuse, before a deploy runs, a ``--baseline`` that names neither ``last``, a run nor a git ref."""
+def check_spec(root: str | Path, spec: str, key: str = "--baseline") -> None:
+    """Refuse, before anything runs, a baseline that names neither ``last``, a run nor a git ref.
+
+    ``key`` is where the user gave it (deploy's ``--baseline``, a sweep file's ``baseline:``): the error
+    and its hint name that.
+    """
     if spec == "last" or (Path(root) / spec / "summary.json").is_file() or resolve_commit(spec) is not None:
         return  # a run folder is looked for by name: planning (a dry-run too) writes no index
     raise ConfigError(
-        f"--baseline {spec!r} is neither a run in {root} nor a git ref of this checkout",
-        "give --baseline last, a run id `edgekit history` lists, or a commit / tag / branch",
+        f"{key} {spec!r} is neither a run in {root} nor a git ref of this checkout; nothing ran",
+        f"give {key} last, a run id `edgekit history` lists, or a commit / tag / branch",
     )
 
 
