@@ -7,7 +7,6 @@ it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sys
 import time
@@ -26,6 +25,7 @@ from edgekit.device.transport import DeviceSession
 from edgekit.report.record import RunRecord
 from edgekit.stages import RunContext, add_node, model_stats, stage
 from edgekit.stages.bench import check_target_ready
+from edgekit.stages.context import Sources
 
 
 @dataclass
@@ -88,6 +88,10 @@ class DeployRequest:
     control: bool = False
     progress: bool = True
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+    def sources(self) -> Sources:
+        """The model and data fields the data and model stages read."""
+        return Sources(self.model, self.weights, self.head, self.reference, self.data, self.images)
 
 
 @dataclass
@@ -335,7 +339,7 @@ def run_plan(plan: Plan) -> Path:
     session = DeviceSession(plan.transport_factory, on_open=lambda t: setattr(record, "device", t.name))
     try:
         _probe_cpu(ctx, session, req.device)
-        _run_stages(ctx, dataclasses.replace(plan, transport_factory=session))
+        _run_stages(ctx, plan, session)
     except BaseException as exc:
         if isinstance(exc, EdgekitError) and not record.nodes:
             shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything finished: no empty folder
@@ -367,16 +371,18 @@ def target_spec(target: Target) -> PreprocessSpec:
     )
 
 
-def _run_stages(ctx: RunContext, plan: Plan) -> None:
+def _run_stages(ctx: RunContext, plan: Plan, device: DeviceSession) -> None:
+    """Run every stage in order; ``device`` is the run's one session to its board."""
     from edgekit.stages import model as ms
     from edgekit.stages.bench import bench_and_eval
     from edgekit.stages.build import build_stage
     from edgekit.stages.calibration import ensure_calibration_set
     from edgekit.stages.quantize import qat_stage, quantize_stage
 
-    req = plan.request
-    data = ms.data_stage(ctx, req)
-    state = ms.model_stage(ctx, req, data, trainable=bool(plan.recipe.torch_steps()))
+    req, backend = plan.request, plan.backend_cls()
+    src = req.sources()
+    data = ms.data_stage(ctx, src)
+    state = ms.model_stage(ctx, src, data, trainable=bool(plan.recipe.torch_steps()))
     if data.metric == "teacher_agreement":
         data = ms.teacher_labels_stage(ctx, state, data)
     state = ms.reference_stage(ctx, state, data.val)
@@ -388,16 +394,16 @@ def _run_stages(ctx: RunContext, plan: Plan) -> None:
             cs = ensure_calibration_set(ctx, req.calib, req.data, data.root, images=data.images)
         ctx.record.calibration = cs.ref()
         if int8.source == "qat":
-            quantized = qat_stage(ctx, plan, state.model, facts)
+            quantized = qat_stage(ctx, backend, state.model, facts)
         elif int8.source == "qdq":
-            quantized = quantize_stage(ctx, plan, int8, exported.onnx, cs, data.val, facts)
+            quantized = quantize_stage(ctx, backend, device, int8, exported.onnx, cs, data.val, facts)
     with checks_on(_check_board(req, plan.target)):
         built = build_stage(
-            ctx, plan, quantized.onnx if quantized else exported.onnx, reference=exported.onnx, cs=cs,
-            int8=int8, val=data.val, facts=facts, quantizer=quantized.quantizer if quantized else None,
+            ctx, backend, device, quantized.onnx if quantized else exported.onnx, reference=exported.onnx,
+            cs=cs, int8=int8, val=data.val, facts=facts, quantizer=quantized.quantizer if quantized else None,
             torch_program=exported.program,
         )  # fmt: skip
-    with plan.transport_factory() as transport:
+    with device() as transport:
         bench_and_eval(ctx, built, data.val, transport, facts.stats)
     if req.control:
         ms.control_stage(ctx, plan.recipe, state.model, data)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.contract.artifact import ARTIFACT_JSON
+from edgekit.backends.contract.artifact import ARTIFACT_JSON, DeviceBuild
 from edgekit.backends.contract.base import Artifact
 from edgekit.core.errors import ConfigError, DeviceError, RemoteCommandError
 from edgekit.core.files import atomic_dir, atomic_write_json, sha256_file
@@ -353,10 +353,11 @@ class Agent:
             DeviceError: The runtime is missing on the device, or the build or the check failed there.
         """
         staged = Artifact.load(staged_dir)
-        info = dict(staged.meta.get("device_build") or {})
-        if info.get("state") != "staged":
+        info = staged.device_build
+        if info is None or info.state != "staged":
+            state = info.state if info is not None else None
             raise ConfigError(
-                f"{staged_dir} is not a staged device build (device_build.state is {info.get('state')!r})",
+                f"{staged_dir} is not a staged device build (device_build.state is {state!r})",
                 "stage it with the backend's build() (edgekit build / deploy) first",
             )
         work = self.transport.mkdtemp()
@@ -366,19 +367,22 @@ class Agent:
                 self._push(staged.dir / rel, posixpath.join(remote_art, *Path(rel).parts))
             self._push_runner(staged.runner, work, tuple(staged.meta.get("runner_files", ())))
             runner = posixpath.join(work, staged.runner)
-            engine = posixpath.join(remote_art, info["model_file"])
+            engine = posixpath.join(remote_art, info.model_file)
             argv = [self.python, runner, "--artifact", remote_art, "--build", "--engine-out", engine]
             built = parse_json_line(self._run(argv, timeout, progress))
             with atomic_dir(out_dir) as final:
                 for rel in staged.all_files():
                     (final / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(staged.dir / rel, final / rel)
-                self.transport.get(engine, final / info["model_file"])
+                self.transport.get(engine, final / info.model_file)
                 meta = _completed_meta(staged.meta, info, built, final, self.transport.name)
                 atomic_write_json(final / ARTIFACT_JSON, meta)
                 self._push(final / ARTIFACT_JSON, posixpath.join(remote_art, ARTIFACT_JSON))
                 check = [self.python, runner, "--artifact", remote_art, "--check"]
-                meta["device_build"]["check"] = parse_json_line(self._run(check, timeout, False))
+                checked = parse_json_line(self._run(check, timeout, False))
+                meta["device_build"] = DeviceBuild(**{**meta["device_build"], "check": checked}).model_dump(
+                    mode="json"
+                )
                 atomic_write_json(final / ARTIFACT_JSON, meta)
         finally:
             self.transport.remove(work)
@@ -464,23 +468,26 @@ def _throttle_flags(before: dict, after: dict, latencies: list[float]) -> list[s
         return [f"throttling not checked: {type(exc).__name__}: {exc}"]
 
 
-def _completed_meta(meta: dict, info: dict, built: dict, final: Path, where: str) -> dict[str, Any]:
-    model_file = info["model_file"]
+def _completed_meta(meta: dict, info: DeviceBuild, built: dict, final: Path, where: str) -> dict[str, Any]:
+    """``artifact.json`` of the board's build: its model file and hash, the runtime's version, where."""
     out = json.loads(json.dumps(meta))
-    out["files"]["model"] = model_file
-    out["sha256"][model_file] = sha256_file(final / model_file)
+    out["files"]["model"] = info.model_file
+    out["sha256"][info.model_file] = sha256_file(final / info.model_file)
     version = built.get("runtime_version") or "unknown"
     out["tools"] = {**out.get("tools", {}), out["backend"]: version}
-    out["device_build"] = {
-        **info,
-        "state": "built",
-        "on": where,
-        "version": version,
-        "seconds": built.get("seconds"),
-        "argv": built.get("argv"),
-        "warnings": built.get("warnings"),
-        "device": built.get("device"),
-    }
+    done = DeviceBuild(
+        **{
+            **info.model_dump(),
+            "state": "built",
+            "on": where,
+            "version": version,
+            "seconds": built.get("seconds"),
+            "argv": built.get("argv"),
+            "warnings": built.get("warnings"),
+            "device": built.get("device"),
+        }
+    )
+    out["device_build"] = done.model_dump(mode="json")
     return out
 
 

@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.core.config import Target
+from edgekit.core.config import RuntimeOptions, SerialLink, Target
 from edgekit.core.errors import ConfigError, DeviceError
 from edgekit.report.record import latency_stats
 from edgekit.stages.context import Built, RunContext, add_node, eval_tensors, stage
 
 if TYPE_CHECKING:
+    from edgekit.device.agent import BenchResult
     from edgekit.device.runner_io import Guard
+    from edgekit.device.transport import Transport
+    from edgekit.models.train import InMemorySplit
 
 
 def host_guard(artifact_dir: Path, x: np.ndarray, device_features: list[str] | None = None) -> Guard | None:
@@ -56,8 +59,15 @@ def host_guard(artifact_dir: Path, x: np.ndarray, device_features: list[str] | N
 
 
 def run_on_device(
-    target: Target, transport, artifact_dir: Path, x, eval_x, *, progress: bool, iterations=None
-):
+    target: Target,
+    transport: Transport,
+    artifact_dir: Path,
+    x: np.ndarray,
+    eval_x: np.ndarray | None,
+    *,
+    progress: bool,
+    iterations: int | None = None,
+) -> BenchResult:
     """Bench ``artifact_dir`` on the target's device with its sampler, idle baseline and guard."""
     from edgekit.device.agent import Agent, BenchPlan
     from edgekit.device.power import sampler_for
@@ -92,7 +102,7 @@ def _device_features(target: Target) -> list[str] | None:
     return list(cpu["features"]) if cpu else None
 
 
-def serial_runner(serial) -> dict[str, Any]:
+def serial_runner(serial: SerialLink | None) -> dict[str, Any]:
     """For an MCU on a serial port: the serial runner and its port arguments (else nothing)."""
     if serial is None:
         return {}
@@ -100,7 +110,9 @@ def serial_runner(serial) -> dict[str, Any]:
     return {"runner": "mcu_serial_run.py", "runner_args": tuple(args)}
 
 
-def bench_and_eval(ctx: RunContext, built: Built, val, transport, stats: dict[str, int]) -> None:
+def bench_and_eval(
+    ctx: RunContext, built: Built, val: InMemorySplit, transport: Transport, stats: dict[str, int]
+) -> None:
     """Run the artifact on the device: timing loop + eval set; add the ``eval`` and ``bench`` nodes.
 
     ``stats``: params / MACs of the deployed model (the eval node carries them).
@@ -123,7 +135,9 @@ def bench_and_eval(ctx: RunContext, built: Built, val, transport, stats: dict[st
     add_bench_node(ctx, result, transport, fields, scores, built)
 
 
-def bench_only(ctx: RunContext, built: Built, x: np.ndarray, transport, iterations: int | None) -> None:
+def bench_only(
+    ctx: RunContext, built: Built, x: np.ndarray, transport: Transport, iterations: int | None
+) -> None:
     """Time the artifact on the device without an eval set; add the ``bench`` node."""
     with stage(ctx, "bench") as fields:
         result = run_on_device(
@@ -132,7 +146,9 @@ def bench_only(ctx: RunContext, built: Built, x: np.ndarray, transport, iteratio
     add_bench_node(ctx, result, transport, fields, {}, built)
 
 
-def add_bench_node(ctx: RunContext, result, transport, fields: dict, scores: dict, built: Built) -> None:
+def add_bench_node(
+    ctx: RunContext, result: BenchResult, transport: Transport, fields: dict, scores: dict, built: Built
+) -> None:
     """The ``bench`` node: latency, FPS, power and energy (or why not), device state, arithmetic run."""
     rt, size_bytes = ctx.target.runtime, built.size_bytes
     metrics = {
@@ -186,7 +202,7 @@ def device_arithmetic(artifact_dir: Path, device: dict[str, Any]) -> str | None:
     return backend.arithmetic(meta, (device.get("cpu") or {}).get("features"))
 
 
-def power_metrics(result) -> dict[str, Any]:
+def power_metrics(result: BenchResult) -> dict[str, Any]:
     """Power figures of a bench result: measured values, or ``None`` when not measured (never 0)."""
     figures = {
         "power_w": result.power_w,
@@ -197,7 +213,7 @@ def power_metrics(result) -> dict[str, Any]:
     return {k: v for k, v in figures.items() if v is not None}  # not measured = left out (the note says why)
 
 
-def bench_extra(result, rt) -> dict[str, Any]:
+def bench_extra(result: BenchResult, rt: RuntimeOptions) -> dict[str, Any]:
     """What a bench node keeps besides its metrics: raw latencies, device facts, power, state, guard."""
     return {
         "latencies_ms": [round(x, 4) for x in result.latencies_ms],

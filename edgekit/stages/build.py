@@ -11,16 +11,24 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgekit.backends.contract.base import Artifact, BuildOptions
+from edgekit.backends.contract.artifact import DeviceBuild
+from edgekit.backends.contract.base import Artifact, BuildOptions, QuantizerOptions
+from edgekit.backends.contract.int8_plan import Int8Plan
 from edgekit.core.errors import BuildError, CalibrationError
 from edgekit.quantize.auto import choose
 from edgekit.stages.candidates import measure
 from edgekit.stages.context import Built, ModelFacts, RunContext, add_node, fp32_map50_95, stage
 
+if TYPE_CHECKING:
+    from edgekit.backends.contract.base import Backend
+    from edgekit.calib.calibration_set import CalibrationSet
+    from edgekit.device.transport import DeviceSession
+    from edgekit.models.train import InMemorySplit
 
-def _options(ctx: RunContext, facts: ModelFacts, quantizer: Any) -> BuildOptions:
+
+def _options(ctx: RunContext, facts: ModelFacts, quantizer: QuantizerOptions | None) -> BuildOptions:
     return BuildOptions(
         precision=ctx.target.precision,
         threads=ctx.target.runtime.threads,
@@ -35,22 +43,23 @@ def _options(ctx: RunContext, facts: ModelFacts, quantizer: Any) -> BuildOptions
 
 def build_stage(
     ctx: RunContext,
-    plan,
+    backend: Backend,
+    device: DeviceSession,
     onnx_path: Path,
     *,
     reference: Path,
-    cs,
-    int8,
-    val,
+    cs: CalibrationSet | None,
+    int8: Int8Plan | None,
+    val: InMemorySplit,
     facts: ModelFacts,
-    quantizer: Any = None,
+    quantizer: QuantizerOptions | None = None,
     torch_program: Path | None = None,
 ) -> Built:
     """Build the target's artifact into ``run_dir/artifact``; add the ``build`` node.
 
+    ``device``: the run's session to the board (a device build, and ``--calibrator auto``'s candidates);
     ``quantizer``: the options of the quantize stage that made ``onnx_path`` (a QDQ backend's INT8).
     """
-    backend = plan.backend_cls()
     out = ctx.run_dir / "artifact"
     own = int8 is not None and int8.source == "calibration"
     method = int8.method if own else None
@@ -58,7 +67,7 @@ def build_stage(
     with stage(ctx, "build") as fields:
         if own and int8.search == "best":
             artifact, extra = _auto(
-                ctx, plan, (onnx_path, reference, torch_program), cs, int8, (val, facts), out
+                ctx, (backend, device), (onnx_path, reference, torch_program), cs, int8, (val, facts), out
             )
         elif own and int8.search == "first_passing":
             artifact, extra = _first_passing(
@@ -71,7 +80,7 @@ def build_stage(
                 onnx_path, options, where, calib=cs, reference=reference, torch_program=torch_program
             )
             if backend.build_location == "device":
-                artifact = build_on_device(ctx, plan, where, out)
+                artifact = build_on_device(ctx, device, where, out)
     size = artifact_size(artifact)
     quant = artifact.meta.get("quantization") or {}
     how = f" ({quant['method']}, {backend.name}'s own quantizer)" if own else ""
@@ -82,10 +91,10 @@ def build_stage(
             "backend": backend.name,
             "precision": ctx.target.precision,
             "method": quant.get("method"),
-            **_device_config(artifact.meta.get("device_build")),
+            **_device_config(artifact.device_build),
         },
         fields,
-        label=_label(backend, ctx.target.precision, how, artifact.meta.get("device_build")),
+        label=_label(backend, ctx.target.precision, how, artifact.device_build),
         metrics={**facts.stats, "size_bytes": size},
         inputs={"calibration": cs.sha256} if own else {},
         outputs={f"artifact/{k}": v for k, v in artifact.meta.get("sha256", {}).items()},
@@ -107,18 +116,18 @@ def artifact_size(artifact: Artifact) -> int:
     return int(sum((artifact.dir / f).stat().st_size for f in artifact.files.values()))
 
 
-def _device_config(device_build: dict | None) -> dict:
+def _device_config(device_build: DeviceBuild | None) -> dict:
     """A device build's board and runtime version: another board or TensorRT is another node."""
-    if not device_build:
+    if device_build is None:
         return {}
-    device = device_build.get("device") or {}
-    return {"built_on": device_build.get("on"), "runtime_version": device_build.get("version"),
+    device = device_build.device or {}
+    return {"built_on": device_build.on, "runtime_version": device_build.version,
             "device_machine": device.get("machine"), "device_platform": device.get("platform")}  # fmt: skip
 
 
-def _label(backend, precision: str, how: str, device_build: dict | None) -> str:
-    if device_build:
-        on, version = device_build.get("on"), device_build.get("version")
+def _label(backend: Backend, precision: str, how: str, device_build: DeviceBuild | None) -> str:
+    if device_build is not None:
+        on, version = device_build.on, device_build.version
         return (
             f"{backend.name} {precision} engine built on {on} ({backend.name} {version}); "
             "the staged ONNX checked against FP32 on the host"
@@ -126,15 +135,17 @@ def _label(backend, precision: str, how: str, device_build: dict | None) -> str:
     return f"{backend.name} {precision} artifact{how}, checked against FP32"
 
 
-def build_on_device(ctx: RunContext, plan, staged: Path, out: Path) -> Artifact:
+def build_on_device(ctx: RunContext, device: DeviceSession, staged: Path, out: Path) -> Artifact:
     """Push a staged build to the target's device, build it there, fetch the completed artifact."""
     from edgekit.device.agent import Agent
 
-    with plan.transport_factory() as transport:
+    with device() as transport:
         return Agent(transport).build_on_device(staged, out, progress=ctx.progress)
 
 
-def _first_passing(ctx: RunContext, backend, int8, sources: tuple, cs, into: tuple) -> tuple[Artifact, dict]:
+def _first_passing(
+    ctx: RunContext, backend: Backend, int8: Int8Plan, sources: tuple, cs: CalibrationSet, into: tuple
+) -> tuple[Artifact, dict]:
     """``--calibrator default`` for a self-quantizing backend, as ``edgekit build`` does it.
 
     The backend's methods in order, each with its declared fallback settings (more of the head in float)
@@ -168,14 +179,23 @@ def _first_passing(ctx: RunContext, backend, int8, sources: tuple, cs, into: tup
     )
 
 
-def _auto(ctx: RunContext, plan, sources: tuple, cs, int8, eval_on: tuple, out: Path):
+def _auto(
+    ctx: RunContext,
+    on: tuple[Backend, DeviceSession],
+    sources: tuple,
+    cs: CalibrationSet,
+    int8: Int8Plan,
+    eval_on: tuple[InMemorySplit, ModelFacts],
+    out: Path,
+):
     """Build every method of the backend's quantizer, measure each on the target, ship the best.
 
-    ``eval_on``: (the val split the candidates are scored on, the model's facts).
+    ``on``: the backend and the run's device session; ``eval_on``: (the val split the candidates are
+    scored on, the model's facts).
     """
     onnx_path, reference, torch_program = sources
     val, facts = eval_on
-    backend, max_drop = plan.backend_cls(), int8.max_drop
+    (backend, device), max_drop = on, int8.max_drop
     base = fp32_map50_95(ctx)
     candidates: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-auto-") as tmp:
@@ -189,7 +209,7 @@ def _auto(ctx: RunContext, plan, sources: tuple, cs, int8, eval_on: tuple, out: 
             except (BuildError, CalibrationError) as exc:
                 candidates.append({"name": f"int8-{method}", "method": method, "error": exc.message})
                 continue
-            scores = measure(ctx, plan.transport_factory, folder, val)
+            scores = measure(ctx, device, folder, val)
             drop = (base - scores["map50_95"]) * 100.0
             size = sum((folder / f).stat().st_size for f in art.files.values())
             candidates.append(

@@ -8,17 +8,24 @@ from the device's outputs, and the candidate that ships is the artifact that was
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.stages.context import RunContext, eval_tensors
 
+if TYPE_CHECKING:
+    from edgekit.device.transport import DeviceSession
+    from edgekit.models.train import InMemorySplit
 
-def measure(ctx: RunContext, transport_factory, artifact_dir: Path, val) -> dict[str, Any]:
-    """Score a built candidate: mAP from the device's outputs on ``val`` and a short latency p50."""
+
+def measure(ctx: RunContext, device: DeviceSession, artifact_dir: Path, val: InMemorySplit) -> dict[str, Any]:
+    """Score a built candidate: mAP from the device's outputs on ``val`` and a short latency p50.
+
+    ``device``: the run's session to the board (one connection for every candidate).
+    """
     from edgekit.models.train import map_from_candidates
 
     inputs = eval_tensors(val)
-    with transport_factory() as transport:
+    with device() as transport:
         result = _bench(transport, artifact_dir, inputs, ctx)
     return {**map_from_candidates(val, result.detections), "latency_ms_p50": result.stats["p50"]}
 

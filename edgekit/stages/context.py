@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from edgekit.core.config import Target
 from edgekit.core.errors import EdgekitError
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.report.record import Node, RunRecord, now_iso
+
+if TYPE_CHECKING:
+    from edgekit.models.train import InMemorySplit
 
 
 @dataclass
@@ -50,6 +53,32 @@ class RunContext:
 
 
 @dataclass(frozen=True)
+class Sources:
+    """What the user gave the run: the model, and the data or images it is measured and trained on.
+
+    Attributes:
+        model: ``builtin``, an ONNX file, or ``module:factory`` (with ``weights``).
+        weights: State dict of a ``module:factory`` model.
+        head: Output layout of a user ONNX (``None``: read from the graph).
+        reference: The built-in model's training, ``converged`` or ``quick``.
+        data: A labelled YOLO dataset folder (``None``: the built-in shapes set, or ``images``).
+        images: A folder of unlabelled images for a user's model without ``data``.
+    """
+
+    model: str = "builtin"
+    weights: str | None = None
+    head: str | None = None
+    reference: str = "converged"
+    data: str | None = None
+    images: str | None = None
+
+    @property
+    def metric(self) -> str:
+        """``teacher_agreement`` for a user's model without labels, else ``map``."""
+        return "teacher_agreement" if self.model != "builtin" and not self.data else "map"
+
+
+@dataclass(frozen=True)
 class DataResult:
     """The data stage's result: the dataset folder, its val split in memory and its class names.
 
@@ -59,12 +88,12 @@ class DataResult:
     """
 
     root: Path
-    val: Any
+    val: InMemorySplit
     class_names: tuple[str, ...]
     metric: str = "map"
     images: Path | None = None
 
-    def train_split(self, spec: PreprocessSpec) -> Any:
+    def train_split(self, spec: PreprocessSpec) -> InMemorySplit:
         """The images compression trains on: ``--images`` (all but the held-back ones) or the train split."""
         from edgekit.data.dataset import YoloDataset
         from edgekit.models.train import InMemorySplit
@@ -153,7 +182,7 @@ def add_node(ctx: RunContext, stage_name: str, config: dict, fields: dict, **kw:
     return node
 
 
-def model_stats(model, spec: PreprocessSpec) -> dict[str, int]:
+def model_stats(model: Any, spec: PreprocessSpec) -> dict[str, int]:
     """Params, MACs and state-dict bytes of a torch model at the spec's input size."""
     import io
 
@@ -167,7 +196,7 @@ def model_stats(model, spec: PreprocessSpec) -> dict[str, int]:
     return {"params": int(stats["params"]), "macs": int(stats["macs"]), "size_bytes": buf.getbuffer().nbytes}
 
 
-def eval_tensors(val) -> np.ndarray:
+def eval_tensors(val: InMemorySplit) -> np.ndarray:
     """Stack the validation split's preprocessed tensors into ``(N, C, H, W)``."""
     return np.concatenate([val.tensor(i) for i in range(len(val))], 0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.core.errors import ConfigError
 from edgekit.core.files import sha256_file
@@ -16,13 +16,18 @@ from edgekit.stages.context import (
     ModelFacts,
     ModelState,
     RunContext,
+    Sources,
     add_node,
     model_stats,
     stage,
 )
 
+if TYPE_CHECKING:
+    from edgekit.compress.recipe import Recipe
+    from edgekit.models.train import InMemorySplit
 
-def float_view(model):
+
+def float_view(model: Any) -> Any:
     """The float model of a QAT run (see :func:`edgekit.compress.qat.float_view`); others as they are."""
     from edgekit.compress.qat import float_view as _float_view
 
@@ -32,19 +37,19 @@ def float_view(model):
 PARITY_ATOL = 1e-3  # pixels / probabilities: FP32 ONNX vs torch on real inputs
 
 
-def data_stage(ctx: RunContext, req) -> DataResult:
+def data_stage(ctx: RunContext, src: Sources) -> DataResult:
     """Resolve the dataset (built-in shapes set unless ``--data``) and load its val split into memory."""
     from edgekit.data.shapes import ShapesConfig, builtin_dataset
     from edgekit.models.train import InMemorySplit
     from edgekit.models.zoo import cache_dir
 
-    metric = "teacher_agreement" if req.model != "builtin" and not req.data else "map"
-    images = Path(req.images) if getattr(req, "images", None) else None
+    metric = src.metric
+    images = Path(src.images) if src.images else None
     with stage(ctx, "data") as fields:
         if images is not None:
             root, config = images, {}
-        elif req.data:
-            root, config = Path(req.data), {"dataset": str(req.data)}
+        elif src.data:
+            root, config = Path(src.data), {"dataset": str(src.data)}
         else:
             shapes = ShapesConfig(image_size=ctx.spec.input_size)
             root = builtin_dataset(cache_dir(), shapes, progress=ctx.progress)
@@ -70,7 +75,7 @@ def data_stage(ctx: RunContext, req) -> DataResult:
     return DataResult(root, val, names, metric, images)
 
 
-def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False) -> ModelState:
+def model_stage(ctx: RunContext, src: Sources, data: DataResult, trainable: bool = False) -> ModelState:
     """The model to deploy: the cached/trained reference detector, a user torch model, or a user ONNX file.
 
     With ``trainable`` (the recipe has torch steps) a user ONNX is imported as a torch module
@@ -87,19 +92,19 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
     root, head, names = data.root, None, list(data.class_names)
     extra: dict[str, Any] = {}
     with stage(ctx, "model") as fields:
-        if req.model.endswith(".onnx"):
+        if src.model.endswith(".onnx"):
             from edgekit.models.user import inspect_onnx
 
-            det = inspect_onnx(req.model, head=req.head, class_names=None)
+            det = inspect_onnx(src.model, head=src.head, class_names=None)
             if det.preprocess.input_size != ctx.spec.input_size:
                 raise ConfigError(
-                    f"{req.model} takes {det.preprocess.input_size} px inputs but target "
+                    f"{src.model} takes {det.preprocess.input_size} px inputs but target "
                     f"'{ctx.target.name}' is set to {ctx.spec.input_size} px",
                     f"set input_size: {det.preprocess.input_size} in {ctx.target.source}",
                 )
             if det.num_classes != len(data.class_names) and data.metric == "map":
                 raise ConfigError(
-                    f"{req.model} predicts {det.num_classes} classes but the dataset has "
+                    f"{src.model} predicts {det.num_classes} classes but the dataset has "
                     f"{len(data.class_names)}",
                     "evaluate it on a dataset with the same classes (--data)",
                 )
@@ -111,7 +116,7 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
                 )
             head, names = det.head, det.class_names
             config, label, model = (
-                {"onnx": str(req.model), "sha256": sha256_file(req.model)},
+                {"onnx": str(src.model), "sha256": sha256_file(src.model)},
                 "user ONNX",
                 det,
             )
@@ -119,23 +124,23 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
                 from edgekit.models.foreign import load_foreign
 
                 model, label = load_foreign(det.path, det.head), "user ONNX, imported as a torch module"
-        elif req.model != "builtin":
+        elif src.model != "builtin":
             from edgekit.models.user import load_torch_model
 
-            model = load_torch_model(req.model, req.weights)
-            config, label = {"factory": req.model, "weights": req.weights}, f"user model {req.model}"
+            model = load_torch_model(src.model, src.weights)
+            config, label = {"factory": src.model, "weights": src.weights}, f"user model {src.model}"
             if not is_native(model):  # any other torch detector: exported once, then the ONNX route
-                model, head, names = _foreign_from_torch(ctx, req, model)
+                model, head, names = _foreign_from_torch(ctx, src.head, model)
                 label += f" (exported and imported; {head} head)"
                 if data.metric == "map" and len(names) != len(data.class_names):
                     raise ConfigError(
-                        f"{req.model} predicts {len(names)} classes but the dataset has "
+                        f"{src.model} predicts {len(names)} classes but the dataset has "
                         f"{len(data.class_names)}",
                         "give --data with the model's classes, or leave --data out to measure teacher "
                         "agreement",
                     )
         else:
-            if req.reference == "converged" and ctx.epochs_scale == 1.0:
+            if src.reference == "converged" and ctx.epochs_scale == 1.0:
                 # the default: the converged reference (shipped, cached, or trained to the plateau rule)
                 trained = converged_reference(root, input_size=ctx.spec.input_size, progress=ctx.progress)
                 schedule = trained.metrics.get("schedule", {})
@@ -153,7 +158,7 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
             fields["outputs"] = {str(trained.path): sha256_file(trained.path)}
     add_node(
         ctx,
-        "train" if req.model == "builtin" else "model",
+        "train" if src.model == "builtin" else "model",
         config,
         fields,
         label=label,
@@ -164,21 +169,21 @@ def model_stage(ctx: RunContext, req, data: DataResult, trainable: bool = False)
     return ModelState(model, ModelFacts(tuple(names), head))
 
 
-def is_native(model) -> bool:
+def is_native(model: Any) -> bool:
     """A torch model with edgekit's detector interface (raw maps, strides, priors: its loss applies)."""
     return (
         hasattr(model, "raw") and hasattr(model, "strides") and hasattr(getattr(model, "cfg", None), "priors")
     )
 
 
-def _foreign_from_torch(ctx: RunContext, req, model):
+def _foreign_from_torch(ctx: RunContext, head: str | None, model: Any) -> tuple[Any, str, list[str]]:
     """A user's torch detector as a :class:`~edgekit.models.foreign.ForeignDetector` (via its ONNX export)."""
     from edgekit.export.onnx import export_onnx
     from edgekit.models.foreign import load_foreign
     from edgekit.models.user import inspect_onnx
 
     path = export_onnx(model, ctx.spec.input_shape(), ctx.run_dir / "model_user.onnx")
-    det = inspect_onnx(path, head=req.head)
+    det = inspect_onnx(path, head=head)
     return load_foreign(path, det.head), det.head, det.class_names
 
 
@@ -216,7 +221,7 @@ def teacher_labels_stage(ctx: RunContext, state: ModelState, data: DataResult) -
     return dataclasses.replace(data, val=val, class_names=state.facts.class_names)
 
 
-def onnx_candidates(onnx_path: Path, val, head: str) -> list:
+def onnx_candidates(onnx_path: Path, val: InMemorySplit, head: str) -> list:
     """Candidate rows of an ONNX detector on ``val`` with ONNX Runtime on this host."""
     from edgekit.export.onnx import ort_session
     from edgekit.runners.detcore import candidates
@@ -226,7 +231,7 @@ def onnx_candidates(onnx_path: Path, val, head: str) -> list:
     return [candidates(sess.run(None, {name: val.tensor(i)})[0], head) for i in range(len(val))]
 
 
-def reference_stage(ctx: RunContext, state: ModelState, val) -> ModelState:
+def reference_stage(ctx: RunContext, state: ModelState, val: InMemorySplit) -> ModelState:
     """FP32 accuracy and cost of the model before compression, evaluated on this host."""
     from edgekit.models.train import evaluate, map_from_candidates
 
@@ -252,14 +257,14 @@ def reference_stage(ctx: RunContext, state: ModelState, val) -> ModelState:
     return ModelState(model, dataclasses.replace(state.facts, stats=deployed))
 
 
-def compress_workdir(recipe, key: str) -> Path:
+def compress_workdir(recipe: Recipe, key: str) -> Path:
     """The cache folder of a recipe's steps (or its control) for the inputs hashed into ``key``."""
     from edgekit.models.zoo import cache_dir
 
     return cache_dir() / "compress" / f"{recipe.name}-{key}"
 
 
-def compress_key(ctx: RunContext, recipe, model) -> str:
+def compress_key(ctx: RunContext, recipe: Recipe, model: Any) -> str:
     """What a recipe's result depends on, hashed: the model's content, the data, the input spec, the schedule.
 
     Not the target: ``make deploy TARGET=rpi4-ncnn`` after ``make deploy TARGET=local`` finds the same
@@ -281,7 +286,7 @@ def compress_key(ctx: RunContext, recipe, model) -> str:
     )
 
 
-def compress_stage(ctx: RunContext, recipe, state: ModelState, data: DataResult) -> ModelState:
+def compress_stage(ctx: RunContext, recipe: Recipe, state: ModelState, data: DataResult) -> ModelState:
     """Run the recipe's torch steps (pruning, swaps, distillation, QAT) with per-step nodes."""
     from edgekit.compress.context import CompressContext
     from edgekit.compress.finetune import labelled_detection_weight
@@ -310,7 +315,9 @@ def compress_stage(ctx: RunContext, recipe, state: ModelState, data: DataResult)
     return ModelState(model, dataclasses.replace(state.facts, stats=deployed))
 
 
-def export_stage(ctx: RunContext, state: ModelState, val, program: str | None = None) -> Exported:
+def export_stage(
+    ctx: RunContext, state: ModelState, val: InMemorySplit, program: str | None = None
+) -> Exported:
     """Torch → ONNX (opset 17) with an FP32 parity check against ONNX Runtime; ONNX inputs are copied.
 
     With ``program`` (the backend's ``torch_program``) a torch model is also written in that form:
@@ -387,7 +394,7 @@ def _tools(*names: str) -> dict[str, str]:
     return out
 
 
-def control_stage(ctx: RunContext, recipe, model, data: DataResult) -> None:
+def control_stage(ctx: RunContext, recipe: Recipe, model: Any, data: DataResult) -> None:
     """``--control``: the compressed architecture trained from scratch for the same epochs; recipe − control.
 
     The node's parent is the last compression step (the model it is the control of), so the deploy chain

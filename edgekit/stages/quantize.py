@@ -12,15 +12,22 @@ import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.backends.contract.int8_plan import Int8Plan
 from edgekit.core.files import sha256_file
 from edgekit.stages.candidates import measure
 from edgekit.stages.context import ModelFacts, Quantized, RunContext, add_node, fp32_map50_95, stage
 
+if TYPE_CHECKING:
+    from edgekit.backends.contract.base import Backend
+    from edgekit.calib.calibration_set import CalibrationSet
+    from edgekit.device.transport import DeviceSession
+    from edgekit.models.train import InMemorySplit
+    from edgekit.quantize.form import QdqForm
 
-def device_qdq_form(ctx: RunContext, backend):
+
+def device_qdq_form(ctx: RunContext, backend: Backend) -> QdqForm:
     """The QDQ form the target's backend needs on the target's CPU (ONNX Runtime: the weight range)."""
     from edgekit.core.config import device_cpu
 
@@ -29,10 +36,19 @@ def device_qdq_form(ctx: RunContext, backend):
 
 
 def quantize_stage(
-    ctx: RunContext, plan, int8: Int8Plan, onnx_path: Path, cs, val, facts: ModelFacts
+    ctx: RunContext,
+    backend: Backend,
+    device: DeviceSession,
+    int8: Int8Plan,
+    onnx_path: Path,
+    cs: CalibrationSet,
+    val: InMemorySplit,
+    facts: ModelFacts,
 ) -> Quantized:
-    """Quantize ``onnx_path`` to INT8 QDQ from ``cs``; add the ``quantize`` node; return the QDQ model."""
-    backend = plan.backend_cls()
+    """Quantize ``onnx_path`` to INT8 QDQ from ``cs``; add the ``quantize`` node; return the QDQ model.
+
+    ``device``: the run's session to the board (``--calibrator auto`` measures its candidates there).
+    """
     out = ctx.run_dir / "model_int8.onnx"
     form = device_qdq_form(ctx, backend)
     method = int8.method
@@ -40,7 +56,9 @@ def quantize_stage(
         arrays = lambda: cs.arrays(spec=ctx.spec)  # noqa: E731 - a fresh iterator per calibration pass
         extra: dict[str, Any] = {}
         if method == "auto":
-            result, extra = _auto(ctx, plan, onnx_path, (arrays, cs), int8.max_drop, (val, facts), out, form)
+            result, extra = _auto(
+                ctx, (backend, device), onnx_path, (arrays, cs), int8.max_drop, (val, facts), out, form
+            )
         elif int8.search == "first_passing":
             result, extra = _first_passing(ctx, backend, int8, onnx_path, cs, facts, form, out)
         else:
@@ -106,7 +124,16 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def _first_passing(ctx: RunContext, backend, int8: Int8Plan, onnx_path: Path, cs, facts, form, out: Path):
+def _first_passing(
+    ctx: RunContext,
+    backend: Backend,
+    int8: Int8Plan,
+    onnx_path: Path,
+    cs: CalibrationSet,
+    facts: ModelFacts,
+    form: QdqForm,
+    out: Path,
+):
     """The default for a QDQ backend: ``edgekit build``'s search, in the device's form.
 
     Its methods in order, then the layers ranked most sensitive kept in float, until a QDQ model keeps
@@ -124,11 +151,21 @@ def _first_passing(ctx: RunContext, backend, int8: Int8Plan, onnx_path: Path, cs
     return result, {"calibration_search": search.tried}
 
 
-def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, eval_on, out: Path, form):
+def _auto(
+    ctx: RunContext,
+    on: tuple[Backend, DeviceSession],
+    onnx_path: Path,
+    calib: tuple,
+    max_drop: float,
+    eval_on: tuple[InMemorySplit, ModelFacts],
+    out: Path,
+    form: QdqForm,
+):
     """``--calibrator auto`` for a QDQ backend: every candidate built and scored on the target.
 
-    ``calib``: (fresh-iterator factory of the set's arrays, the set itself for the builds' check);
-    ``eval_on``: (the val split the candidates are scored on, the model's facts).
+    ``on``: the backend and the run's device session; ``calib``: (fresh-iterator factory of the set's
+    arrays, the set itself for the builds' check); ``eval_on``: (the val split the candidates are scored
+    on, the model's facts).
     """
     from edgekit.quantize.auto import auto_calibrate
 
@@ -140,7 +177,7 @@ def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, eval_o
         res = auto_calibrate(
             onnx_path,
             arrays,
-            _qdq_evaluator(ctx, plan, (val, facts), cs, Path(tmp), onnx_path),
+            _qdq_evaluator(ctx, on, (val, facts), cs, Path(tmp), onnx_path),
             max_drop=max_drop,
             baseline_map50_95=base,
             weight_ranges=form.auto_weight_ranges(),
@@ -158,7 +195,14 @@ def _auto(ctx: RunContext, plan, onnx_path: Path, calib, max_drop: float, eval_o
     return result, extra | {"warnings": res.warnings}
 
 
-def _qdq_evaluator(ctx: RunContext, plan, eval_on, cs, workdir: Path, fp32: Path):
+def _qdq_evaluator(
+    ctx: RunContext,
+    on: tuple[Backend, DeviceSession],
+    eval_on: tuple[InMemorySplit, ModelFacts],
+    cs: CalibrationSet,
+    workdir: Path,
+    fp32: Path,
+):
     """Build each QDQ candidate for the target and score it from the device's own outputs.
 
     Each build runs the FP32 check on the calibration images, as the shipped artifact's build does: on
@@ -167,6 +211,7 @@ def _qdq_evaluator(ctx: RunContext, plan, eval_on, cs, workdir: Path, fp32: Path
     """
     from edgekit.backends.contract.base import BuildOptions
 
+    backend, device = on
     val, facts = eval_on
     counter = {"n": 0}
 
@@ -180,29 +225,28 @@ def _qdq_evaluator(ctx: RunContext, plan, eval_on, cs, workdir: Path, fp32: Path
             head=facts.head,
             num_classes=len(facts.class_names),
         )
-        backend = plan.backend_cls()
         if backend.build_location == "device":
             from edgekit.stages.build import build_on_device
 
             staged = workdir / f"staged-{counter['n']}"
             backend.build(qdq_path, options, staged, calib=cs, reference=fp32)
-            artifact = build_on_device(ctx, plan, staged, out)
+            artifact = build_on_device(ctx, device, staged, out)
         else:
             artifact = backend.build(qdq_path, options, out, calib=cs, reference=fp32)
         checked_on = (artifact.meta.get("parity") or {}).get("inputs")
-        return measure(ctx, plan.transport_factory, out, val) | {"checked_on": checked_on}
+        return measure(ctx, device, out, val) | {"checked_on": checked_on}
 
     return evaluate
 
 
-def qat_stage(ctx: RunContext, plan, model, facts: ModelFacts) -> Quantized:
+def qat_stage(ctx: RunContext, backend: Backend, model: Any, facts: ModelFacts) -> Quantized:
     """INT8 from a QAT model: its QDQ export (no calibration pass)."""
     from edgekit.compress.qat import export_qdq
 
     out = ctx.run_dir / "model_int8.onnx"
     with stage(ctx, "quantize") as fields:
         export_qdq(model, ctx.spec.input_shape(), out)
-    quantizer = plan.backend_cls().quantizer_options(method="qat", per_channel=True)
+    quantizer = backend.quantizer_options(method="qat", per_channel=True)
     add_node(
         ctx,
         "quantize",

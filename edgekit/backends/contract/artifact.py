@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.core.errors import ModelError
 from edgekit.core.files import sha256_file
@@ -13,6 +15,40 @@ from edgekit.data.preprocess import PreprocessSpec
 
 ARTIFACT_JSON = "artifact.json"
 SCHEMA_VERSION = 1
+
+
+class DeviceBuild(BaseModel):
+    """``artifact.json``'s ``device_build``: a model the host stages and the board itself builds (TensorRT).
+
+    The backend writes it ``staged`` (the source files, the file the board will make, its flags);
+    :meth:`edgekit.device.agent.Agent.build_on_device` completes it ``built`` with where, with what and how
+    long, and the check the board's runner ran on the result.
+
+    Attributes:
+        state: ``staged`` (built on the host up to the board's step) or ``built`` (completed on the board).
+        model_file: The file the board's build writes (the engine).
+        precision_flags: The runtime's precision flags for that build.
+        on: The device it was built on.
+        version: The runtime's version on that device.
+        seconds: How long the board's build took.
+        argv: The build command the runner ran there.
+        warnings: What the board's build printed as warnings.
+        device: The board's facts as its runner reported them.
+        check: The runner's ``--check`` of the completed artifact on the board.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["staged", "built"]
+    model_file: str
+    precision_flags: list[str] = Field(default_factory=list)
+    on: str | None = None
+    version: str | None = None
+    seconds: float | None = None
+    argv: list[str] | None = None
+    warnings: list[str] | None = None
+    device: dict[str, Any] | None = None
+    check: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +100,12 @@ class Artifact:
     def preprocess(self) -> PreprocessSpec:
         """The preprocessing the model expects."""
         return PreprocessSpec(**self.meta["preprocess"])
+
+    @property
+    def device_build(self) -> DeviceBuild | None:
+        """The board's build of this artifact (staged or built), or ``None`` for a host build."""
+        raw = self.meta.get("device_build")
+        return DeviceBuild.model_validate(raw) if raw is not None else None
 
     @property
     def runner(self) -> str:

@@ -188,8 +188,9 @@ class Backend:
 
     Device builds (``build_location = "device"``): on the host, :meth:`build` runs ``_build`` as a
     *staging* step: it writes what the device needs (e.g. ``model.onnx`` in the runtime's QDQ form)
-    under the ``source`` role, with no ``model`` file yet, and ``output.meta["device_build"] =
-    {"state": "staged", "model_file": ...}``. The post-build check then runs on the host against the
+    under the ``source`` role, with no ``model`` file yet, and ``output.meta["device_build"]``, a
+    :class:`~edgekit.backends.contract.artifact.DeviceBuild` in state ``staged`` (``Artifact.device_build``
+    reads it). The post-build check then runs on the host against the
     staged files through ``_load_check``/``_infer`` (for TensorRT: the staged QDQ ONNX in ONNX
     Runtime, which checks the QDQ form's accuracy). :meth:`edgekit.device.agent.Agent.build_on_device`
     pushes the staged artifact, runs the runner's ``--build`` mode on the board, fetches the result,

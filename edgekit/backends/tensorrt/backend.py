@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from edgekit.backends.contract.artifact import DeviceBuild
 from edgekit.backends.contract.base import (
     Artifact,
     Backend,
@@ -55,7 +56,7 @@ class TensorRTBackend(Backend):
     Example:
         >>> backend = TensorRTBackend()
         >>> art = backend.build("det_trt_qdq.onnx", {"precision": "int8"}, "out/trt")  # doctest: +SKIP
-        >>> art.meta["device_build"]["state"]  # doctest: +SKIP
+        >>> art.device_build.state  # doctest: +SKIP
         'staged'
     """
 
@@ -116,9 +117,10 @@ class TensorRTBackend(Backend):
     def _build(self, source: BuildSource, options: BuildOptions, work_dir: Path) -> BuildOutput:
         _copy_model(source.onnx, work_dir / SOURCE_FILE)
         flags = {"fp32": [], "fp16": ["fp16"], "int8": ["int8", "fp16"]}[options.precision]
+        staged = DeviceBuild(state="staged", model_file=ENGINE_FILE, precision_flags=flags)
         return BuildOutput(
             files={"source": SOURCE_FILE},
-            meta={"device_build": {"state": "staged", "model_file": ENGINE_FILE, "precision_flags": flags}},
+            meta={"device_build": staged.model_dump(mode="json", exclude_none=True)},
         )
 
     def _load_check(self, artifact: Artifact) -> None:
