@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgekit.report.details import CompressDetails, Figures, TrainDetails, details
 from edgekit.report.record import RunRecord
 from edgekit.report.templates import Block, Heading, Paragraph, Table
 
@@ -22,23 +23,22 @@ def _noted_table(
 
 def teacher_init_blocks(record: RunRecord) -> list[Block]:
     """How the swapped blocks were initialised from the teacher (empty without a swap)."""
-    node = next((n for n in record.nodes if isinstance(n.extra.get("init"), dict)), None)
-    if node is None:
+    found = ((n, details(n, CompressDetails).init) for n in record.nodes)
+    node, init = next(((n, v) for n, v in found if v is not None), (None, None))
+    if node is None or init is None:
         return []
-    init = node.extra["init"]
-    first, last = init.get("fit_loss_first_epoch") or {}, init.get("fit_loss") or {}
-    fitted = init.get("fitted", [])
-    rows = [[name, fmt_num(first.get(name), 3), fmt_num(last.get(name), 3)] for name in fitted]
-    after = init.get("after_init") or {}
-    widened = " (widened through Net2WiderNet channel maps)" if init.get("widened") else ""
-    fed = init.get("student_fed_steps")
+    first, last = init.fit_loss_first_epoch, init.fit_loss
+    rows = [[name, fmt_num(first.get(name), 3), fmt_num(last.get(name), 3)] for name in init.fitted]
+    after = init.after_init or Figures()
+    widened = " (widened through Net2WiderNet channel maps)" if init.widened else ""
+    fed = init.student_fed_steps
     fed_note = f", the last {fed} on the student's own features" if fed else ""
     note = (
-        f"The swapped model started from the reference: {', '.join(init.get('copied', [])) or NONE} "
-        f"copied{widened}, each swapped block fitted to the block it replaces ({init.get('steps', 0)} steps"
+        f"The swapped model started from the reference: {', '.join(init.copied) or NONE} "
+        f"copied{widened}, each swapped block fitted to the block it replaces ({init.steps} steps"
         f"{fed_note}). "
-        f"Before end-to-end training: mAP50 {fmt_num(after.get('map50'), 3)}, "
-        f"mAP50-95 {fmt_num(after.get('map50_95'), 3)}. Fit loss = squared error / variance of the teacher's "
+        f"Before end-to-end training: mAP50 {fmt_num(after.map50, 3)}, "
+        f"mAP50-95 {fmt_num(after.map50_95, 3)}. Fit loss = squared error / variance of the teacher's "
         "output (1 = no better than its mean)."
     )
     headers = ["block", "fit loss, first epoch", "fit loss, last epoch"]
@@ -47,26 +47,25 @@ def teacher_init_blocks(record: RunRecord) -> list[Block]:
 
 def slimming_blocks(record: RunRecord) -> list[Block]:
     """Where slimming's accuracy goes, stage by stage (empty without a slim step)."""
-    i, node = next(
-        ((i, n) for i, n in enumerate(record.nodes) if isinstance(n.extra.get("stages"), dict)), (None, None)
-    )
-    if node is None:
+    found = ((i, n, details(n, CompressDetails)) for i, n in enumerate(record.nodes))
+    i, node, slim = next(((i, n, v) for i, n, v in found if v.stages is not None), (0, None, None))
+    if node is None or slim is None or slim.stages is None:
         return []
-    stages, sparsity = node.extra["stages"], node.extra.get("sparsity") or {}
-    start = record.nodes[i - 1].metrics if i else {}
+    stages, sparsity = slim.stages, slim.sparsity
+    start = Figures.model_validate(record.nodes[i - 1].metrics) if i else Figures()
     points = [
         ("start", start),
-        ("after sparsity training", stages.get("after_sparsity") or {}),
-        ("after the cut (BN re-estimated)", stages.get("after_prune") or {}),
-        ("after the fine-tune", node.metrics),
+        ("after sparsity training", stages.after_sparsity),
+        ("after the cut (BN re-estimated)", stages.after_prune),
+        ("after the fine-tune", Figures.model_validate(node.metrics)),
     ]
-    rows = [[what, fmt_num(m.get("map50"), 3), fmt_num(m.get("map50_95"), 3)] for what, m in points]
-    before, after, dead = (sparsity.get(k) for k in ("fraction_before", "fraction_after", "dead_after"))
-    strength = "||(gamma, beta)||" if sparsity.get("shrink") == "channel" else "|gamma|"
-    whole = " (whole channels: removing them changes nothing)" if sparsity.get("shrink") == "channel" else ""
+    rows = [[what, fmt_num(m.map50, 3), fmt_num(m.map50_95, 3)] for what, m in points]
+    before, after, dead = sparsity.fraction_before, sparsity.fraction_after, sparsity.dead_after
+    strength = "||(gamma, beta)||" if sparsity.shrink == "channel" else "|gamma|"
+    whole = " (whole channels: removing them changes nothing)" if sparsity.shrink == "channel" else ""
     dead_note = f" {fmt_num(100 * dead, 1, ' %')} exactly zero{whole}." if dead is not None else ""
     note = (
-        f"Channels with {strength} below {fmt_num(sparsity.get('below'), 2)} x their layer's mean: "
+        f"Channels with {strength} below {fmt_num(sparsity.below, 2)} x their layer's mean: "
         f"{fmt_num(None if before is None else 100 * before, 1, ' %')} before sparsity training, "
         f"{fmt_num(None if after is None else 100 * after, 1, ' %')} after.{dead_note} "
         "Where the accuracy goes: the sparsity training, the cut of the channels, and what the fine-tune "
@@ -78,27 +77,26 @@ def slimming_blocks(record: RunRecord) -> list[Block]:
 
 def training_curve_blocks(record: RunRecord) -> list[Block]:
     """The reference's training curve, epochs to val mAP (empty when it was not trained here)."""
-    node = record.node("train")
-    curve = (node.extra.get("curve") if node else None) or []
+    train = details(record.node("train"), TrainDetails)
+    curve = train.curve
     if not curve:
         return []
-    kept = node.extra.get("epochs")
     rows = [
         [
-            fmt_num(p.get("epochs"), 0),
-            fmt_num(p.get("lr"), 5),
-            fmt_num(p.get("map50"), 3),
-            fmt_num(p.get("map50_95"), 3),
-            fmt_num(p.get("wall_s"), 0, " s"),
-            "kept" if p.get("epochs") == kept else "",
+            fmt_num(p.epochs, 0),
+            fmt_num(p.lr, 5),
+            fmt_num(p.map50, 3),
+            fmt_num(p.map50_95, 3),
+            fmt_num(p.wall_s, 0, " s"),
+            "kept" if p.epochs == train.epochs else "",
         ]
         for p in curve
     ]
-    wall = node.extra.get("wall_s")
+    wall = train.wall_s
     minutes = fmt_num(wall / 60 if wall else None, 1, " min")
     note = (
-        f"Cosine cycles with warm restarts; stopped on {node.extra.get('stopped', NONE)} after "
-        f"{fmt_num(curve[-1].get('epochs'), 0)} epochs ({minutes} to train)."
+        f"Cosine cycles with warm restarts; stopped on {train.stopped or NONE} after "
+        f"{fmt_num(curve[-1].epochs, 0)} epochs ({minutes} to train)."
     )
     headers = ["epochs", "peak lr", "val mAP50", "val mAP50-95", "cycle time", ""]
     return _noted_table("Reference training", note, headers, rows, {0, 1, 2, 3, 4})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekit.device.state import DeviceState
 from edgekit.report.compression import NONE
 from edgekit.report.compression import fmt_num as _num
+from edgekit.report.details import BenchDetails, details
 from edgekit.report.record import RunRecord, latency_warnings
 from edgekit.report.templates import Block, Heading, Paragraph, Table
 
@@ -36,7 +36,7 @@ def latency_detail(record: RunRecord) -> list[Block]:
     emulator = record.target.get("emulator")
     if emulator:
         note = f"Emulator time ({emulator}), not board time. " + note
-    warnings = latency_warnings(bench.extra.get("latencies_ms") or [])
+    warnings = latency_warnings(details(bench, BenchDetails).latencies_ms)
     return [
         Heading("Emulator time (ms)" if emulator else "Latency (ms)", 3),
         Table(keys, [row], frozenset(range(len(keys)))),
@@ -58,36 +58,29 @@ def on_device(record: RunRecord) -> list[Block]:
     bench = record.node("bench")
     if bench is None:
         return []
-    extra, m = bench.extra, bench.metrics
+    extra, m = details(bench, BenchDetails), bench.metrics
     rows = [
-        ["power", extra.get("power_note") or NOT_MEASURED],
+        ["power", extra.power_note or NOT_MEASURED],
         ["mean power in the timed window (W)", _num(m.get("power_w"), 3) if "power_w" in m else NOT_MEASURED],
         ["idle power, same mode (W)", _num(m.get("idle_w"), 3) if "idle_w" in m else NOT_MEASURED],
         ["energy per inference, total / above idle (mJ)", _energy(m)],
-        ["power samples in the window", cell(extra.get("power_samples_in_window"))],
+        ["power samples in the window", cell(extra.power_samples_in_window)],
     ]
-    device = extra.get("device")
-    cpu = device.get("cpu") if isinstance(device, dict) else None
-    if isinstance(cpu, dict) and (cpu.get("model") or cpu.get("arch")):
+    cpu = extra.device.cpu if extra.device else None
+    if cpu is not None and (cpu.model or cpu.arch):
         emulated = f" (emulated: {record.target['emulator']})" if record.target.get("emulator") else ""
-        rows.append(
-            [
-                "CPU",
-                f"{cpu.get('model') or '?'}, {cpu.get('arch')}, int8 path {cpu.get('int8_dot')}{emulated}",
-            ]
-        )
-    if extra.get("arithmetic"):
-        rows.append(["arithmetic on this CPU", str(extra["arithmetic"])])
-    guard = extra.get("guard") or {}
-    if guard:
+        rows.append(["CPU", f"{cpu.model or '?'}, {cpu.arch}, int8 path {cpu.int8_dot}{emulated}"])
+    if extra.arithmetic:
+        rows.append(["arithmetic on this CPU", extra.arithmetic])
+    guard = extra.guard
+    if guard is not None:
         verdict = (
-            f"passed: cosine {guard.get('cosine', 0):.5f} to {guard.get('reference')}"
-            if guard.get("checked")
-            else f"not checked ({guard.get('reason')})"
+            f"passed: cosine {guard.cosine or 0:.5f} to {guard.reference}"
+            if guard.checked
+            else f"not checked ({guard.reason})"
         )
         rows.append(["correctness guard (fixed input)", verdict])
-    before = DeviceState.from_report(extra.get("state_before"))
-    after = DeviceState.from_report(extra.get("state_after"))
+    before, after = extra.before, extra.after
     for value, label in ((before.model, "board"), (before.l4t, "L4T"), (before.power_mode, "power mode")):
         if value:
             rows.append([label, str(value)])
@@ -96,6 +89,6 @@ def on_device(record: RunRecord) -> list[Block]:
             ["hottest zone before / after (°C)", f"{_num(before.hottest, 1)} / {_num(after.hottest, 1)}"]
         )
     blocks: list[Block] = [Heading("On the device", 3), Table(["", "value"], rows)]
-    flags = list(extra.get("throttling") or []) + list(extra.get("warnings") or [])
+    flags = extra.throttling + extra.warnings
     blocks += [Paragraph(flag, label="Warning:", tone="bad") for flag in flags]
     return blocks

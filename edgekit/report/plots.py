@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekit.core.files import atomic_write_bytes
+from edgekit.report.details import BenchDetails, CompressDetails, details
 from edgekit.report.record import RunRecord, nearest_rank
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def latency_histogram(record: RunRecord, out_dir: str | Path) -> Path | None:
         ``out_dir/latency.png``, or None when no bench node kept ``extra.latencies_ms``.
     """
     bench = record.node("bench")
-    latencies = bench.extra.get("latencies_ms") if bench else None
+    latencies = details(bench, BenchDetails).latencies_ms
     if not latencies:
         return None
     stats = bench.metric("latency_ms") or {}
@@ -125,14 +126,12 @@ def gamma_histogram(record: RunRecord, out_dir: str | Path) -> Path | None:
     Returns:
         ``out_dir/bn_gamma.png``, or None when no node has ``extra.gamma_before``/``gamma_after``.
     """
-    node = next(
-        (n for n in reversed(record.nodes) if n.extra.get("gamma_before") and n.extra.get("gamma_after")),
-        None,
-    )
-    if node is None:
+    views = ((n, details(n, CompressDetails)) for n in reversed(record.nodes))
+    node, slim = next(((n, v) for n, v in views if v.gamma_before and v.gamma_after), (None, None))
+    if node is None or slim is None:
         return None
-    before = [abs(g) for g in node.extra["gamma_before"]]
-    after = [abs(g) for g in node.extra["gamma_after"]]
+    before = [abs(g) for g in slim.gamma_before]
+    after = [abs(g) for g in slim.gamma_after]
     fig = _figure(6.4, 3.4)
     ax = fig.add_subplot()
     top = max(before + after) or 1.0

@@ -183,7 +183,8 @@ class Node(BaseModel):
     ``latency_ms`` (a :func:`latency_stats` dict), ``fps``, ``power_w``, ``energy_mj_per_inference``,
     ``wall_s`` and more; a figure that was not measured is left out, never set to 0. ``extra`` is free:
     ``latencies_ms`` (bench), ``gamma_before``/``gamma_after`` (slimming), ``candidates`` (calibrator
-    search), ``layers`` (per-layer tolerance table).
+    search), ``layers`` (per-layer tolerance table). The report reads it only through the typed views
+    of :mod:`edgekit.report.details`.
     """
 
     model_config = ConfigDict(extra="forbid")

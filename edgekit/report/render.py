@@ -7,6 +7,17 @@ from pathlib import Path
 from edgekit.core.files import atomic_write_text
 from edgekit.report.compression import NONE, slimming_blocks, teacher_init_blocks, training_curve_blocks
 from edgekit.report.compression import fmt_num as _num
+from edgekit.report.details import (
+    BenchDetails,
+    BuildDetails,
+    ControlDetails,
+    Figures,
+    LayerTable,
+    QuantizationView,
+    QuantizeDetails,
+    SearchDetails,
+    details,
+)
 from edgekit.report.device import NOT_MEASURED, latency_detail, on_device
 from edgekit.report.device import cell as _cell
 from edgekit.report.plots import draw_all
@@ -188,7 +199,7 @@ def _control(record: RunRecord) -> list[Block]:
             ),
         )
     ]
-    gain = (ctl.extra.get("recipe_minus_control") or {}).get("map50_95")
+    gain = (details(ctl, ControlDetails).recipe_minus_control or Figures()).map50_95
     if gain is None:
         verdict = "recipe − control: not measured"
     elif gain >= 0:
@@ -237,26 +248,26 @@ def _int8(record: RunRecord) -> list[Block]:
     build = record.node("build")
     if build is None or build.config.get("precision") != "int8":
         return []
-    quant = build.extra.get("quantization") or {}
-    quantize = record.node("quantize")
-    source = "float_layers" if quant.get("float_layers") is not None else "keep_float"
-    floats = quant.get(source)
-    if floats is None and quantize is not None:
-        floats = quantize.extra.get("keep_float")
-    detections = ((build.extra.get("parity") or {}).get("detections")) or {}
-    rows = [["method", str(quant.get("method") or NONE)]]
-    if detections:
+    built = details(build, BuildDetails)
+    quant = built.quantization or QuantizationView()
+    source = "float_layers" if quant.float_layers is not None else "keep_float"
+    floats = quant.float_layers if quant.float_layers is not None else quant.keep_float
+    if floats is None:
+        floats = details(record.node("quantize"), QuantizeDetails).keep_float
+    detections = built.parity.detections if built.parity else None
+    rows = [["method", str(quant.method or NONE)]]
+    if detections is not None and detections.model_fields_set:
         rows += [
-            ["FP32 detections kept (check images)", _num(detections.get("kept"), 3)],
-            ["mean score error", _num(detections.get("score_error"), 4)],
-            ["box IoU with FP32", _num(detections.get("box_iou"), 3)],
+            ["FP32 detections kept (check images)", _num(detections.kept, 3)],
+            ["mean score error", _num(detections.score_error, 4)],
+            ["box IoU with FP32", _num(detections.box_iou, 3)],
         ]
     names = list(floats or [])
     rows.append(["layers kept in float", str(len(names)) if floats is not None else NONE])
     blocks: list[Block] = [Heading("INT8"), Table(["", ""], rows)]
     if names:
         shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-        why = quant.get("float_why") or _FLOAT_WHY[source]  # a backend may state its own reason
+        why = quant.float_why or _FLOAT_WHY[source]  # a backend may state its own reason
         blocks.append(Paragraph(f"{shown}. Why: {why}.", tone="note"))
     return blocks
 
@@ -308,22 +319,23 @@ def _plots(plots: dict[str, Path]) -> list[Block]:
 
 
 def _candidates(record: RunRecord) -> list[Block]:
-    node = next((n for n in reversed(record.nodes) if n.extra.get("candidates")), None)
+    found = ((n, details(n, SearchDetails)) for n in reversed(record.nodes))
+    node, search = next(((n, v) for n, v in found if v.candidates), (None, SearchDetails()))
     if node is None:
         return []
     rows = [
         [
-            str(c.get("name")),
-            _num(c.get("map50"), 3),
-            _num(c.get("map50_95"), 3),
-            _bytes(c.get("size_bytes")),
-            _num(c.get("drop"), 2),
-            _num(c.get("latency_ms_p50"), 2),
-            "chosen" if c.get("chosen") else (f"refused: {c['error']}" if c.get("error") else ""),
+            str(c.name),
+            _num(c.map50, 3),
+            _num(c.map50_95, 3),
+            _bytes(c.size_bytes),
+            _num(c.drop, 2),
+            _num(c.latency_ms_p50, 2),
+            "chosen" if c.chosen else (f"refused: {c.error}" if c.error else ""),
         ]
-        for c in node.extra["candidates"]
+        for c in search.candidates
     ]
-    base = node.extra.get("fp32_map50_95")
+    base = search.fp32_map50_95
     against = f"loss (pt) vs FP32 {base:.3f}" if base is not None else "loss (pt) vs FP32"
     headers = ["calibrator", "mAP50", "mAP50-95", "size", against, "latency p50 (ms)", ""]
     return [
@@ -333,10 +345,11 @@ def _candidates(record: RunRecord) -> list[Block]:
 
 
 def _layers(record: RunRecord) -> list[Block]:
-    node = next((n for n in reversed(record.nodes) if n.extra.get("layers")), None)
+    found = ((n, details(n, LayerTable)) for n in reversed(record.nodes))
+    node, table = next(((n, v) for n, v in found if v.layers), (None, LayerTable()))
     if node is None:
         return []
-    layers = node.extra["layers"]
+    layers = table.layers
     keys = list(dict.fromkeys(k for layer in layers for k in layer))
     rows = [[_cell(layer.get(k)) for k in keys] for layer in layers]
     numeric = frozenset(
@@ -347,18 +360,14 @@ def _layers(record: RunRecord) -> list[Block]:
 
 def _runtime_layers(record: RunRecord) -> list[Block]:
     """The slowest layers as the runtime's own profiler timed them on the device (OpenVINO reports them)."""
-    bench = record.node("bench")
-    report = (bench.extra.get("runtime_report") or {}) if bench else {}
+    report = details(record.node("bench"), BenchDetails).runtime_report or {}
     for runtime, figures in report.items():
-        layers = figures.get("layers") if isinstance(figures, dict) else None
-        if not layers:
+        if not figures.layers:
             continue
-        rows = [
-            [row.get("layer"), row.get("type"), row.get("kernel"), _num(row.get("ms"), 4)] for row in layers
-        ]
+        rows = [[_cell(r.layer), _cell(r.type), _cell(r.kernel), _num(r.ms, 4)] for r in figures.layers]
         note = (
             f"{runtime}'s profiling counters, mean over its profiled runs (a second compiled model, outside "
-            f"the timed loop); inference precision {figures.get('inference_precision', NONE)}."
+            f"the timed loop); inference precision {figures.inference_precision or NONE}."
         )
         return [
             Heading(f"Slowest layers on the device ({runtime})"),
@@ -380,10 +389,9 @@ def _environment(record: RunRecord) -> list[Block]:
         blocks.append(Table(["tool", "version"], [[k, ", ".join(v)] for k, v in sorted(tools.items())]))
     facts = {"edgekit": record.edgekit_version, **record.host}
     blocks.append(Table(["host", "value"], [[k, _cell(v)] for k, v in facts.items()]))
-    bench = record.node("bench")
-    device = bench.extra.get("device") if bench else None
-    if isinstance(device, dict) and device:
-        blocks.append(Table(["device", "value"], [[k, _cell(v)] for k, v in device.items()]))
+    device = details(record.node("bench"), BenchDetails).device
+    if device is not None and device.rows():
+        blocks.append(Table(["device", "value"], [[k, _cell(v)] for k, v in device.rows()]))
     return blocks
 
 

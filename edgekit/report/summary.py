@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from edgekit.core.files import atomic_write_json
+from edgekit.report.details import ControlDetails, details
 from edgekit.report.record import Gate, Node, RunRecord
 
 LATENCY_KEYS = ("mean", "p50", "p90", "p99")
@@ -58,10 +59,11 @@ def _control(record: RunRecord) -> dict[str, Any] | None:
     node = record.node("control")
     if node is None:
         return None
+    gain = details(node, ControlDetails).recipe_minus_control
     return {
         **_pick(node, ("params", "macs", "map50", "map50_95")),
         "epochs": node.config.get("epochs"),
-        "recipe_minus_control": node.extra.get("recipe_minus_control"),
+        "recipe_minus_control": gain.model_dump() if gain is not None else None,
     }
 
 
