@@ -45,3 +45,35 @@ def test_no_module_outside_backends_switches_on_a_backend_name():
         for line, name in _switches(ast.parse(path.read_text()), names):
             offenders.append(f"{path.relative_to(ROOT.parent)}:{line}: {name!r}")
     assert not offenders, "backend names switched on outside edgekit/backends/:\n" + "\n".join(offenders)
+
+
+def _named(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    """Every string constant that is a backend's name (any case), but docstrings and ``tools=`` records."""
+    skip = {
+        id(n)
+        for k in ast.walk(tree)
+        if isinstance(k, ast.keyword) and k.arg == "tools"
+        for n in ast.walk(k.value)
+    }
+    skip |= {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}  # docstrings
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in skip
+        and node.value.lower() in names
+    ]
+
+
+def test_no_module_outside_backends_names_a_backend_in_its_code():
+    """Stricter than switching: no default, tuple or argument outside ``backends/`` names a backend either
+    (the registry lists them, and a backend's package holds what is its own)."""
+    names = {n.lower() for n in BACKENDS.names()} | {"tflite"}
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.is_relative_to(ROOT / "backends") or path in ALLOWED:
+            continue
+        for line, name in _named(ast.parse(path.read_text()), names):
+            offenders.append(f"{path.relative_to(ROOT.parent)}:{line}: {name!r}")
+    assert not offenders, "backend names outside edgekit/backends/:\n" + "\n".join(offenders)

@@ -176,6 +176,10 @@ BACKENDS: Registry[Any] = Registry(
 )
 """Every backend edgekit knows; TensorRT has no extra because it is built on the Jetson itself."""
 
+#: The pip distribution of each backend whose runtime an emulated ARM Linux board carries (the
+#: ``--device sim`` boards' root file system, :mod:`edgekit.device.sim.rootfs`).
+BOARD_PACKAGES = {"onnxruntime": "onnxruntime", "ncnn": "ncnn", "mnn": "MNN"}
+
 
 def get_backend(name: str) -> Any:
     """Return an instance of the backend registered under ``name`` (see :data:`BACKENDS`)."""

@@ -30,8 +30,9 @@ class QdqForm:
         reason: Why, in words the report shows ("7-bit weights: the device's CPU lacks VNNI ...").
         int8_dot: The device's INT8 dot-product instruction (``vnni``, ``vpmaddubsw``, ``sdot``...).
         cpu_source: Where the CPU facts came from (``this host``, a target YAML, ``not stated``).
-        layout: The name of the QDQ layout (``onnxruntime``: unsigned asymmetric activations, ONNX
-            Runtime's CPU defaults; a backend with a layout of its own names it).
+        layout: The name of the QDQ layout (``u8s8``: unsigned asymmetric activations and signed
+            weights, as ``onnxruntime.quantization`` writes them by default; a backend with a layout of
+            its own names it).
         label: What the record and report call an artifact of this layout.
         writer: The function that writes this layout (default: :func:`edgekit.quantize.ptq.quantize_int8`),
             ``(fp32, out, calibration, *, method, reduce_range, keep_float, progress) -> QuantResult``.
@@ -44,7 +45,7 @@ class QdqForm:
     reason: str = "8-bit weights"
     int8_dot: str = "unknown"
     cpu_source: str = "not stated"
-    layout: str = "onnxruntime"
+    layout: str = "u8s8"
     label: str = "QDQ"
     writer: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
     single_layer_writer: Callable[..., None] | None = field(default=None, repr=False, compare=False)

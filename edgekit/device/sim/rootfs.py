@@ -19,15 +19,16 @@ import time
 from pathlib import Path
 
 from edgekit.core.errors import DeviceError
+from edgekit.core.registry import BOARD_PACKAGES
 from edgekit.device.provision import PLATFORM_TAGS, download_wheels, host_versions
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: Debian packages of the board: Python with venv, OpenMP for ncnn, sshd, ps and ip.
 PACKAGES = ("python3", "python3-venv", "libgomp1", "openssh-server", "procps", "iproute2")
-#: pip distributions the board gets (the ARM targets' runtimes), pinned to this host's versions (what its
-#: converters wrote for).
-RUNTIMES = ("onnxruntime", "ncnn", "MNN", "numpy")
+#: pip distributions the board gets (the ARM targets' runtimes, as the registry names them, and numpy),
+#: pinned to this host's versions (what its converters wrote for).
+RUNTIMES = (*BOARD_PACKAGES.values(), "numpy")
 #: Where the board's Python environment lives inside the root file system.
 BOARD_PYTHON = "/opt/edgekit/bin/python"
 BOARD_USER = "board"
