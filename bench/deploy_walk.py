@@ -66,8 +66,9 @@ finally:
     sys.setprofile(None)
 climbs = sum(1 for a, b in set(calls) if layer(b) < layer(a))
 folders = {f.split("/")[0] if "/" in f else "." for f in files}
+climbed = sorted({f"{a} -> {b}" for a, b in set(calls) if layer(b) < layer(a)})
 print(json.dumps({"files": len(files), "folders": len(folders), "climbs": climbs,
-                  "edges": len(set(calls)), "file_list": sorted(files)}))
+                  "edges": len(set(calls)), "file_list": sorted(files), "climb_list": climbed}))
 """
 
 
@@ -87,11 +88,11 @@ def walk(rev: str) -> dict:
 
 def main() -> None:
     revs = sys.argv[1:] or ["HEAD"]
-    rows = {}
+    out = REPO / "bench" / "results" / "deploy-walk.json"
+    rows = json.loads(out.read_text()) if out.is_file() else {}  # other revisions' rows are kept
     for rev in revs:
         rows[rev] = walk(rev)
         print(rev, {k: v for k, v in rows[rev].items() if k != "file_list"}, flush=True)
-    out = REPO / "bench" / "results" / "deploy-walk.json"
     out.write_text(json.dumps(rows, indent=2))
     print(f"written {out}")
 

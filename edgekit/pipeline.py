@@ -336,7 +336,7 @@ def run_plan(plan: Plan) -> Path:
         target, run_dir, record, target_spec(target), req.progress, Path(req.calib_root), req.epochs_scale
     )
     # one connection for every stage that needs the board; the record says which device it was
-    session = DeviceSession(plan.transport_factory, on_open=lambda t: setattr(record, "device", t.name))
+    session = DeviceSession(plan.transport_factory, on_open=record.ran_on)
     try:
         _probe_cpu(ctx, session, req.device)
         _run_stages(ctx, plan, session)

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from edgekit.backends.contract.int8_plan import FLOAT_FALLBACK, Int8Plan
-from edgekit.build import MethodSearch
 from edgekit.core.errors import BuildError
+from edgekit.stages.search import MethodSearch
 
 
 def _plan(methods: list[str], pick_best: bool) -> Int8Plan:

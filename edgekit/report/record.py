@@ -287,6 +287,10 @@ class RunRecord(BaseModel):
     baseline: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
 
+    def ran_on(self, transport: Any) -> None:
+        """Note the device the run's session opened (a transport: its ``name``)."""
+        self.device = transport.name
+
     @classmethod
     def new(
         cls, run_id: str, command: list[str], target: dict[str, Any], recipe: dict[str, Any]

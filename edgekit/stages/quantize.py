@@ -9,6 +9,7 @@ quantizer runs in the build stage (:mod:`edgekit.stages.build`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -53,7 +54,7 @@ def quantize_stage(
     form = device_qdq_form(ctx, backend)
     method = int8.method
     with stage(ctx, "quantize") as fields:
-        arrays = lambda: cs.arrays(spec=ctx.spec)  # noqa: E731 - a fresh iterator per calibration pass
+        arrays = functools.partial(cs.arrays, spec=ctx.spec)  # a fresh iterator per calibration pass
         extra: dict[str, Any] = {}
         if method == "auto":
             result, extra = _auto(
@@ -139,8 +140,8 @@ def _first_passing(
     Its methods in order, then the layers ranked most sensitive kept in float, until a QDQ model keeps
     FP32's detections on the check images; the first that passes ships, and the record lists what was tried.
     """
-    from edgekit.build import MethodSearch
     from edgekit.models.user import inspect_onnx
+    from edgekit.stages.search import MethodSearch
 
     det = dataclasses.replace(inspect_onnx(onnx_path, head=facts.head), preprocess=ctx.spec)
     with tempfile.TemporaryDirectory(prefix="edgekit-search-") as tmp:
