@@ -91,6 +91,9 @@ def main() -> None:
     out = REPO / "bench" / "results" / "deploy-walk.json"
     rows = json.loads(out.read_text()) if out.is_file() else {}  # other revisions' rows are kept
     for rev in revs:
+        if rev == "HEAD":  # a row names the commit it measured
+            rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True, check=True).stdout.strip()  # fmt: skip
         rows[rev] = walk(rev)
         print(rev, {k: v for k, v in rows[rev].items() if k != "file_list"}, flush=True)
     out.write_text(json.dumps(rows, indent=2))
