@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgekit.backends.contract.artifact import Artifact
+    from edgekit.core.config import Target
+    from edgekit.device.transport import Transport
+    from edgekit.models.train import InMemorySplit
+    from edgekit.stages.context import Built, RunContext
 
 
 def bench_run(
@@ -77,7 +85,7 @@ def bench_run(
     return run_dir
 
 
-def refuse_foreign_artifact(artifact, target, artifact_dir) -> None:  # noqa: ANN001
+def refuse_foreign_artifact(artifact: Artifact, target: Target, artifact_dir: str | Path) -> None:
     """A target runs its own backend's artifacts: never swap the backend to fit.
 
     Raises:
@@ -92,7 +100,7 @@ def refuse_foreign_artifact(artifact, target, artifact_dir) -> None:  # noqa: AN
         )
 
 
-def _eval_split(data: str | Path, artifact):  # noqa: ANN001, ANN202
+def _eval_split(data: str | Path, artifact: Artifact) -> InMemorySplit:
     from edgekit.data.dataset import YoloDataset
     from edgekit.models.train import InMemorySplit
 
@@ -105,7 +113,7 @@ def _eval_split(data: str | Path, artifact):  # noqa: ANN001, ANN202
     return InMemorySplit(YoloDataset(root, "val"), artifact.preprocess)
 
 
-def _artifact_node(ctx, artifact):  # noqa: ANN001, ANN202
+def _artifact_node(ctx: RunContext, artifact: Artifact) -> Built:
     from edgekit.stages.build import artifact_size
     from edgekit.stages.context import Built, add_node
 
@@ -121,7 +129,14 @@ def _artifact_node(ctx, artifact):  # noqa: ANN001, ANN202
     return Built(artifact.dir, size)
 
 
-def _measure(ctx, built, artifact, val, transport, iterations) -> None:  # noqa: ANN001
+def _measure(
+    ctx: RunContext,
+    built: Built,
+    artifact: Artifact,
+    val: InMemorySplit | None,
+    transport: Transport,
+    iterations: int | None,
+) -> None:
     from edgekit.stages.bench import bench_and_eval, bench_only
 
     if val is not None:
@@ -132,7 +147,7 @@ def _measure(ctx, built, artifact, val, transport, iterations) -> None:  # noqa:
     bench_only(ctx, built, x, transport, iterations)
 
 
-def _write(ctx) -> None:  # noqa: ANN001
+def _write(ctx: RunContext) -> None:
     from edgekit.history.index import index_run
     from edgekit.report.render import render_run
     from edgekit.report.summary import build_summary, write_summary

@@ -36,14 +36,20 @@ def _switches(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
     return found
 
 
-def test_no_module_outside_backends_switches_on_a_backend_name():
-    names = set(BACKENDS.names()) | {"tflite"}  # tflite: the TFLite Micro backend's file format
+def _offenders(find, names: set[str]) -> list[str]:
+    """``path:line: name`` for each place ``find`` reports in a module outside ``backends/``."""
     offenders = []
     for path in sorted(ROOT.rglob("*.py")):
         if path.is_relative_to(ROOT / "backends") or path in ALLOWED:
             continue
-        for line, name in _switches(ast.parse(path.read_text()), names):
+        for line, name in find(ast.parse(path.read_text()), names):
             offenders.append(f"{path.relative_to(ROOT.parent)}:{line}: {name!r}")
+    return offenders
+
+
+def test_no_module_outside_backends_switches_on_a_backend_name():
+    names = set(BACKENDS.names()) | {"tflite"}  # tflite: the TFLite Micro backend's file format
+    offenders = _offenders(_switches, names)
     assert not offenders, "backend names switched on outside edgekit/backends/:\n" + "\n".join(offenders)
 
 
@@ -69,11 +75,5 @@ def _named(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
 def test_no_module_outside_backends_names_a_backend_in_its_code():
     """Stricter than switching: no default, tuple or argument outside ``backends/`` names a backend either
     (the registry lists them, and a backend's package holds what is its own)."""
-    names = {n.lower() for n in BACKENDS.names()} | {"tflite"}
-    offenders = []
-    for path in sorted(ROOT.rglob("*.py")):
-        if path.is_relative_to(ROOT / "backends") or path in ALLOWED:
-            continue
-        for line, name in _named(ast.parse(path.read_text()), names):
-            offenders.append(f"{path.relative_to(ROOT.parent)}:{line}: {name!r}")
+    offenders = _offenders(_named, {n.lower() for n in BACKENDS.names()} | {"tflite"})
     assert not offenders, "backend names outside edgekit/backends/:\n" + "\n".join(offenders)
