@@ -130,7 +130,7 @@ class Plan:
             "calibration": r.calib or "(made from the dataset's calib split)",
             "stages": stages,
             "int8": self.int8.describe() if self.int8 else None,
-            "model_route": _route(r, self.recipe),
+            "model_route": r.sources().route(bool(self.recipe.torch_steps())),
             "out": str(r.out),
             "gates": {"max_map_drop": r.max_map_drop, "max_p99_ms": r.max_p99_ms},
             "baseline": r.baseline
@@ -140,24 +140,6 @@ class Plan:
                 "max_p99_rise_pct": r.baseline_p99_rise,
             },
         }
-
-
-def _route(r: DeployRequest, recipe: Any) -> str:
-    """How the model is taken (for ``--dry-run``): the built-in one, or a user's, and what it gets."""
-    if r.model == "builtin":
-        return "the built-in detector, trained on the dataset"
-    steps = recipe.torch_steps()
-    how = "as it is (no torch steps)"
-    if steps:
-        how = (
-            "imported as a torch module; pruning keeps its prediction convs whole; recovered by distillation "
-            "from the unpruned model"
-            + (" plus a detection loss on its decoded output (--data's labels)" if r.data else " (no labels)")
-            + "; slimming gates its convs with inserted scales, folded back after; no layer swaps (its "
-            "blocks are not edgekit's)"
-        )
-    metric = "mAP on --data" if r.data else "teacher agreement on held-back images (no labels)"
-    return f"user model: {how}; metric: {metric}"
 
 
 def make_plan(request: DeployRequest) -> Plan:

@@ -77,6 +77,23 @@ class Sources:
         """``teacher_agreement`` for a user's model without labels, else ``map``."""
         return "teacher_agreement" if self.model != "builtin" and not self.data else "map"
 
+    def route(self, compressed: bool) -> str:
+        """How the model is taken (for ``--dry-run``); ``compressed``: the recipe has torch steps."""
+        if self.model == "builtin":
+            return "the built-in detector, trained on the dataset"
+        how = "as it is (no torch steps)"
+        if compressed:
+            labels = " plus a detection loss on its decoded output (--data's labels)"
+            how = (
+                "imported as a torch module; pruning keeps its prediction convs whole; recovered by "
+                "distillation from the unpruned model"
+                + (labels if self.data else " (no labels)")
+                + "; slimming gates its convs with inserted scales, folded back after; no layer swaps (its "
+                "blocks are not edgekit's)"
+            )
+        metric = "mAP on --data" if self.data else "teacher agreement on held-back images (no labels)"
+        return f"user model: {how}; metric: {metric}"
+
 
 @dataclass(frozen=True)
 class DataResult:
