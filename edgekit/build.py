@@ -1,4 +1,4 @@
-"""``edgekit build`` and ``edgekit bench``: one artifact, one measurement, outside a deploy run."""
+"""``edgekit build``: one artifact, judged by its detections against FP32, outside a deploy run."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def build_artifact(
 ):
     """Build one artifact. INT8 from an FP32 ONNX follows the backend's declared ``int8_source``.
 
-    A QDQ backend (ONNX Runtime) gets a QDQ model quantized here from ``calib`` for this host's CPU;
-    a self-quantizing backend (MNN, ncnn) runs its own quantizer on the FP32 model with ``calib``.
+    A QDQ backend (``int8_source = "qdq"``) gets a QDQ model quantized here from ``calib`` for this host's
+    CPU; a self-quantizing backend runs its own quantizer on the FP32 model with ``calib``.
     The set's images go through the model's own preprocessing, whatever size they were imported at.
 
     Every build is judged by its detections against FP32 on the check images (the calibration
@@ -41,10 +41,11 @@ def build_artifact(
     ``max_drop`` percentage points of them; a named method is built alone.
 
     ``check_on`` (a board simulator, ``rpi4`` or ``rk3588``) runs the checks of a backend that can
-    (``checks_on_board``: MNN) on that board's kernels instead of this host's.
+    (``checks_on_board``) on that board's kernels instead of this host's.
 
     Example:
-        >>> build_artifact("onnxruntime", "fp32", Path("m.onnx"), Path("build/m"))  # doctest: +SKIP
+        >>> backend = load_target("local").backend  # doctest: +SKIP
+        >>> build_artifact(backend, "fp32", Path("m.onnx"), Path("build/m"))  # doctest: +SKIP
     """
     from edgekit.backends.contract.board_check import checks_on
 

@@ -12,8 +12,8 @@ nothing), the tool-specific description, and ``calibration.json`` (set ref, spec
 folder is built in a temp sibling and renamed into place only when complete.
 
 Channel order: ``spec.mean``/``spec.std`` are indexed in the network's channel order (edgekit swaps to BGR
-before normalising), which is also the order MNN (``format``) and ncnn (``pixel``) apply them in, so the
-values are passed through without reordering.
+before normalising), which is also the order the runtimes' own calibration tools apply them in (their
+``format`` / ``pixel`` settings), so the values are passed through without reordering.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 from edgekit.core.errors import CalibrationError, ConfigError, EdgekitError
 from edgekit.core.files import atomic_dir, atomic_write_json
-from edgekit.data.preprocess import letterbox, load_image, to_tensor
+from edgekit.data.preprocess import PreprocessSpec, letterbox, load_image, to_tensor
 
 if TYPE_CHECKING:
     from edgekit.calib.calibration_set import CalibrationSet
@@ -75,7 +75,7 @@ def export(cs: CalibrationSet, fmt: str, out_dir: str | Path, **kw: Any) -> list
         CalibrationError: The set fails verification.
 
     Example:
-        >>> export(CalibrationSet.load("shapes"), "mnn", "out/mnn-calib")  # doctest: +SKIP
+        >>> export(CalibrationSet.load("shapes"), fmt, "out/calib")  # doctest: +SKIP
     """
     writer = exporter(fmt).write
     limit, overwrite = kw.pop("limit", None), kw.pop("overwrite", False)
@@ -152,11 +152,12 @@ def _write_canvases(cs: CalibrationSet, tmp: Path, limit: int | None) -> list[st
     return names
 
 
-def tool_mean_norm(cs: CalibrationSet) -> tuple[list[float], list[float]]:
-    """MNN/ncnn compute ``(src - mean) * norm`` on 0..255 pixels; edgekit ``(src/255 - mean) / std``."""
-    mean = [255.0 * m for m in cs.spec.mean]
-    norm = [1.0 / (255.0 * s) for s in cs.spec.std]
-    return mean, norm
+def tool_mean_norm(spec: PreprocessSpec) -> tuple[list[float], list[float]]:
+    """``spec``'s normalisation for a tool that computes ``(src - mean) * norm`` on 0..255 pixels.
+
+    edgekit computes ``(src/255 - mean) / std``; both index the channels in the model's channel order.
+    """
+    return [255.0 * m for m in spec.mean], [1.0 / (255.0 * s) for s in spec.std]
 
 
 # --- activation ranges ----------------------------------------------------------------------------------
@@ -165,8 +166,8 @@ def tool_mean_norm(cs: CalibrationSet) -> tuple[list[float], list[float]]:
 def activation_ranges(onnx_path: Path, arrays: list[np.ndarray], method: str = "minmax") -> dict:
     """Per-tensor ``(min, max)`` of every activation of an fp32 ONNX model over ``arrays``.
 
-    Delegates to ``edgekit.quantize.ptq.tensor_ranges`` so that the TensorRT cache and the ONNX Runtime
-    QDQ model come from one calibration code path (tensor names are kept: no graph optimisation).
+    Delegates to ``edgekit.quantize.ptq.tensor_ranges`` so that a runtime's calibration cache and a QDQ
+    model come from one calibration code path (tensor names are kept: no graph optimisation).
     """
     from edgekit.quantize.ptq import tensor_ranges
 

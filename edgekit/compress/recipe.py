@@ -206,8 +206,8 @@ class QatSpec(FinetuneSpec):
 class PtqSpec(_Spec):
     """INT8 post-training quantization, run by the pipeline on the exported ONNX (validated here only).
 
-    ``method: default`` is the target backend's first calibrator (ONNX Runtime: minmax; MNN: kl;
-    ncnn: kl); a named method must be one of the target backend's (checked when the plan is made).
+    ``method: default`` is the target backend's own default search (its ``methods`` in order); a named
+    method must be one of the target backend's (checked when the plan is made).
     """
 
     type: Literal["ptq"]

@@ -375,14 +375,12 @@ class Agent:
                     (final / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(staged.dir / rel, final / rel)
                 self.transport.get(engine, final / info.model_file)
-                meta = _completed_meta(staged.meta, info, built, final, self.transport.name)
+                meta, done = _completed_meta(staged.meta, info, built, final, self.transport.name)
                 atomic_write_json(final / ARTIFACT_JSON, meta)
                 self._push(final / ARTIFACT_JSON, posixpath.join(remote_art, ARTIFACT_JSON))
                 check = [self.python, runner, "--artifact", remote_art, "--check"]
                 checked = parse_json_line(self._run(check, timeout, False))
-                meta["device_build"] = DeviceBuild(**{**meta["device_build"], "check": checked}).model_dump(
-                    mode="json"
-                )
+                meta["device_build"] = done.model_copy(update={"check": checked}).model_dump(mode="json")
                 atomic_write_json(final / ARTIFACT_JSON, meta)
         finally:
             self.transport.remove(work)
@@ -468,8 +466,13 @@ def _throttle_flags(before: dict, after: dict, latencies: list[float]) -> list[s
         return [f"throttling not checked: {type(exc).__name__}: {exc}"]
 
 
-def _completed_meta(meta: dict, info: DeviceBuild, built: dict, final: Path, where: str) -> dict[str, Any]:
-    """``artifact.json`` of the board's build: its model file and hash, the runtime's version, where."""
+def _completed_meta(
+    meta: dict, info: DeviceBuild, built: dict, final: Path, where: str
+) -> tuple[dict[str, Any], DeviceBuild]:
+    """``artifact.json`` of the board's build, and its completed ``device_build``.
+
+    The sidecar gets the model file and its hash, the runtime's version on the board, and where it was built.
+    """
     out = json.loads(json.dumps(meta))
     out["files"]["model"] = info.model_file
     out["sha256"][info.model_file] = sha256_file(final / info.model_file)
@@ -488,7 +491,7 @@ def _completed_meta(meta: dict, info: DeviceBuild, built: dict, final: Path, whe
         }
     )
     out["device_build"] = done.model_dump(mode="json")
-    return out
+    return out, done
 
 
 def _runner_flags(plan: BenchPlan) -> list[str]:

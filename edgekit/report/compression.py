@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgekit.report.details import CompressDetails, Figures, TrainDetails, details
+from edgekit.report.details import CompressDetails, Figures, TrainDetails, details, find
 from edgekit.report.record import RunRecord
 from edgekit.report.templates import Block, Heading, Paragraph, Table
 
@@ -23,10 +23,10 @@ def _noted_table(
 
 def teacher_init_blocks(record: RunRecord) -> list[Block]:
     """How the swapped blocks were initialised from the teacher (empty without a swap)."""
-    found = ((n, details(n, CompressDetails).init) for n in record.nodes)
-    node, init = next(((n, v) for n, v in found if v is not None), (None, None))
-    if node is None or init is None:
+    found = find(record.nodes, CompressDetails, lambda v: v.init is not None)
+    if found is None or found[1].init is None:
         return []
+    node, init = found[0], found[1].init
     first, last = init.fit_loss_first_epoch, init.fit_loss
     rows = [[name, fmt_num(first.get(name), 3), fmt_num(last.get(name), 3)] for name in init.fitted]
     after = init.after_init or Figures()
@@ -47,11 +47,11 @@ def teacher_init_blocks(record: RunRecord) -> list[Block]:
 
 def slimming_blocks(record: RunRecord) -> list[Block]:
     """Where slimming's accuracy goes, stage by stage (empty without a slim step)."""
-    found = ((i, n, details(n, CompressDetails)) for i, n in enumerate(record.nodes))
-    i, node, slim = next(((i, n, v) for i, n, v in found if v.stages is not None), (0, None, None))
-    if node is None or slim is None or slim.stages is None:
+    found = find(record.nodes, CompressDetails, lambda v: v.stages is not None)
+    if found is None or found[1].stages is None:
         return []
-    stages, sparsity = slim.stages, slim.sparsity
+    node, stages, sparsity = found[0], found[1].stages, found[1].sparsity
+    i = record.nodes.index(node)
     start = Figures.model_validate(record.nodes[i - 1].metrics) if i else Figures()
     points = [
         ("start", start),

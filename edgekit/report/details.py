@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,6 +51,21 @@ def details(node: Node | None, view: type[View]) -> View:
                 return view()
             for key in bad:
                 del data[key]
+
+
+def find(nodes: Iterable[Node], view: type[View], has: Callable[[View], Any]) -> tuple[Node, View] | None:
+    """The first of ``nodes`` whose ``view`` has what the report section shows (``has`` is truthy), with it.
+
+    Example:
+        >>> nodes = [Node(id="a", stage="build"), Node(id="b", stage="build", extra={"candidates": [{}]})]
+        >>> find(nodes, SearchDetails, lambda v: v.candidates)[0].id
+        'b'
+    """
+    for node in nodes:
+        found = details(node, view)
+        if has(found):
+            return node, found
+    return None
 
 
 class Figures(_View):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekit.core.files import atomic_write_bytes
-from edgekit.report.details import BenchDetails, CompressDetails, details
+from edgekit.report.details import BenchDetails, CompressDetails, details, find
 from edgekit.report.record import RunRecord, nearest_rank
 
 if TYPE_CHECKING:
@@ -126,10 +126,10 @@ def gamma_histogram(record: RunRecord, out_dir: str | Path) -> Path | None:
     Returns:
         ``out_dir/bn_gamma.png``, or None when no node has ``extra.gamma_before``/``gamma_after``.
     """
-    views = ((n, details(n, CompressDetails)) for n in reversed(record.nodes))
-    node, slim = next(((n, v) for n, v in views if v.gamma_before and v.gamma_after), (None, None))
-    if node is None or slim is None:
+    found = find(reversed(record.nodes), CompressDetails, lambda v: v.gamma_before and v.gamma_after)
+    if found is None:
         return None
+    node, slim = found
     before = [abs(g) for g in slim.gamma_before]
     after = [abs(g) for g in slim.gamma_after]
     fig = _figure(6.4, 3.4)

@@ -17,6 +17,7 @@ from edgekit.report.details import (
     QuantizeDetails,
     SearchDetails,
     details,
+    find,
 )
 from edgekit.report.device import NOT_MEASURED, latency_detail, on_device
 from edgekit.report.device import cell as _cell
@@ -319,10 +320,10 @@ def _plots(plots: dict[str, Path]) -> list[Block]:
 
 
 def _candidates(record: RunRecord) -> list[Block]:
-    found = ((n, details(n, SearchDetails)) for n in reversed(record.nodes))
-    node, search = next(((n, v) for n, v in found if v.candidates), (None, SearchDetails()))
-    if node is None:
+    found = find(reversed(record.nodes), SearchDetails, lambda v: v.candidates)
+    if found is None:
         return []
+    node, search = found
     rows = [
         [
             str(c.name),
@@ -345,11 +346,10 @@ def _candidates(record: RunRecord) -> list[Block]:
 
 
 def _layers(record: RunRecord) -> list[Block]:
-    found = ((n, details(n, LayerTable)) for n in reversed(record.nodes))
-    node, table = next(((n, v) for n, v in found if v.layers), (None, LayerTable()))
-    if node is None:
+    found = find(reversed(record.nodes), LayerTable, lambda v: v.layers)
+    if found is None:
         return []
-    layers = table.layers
+    node, layers = found[0], found[1].layers
     keys = list(dict.fromkeys(k for layer in layers for k in layer))
     rows = [[_cell(layer.get(k)) for k in keys] for layer in layers]
     numeric = frozenset(

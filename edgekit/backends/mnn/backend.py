@@ -43,6 +43,7 @@ from edgekit.backends.contract.board_check import where
 from edgekit.backends.mnn import tools as mt
 from edgekit.backends.mnn.floats import head_convs, plan, type_float
 from edgekit.backends.mnn.graph import describe, load_graph
+from edgekit.calib.exporters import tool_mean_norm
 from edgekit.core.errors import BuildError, CalibrationError, ConfigError
 from edgekit.data.preprocess import PreprocessSpec
 
@@ -278,12 +279,8 @@ def canvas_spec(spec: PreprocessSpec) -> PreprocessSpec:
     )
 
 
-def tool_mean_normal(spec: PreprocessSpec) -> tuple[list[float], list[float]]:
-    """MNN computes ``(pixel - mean) * normal`` on 0..255 pixels; edgekit ``(pixel/255 - mean) / std``.
-
-    Both index the channels in the model's channel order (MNN's ``format``), so no reordering.
-    """
-    return [255.0 * m for m in spec.mean], [1.0 / (255.0 * s) for s in spec.std]
+#: MNN computes ``(pixel - mean) * normal`` on 0..255 pixels, in the model's channel order (its ``format``).
+tool_mean_normal = tool_mean_norm
 
 
 def quantize_from_set(

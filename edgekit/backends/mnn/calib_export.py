@@ -32,7 +32,7 @@ def write(
             f"bad MNN quantizer methods feature={feature_method!r} weight={weight_method!r}",
             "feature_method: EMA or KL; weight_method: MAX_ABS or ADMM",
         )
-    mean, norm = tool_mean_norm(ctx.cs)
+    mean, norm = tool_mean_norm(ctx.cs.spec)
     size = ctx.cs.spec.input_size
     cfg = {
         "format": ctx.cs.spec.channel_order,

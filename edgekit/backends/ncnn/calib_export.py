@@ -19,7 +19,7 @@ def write(ctx: ExportContext, method: str = "kl", thread: int = 2) -> dict:
         raise ConfigError(
             f"bad ncnn2table method {method!r}", "use kl or aciq (method=eq segfaults in ncnn2table)"
         )
-    mean, norm = tool_mean_norm(ctx.cs)
+    mean, norm = tool_mean_norm(ctx.cs.spec)
     size = ctx.cs.spec.input_size
     listing = "".join(f"{ctx.final / f}\n" for f in ctx.image_files)
     atomic_write_text(ctx.tmp / "imagelist.txt", listing)

@@ -3,8 +3,8 @@
 Each profile names a qemu CPU model and what a Linux kernel on that core reports in ``/proc/cpuinfo``
 (the MIDR fields and the hwcap feature names). The features are those qemu 7.2 gives each model (measured:
 ``../shared/research/arm-emulation.md``): a Cortex-A72 has plain NEON, no dot-product and no fp16
-arithmetic; a Cortex-A76 adds ``asimddp`` (sdot/udot) and ``fphp``/``asimdhp`` (fp16). The int8 and fp16
-paths of ncnn, MNN and ONNX Runtime follow them.
+arithmetic; a Cortex-A76 adds ``asimddp`` (sdot/udot) and ``fphp``/``asimdhp`` (fp16). The runtimes' int8
+and fp16 kernel paths follow them.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class BoardProfile:
         return "sdot (dot-product)" if "asimddp" in self.features else "NEON (no dot-product)"
 
     def fp16_arithmetic(self) -> bool:
-        """True when the core computes in fp16 (ncnn's and MNN's ARM default then)."""
+        """True when the core computes in fp16 (the ARM runtimes' default then)."""
         return "asimdhp" in self.features
 
 
