@@ -58,3 +58,26 @@ def test_default_keeps_the_first_method_that_builds(tmp_path):
     search, calls = _search(tmp_path, {"minmax": 0.96, "entropy": 1.0}, [])
     folder = search.run(_plan(["minmax", "entropy"], False), tmp_path / "out")
     assert calls == ["minmax+0"] and Path(folder).name == "candidate-minmax"
+
+
+def test_a_deploys_failed_search_names_only_options_deploy_takes(tmp_path):
+    from edgekit.cli import build_parser
+    from edgekit.stages.quantize import FLOAT_ROUTE
+
+    be = SimpleNamespace(name="toy", int8_source="qdq", fallback=())
+    search = MethodSearch(
+        be, None, tmp_path / "m.onnx", SimpleNamespace(name="s", count=16), tmp_path, 1, 0.0,
+        float_route=FLOAT_ROUTE,
+    )  # fmt: skip
+
+    def refuse(method, folder, extra_float=None, options=None):
+        raise BuildError(f"{method} loses the detections", "")
+
+    search._build = refuse
+    search._ranking = lambda *a: [(f"conv{i}", 1.0) for i in range(8)]
+    with pytest.raises(BuildError) as info:
+        search.choose(_plan(["minmax", "entropy"], False))
+    deploy = build_parser()._subparsers._group_actions[0].choices["deploy"]
+    options = {o for a in deploy._actions for o in a.option_strings}
+    named = {w.strip("(),") for w in info.value.hint.split() if w.startswith("--")}
+    assert named and named <= options, named - options

@@ -54,7 +54,8 @@ def _resolve_dir(name_or_path: str | Path, root: str | Path) -> Path:
     raise CalibrationError(
         f"no calibration set {str(name_or_path)!r} under {root}/"
         + (f" (sets there: {', '.join(known)})" if known else " (no sets there)"),
-        "import it with `edgekit calib import SRC --name NAME`, or pass --root to point at the right folder",
+        "import it with `edgekit calib import SRC --name NAME`, or point --calib-root at the folder "
+        "that holds it",
     )
 
 

@@ -77,7 +77,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _root(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--root", type=Path, default=Path("calibration"), help="folder holding the sets")
+    p.add_argument(
+        "--root", "--calib-root", dest="root", type=Path, default=Path("calibration"),
+        help="folder holding the sets (--calib-root, as deploy and build name it, is the same)",
+    )  # fmt: skip
     return p
 
 

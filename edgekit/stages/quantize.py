@@ -20,6 +20,9 @@ from edgekit.core.files import sha256_file
 from edgekit.stages.candidates import measure
 from edgekit.stages.context import ModelFacts, Quantized, RunContext, add_node, fp32_map50_95, stage
 
+#: How a deploy goes without INT8, in ``edgekit deploy``'s own options (the search's hints name it).
+FLOAT_ROUTE = "deploy to an fp16 or fp32 target (--target)"
+
 if TYPE_CHECKING:
     from edgekit.backends.contract.base import Backend
     from edgekit.calib.calibration_set import CalibrationSet
@@ -145,7 +148,10 @@ def _first_passing(
 
     det = dataclasses.replace(inspect_onnx(onnx_path, head=facts.head), preprocess=ctx.spec)
     with tempfile.TemporaryDirectory(prefix="edgekit-search-") as tmp:
-        search = MethodSearch(backend, det, onnx_path, cs, Path(tmp), ctx.target.runtime.threads, 0.0, form)
+        search = MethodSearch(
+            backend, det, onnx_path, cs, Path(tmp), ctx.target.runtime.threads, 0.0, form,
+            float_route=FLOAT_ROUTE,
+        )  # fmt: skip
         written = search.written[search.choose(int8)]
         shutil.copyfile(written.path, out)  # ships byte for byte what the check passed
     result = dataclasses.replace(written, path=out)

@@ -15,10 +15,15 @@ from typing import Any
 class MethodSearch:
     """Build an INT8 artifact with each calibration method in turn; keep what the detection check passes."""
 
-    def __init__(self, be, det, source: Path, cs, tmp: Path, threads, max_drop: float, form=None) -> None:
+    def __init__(
+        self, be, det, source: Path, cs, tmp: Path, threads, max_drop: float, form=None,
+        float_route: str = "build fp16/fp32 (--precision)",
+    ) -> None:  # fmt: skip
+        """``float_route``: how the command running the search goes without INT8, in its own options."""
         self.be, self.det, self.source, self.cs, self.tmp = be, det, source, cs, tmp
         self.threads, self.max_drop = threads, max_drop
         self._form = form  # a QDQ backend's form: a deploy passes its device's (see :attr:`form`)
+        self.float_route = float_route
         self.fallback: tuple = ()  # the plan's (run)
         self.tried: list[dict] = []
         self.written: dict[Path, Any] = {}  # candidate folder -> its QDQ writer's result (QDQ backends)
@@ -78,7 +83,7 @@ class MethodSearch:
             raise BuildError(
                 f"no calibration method of {self.be.name} keeps FP32's detections: "
                 + "; ".join(f"{t['method']}: {t['error']}" for t in self.tried),
-                "calibrate on more (and more varied) images with --calib, or build fp16/fp32 (--precision)",
+                f"calibrate on more (and more varied) images with --calib, or {self.float_route}",
             )
         chosen, folder = self._best(built)
         if pick_best and self._too_lossy(chosen):  # every method loses too much: the fallbacks too
@@ -94,7 +99,7 @@ class MethodSearch:
             raise BuildError(
                 f"the best calibration method of {self.be.name} ({chosen['method']}) keeps {kept:.1%} of "
                 f"FP32's detections, more than --max-drop {self.max_drop:g} points lost",
-                "raise --max-drop, calibrate on more images (--calib), or build fp16/fp32 (--precision)",
+                f"raise --max-drop, calibrate on more images (--calib), or {self.float_route}",
             )
         return folder
 
